@@ -1,0 +1,485 @@
+//! The agent side of the contract: `HandlerEnvironment.json`, the sequence number and the
+//! environment variables the guest agent sets for every command (PROTOCOL.md sections 2, 3.2, 6.4).
+
+use crate::error::{Code, Failure};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const HANDLER_ENVIRONMENT: &str = "HandlerEnvironment.json";
+
+/// The folders the agent gave this handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerEnvironment {
+    pub name: String,
+    pub log_folder: PathBuf,
+    pub config_folder: PathBuf,
+    pub status_folder: PathBuf,
+    pub heartbeat_file: PathBuf,
+    /// Only when the agent supports the telemetry pipeline (it writes the key then).
+    pub events_folder: Option<PathBuf>,
+}
+
+/// The result of a previous command the agent reports during updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PriorExit {
+    NotRun,
+    /// The literal `None` the agent passes after a failed update is retried (PROTOCOL.md 7.4).
+    Unknown,
+    Code(i32),
+}
+
+/// Every variable of PROTOCOL.md 6.4, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentVars {
+    pub config_sequence_number: Option<u64>,
+    pub extension_path: Option<PathBuf>,
+    pub extension_version: Option<String>,
+    pub wire_protocol_address: Option<String>,
+    pub supported_features: BTreeMap<String, String>,
+    pub extension_name: Option<String>,
+    pub uninstall_cmd_exit_code: Option<PriorExit>,
+    pub disable_cmd_exit_code: Option<PriorExit>,
+    pub disable_cmd_exit_codes_multiple: Vec<(String, PriorExit)>,
+    pub updating_from_version: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Where this invocation stands: the handler directory, its folders and the sequence number.
+#[derive(Debug, Clone)]
+pub struct AgentContext {
+    pub handler_dir: PathBuf,
+    pub env: HandlerEnvironment,
+    pub vars: AgentVars,
+    pub seq: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("HandlerEnvironment.json not found in {0}")]
+    NotFound(String),
+    #[error("cannot read {path}: {err}")]
+    Unreadable { path: PathBuf, err: std::io::Error },
+    #[error("{path} is not a valid handler environment: {detail}")]
+    Malformed { path: PathBuf, detail: String },
+    #[error("environment variable {name} has an invalid value")]
+    BadVariable { name: &'static str },
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        Failure::new(
+            Code::HandlerEnvironment,
+            format!("{e}; reinstall the extension so the guest agent rewrites its files"),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEnvEntry {
+    name: Option<String>,
+    #[serde(rename = "handlerEnvironment")]
+    handler_environment: RawHandlerEnvironment,
+}
+
+#[derive(Deserialize)]
+struct RawHandlerEnvironment {
+    #[serde(rename = "logFolder")]
+    log_folder: PathBuf,
+    #[serde(rename = "configFolder")]
+    config_folder: PathBuf,
+    #[serde(rename = "statusFolder")]
+    status_folder: PathBuf,
+    #[serde(rename = "heartbeatFile")]
+    heartbeat_file: PathBuf,
+    #[serde(rename = "eventsFolder")]
+    events_folder: Option<PathBuf>,
+    #[serde(rename = "eventsFolder_preview")]
+    events_folder_preview: Option<PathBuf>,
+}
+
+/// Parse the text of HandlerEnvironment.json: a one-element array (an object is tolerated,
+/// as HandlerUtil does).
+pub fn parse_handler_environment(text: &str, path: &Path) -> Result<HandlerEnvironment, AgentError> {
+    let malformed = |detail: String| AgentError::Malformed {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| malformed(e.to_string()))?;
+    let entry = match value {
+        serde_json::Value::Array(mut items) => {
+            if items.is_empty() {
+                return Err(malformed("empty array".into()));
+            }
+            items.swap_remove(0)
+        }
+        obj @ serde_json::Value::Object(_) => obj,
+        _ => return Err(malformed("expected an array".into())),
+    };
+    let raw: RawEnvEntry = serde_json::from_value(entry).map_err(|e| malformed(e.to_string()))?;
+    let h = raw.handler_environment;
+    Ok(HandlerEnvironment {
+        name: raw.name.unwrap_or_default(),
+        log_folder: h.log_folder,
+        config_folder: h.config_folder,
+        status_folder: h.status_folder,
+        heartbeat_file: h.heartbeat_file,
+        events_folder: h.events_folder.or(h.events_folder_preview),
+    })
+}
+
+/// Where HandlerEnvironment.json may be: the working directory (the agent's cwd is the handler
+/// directory), then beside the binary and one level above it (`bin/`).
+pub fn candidate_paths(cwd: Option<&Path>, exe: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(c) = cwd {
+        out.push(c.join(HANDLER_ENVIRONMENT));
+    }
+    if let Some(dir) = exe.and_then(Path::parent) {
+        out.push(dir.join(HANDLER_ENVIRONMENT));
+        if let Some(up) = dir.parent() {
+            out.push(up.join(HANDLER_ENVIRONMENT));
+        }
+    }
+    out
+}
+
+pub fn load_handler_environment(candidates: &[PathBuf]) -> Result<(PathBuf, HandlerEnvironment), AgentError> {
+    for path in candidates {
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                let env = parse_handler_environment(&text, path)?;
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                return Ok((dir, env));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(AgentError::Unreadable {
+                    path: path.clone(),
+                    err,
+                })
+            }
+        }
+    }
+    let dirs: Vec<String> = candidates
+        .iter()
+        .filter_map(|p| p.parent().map(|d| d.display().to_string()))
+        .collect();
+    Err(AgentError::NotFound(dirs.join(", ")))
+}
+
+fn parse_prior_exit(v: &str) -> Option<PriorExit> {
+    match v.trim() {
+        "NOT_RUN" => Some(PriorExit::NotRun),
+        "None" | "" => Some(PriorExit::Unknown),
+        n => n.parse().ok().map(PriorExit::Code),
+    }
+}
+
+/// Parse the agent's variables from an environment lookup (a closure so tests pass a map).
+pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, AgentError> {
+    let mut vars = AgentVars::default();
+    if let Some(v) = get("ConfigSequenceNumber") {
+        vars.config_sequence_number = Some(v.trim().parse().map_err(|_| AgentError::BadVariable {
+            name: "ConfigSequenceNumber",
+        })?);
+    }
+    vars.extension_path = get("AZURE_GUEST_AGENT_EXTENSION_PATH").map(PathBuf::from);
+    vars.extension_version = get("AZURE_GUEST_AGENT_EXTENSION_VERSION");
+    vars.wire_protocol_address = get("AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS");
+    if let Some(v) = get("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES") {
+        #[derive(Deserialize)]
+        struct Feature {
+            #[serde(rename = "Key")]
+            key: String,
+            #[serde(rename = "Value")]
+            value: String,
+        }
+        let feats: Vec<Feature> = serde_json::from_str(&v).map_err(|_| AgentError::BadVariable {
+            name: "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES",
+        })?;
+        vars.supported_features = feats.into_iter().map(|f| (f.key, f.value)).collect();
+    }
+    vars.extension_name = get("ConfigExtensionName").filter(|s| !s.is_empty());
+    let prior = |name: &'static str| -> Result<Option<PriorExit>, AgentError> {
+        match get(name) {
+            None => Ok(None),
+            Some(v) => parse_prior_exit(&v)
+                .map(Some)
+                .ok_or(AgentError::BadVariable { name }),
+        }
+    };
+    vars.uninstall_cmd_exit_code = prior("AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE")?;
+    vars.disable_cmd_exit_code = prior("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE")?;
+    if let Some(v) = get("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS") {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "extensionName")]
+            extension_name: String,
+            #[serde(rename = "exitCode")]
+            exit_code: serde_json::Value,
+        }
+        let bad = || AgentError::BadVariable {
+            name: "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS",
+        };
+        let items: Vec<Item> = serde_json::from_str(&v).map_err(|_| bad())?;
+        for it in items {
+            let code = match it.exit_code {
+                serde_json::Value::String(s) => parse_prior_exit(&s),
+                serde_json::Value::Number(n) => n.as_i64().map(|n| PriorExit::Code(n as i32)),
+                serde_json::Value::Null => Some(PriorExit::Unknown),
+                _ => None,
+            }
+            .ok_or_else(bad)?;
+            vars.disable_cmd_exit_codes_multiple.push((it.extension_name, code));
+        }
+    }
+    vars.updating_from_version = get("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION");
+    vars.version = get("VERSION");
+    Ok(vars)
+}
+
+/// Settings file name for sequence number `seq` (multi-config prefixes the extension name).
+pub fn settings_file_name(seq: u64, extension: Option<&str>) -> String {
+    match extension {
+        Some(e) => format!("{e}.{seq}.settings"),
+        None => format!("{seq}.settings"),
+    }
+}
+
+/// Pick the sequence number when the agent did not pass one: the most recently modified
+/// `N.settings`, ties broken by the highest N; 0 when there is none (PROTOCOL.md 3.2).
+pub fn infer_sequence(config_folder: &Path, extension: Option<&str>) -> u64 {
+    let mut best: Option<(std::time::SystemTime, u64)> = None;
+    let Ok(rd) = fs::read_dir(config_folder) else {
+        return 0;
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".settings") else {
+            continue;
+        };
+        let num = match extension {
+            Some(e) => stem.strip_prefix(e).and_then(|s| s.strip_prefix('.')),
+            None => Some(stem),
+        };
+        let Some(n) = num.and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        let mtime = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        if best.is_none_or(|b| (mtime, n) > b) {
+            best = Some((mtime, n));
+        }
+    }
+    best.map(|b| b.1).unwrap_or(0)
+}
+
+impl AgentContext {
+    /// Discover everything from the process: cwd, executable location and environment.
+    pub fn discover() -> Result<AgentContext, AgentError> {
+        let cwd = std::env::current_dir().ok();
+        let exe = std::env::current_exe().ok();
+        let candidates = candidate_paths(cwd.as_deref(), exe.as_deref());
+        let vars = parse_vars(|k| std::env::var(k).ok())?;
+        Self::from_parts(&candidates, vars)
+    }
+
+    /// Build from a known handler directory (the health monitor and the worker know it).
+    pub fn from_handler_dir(dir: &Path) -> Result<AgentContext, AgentError> {
+        let vars = parse_vars(|k| std::env::var(k).ok())?;
+        Self::from_parts(&[dir.join(HANDLER_ENVIRONMENT)], vars)
+    }
+
+    pub fn from_parts(candidates: &[PathBuf], vars: AgentVars) -> Result<AgentContext, AgentError> {
+        let (handler_dir, env) = load_handler_environment(candidates)?;
+        let seq = vars.config_sequence_number.unwrap_or_else(|| {
+            infer_sequence(&env.config_folder, vars.extension_name.as_deref())
+        });
+        Ok(AgentContext {
+            handler_dir,
+            env,
+            vars,
+            seq,
+        })
+    }
+
+    pub fn settings_path(&self) -> PathBuf {
+        self.env
+            .config_folder
+            .join(settings_file_name(self.seq, self.vars.extension_name.as_deref()))
+    }
+
+    pub fn status_path(&self) -> PathBuf {
+        let name = match &self.vars.extension_name {
+            Some(e) => format!("{e}.{}.status", self.seq),
+            None => format!("{}.status", self.seq),
+        };
+        self.env.status_folder.join(name)
+    }
+
+    /// `mrseq` at the handler root: the agent copies it to the new version on update.
+    pub fn mrseq_path(&self) -> PathBuf {
+        self.handler_dir.join("mrseq")
+    }
+
+    /// The directory holding `<THUMB>.crt/.prv`: two levels above the config folder.
+    pub fn certificate_dir(&self) -> PathBuf {
+        self.env
+            .config_folder
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/waagent"))
+    }
+
+    /// The handler version: the agent's variable, else the `H-V` directory name.
+    pub fn version(&self) -> String {
+        if let Some(v) = &self.vars.extension_version {
+            return v.clone();
+        }
+        self.handler_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit_once('-'))
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| env!("IBDRIVER_VERSION").to_string())
+    }
+}
+
+pub fn read_mrseq(path: &Path) -> Option<u64> {
+    crate::fsutil::read_trimmed(path).and_then(|s| s.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SAMPLE: &str = r#"[{"name":"Microsoft.HpcCompute.InfiniBandDriverLinux","version":1.0,
+      "handlerEnvironment":{"logFolder":"/var/log/azure/H","configFolder":"/var/lib/waagent/H-1.0/config",
+      "statusFolder":"/var/lib/waagent/H-1.0/status","heartbeatFile":"/var/lib/waagent/H-1.0/heartbeat.log",
+      "eventsFolder":"/var/log/azure/H/events","eventsFolder_preview":"/var/log/azure/H/events"}}]"#;
+
+    #[test]
+    fn parses_agent_written_environment() {
+        let env = parse_handler_environment(SAMPLE, Path::new("x")).unwrap();
+        assert_eq!(env.name, "Microsoft.HpcCompute.InfiniBandDriverLinux");
+        assert_eq!(env.status_folder, PathBuf::from("/var/lib/waagent/H-1.0/status"));
+        assert_eq!(env.events_folder, Some(PathBuf::from("/var/log/azure/H/events")));
+    }
+
+    #[test]
+    fn preview_events_key_and_object_form_are_accepted() {
+        let text = r#"{"handlerEnvironment":{"logFolder":"l","configFolder":"c","statusFolder":"s",
+            "heartbeatFile":"h","eventsFolder_preview":"e"}}"#;
+        let env = parse_handler_environment(text, Path::new("x")).unwrap();
+        assert_eq!(env.events_folder, Some(PathBuf::from("e")));
+        assert_eq!(env.name, "");
+    }
+
+    #[test]
+    fn malformed_environments_are_typed_errors() {
+        for bad in ["", "[]", "42", "[{}]", r#"[{"handlerEnvironment":{"logFolder":"l"}}]"#] {
+            assert!(
+                matches!(parse_handler_environment(bad, Path::new("x")), Err(AgentError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_environment_names_the_places_searched() {
+        let err = load_handler_environment(&[PathBuf::from("/nope/HandlerEnvironment.json")]).unwrap_err();
+        assert!(err.to_string().contains("/nope"));
+        let f: Failure = err.into();
+        assert_eq!(f.code, Code::HandlerEnvironment);
+    }
+
+    #[test]
+    fn candidates_cover_cwd_bin_and_parent() {
+        let c = candidate_paths(Some(Path::new("/h")), Some(Path::new("/h/bin/ibdriver")));
+        assert_eq!(
+            c,
+            vec![
+                PathBuf::from("/h/HandlerEnvironment.json"),
+                PathBuf::from("/h/bin/HandlerEnvironment.json"),
+                PathBuf::from("/h/HandlerEnvironment.json"),
+            ]
+        );
+    }
+
+    fn vars_from(pairs: &[(&str, &str)]) -> Result<AgentVars, AgentError> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn parses_every_agent_variable() {
+        let v = vars_from(&[
+            ("ConfigSequenceNumber", "7"),
+            ("AZURE_GUEST_AGENT_EXTENSION_PATH", "/var/lib/waagent/H-1.0"),
+            ("AZURE_GUEST_AGENT_EXTENSION_VERSION", "1.0"),
+            ("AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS", "168.63.129.16"),
+            (
+                "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES",
+                r#"[{"Key": "ExtensionTelemetryPipeline", "Value": "1.0"}]"#,
+            ),
+            ("ConfigExtensionName", "ib"),
+            ("AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE", "NOT_RUN"),
+            ("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE", "None"),
+            (
+                "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS",
+                r#"[{"extensionName":"a","exitCode":"0"},{"extensionName":"b","exitCode":"NOT_RUN"}]"#,
+            ),
+            ("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION", "0.9"),
+            ("VERSION", "1.0"),
+        ])
+        .unwrap();
+        assert_eq!(v.config_sequence_number, Some(7));
+        assert_eq!(v.supported_features.get("ExtensionTelemetryPipeline").map(String::as_str), Some("1.0"));
+        assert_eq!(v.extension_name.as_deref(), Some("ib"));
+        assert_eq!(v.uninstall_cmd_exit_code, Some(PriorExit::NotRun));
+        assert_eq!(v.disable_cmd_exit_code, Some(PriorExit::Unknown));
+        assert_eq!(
+            v.disable_cmd_exit_codes_multiple,
+            vec![("a".into(), PriorExit::Code(0)), ("b".into(), PriorExit::NotRun)]
+        );
+        assert_eq!(v.updating_from_version.as_deref(), Some("0.9"));
+        assert_eq!(v.version.as_deref(), Some("1.0"));
+    }
+
+    #[test]
+    fn bad_sequence_number_is_an_error() {
+        assert!(matches!(
+            vars_from(&[("ConfigSequenceNumber", "x")]),
+            Err(AgentError::BadVariable { name: "ConfigSequenceNumber" })
+        ));
+        assert!(vars_from(&[("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE", "boom")]).is_err());
+    }
+
+    #[test]
+    fn infers_newest_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(infer_sequence(dir.path(), None), 0);
+        for n in [3, 12, 5] {
+            fs::write(dir.path().join(format!("{n}.settings")), "").unwrap();
+        }
+        fs::write(dir.path().join("HandlerState"), "Enabled").unwrap();
+        // Same mtime granularity possible: ties go to the highest number.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for n in [3, 12] {
+            let f = fs::File::options().write(true).open(dir.path().join(format!("{n}.settings"))).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        assert_eq!(infer_sequence(dir.path(), None), 5);
+        fs::write(dir.path().join("ib.9.settings"), "").unwrap();
+        assert_eq!(infer_sequence(dir.path(), Some("ib")), 9);
+    }
+}

@@ -1,0 +1,112 @@
+//! Command line: the agent's verbs and the operator's. Parsing is pure.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Install,
+    Enable,
+    Disable,
+    Uninstall,
+    Update,
+    Plan { json: bool, settings: Option<PathBuf> },
+    Health { json: bool },
+    /// Internal: the detached worker.
+    Worker { handler_dir: PathBuf, seq: u64 },
+    /// Internal: the health monitor run by the systemd timer.
+    Monitor { handler_dir: PathBuf },
+    Version,
+    Help,
+}
+
+pub const USAGE: &str = "usage: ibdriver <verb> [options]
+agent verbs:    install | enable | disable | uninstall | update
+operator verbs: plan [--json] [--settings FILE]   what enable would do on this host
+                health [--json]                   RDMA health; exit 0 only when usable
+                version
+environment:    IBDRIVER_ROOT (host root, default /), IBDRIVER_IMDS_URL,
+                IBDRIVER_VERIFY_TIMEOUT_SECONDS (default 120)";
+
+fn value(args: &[String], i: &mut usize, flag: &str) -> Result<String, String> {
+    *i += 1;
+    args.get(*i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let Some(verb) = args.first() else {
+        return Err("no verb given".into());
+    };
+    let rest = &args[1..];
+    let simple = |c: Command| {
+        if rest.is_empty() {
+            Ok(c)
+        } else {
+            Err(format!("{verb} takes no arguments"))
+        }
+    };
+    match verb.as_str() {
+        "install" => simple(Command::Install),
+        "enable" => simple(Command::Enable),
+        "disable" => simple(Command::Disable),
+        "uninstall" => simple(Command::Uninstall),
+        "update" => simple(Command::Update),
+        "version" | "--version" => simple(Command::Version),
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        "plan" | "health" | "worker" | "monitor" => {
+            let mut json = false;
+            let mut settings = None;
+            let mut handler_dir = None;
+            let mut seq = None;
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i].as_str() {
+                    "--json" if verb != "worker" && verb != "monitor" => json = true,
+                    "--settings" if verb == "plan" => settings = Some(PathBuf::from(value(rest, &mut i, "--settings")?)),
+                    "--handler-dir" if verb == "worker" || verb == "monitor" => {
+                        handler_dir = Some(PathBuf::from(value(rest, &mut i, "--handler-dir")?))
+                    }
+                    "--seq" if verb == "worker" => {
+                        seq = Some(value(rest, &mut i, "--seq")?.parse::<u64>().map_err(|_| "--seq needs a number")?)
+                    }
+                    other => return Err(format!("{verb}: unknown option {other}")),
+                }
+                i += 1;
+            }
+            match verb.as_str() {
+                "plan" => Ok(Command::Plan { json, settings }),
+                "health" => Ok(Command::Health { json }),
+                "worker" => Ok(Command::Worker {
+                    handler_dir: handler_dir.ok_or("worker needs --handler-dir")?,
+                    seq: seq.ok_or("worker needs --seq")?,
+                }),
+                _ => Ok(Command::Monitor {
+                    handler_dir: handler_dir.ok_or("monitor needs --handler-dir")?,
+                }),
+            }
+        }
+        other => Err(format!("unknown verb {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command, String> {
+        parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn verbs() {
+        assert_eq!(p("enable"), Ok(Command::Enable));
+        assert_eq!(p("plan --json"), Ok(Command::Plan { json: true, settings: None }));
+        assert_eq!(
+            p("worker --handler-dir /h --seq 4"),
+            Ok(Command::Worker { handler_dir: "/h".into(), seq: 4 })
+        );
+        assert_eq!(p("monitor --handler-dir /h"), Ok(Command::Monitor { handler_dir: "/h".into() }));
+        for bad in ["", "enable now", "plan --bogus", "worker --seq x --handler-dir /h", "worker --seq 1", "frobnicate", "health --settings f"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+}

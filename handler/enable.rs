@@ -1,0 +1,353 @@
+//! `enable`: the synchronous part the agent waits for (no-op check, settings, a bounded
+//! preflight, `transitioning`), and the detached worker that runs the remaining stages.
+
+use crate::agent::{self, AgentContext};
+use crate::error::{Code, Failure};
+use crate::events::{self, Level};
+use crate::health::{self, HealthReport};
+use crate::host::{self, imds, Root};
+use crate::lock::WorkerLock;
+use crate::logging;
+use crate::monitor;
+use crate::plan::{self, Action, Plan};
+use crate::runner::{self, Checkpoint, RunEnd, Stage, Store};
+use crate::settings::{self, Settings};
+use crate::status::{HeartbeatState, StatusReport, StatusValue, SubStatus};
+use crate::{fsutil, status};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything a verb needs about where it runs.
+pub struct Invocation {
+    pub agent: AgentContext,
+    pub root: Root,
+    pub exe: PathBuf,
+}
+
+impl Invocation {
+    pub fn name(&self) -> String {
+        if self.agent.env.name.is_empty() {
+            "InfiniBandDriverLinux".into()
+        } else {
+            self.agent.env.name.clone()
+        }
+    }
+
+    pub fn write_status(&self, report: &StatusReport) {
+        if let Err(f) = report.write(&self.agent.status_path()) {
+            tracing::error!("cannot write status: {f}");
+        }
+    }
+
+    pub fn heartbeat(&self, state: HeartbeatState, code: Code, message: &str) {
+        if let Err(f) = status::write_heartbeat(&self.agent.env.heartbeat_file, state, code, message) {
+            tracing::warn!("cannot write heartbeat: {f}");
+        }
+    }
+
+    /// Record a terminal failure everywhere a user may look; returns the exit code.
+    pub fn fail(&self, operation: &str, f: &Failure, subs: Vec<SubStatus>) -> i32 {
+        tracing::error!(code = f.code.number(), "{operation} failed: {}", f.message);
+        self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
+        self.heartbeat(HeartbeatState::NotReady, f.code, &f.message);
+        logging::summary(&self.root, &format!("{operation} seq={}: error {} {}", self.agent.seq, f.code.number(), f.message));
+        events::emit(
+            self.agent.env.events_folder.as_deref(),
+            &self.agent.version(),
+            operation,
+            Level::Error,
+            &f.to_string(),
+            &self.agent.seq.to_string(),
+        );
+        f.code.exit_code()
+    }
+
+    fn write_mrseq(&self) {
+        let p = self.agent.mrseq_path();
+        if let Err(e) = fsutil::write_atomic(&p, format!("{}\n", self.agent.seq).as_bytes()) {
+            tracing::error!(path = %p.display(), error = %e, "cannot write mrseq");
+        }
+    }
+}
+
+/// What enable asks of the worker; the worker leaves at a safe point once this names another
+/// sequence number or asks it to stop (disable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub seq: u64,
+    #[serde(default)]
+    pub stop: bool,
+}
+
+pub fn request_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("request.json")
+}
+
+pub fn read_request(data_dir: &Path) -> Option<Request> {
+    serde_json::from_slice(&std::fs::read(request_path(data_dir)).ok()?).ok()
+}
+
+pub fn write_request(data_dir: &Path, req: &Request) -> Result<(), Failure> {
+    let p = request_path(data_dir);
+    fsutil::write_atomic(&p, &serde_json::to_vec(req).expect("request serializes")).map_err(|e| Failure::state_io(&p, e))
+}
+
+/// How long the synchronous preflight may ask IMDS (the whole enable must end within 10 s).
+fn preflight_imds_policy() -> imds::Policy {
+    imds::Policy {
+        attempt_timeout: Duration::from_millis(1500),
+        pauses: vec![Duration::from_millis(200), Duration::from_millis(500)],
+        deadline: Duration::from_secs(5),
+    }
+}
+
+/// How long verify waits for ports to come up. An operator knob for image builds and slow
+/// fabrics; the default covers a port that trains after a reboot.
+fn verify_timeout() -> Duration {
+    let secs = std::env::var("IBDRIVER_VERIFY_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(120)
+        .min(3600);
+    Duration::from_secs(secs)
+}
+
+/// Substatus entries, one per planned stage, from the checkpoint.
+pub fn stage_substatus(cp: &Checkpoint, plan: &[Stage]) -> Vec<SubStatus> {
+    plan.iter()
+        .map(|s| {
+            if cp.is_done(*s) {
+                SubStatus::new(s.name(), StatusValue::Success, 0, "done")
+            } else if cp.current == Some(*s) {
+                SubStatus::new(s.name(), StatusValue::Transitioning, 0, "running")
+            } else if let (Some(err), None) = (&cp.last_error, cp.current) {
+                if cp.next(plan) == Some(*s) {
+                    SubStatus::new(s.name(), StatusValue::Error, err.code.number(), err.message.clone())
+                } else {
+                    SubStatus::new(s.name(), StatusValue::Transitioning, 0, "not started")
+                }
+            } else {
+                SubStatus::new(s.name(), StatusValue::Transitioning, 0, "pending")
+            }
+        })
+        .collect()
+}
+
+pub fn health_substatus(report: &HealthReport) -> SubStatus {
+    let status = if report.healthy {
+        StatusValue::Success
+    } else {
+        StatusValue::Error
+    };
+    let json = serde_json::to_string(report).expect("health report serializes");
+    SubStatus::new("health", status, report.code.number(), json)
+}
+
+/// The cheap verdict for the no-op path: sysfs and file checks only, no IMDS, no processes.
+fn quick_health(root: &Root) -> HealthReport {
+    let sysfs = host::read_sysfs(root);
+    let verbs = host::stack::has_verbs_library(root);
+    let stack = verbs.then(|| host::stack::InstalledStack {
+        kind: host::stack::StackKind::Inbox,
+        version: None,
+        verbs_library: true,
+    });
+    health::evaluate(&sysfs.kernel, &sysfs.mellanox, &sysfs.modules, stack.as_ref(), &Default::default())
+}
+
+pub fn enable(inv: &Invocation) -> i32 {
+    let started = Instant::now();
+    let seq = inv.agent.seq;
+    let data = inv.root.data_dir();
+    if let Err(e) = fsutil::create_private_dir(&data) {
+        return inv.fail("Enable", &Failure::state_io(&data, e), vec![]);
+    }
+    let store = Store::new(&data);
+    let prev = store.load();
+    let lock = WorkerLock::new(&data);
+
+    // A worker already busy with this sequence number: nothing to add.
+    if lock.is_held() && read_request(&data).is_some_and(|r| r.seq == seq && !r.stop) {
+        tracing::info!(seq, "a worker is already running for this sequence number");
+        return 0;
+    }
+    // Same sequence number, finished successfully, host still verifies: no work.
+    let terminal = prev.as_ref().is_some_and(|cp| cp.seq == seq && cp.is_terminal_success());
+    if terminal && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq) {
+        let report = quick_health(&inv.root);
+        if report.healthy {
+            tracing::info!(seq, "sequence number already applied and the host verifies; nothing to do");
+            if !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir) {
+                monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
+            }
+            inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
+            return 0;
+        }
+        tracing::warn!(seq, "host no longer verifies ({}); running again", report.summary);
+    }
+
+    let settings = match settings::load(&inv.agent) {
+        Ok(s) => s,
+        Err(f) => {
+            inv.write_mrseq();
+            return inv.fail("Enable", &f, vec![]);
+        }
+    };
+    let facts = host::detect(&inv.root, Some(&preflight_imds_policy()));
+    let plan = plan::decide(&facts, &settings.public);
+    tracing::info!(seq, action = ?plan.action, "preflight: {}", plan.summary);
+
+    let mut cp = Checkpoint::resume(prev, seq, &settings.fingerprint, &facts.boot_id);
+    // Preflight judges the host as it is now, so it runs on every enable.
+    cp.completed.retain(|s| *s != Stage::Preflight);
+    let preflight_plan = [Stage::Preflight];
+    let end = runner::run(&store, &mut cp, &preflight_plan, |_, _| preflight(&plan), || false);
+    match end {
+        Err(f) => return inv.fail("Enable", &f, vec![]),
+        Ok(RunEnd::Failed(f)) => {
+            inv.write_mrseq();
+            return inv.fail("Enable", &f, stage_substatus(&cp, &plan.stages));
+        }
+        Ok(_) => {}
+    }
+    if let Err(f) = write_request(&data, &Request { seq, stop: false }) {
+        return inv.fail("Enable", &f, vec![]);
+    }
+    inv.write_status(
+        &StatusReport::new(&inv.name(), "Enable", StatusValue::Transitioning, 0, format!("working: {}", plan.summary))
+            .with_substatus(stage_substatus(&cp, &plan.stages)),
+    );
+    inv.heartbeat(HeartbeatState::Ready, Code::Success, "enable in progress");
+    if let Err(f) = crate::worker::spawn(inv) {
+        return inv.fail("Enable", &f, vec![]);
+    }
+    tracing::info!(seq, elapsed_ms = started.elapsed().as_millis() as u64, "worker started; enable returns");
+    0
+}
+
+fn preflight(plan: &Plan) -> Result<(), Failure> {
+    match &plan.action {
+        Action::Refuse { failure } => Err(failure.clone()),
+        Action::VerifyOnly { .. } => Ok(()),
+    }
+}
+
+/// The verify stage: wait (bounded) for every InfiniBand port to be ACTIVE.
+fn verify(root: &Root, timeout: Duration, poll: Duration, keep_going: impl Fn() -> bool) -> Result<HealthReport, Failure> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let report = monitor::check(root);
+        if report.healthy {
+            return Ok(report);
+        }
+        // Missing software will not fix itself; only a link may still come up.
+        let may_improve = report.code == Code::PortsNotActive;
+        if !may_improve || Instant::now() >= deadline || !keep_going() {
+            return Err(report.failure().expect("unhealthy report has a failure"));
+        }
+        tracing::info!("waiting for ports: {}", report.summary);
+        std::thread::sleep(poll.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// The detached worker for sequence number `inv.agent.seq`.
+pub fn worker(inv: &Invocation) -> i32 {
+    let seq = inv.agent.seq;
+    let data = inv.root.data_dir();
+    let wanted = || read_request(&data).is_some_and(|r| r.seq == seq && !r.stop);
+    let lock = WorkerLock::new(&data);
+    // An older worker leaves at its next safe point; wait for it, not forever.
+    let held = match lock.acquire(Duration::from_secs(900), Duration::from_millis(200), || !wanted()) {
+        Ok(Some(h)) => h,
+        Ok(None) if !wanted() => {
+            tracing::info!(seq, "superseded before starting");
+            return 0;
+        }
+        Ok(None) => {
+            let f = Failure::new(Code::WorkerStart, "another worker held the lock for 15 minutes; run enable again");
+            return inv.fail("Enable", &f, vec![]);
+        }
+        Err(e) => return inv.fail("Enable", &Failure::state_io(&lock_path(&data), e), vec![]),
+    };
+    let _held = held;
+    let beat = crate::worker::Heartbeat::start(inv.agent.env.heartbeat_file.clone());
+
+    let settings: Settings = match settings::load(&inv.agent) {
+        Ok(s) => s,
+        Err(f) => return inv.fail("Enable", &f, vec![]),
+    };
+    let facts = host::detect(&inv.root, Some(&imds::Policy::default()));
+    let plan = plan::decide(&facts, &settings.public);
+    let store = Store::new(&data);
+    let mut cp = Checkpoint::resume(store.load(), seq, &settings.fingerprint, &facts.boot_id);
+    let mut last_report = None;
+    let status_name = inv.name();
+    let end = runner::run(
+        &store,
+        &mut cp,
+        &plan.stages,
+        |stage, cp| {
+            inv.write_status(
+                &StatusReport::new(&status_name, "Enable", StatusValue::Transitioning, 0, format!("{}: running", stage.name()))
+                    .with_substatus(stage_substatus(cp, &plan.stages)),
+            );
+            beat.set_message(&format!("enable in progress: {}", stage.name()));
+            match stage {
+                Stage::Preflight => preflight(&plan),
+                Stage::Verify => {
+                    let r = verify(&inv.root, verify_timeout(), Duration::from_secs(5), &wanted);
+                    last_report = Some(match &r {
+                        Ok(rep) => rep.clone(),
+                        Err(_) => monitor::check(&inv.root),
+                    });
+                    r.map(|_| ())
+                }
+            }
+        },
+        || !wanted(),
+    );
+    beat.stop();
+    let report = last_report.unwrap_or_else(|| monitor::check(&inv.root));
+    let mut subs = stage_substatus(&cp, &plan.stages);
+    subs.push(health_substatus(&report));
+    match end {
+        Ok(RunEnd::Stopped) => {
+            tracing::info!(seq, "stopping at a safe point: superseded or disabled");
+            0
+        }
+        Ok(RunEnd::Failed(f)) => {
+            inv.write_mrseq();
+            let code = inv.fail("Enable", &f, subs);
+            monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
+            code
+        }
+        Err(f) => inv.fail("Enable", &f, subs),
+        Ok(RunEnd::Completed) => {
+            cp.succeed(report.summary.clone());
+            if let Err(f) = store.save(&mut cp) {
+                return inv.fail("Enable", &f, subs);
+            }
+            inv.write_status(
+                &StatusReport::new(&status_name, "Enable", StatusValue::Success, 0, report.summary.clone()).with_substatus(subs),
+            );
+            inv.write_mrseq();
+            inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
+            monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
+            logging::summary(&inv.root, &format!("Enable seq={seq}: success {}", report.summary));
+            events::emit(
+                inv.agent.env.events_folder.as_deref(),
+                &inv.agent.version(),
+                "Enable",
+                Level::Informational,
+                &report.summary,
+                &seq.to_string(),
+            );
+            0
+        }
+    }
+}
+
+fn lock_path(data: &Path) -> PathBuf {
+    data.join("worker.lock")
+}

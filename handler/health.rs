@@ -1,0 +1,245 @@
+//! The verify stage's judgement and the health report: stack and version, modules, every
+//! InfiniBand port with state and rate, IPoIB addresses, and the HCA -> netdev -> IP map.
+//! [`evaluate`] is pure; [`addresses`] asks `ip` for IPv4 addresses.
+
+use crate::error::{Code, Failure};
+use crate::host::pci::{LinkLayer, NicGeneration, PciFunction};
+use crate::host::stack::InstalledStack;
+use crate::proc;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortReport {
+    pub port: u32,
+    pub state: String,
+    pub phys_state: String,
+    pub rate: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetdevReport {
+    pub name: String,
+    pub operstate: Option<String>,
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HcaReport {
+    pub name: String,
+    pub pci: String,
+    pub nic: Option<NicGeneration>,
+    pub fw: Option<String>,
+    pub ports: Vec<PortReport>,
+    pub netdevs: Vec<NetdevReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub code: Code,
+    pub summary: String,
+    pub kernel: String,
+    pub stack: Option<InstalledStack>,
+    pub modules_required: Vec<String>,
+    pub modules_missing: Vec<String>,
+    pub hcas: Vec<HcaReport>,
+    pub problems: Vec<String>,
+}
+
+impl HealthReport {
+    pub fn failure(&self) -> Option<Failure> {
+        (!self.healthy).then(|| Failure::new(self.code, self.summary.clone()))
+    }
+
+    /// Port count and rates in a few words, for the status message and heartbeat.
+    pub fn port_summary(&self) -> String {
+        let ports: Vec<&PortReport> = self.hcas.iter().flat_map(|h| h.ports.iter()).collect();
+        let active = ports.iter().filter(|p| p.state == "ACTIVE").count();
+        let mut rates: BTreeSet<&str> = ports.iter().map(|p| p.rate.as_str()).collect();
+        rates.remove("");
+        format!(
+            "{active}/{} InfiniBand port(s) ACTIVE ({})",
+            ports.len(),
+            rates.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+pub fn required_modules(functions: &[&PciFunction]) -> Vec<String> {
+    let mut req: BTreeSet<&str> = ["ib_core", "ib_uverbs"].into();
+    for f in functions {
+        match f.generation {
+            Some(g) if g.is_mlx4() => req.extend(["mlx4_core", "mlx4_ib"]),
+            _ => req.extend(["mlx5_core", "mlx5_ib"]),
+        }
+    }
+    req.into_iter().map(str::to_string).collect()
+}
+
+/// Judge the InfiniBand functions. `addresses` maps netdev -> IPv4 CIDRs (empty when not asked).
+pub fn evaluate(
+    kernel: &str,
+    mellanox: &[PciFunction],
+    modules: &BTreeSet<String>,
+    stack: Option<&InstalledStack>,
+    addresses: &BTreeMap<String, Vec<String>>,
+) -> HealthReport {
+    let ib: Vec<&PciFunction> = mellanox.iter().filter(|f| f.is_infiniband()).collect();
+    let required = required_modules(&ib);
+    let missing: Vec<String> = required.iter().filter(|m| !modules.contains(*m)).cloned().collect();
+    let mut problems = Vec::new();
+    let mut hcas = Vec::new();
+    let mut ports_total = 0;
+    let mut ports_down = Vec::new();
+    for f in &ib {
+        if f.ib_devices.is_empty() {
+            problems.push(format!("PCI {} has no registered InfiniBand device", f.address));
+        }
+        for d in &f.ib_devices {
+            let mut ports = Vec::new();
+            for p in d.ports.iter().filter(|p| p.link_layer != LinkLayer::Ethernet) {
+                ports_total += 1;
+                if !p.is_active() {
+                    ports_down.push(format!("{}/{} is {} ({})", d.name, p.number, p.state, p.phys_state));
+                }
+                ports.push(PortReport {
+                    port: p.number,
+                    state: p.state.clone(),
+                    phys_state: p.phys_state.clone(),
+                    rate: p.rate.clone(),
+                });
+            }
+            let netdevs = f
+                .netdevs
+                .iter()
+                .map(|n| NetdevReport {
+                    name: n.name.clone(),
+                    operstate: n.operstate.clone(),
+                    addresses: addresses.get(&n.name).cloned().unwrap_or_default(),
+                })
+                .collect();
+            hcas.push(HcaReport {
+                name: d.name.clone(),
+                pci: f.address.clone(),
+                nic: f.generation,
+                fw: d.fw_ver.clone(),
+                ports,
+                netdevs,
+            });
+        }
+    }
+    if stack.is_none_or(|s| !s.verbs_library) {
+        problems.push("the user-space verbs library (libibverbs.so.1) is not installed".into());
+    }
+    let (code, summary) = if ib.is_empty() || ports_total == 0 {
+        (
+            Code::NoIbPorts,
+            "no InfiniBand port is registered with the kernel; the RDMA driver is not loaded".to_string(),
+        )
+    } else if !missing.is_empty() {
+        (
+            Code::ModulesMissing,
+            format!("RDMA kernel modules not loaded: {}; load them with modprobe or reboot", missing.join(", ")),
+        )
+    } else if !ports_down.is_empty() {
+        (
+            Code::PortsNotActive,
+            format!(
+                "InfiniBand port(s) not active: {}; the fabric link is down, redeploy or contact support if it persists",
+                ports_down.join("; ")
+            ),
+        )
+    } else if stack.is_none_or(|s| !s.verbs_library) {
+        (
+            Code::InstallUnavailable,
+            "the user-space verbs library (libibverbs.so.1) is not installed".to_string(),
+        )
+    } else {
+        (Code::Success, String::new())
+    };
+    problems.extend(ports_down);
+    if !missing.is_empty() {
+        problems.push(format!("missing modules: {}", missing.join(", ")));
+    }
+    let mut report = HealthReport {
+        healthy: code == Code::Success,
+        code,
+        summary,
+        kernel: kernel.to_string(),
+        stack: stack.cloned(),
+        modules_required: required,
+        modules_missing: missing,
+        hcas,
+        problems,
+    };
+    if report.healthy {
+        let stack_text = stack
+            .map(|s| format!("{} {}", s.kind.as_str(), s.version.clone().unwrap_or_default()))
+            .unwrap_or_default();
+        report.summary = format!("RDMA ready: {}; {}", report.port_summary(), stack_text.trim());
+    }
+    report
+}
+
+#[derive(Deserialize)]
+struct IpAddrInfo {
+    family: Option<String>,
+    local: Option<String>,
+    prefixlen: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct IpLink {
+    ifname: String,
+    #[serde(default)]
+    addr_info: Vec<IpAddrInfo>,
+}
+
+/// Parse `ip -j -4 addr show`.
+pub fn parse_ip_json(text: &str) -> BTreeMap<String, Vec<String>> {
+    let links: Vec<IpLink> = serde_json::from_str(text).unwrap_or_default();
+    links
+        .into_iter()
+        .map(|l| {
+            let addrs = l
+                .addr_info
+                .into_iter()
+                .filter(|a| a.family.as_deref().is_none_or(|f| f == "inet"))
+                .filter_map(|a| Some(format!("{}/{}", a.local?, a.prefixlen.unwrap_or(32))))
+                .collect();
+            (l.ifname, addrs)
+        })
+        .collect()
+}
+
+/// IPv4 addresses per interface; empty when `ip` is unavailable (reported, not fatal).
+pub fn addresses() -> BTreeMap<String, Vec<String>> {
+    match proc::run("ip", &["-j", "-4", "addr", "show"], None, Duration::from_secs(10)) {
+        Ok(out) if out.success() => parse_ip_json(&String::from_utf8_lossy(&out.stdout)),
+        Ok(out) => {
+            tracing::warn!(code = ?out.code, "ip addr failed: {}", out.stderr_tail(200));
+            BTreeMap::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list IP addresses");
+            BTreeMap::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_json() {
+        let m = parse_ip_json(
+            r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+                {"ifindex":3,"ifname":"ib0","addr_info":[{"family":"inet","local":"172.16.1.4","prefixlen":16}]}]"#,
+        );
+        assert_eq!(m["ib0"], vec!["172.16.1.4/16".to_string()]);
+        assert!(parse_ip_json("garbage").is_empty());
+    }
+}

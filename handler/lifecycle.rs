@@ -1,0 +1,133 @@
+//! `install`, `disable`, `uninstall` and `update` (PROTOCOL.md section 7).
+//!
+//! - install: prepares the data directory; the work happens in enable.
+//! - disable: stops our enforcement (the worker at its next safe point, the health monitor);
+//!   drivers keep working.
+//! - uninstall: disable's cleanup plus our state, unless an update is in progress (the agent runs
+//!   the old version's uninstall after the new version's update). Drivers stay installed.
+//! - update: records that an update is in progress so the old version's uninstall keeps state.
+
+use crate::enable::{self, Invocation, Request};
+use crate::error::Failure;
+use crate::lock::WorkerLock;
+use crate::{clock, fsutil, logging, monitor};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const UPDATE_MARKER: &str = "update.json";
+/// An update marker older than this is stale (a failed update long ago) and ignored.
+const UPDATE_MARKER_TTL_SECS: u64 = 3600;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UpdateMarker {
+    from: String,
+    to: String,
+    at: u64,
+}
+
+pub fn install(inv: &Invocation) -> i32 {
+    let data = inv.root.data_dir();
+    if let Err(e) = fsutil::create_private_dir(&data) {
+        let f = Failure::state_io(&data, e);
+        tracing::error!("install: {f}");
+        return f.code.exit_code();
+    }
+    logging::summary(&inv.root, &format!("Install version {}", inv.agent.version()));
+    tracing::info!("installed");
+    0
+}
+
+/// Ask the worker to stop, wait for it, and as a last resort stop exactly that process.
+fn stop_worker(data: &Path, wait: Duration) {
+    let lock = WorkerLock::new(data);
+    if !lock.is_held() {
+        return;
+    }
+    let seq = enable::read_request(data).map(|r| r.seq).unwrap_or(0);
+    if let Err(f) = enable::write_request(data, &Request { seq, stop: true }) {
+        tracing::warn!("cannot ask the worker to stop: {f}");
+    }
+    let deadline = Instant::now() + wait;
+    while lock.is_held() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if lock.is_held() {
+        if let Some(pid) = lock.holder() {
+            tracing::warn!(pid, "worker did not stop in time; sending SIGTERM");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock.is_held() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if lock.holder() == Some(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn disable(inv: &Invocation) -> i32 {
+    let data = inv.root.data_dir();
+    stop_worker(&data, Duration::from_secs(60));
+    monitor::remove(&inv.root);
+    logging::summary(&inv.root, &format!("Disable seq={}", inv.agent.seq));
+    tracing::info!("disabled: worker stopped, health monitor removed; drivers left as they are");
+    0
+}
+
+fn update_in_progress(data: &Path) -> bool {
+    let Some(m) = std::fs::read(data.join(UPDATE_MARKER))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<UpdateMarker>(&b).ok())
+    else {
+        return false;
+    };
+    clock::unix_seconds().saturating_sub(m.at) < UPDATE_MARKER_TTL_SECS
+}
+
+pub fn uninstall(inv: &Invocation) -> i32 {
+    let data = inv.root.data_dir();
+    stop_worker(&data, Duration::from_secs(30));
+    if update_in_progress(&data) {
+        // The new version's update ran already; it owns the state and the monitor now.
+        let _ = std::fs::remove_file(data.join(UPDATE_MARKER));
+        tracing::info!("uninstall during an update: state kept for the new version");
+        logging::summary(&inv.root, &format!("Uninstall version {} (update)", inv.agent.version()));
+        return 0;
+    }
+    monitor::remove(&inv.root);
+    if let Err(e) = std::fs::remove_dir_all(&data) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, "cannot remove {}", data.display());
+        }
+    }
+    logging::summary(&inv.root, &format!("Uninstall version {}: state removed, drivers kept", inv.agent.version()));
+    tracing::info!("uninstalled: state removed; drivers left installed");
+    0
+}
+
+pub fn update(inv: &Invocation) -> i32 {
+    let data = inv.root.data_dir();
+    if let Err(e) = fsutil::create_private_dir(&data) {
+        let f = Failure::state_io(&data, e);
+        tracing::error!("update: {f}");
+        return f.code.exit_code();
+    }
+    let marker = UpdateMarker {
+        from: inv.agent.vars.updating_from_version.clone().unwrap_or_default(),
+        to: inv.agent.vars.version.clone().unwrap_or_else(|| inv.agent.version()),
+        at: clock::unix_seconds(),
+    };
+    let bytes = serde_json::to_vec(&marker).expect("marker serializes");
+    if let Err(e) = fsutil::write_atomic(&data.join(UPDATE_MARKER), &bytes) {
+        let f = Failure::state_io(&data.join(UPDATE_MARKER), e);
+        tracing::error!("update: {f}");
+        return f.code.exit_code();
+    }
+    logging::summary(&inv.root, &format!("Update from {} to {}", marker.from, marker.to));
+    tracing::info!(from = %marker.from, to = %marker.to, "update recorded");
+    0
+}

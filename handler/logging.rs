@@ -1,0 +1,181 @@
+//! Our logs: a size-capped, rotated `tracing` log in the agent's `logFolder`, and one line per
+//! outcome in `/var/log/azure/ib-vmext-status`, where users of the real extension look.
+//! Nothing secret reaches either: secrets are typed ([`crate::settings::Secret`]) and URLs are
+//! passed through [`redact_url`] before they are logged.
+
+use crate::fsutil;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const LOG_FILE: &str = "ibdriver.log";
+pub const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
+pub const KEEP_ROTATED: usize = 3;
+pub const SUMMARY_LOG: &str = "var/log/azure/ib-vmext-status";
+const MAX_SUMMARY_BYTES: u64 = 1024 * 1024;
+
+/// Appends to `path`; when it would pass `max_bytes`, shifts `path.1..path.N` and starts anew.
+pub struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    state: Mutex<Option<(File, u64)>>,
+}
+
+impl RotatingFile {
+    pub fn new(path: PathBuf, max_bytes: u64, keep: usize) -> Self {
+        RotatingFile {
+            path,
+            max_bytes,
+            keep,
+            state: Mutex::new(None),
+        }
+    }
+
+    fn rotate(&self) -> io::Result<()> {
+        for i in (1..self.keep).rev() {
+            let from = rotated(&self.path, i);
+            if from.exists() {
+                fs::rename(&from, rotated(&self.path, i + 1))?;
+            }
+        }
+        if self.keep > 0 {
+            fs::rename(&self.path, rotated(&self.path, 1))?;
+        } else {
+            fs::remove_file(&self.path)?;
+        }
+        Ok(())
+    }
+
+    pub fn append(&self, buf: &[u8]) -> io::Result<()> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let f = fsutil::open_append_private(&self.path)?;
+            let len = f.metadata()?.len();
+            *guard = Some((f, len));
+        }
+        let needs_rotation = guard
+            .as_ref()
+            .is_some_and(|(_, len)| *len > 0 && *len + buf.len() as u64 > self.max_bytes);
+        if needs_rotation {
+            *guard = None;
+            // Another process may have rotated already; the next open starts a fresh file either way.
+            let _ = self.rotate();
+            let f = fsutil::open_append_private(&self.path)?;
+            let len = f.metadata()?.len();
+            *guard = Some((f, len));
+        }
+        let (f, len) = guard.as_mut().expect("opened above");
+        f.write_all(buf)?;
+        *len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn rotated(path: &Path, i: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+#[derive(Clone)]
+pub struct LogWriter(Arc<RotatingFile>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.append(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Send `tracing` output to `<log_folder>/ibdriver.log`, or to stderr for operator verbs.
+/// Logging must never stop the handler, so failures fall back to stderr.
+pub fn init(log_folder: Option<&Path>, verbose: bool) {
+    use tracing_subscriber::fmt;
+    let level = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let file = log_folder.and_then(|dir| {
+        fsutil::create_private_dir(dir).ok()?;
+        let rf = RotatingFile::new(dir.join(LOG_FILE), MAX_LOG_BYTES, KEEP_ROTATED);
+        rf.append(b"").ok()?;
+        Some(LogWriter(Arc::new(rf)))
+    });
+    let builder = fmt().with_max_level(level).with_ansi(false).with_target(false);
+    let _ = match file {
+        Some(w) => builder.with_writer(move || w.clone()).try_init(),
+        None => builder
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(io::stderr)
+            .try_init(),
+    };
+}
+
+/// Strip the query string and user info from a URL before it is logged or shown.
+pub fn redact_url(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or("");
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => no_query.to_string(),
+    }
+}
+
+/// Append one line to the compatible summary log under `root`.
+pub fn summary(root: &crate::host::Root, line: &str) {
+    let path = root.path(SUMMARY_LOG);
+    if let Some(dir) = path.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    if fs::metadata(&path).map(|m| m.len() > MAX_SUMMARY_BYTES).unwrap_or(false) {
+        let _ = fs::rename(&path, rotated(&path, 1));
+    }
+    let text = format!("{} {}\n", crate::clock::now_rfc3339(), line.replace('\n', " "));
+    if let Ok(mut f) = fsutil::open_append_private(&path) {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_at_cap_and_keeps_n() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.log");
+        let rf = RotatingFile::new(p.clone(), 100, 2);
+        for _ in 0..20 {
+            rf.append(&[b'a'; 40]).unwrap();
+        }
+        let total: u64 = fsutil::dir_names(d.path())
+            .iter()
+            .map(|n| fs::metadata(d.path().join(n)).unwrap().len())
+            .sum();
+        assert_eq!(fsutil::dir_names(d.path()), vec!["x.log", "x.log.1", "x.log.2"]);
+        assert!(total <= 300, "{total}");
+        assert!(fs::metadata(&p).unwrap().len() <= 100);
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://acct.blob.core.windows.net/c/ofed.tgz?sv=2020&sig=SECRET"),
+            "https://acct.blob.core.windows.net/c/ofed.tgz"
+        );
+        assert_eq!(redact_url("http://user:pw@127.0.0.1:3128"), "http://127.0.0.1:3128");
+        assert_eq!(redact_url("http://u:p@h/a@b?x"), "http://h/a@b");
+    }
+}

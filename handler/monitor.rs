@@ -1,0 +1,130 @@
+//! The health monitor: a systemd timer that runs `ibdriver monitor` every 5 minutes after
+//! enable has finished, so the heartbeat stays fresh (the agent calls a handler Unresponsive
+//! once it is 600 s old) and truthful. Enable installs it; disable and uninstall remove it.
+
+use crate::agent::AgentContext;
+use crate::error::Code;
+use crate::health;
+use crate::host::{self, Root};
+use crate::proc;
+use crate::status::{self, HeartbeatState};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const UNIT: &str = "ibdriver-health";
+const UNIT_DIR: &str = "etc/systemd/system";
+
+fn unit_paths(root: &Root) -> (PathBuf, PathBuf) {
+    let dir = root.path(UNIT_DIR);
+    (dir.join(format!("{UNIT}.service")), dir.join(format!("{UNIT}.timer")))
+}
+
+/// systemd quoting for one ExecStart word.
+fn quote(word: &str) -> String {
+    format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%"))
+}
+
+pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
+    let mut env = String::new();
+    for key in ["IBDRIVER_ROOT", "IBDRIVER_IMDS_URL"] {
+        if let Ok(v) = std::env::var(key) {
+            if !v.is_empty() {
+                env.push_str(&format!("Environment={}\n", quote(&format!("{key}={v}"))));
+            }
+        }
+    }
+    format!(
+        "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
+         [Unit]\nDescription=InfiniBand driver extension health report\n\n\
+         [Service]\nType=oneshot\n{env}ExecStart={} monitor --handler-dir {}\n",
+        quote(&exe.to_string_lossy()),
+        quote(&handler_dir.to_string_lossy())
+    )
+}
+
+pub const TIMER_UNIT: &str = "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
+[Unit]\nDescription=InfiniBand driver extension health report every 5 minutes\n\n\
+[Timer]\nOnBootSec=2min\nOnUnitActiveSec=5min\nAccuracySec=30s\n\n\
+[Install]\nWantedBy=timers.target\n";
+
+fn systemctl(args: &[&str]) {
+    match proc::run("systemctl", args, None, Duration::from_secs(60)) {
+        Ok(o) if o.success() => {}
+        Ok(o) => tracing::warn!(?args, code = ?o.code, "systemctl failed: {}", o.stderr_tail(300)),
+        Err(e) => tracing::warn!(?args, error = %e, "systemctl could not run"),
+    }
+}
+
+/// Is the installed service unit the one this binary would write? (A no-op enable after an
+/// update must repoint it at the new version's binary.)
+pub fn is_current(root: &Root, exe: &Path, handler_dir: &Path) -> bool {
+    let (svc, timer) = unit_paths(root);
+    timer.exists() && std::fs::read_to_string(svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
+}
+
+pub fn install(root: &Root, exe: &Path, handler_dir: &Path) {
+    if !root.systemd_running() {
+        tracing::warn!("systemd is not running: no health monitor; the heartbeat will age after enable");
+        return;
+    }
+    let (svc, timer) = unit_paths(root);
+    if let Some(dir) = svc.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let write = |p: &Path, text: &str| {
+        if let Err(e) = crate::fsutil::write_atomic(p, text.as_bytes()) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write unit");
+        }
+    };
+    write(&svc, &service_unit(exe, handler_dir));
+    write(&timer, TIMER_UNIT);
+    systemctl(&["daemon-reload"]);
+    systemctl(&["enable", "--now", &format!("{UNIT}.timer")]);
+    tracing::info!("health monitor timer installed");
+}
+
+pub fn remove(root: &Root) {
+    let (svc, timer) = unit_paths(root);
+    if !svc.exists() && !timer.exists() {
+        return;
+    }
+    if root.systemd_running() {
+        systemctl(&["disable", "--now", &format!("{UNIT}.timer")]);
+    }
+    let _ = std::fs::remove_file(&timer);
+    let _ = std::fs::remove_file(&svc);
+    if root.systemd_running() {
+        systemctl(&["daemon-reload"]);
+    }
+    tracing::info!("health monitor removed");
+}
+
+/// One health check: the report, then the heartbeat that carries it.
+pub fn check(root: &Root) -> health::HealthReport {
+    let sysfs = host::read_sysfs(root);
+    let stack = host::stack::detect(root);
+    health::evaluate(&sysfs.kernel, &sysfs.mellanox, &sysfs.modules, stack.as_ref(), &health::addresses())
+}
+
+pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) {
+    let (state, code) = if report.healthy {
+        (HeartbeatState::Ready, Code::Success)
+    } else {
+        (HeartbeatState::NotReady, report.code)
+    };
+    if let Err(f) = status::write_heartbeat(&agent.env.heartbeat_file, state, code, &report.summary) {
+        tracing::warn!("{f}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_quotes_paths() {
+        let u = service_unit(Path::new("/var/lib/waagent/H-1.0/bin/ibdriver"), Path::new("/var/lib/waagent/H-1.0"));
+        assert!(u.contains("ExecStart=\"/var/lib/waagent/H-1.0/bin/ibdriver\" monitor --handler-dir \"/var/lib/waagent/H-1.0\""));
+        assert_eq!(quote("a%b\"c"), "\"a%%b\\\"c\"");
+    }
+}

@@ -1,0 +1,204 @@
+//! What enable would do on this host, as a pure function of the host facts and the settings.
+//! Refusals happen here, before anything on the host changes.
+
+use crate::error::{Code, Failure};
+use crate::host::os_release::OsRelease;
+use crate::host::stack::StackKind;
+use crate::host::HostFacts;
+use crate::runner::Stage;
+use crate::settings::{PublicSettings, Stack};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Action {
+    /// Drivers are present: verify them and report.
+    VerifyOnly { stack: StackKind },
+    /// Refuse with this failure.
+    Refuse { failure: Failure },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub action: Action,
+    pub stages: Vec<Stage>,
+    pub summary: String,
+}
+
+/// Distros this handler serves (DESIGN.md, DOMAIN.md section 6). `Err` says why not.
+pub fn os_supported(os: &OsRelease) -> Result<(), String> {
+    let major = os.version_id.split('.').next().unwrap_or("");
+    let ok = match os.id.as_str() {
+        "ubuntu" => ["20.04", "22.04", "24.04"].contains(&os.version_id.as_str()),
+        "rhel" | "almalinux" | "rocky" => ["8", "9"].contains(&major),
+        "centos" => ["7", "8"].contains(&major),
+        "sles" | "sles_sap" | "sle_hpc" => major == "15",
+        "debian" => major == "12",
+        "azurelinux" => major == "3",
+        "mariner" => major == "2",
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} {} is not a supported distribution", os.id, os.version_id))
+    }
+}
+
+/// Sizes with Network Direct (non-SR-IOV) RDMA, all retired; DOMAIN.md 4.2.
+fn network_direct_size(size: &str) -> bool {
+    let s = size.to_ascii_lowercase();
+    let s = s.strip_prefix("standard_").unwrap_or(&s);
+    ["a8", "a9", "h16r", "h16mr", "nc24r", "nc24rs_v2", "nd24rs"].contains(&s)
+}
+
+fn stack_matches(wanted: Stack, have: StackKind) -> bool {
+    matches!(
+        (wanted, have),
+        (Stack::Auto, _)
+            | (Stack::Doca, StackKind::Doca)
+            | (Stack::MlnxOfed, StackKind::MlnxOfed)
+            | (Stack::Inbox, StackKind::Inbox)
+    )
+}
+
+fn refuse(code: Code, message: String) -> Plan {
+    Plan {
+        summary: message.clone(),
+        action: Action::Refuse {
+            failure: Failure::new(code, message),
+        },
+        stages: vec![Stage::Preflight],
+    }
+}
+
+pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
+    let size = facts.vm_size().unwrap_or("unknown size").to_string();
+    if !facts.hyperv {
+        return refuse(
+            Code::NotHyperV,
+            "this is not an Azure (Hyper-V) guest: no VMBus devices in /sys/bus/vmbus; \
+             the extension only runs on Azure VMs"
+                .into(),
+        );
+    }
+    let ib: Vec<_> = facts.infiniband_functions().collect();
+    if ib.is_empty() {
+        let nd = facts.vmbus.network_direct
+            || facts.kvp.nd_driver_version.is_some()
+            || facts.vm_size().is_some_and(network_direct_size);
+        if nd {
+            return refuse(
+                Code::VmSizeUnsupported,
+                format!(
+                    "{size} uses Network Direct (non-SR-IOV) RDMA, which this extension does not \
+                     support; use an SR-IOV InfiniBand size such as HBv3, HBv4 or NDv4"
+                ),
+            );
+        }
+        return refuse(
+            Code::NoInfiniBand,
+            format!(
+                "no Mellanox InfiniBand device on this VM ({size}); use an InfiniBand-enabled \
+                 size (an 'r' size such as HB120rs_v3 or ND96asr_v4) or remove the extension"
+            ),
+        );
+    }
+    let Some(os) = &facts.os else {
+        return refuse(
+            Code::OsUnsupported,
+            "cannot identify the distribution: /etc/os-release is missing or has no ID".into(),
+        );
+    };
+    if let Err(why) = os_supported(os) {
+        return refuse(
+            Code::OsUnsupported,
+            format!("{why}; use Ubuntu 20.04-24.04, RHEL/AlmaLinux/Rocky 8-9, SLES 15, Debian 12 or Azure Linux 3"),
+        );
+    }
+    let registered = ib.iter().all(|f| !f.ib_devices.is_empty());
+    let install_reason = match &facts.stack {
+        None => Some("no InfiniBand driver stack is installed".to_string()),
+        Some(st) if !registered => Some(format!(
+            "the {} stack is installed but the kernel has not registered the InfiniBand device(s)",
+            st.kind.as_str()
+        )),
+        Some(st) if !stack_matches(settings.stack, st.kind) => Some(format!(
+            "settings ask for stack {:?} but {} is installed",
+            settings.stack,
+            st.kind.as_str()
+        )),
+        Some(st)
+            if settings.version.is_some()
+                && st.version.as_deref() != settings.version.as_deref() =>
+        {
+            Some(format!(
+                "settings pin version {} but {} is installed",
+                settings.version.as_deref().unwrap_or_default(),
+                st.version.as_deref().unwrap_or("an unknown version")
+            ))
+        }
+        Some(_) if settings.package.is_some() => {
+            Some("settings name a custom driver package".to_string())
+        }
+        Some(_) => None,
+    };
+    if let Some(reason) = install_reason {
+        return refuse(
+            Code::InstallUnavailable,
+            format!(
+                "{reason}, and this handler version cannot install drivers yet; deploy an image \
+                 with drivers preinstalled (for example the Azure HPC images) or install them first"
+            ),
+        );
+    }
+    let stack = facts.stack.as_ref().map(|s| s.kind).unwrap_or(StackKind::Inbox);
+    Plan {
+        summary: format!(
+            "{} {} with {} {}: verify {} InfiniBand function(s)",
+            os.id,
+            os.version_id,
+            stack.as_str(),
+            facts.stack.as_ref().and_then(|s| s.version.clone()).unwrap_or_default(),
+            ib.len()
+        ),
+        action: Action::VerifyOnly { stack },
+        stages: vec![Stage::Preflight, Stage::Verify],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::os_release;
+
+    fn os(id: &str, v: &str) -> OsRelease {
+        os_release::parse(&format!("ID={id}\nVERSION_ID=\"{v}\"\n")).unwrap()
+    }
+
+    #[test]
+    fn supported_distros() {
+        for (id, v) in [
+            ("ubuntu", "22.04"),
+            ("ubuntu", "24.04"),
+            ("almalinux", "8.10"),
+            ("rocky", "9.5"),
+            ("rhel", "8.10"),
+            ("sles", "15.5"),
+            ("debian", "12"),
+            ("azurelinux", "3.0"),
+        ] {
+            assert!(os_supported(&os(id, v)).is_ok(), "{id} {v}");
+        }
+        for (id, v) in [("ubuntu", "18.04"), ("fedora", "40"), ("debian", "11"), ("alpine", "3.19"), ("rhel", "7.9")] {
+            assert!(os_supported(&os(id, v)).is_err(), "{id} {v}");
+        }
+    }
+
+    #[test]
+    fn nd_sizes() {
+        assert!(network_direct_size("Standard_H16r"));
+        assert!(network_direct_size("standard_nc24rs_v2"));
+        assert!(!network_direct_size("Standard_HB120rs_v3"));
+    }
+}

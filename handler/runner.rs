@@ -1,0 +1,299 @@
+//! The resumable stage runner (DESIGN.md section 6). The checkpoint (`state.json` in the data
+//! directory) is written atomically before and after every stage, so a worker killed at any
+//! instant resumes where it stopped and never repeats a completed stage of the same sequence
+//! number and settings. Transitions are pure methods on [`Checkpoint`]; [`run`] adds the I/O.
+
+use crate::error::{Code, Failure};
+use crate::fsutil;
+use crate::status::StatusValue;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    Preflight,
+    Verify,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Preflight => "preflight",
+            Stage::Verify => "verify",
+        }
+    }
+
+    /// Stages whose result belongs to one boot and must run again after a reboot.
+    pub fn per_boot(self) -> bool {
+        matches!(self, Stage::Verify)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: StatusValue,
+    pub code: Code,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub settings: String,
+    pub boot_id: String,
+    pub current: Option<Stage>,
+    pub completed: Vec<Stage>,
+    pub attempts: u32,
+    pub outcome: Option<Outcome>,
+    pub last_error: Option<Failure>,
+    pub updated: String,
+}
+
+impl Checkpoint {
+    pub fn fresh(seq: u64, settings: &str, boot_id: &str) -> Self {
+        Checkpoint {
+            seq,
+            settings: settings.to_string(),
+            boot_id: boot_id.to_string(),
+            current: None,
+            completed: Vec::new(),
+            attempts: 0,
+            outcome: None,
+            last_error: None,
+            updated: String::new(),
+        }
+    }
+
+    /// Continue `prev` when it is the same work (sequence number and settings); otherwise start
+    /// afresh. After a reboot, per-boot stages and any outcome are dropped so they run again.
+    pub fn resume(prev: Option<Checkpoint>, seq: u64, settings: &str, boot_id: &str) -> Self {
+        match prev {
+            Some(mut cp) if cp.seq == seq && cp.settings == settings => {
+                if cp.boot_id != boot_id {
+                    cp.completed.retain(|s| !s.per_boot());
+                    cp.outcome = None;
+                    cp.boot_id = boot_id.to_string();
+                }
+                cp
+            }
+            _ => Checkpoint::fresh(seq, settings, boot_id),
+        }
+    }
+
+    pub fn is_done(&self, stage: Stage) -> bool {
+        self.completed.contains(&stage)
+    }
+
+    /// The first planned stage not yet completed.
+    pub fn next(&self, plan: &[Stage]) -> Option<Stage> {
+        plan.iter().copied().find(|s| !self.is_done(*s))
+    }
+
+    pub fn begin(&mut self, stage: Stage) {
+        self.current = Some(stage);
+        self.attempts += 1;
+        self.outcome = None;
+    }
+
+    pub fn complete(&mut self, stage: Stage) {
+        if !self.is_done(stage) {
+            self.completed.push(stage);
+        }
+        self.current = None;
+    }
+
+    pub fn fail(&mut self, failure: Failure) {
+        self.outcome = Some(Outcome {
+            status: StatusValue::Error,
+            code: failure.code,
+            message: failure.message.clone(),
+        });
+        self.last_error = Some(failure);
+        self.current = None;
+    }
+
+    pub fn succeed(&mut self, message: String) {
+        self.outcome = Some(Outcome {
+            status: StatusValue::Success,
+            code: Code::Success,
+            message,
+        });
+        self.current = None;
+    }
+
+    pub fn is_terminal_success(&self) -> bool {
+        self.outcome.as_ref().is_some_and(|o| o.status == StatusValue::Success)
+    }
+}
+
+/// Where the checkpoint lives.
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(data_dir: &Path) -> Self {
+        Store {
+            path: data_dir.join("state.json"),
+        }
+    }
+
+    /// A missing or unreadable checkpoint reads as none: the work then starts over, which is
+    /// safe because every stage is idempotent.
+    pub fn load(&self) -> Option<Checkpoint> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(cp) => Some(cp),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "ignoring unreadable checkpoint");
+                None
+            }
+        }
+    }
+
+    pub fn save(&self, cp: &mut Checkpoint) -> Result<(), Failure> {
+        cp.updated = crate::clock::now_rfc3339();
+        let bytes = serde_json::to_vec_pretty(cp).map_err(|e| Failure::internal("checkpoint", e))?;
+        if let Some(dir) = self.path.parent() {
+            fsutil::create_private_dir(dir).map_err(|e| Failure::state_io(dir, e))?;
+        }
+        fsutil::write_atomic(&self.path, &bytes).map_err(|e| Failure::state_io(&self.path, e))
+    }
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    Completed,
+    Failed(Failure),
+    /// `stop` asked to leave at a safe point (a newer sequence number, or disable).
+    Stopped,
+}
+
+/// Run the planned stages not yet completed, saving the checkpoint around each.
+pub fn run(
+    store: &Store,
+    cp: &mut Checkpoint,
+    plan: &[Stage],
+    mut exec: impl FnMut(Stage, &Checkpoint) -> Result<(), Failure>,
+    stop: impl Fn() -> bool,
+) -> Result<RunEnd, Failure> {
+    while let Some(stage) = cp.next(plan) {
+        if stop() {
+            return Ok(RunEnd::Stopped);
+        }
+        cp.begin(stage);
+        store.save(cp)?;
+        tracing::info!(stage = stage.name(), attempt = cp.attempts, "stage started");
+        match exec(stage, cp) {
+            Ok(()) => {
+                cp.complete(stage);
+                store.save(cp)?;
+                tracing::info!(stage = stage.name(), "stage completed");
+            }
+            Err(f) => {
+                tracing::error!(stage = stage.name(), code = f.code.number(), "stage failed: {}", f.message);
+                cp.fail(f.clone());
+                store.save(cp)?;
+                return Ok(RunEnd::Failed(f));
+            }
+        }
+    }
+    Ok(RunEnd::Completed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: [Stage; 2] = [Stage::Preflight, Stage::Verify];
+
+    #[test]
+    fn resume_rules() {
+        let mut cp = Checkpoint::fresh(3, "h", "boot-a");
+        cp.complete(Stage::Preflight);
+        cp.complete(Stage::Verify);
+        cp.succeed("ok".into());
+        // Same seq, settings, boot: everything kept.
+        let same = Checkpoint::resume(Some(cp.clone()), 3, "h", "boot-a");
+        assert_eq!(same.next(&PLAN), None);
+        assert!(same.is_terminal_success());
+        // New boot: verify runs again, preflight stays done.
+        let rebooted = Checkpoint::resume(Some(cp.clone()), 3, "h", "boot-b");
+        assert_eq!(rebooted.next(&PLAN), Some(Stage::Verify));
+        assert!(rebooted.outcome.is_none());
+        // New settings or seq: start over.
+        assert_eq!(Checkpoint::resume(Some(cp.clone()), 3, "other", "boot-a").next(&PLAN), Some(Stage::Preflight));
+        assert_eq!(Checkpoint::resume(Some(cp), 4, "h", "boot-a").completed, vec![]);
+    }
+
+    #[test]
+    fn runs_only_missing_stages_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut cp = Checkpoint::fresh(1, "h", "b");
+        cp.complete(Stage::Preflight);
+        let mut ran = Vec::new();
+        let end = run(&store, &mut cp, &PLAN, |s, _| {
+            ran.push(s);
+            Ok(())
+        }, || false)
+        .unwrap();
+        assert_eq!(end, RunEnd::Completed);
+        assert_eq!(ran, vec![Stage::Verify]);
+        assert_eq!(store.load().unwrap().completed, PLAN.to_vec());
+    }
+
+    #[test]
+    fn failure_is_recorded_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut cp = Checkpoint::fresh(1, "h", "b");
+        let f = Failure::new(Code::PortsNotActive, "down");
+        let end = run(&store, &mut cp, &PLAN, |s, _| match s {
+            Stage::Preflight => Ok(()),
+            Stage::Verify => Err(f.clone()),
+        }, || false)
+        .unwrap();
+        assert_eq!(end, RunEnd::Failed(f.clone()));
+        let saved = store.load().unwrap();
+        assert_eq!(saved.completed, vec![Stage::Preflight]);
+        assert_eq!(saved.outcome.unwrap().code, Code::PortsNotActive);
+        assert_eq!(saved.last_error, Some(f));
+        assert_eq!(saved.attempts, 2);
+    }
+
+    #[test]
+    fn a_crash_mid_stage_leaves_it_to_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut cp = Checkpoint::fresh(1, "h", "b");
+        cp.begin(Stage::Preflight);
+        store.save(&mut cp).unwrap(); // the worker dies here
+        let resumed = Checkpoint::resume(store.load(), 1, "h", "b");
+        assert_eq!(resumed.current, Some(Stage::Preflight));
+        assert_eq!(resumed.next(&PLAN), Some(Stage::Preflight));
+    }
+
+    #[test]
+    fn stop_request_is_honoured_between_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut cp = Checkpoint::fresh(1, "h", "b");
+        let n = std::cell::Cell::new(0);
+        let end = run(&store, &mut cp, &PLAN, |_, _| {
+            n.set(n.get() + 1);
+            Ok(())
+        }, || n.get() >= 1).unwrap();
+        assert_eq!(end, RunEnd::Stopped);
+        assert_eq!(cp.completed, vec![Stage::Preflight]);
+    }
+
+    #[test]
+    fn corrupt_checkpoint_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
+        assert_eq!(Store::new(dir.path()).load(), None);
+    }
+}

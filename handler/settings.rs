@@ -1,0 +1,468 @@
+//! `N.settings`: the public settings of DESIGN.md section 5 and the protected settings
+//! (decrypted by [`crate::protected`]). Unknown keys are rejected by name.
+
+use crate::error::{Code, Failure};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stack {
+    #[default]
+    Auto,
+    Doca,
+    MlnxOfed,
+    Inbox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpoibMode {
+    #[default]
+    Auto,
+    Native,
+    Waagent,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RebootPolicy {
+    #[default]
+    #[serde(rename = "ifRequired")]
+    IfRequired,
+    #[serde(rename = "never")]
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRef {
+    pub url: String,
+    pub sha256: String,
+}
+
+pub const DEFAULT_LOCK_TIMEOUT_SECONDS: u64 = 900;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PublicSettings {
+    #[serde(default)]
+    pub stack: Stack,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub package: Option<PackageRef>,
+    #[serde(default)]
+    pub mirror: Option<String>,
+    #[serde(default)]
+    pub ipoib: IpoibMode,
+    #[serde(default)]
+    pub reboot: RebootPolicy,
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout_seconds: u64,
+}
+
+fn default_lock_timeout() -> u64 {
+    DEFAULT_LOCK_TIMEOUT_SECONDS
+}
+
+impl Default for PublicSettings {
+    fn default() -> Self {
+        PublicSettings {
+            stack: Stack::Auto,
+            version: None,
+            package: None,
+            mirror: None,
+            ipoib: IpoibMode::Auto,
+            reboot: RebootPolicy::IfRequired,
+            lock_timeout_seconds: DEFAULT_LOCK_TIMEOUT_SECONDS,
+        }
+    }
+}
+
+/// A value that must never be printed: Debug and Display show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProtectedSettings {
+    /// A package URL that may carry a SAS token (instead of `package.url`).
+    pub package_url: Option<Secret>,
+    /// A proxy URL that may carry credentials.
+    pub proxy: Option<Secret>,
+}
+
+pub const PROTECTED_KEYS: [&str; 2] = ["packageUrl", "proxy"];
+
+/// The settings of one sequence number, ready to use.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub public: PublicSettings,
+    pub protected: ProtectedSettings,
+    /// SHA-256 over the handler settings as the agent wrote them (encrypted blob included,
+    /// never the plaintext), so a checkpoint can tell whether the settings changed.
+    pub fingerprint: String,
+}
+
+/// The `handlerSettings` object before decryption.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawHandlerSettings {
+    pub public: Option<serde_json::Value>,
+    pub protected_blob: Option<String>,
+    pub thumbprint: Option<String>,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {err}")]
+    Unreadable { path: String, err: std::io::Error },
+    #[error("settings file {path} is not valid: {detail}")]
+    Malformed { path: String, detail: String },
+    #[error("public setting error: {0}")]
+    Invalid(String),
+    #[error("protected settings error: {0}")]
+    ProtectedInvalid(String),
+    #[error("the decrypted protected settings are not a JSON object")]
+    ProtectedNotJson,
+}
+
+impl From<SettingsError> for Failure {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::Unreadable { .. } | SettingsError::Malformed { .. } => Failure::new(
+                Code::SettingsMalformed,
+                format!("{e}; redeploy the extension with valid settings"),
+            ),
+            SettingsError::Invalid(_) | SettingsError::ProtectedInvalid(_) => Failure::new(
+                Code::SettingsInvalid,
+                format!("{e}; fix the extension settings (see the README's settings table) and redeploy"),
+            ),
+            SettingsError::ProtectedNotJson => Failure::new(
+                Code::ProtectedMalformed,
+                format!("{e}; set protectedSettings to a JSON object and redeploy"),
+            ),
+        }
+    }
+}
+
+/// Parse the text of `N.settings`. An empty file means no settings at all.
+pub fn parse_settings_file(text: &str, path: &Path) -> Result<RawHandlerSettings, SettingsError> {
+    let malformed = |detail: String| SettingsError::Malformed {
+        path: path.display().to_string(),
+        detail,
+    };
+    let text = text.trim_start_matches('\u{feff}');
+    if text.trim().is_empty() {
+        return Ok(RawHandlerSettings {
+            fingerprint: fingerprint(b""),
+            ..Default::default()
+        });
+    }
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        // serde_json's message names a line and column, never the content.
+        malformed(format!("not JSON ({e})"))
+    })?;
+    let rs = doc
+        .get("runtimeSettings")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| malformed("no runtimeSettings array".into()))?;
+    let first = rs
+        .first()
+        .ok_or_else(|| malformed("runtimeSettings is empty".into()))?;
+    let hs = first
+        .get("handlerSettings")
+        .ok_or_else(|| malformed("runtimeSettings[0] has no handlerSettings".into()))?;
+    let public = match hs.get("publicSettings") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(v.clone()),
+    };
+    let string_field = |key: &str| -> Result<Option<String>, SettingsError> {
+        match hs.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(malformed(format!("{key} must be a string"))),
+        }
+    };
+    let protected_blob = string_field("protectedSettings")?;
+    let thumbprint = string_field("protectedSettingsCertThumbprint")?;
+    let canonical = serde_json::to_vec(hs).map_err(|e| malformed(e.to_string()))?;
+    Ok(RawHandlerSettings {
+        public,
+        protected_blob,
+        thumbprint,
+        fingerprint: fingerprint(&canonical),
+    })
+}
+
+fn fingerprint(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_http_url(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://"))
+        && s.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        && !s.chars().any(char::is_whitespace)
+}
+
+/// Validate the public settings object (`null` or absent means all defaults).
+pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings, SettingsError> {
+    let Some(value) = value else {
+        return Ok(PublicSettings::default());
+    };
+    if !value.is_object() {
+        return Err(SettingsError::Invalid("publicSettings must be a JSON object".into()));
+    }
+    let s: PublicSettings =
+        serde_json::from_value(value.clone()).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+    if let Some(v) = &s.version {
+        if v.trim().is_empty() || v.len() > 64 || v.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(SettingsError::Invalid(
+                "version must be a short version string such as 24.10-1.1.4.0".into(),
+            ));
+        }
+    }
+    if let Some(p) = &s.package {
+        if !is_http_url(&p.url) {
+            return Err(SettingsError::Invalid("package.url must be an http or https URL".into()));
+        }
+        if p.url.contains('?') {
+            return Err(SettingsError::Invalid(
+                "package.url must not carry a query string; put a SAS URL in the protected setting packageUrl".into(),
+            ));
+        }
+        if p.sha256.len() != 64 || !p.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(SettingsError::Invalid("package.sha256 must be 64 hexadecimal digits".into()));
+        }
+    }
+    if let Some(m) = &s.mirror {
+        if !m.to_ascii_lowercase().starts_with("https://") || !is_http_url(m) || m.contains('?') {
+            return Err(SettingsError::Invalid(
+                "mirror must be an https URL without a query string".into(),
+            ));
+        }
+    }
+    if !(1..=86_400).contains(&s.lock_timeout_seconds) {
+        return Err(SettingsError::Invalid(
+            "lockTimeoutSeconds must be between 1 and 86400".into(),
+        ));
+    }
+    Ok(s)
+}
+
+/// Validate decrypted protected settings. Messages name keys, never values.
+pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(plaintext).map_err(|_| SettingsError::ProtectedNotJson)?;
+    let obj = value.as_object().ok_or(SettingsError::ProtectedNotJson)?;
+    let mut out = ProtectedSettings::default();
+    for (key, v) in obj {
+        let s = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => continue,
+            _ => {
+                return Err(SettingsError::ProtectedInvalid(format!(
+                    "protected setting {key} must be a string"
+                )))
+            }
+        };
+        match key.as_str() {
+            "packageUrl" => {
+                if !is_http_url(&s) {
+                    return Err(SettingsError::ProtectedInvalid(
+                        "protected setting packageUrl must be an http or https URL".into(),
+                    ));
+                }
+                out.package_url = Some(Secret::new(s));
+            }
+            "proxy" => {
+                if !is_http_url(&s) {
+                    return Err(SettingsError::ProtectedInvalid(
+                        "protected setting proxy must be an http or https URL".into(),
+                    ));
+                }
+                out.proxy = Some(Secret::new(s));
+            }
+            other => {
+                return Err(SettingsError::ProtectedInvalid(format!(
+                    "unknown protected setting `{}`, expected one of {}",
+                    other.chars().take(64).collect::<String>(),
+                    PROTECTED_KEYS.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read, validate and decrypt the settings of the agent's current sequence number.
+pub fn load(agent: &crate::agent::AgentContext) -> Result<Settings, Failure> {
+    let path = agent.settings_path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // The agent passes N=0 with no file for a handler without settings.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && agent.seq == 0 => String::new(),
+        Err(err) => {
+            return Err(SettingsError::Unreadable {
+                path: path.display().to_string(),
+                err,
+            }
+            .into())
+        }
+    };
+    let raw = parse_settings_file(&text, &path)?;
+    let public = parse_public(raw.public.as_ref())?;
+    let protected = match &raw.protected_blob {
+        None => ProtectedSettings::default(),
+        Some(blob) => {
+            let plain = crate::protected::decrypt(blob, raw.thumbprint.as_deref(), &agent.certificate_dir())?;
+            parse_protected(&plain)?
+        }
+    };
+    Ok(Settings {
+        public,
+        protected,
+        fingerprint: raw.fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn public(v: serde_json::Value) -> Result<PublicSettings, SettingsError> {
+        parse_public(Some(&v))
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let raw = parse_settings_file("", Path::new("0.settings")).unwrap();
+        assert_eq!(raw.public, None);
+        assert_eq!(parse_public(raw.public.as_ref()).unwrap(), PublicSettings::default());
+    }
+
+    #[test]
+    fn agent_shape_is_parsed() {
+        let text = r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"stack":"doca","ipoib":"native"},
+            "protectedSettings":"MIIB","protectedSettingsCertThumbprint":"ABCDEF"}}]}"#;
+        let raw = parse_settings_file(text, Path::new("1.settings")).unwrap();
+        assert_eq!(raw.protected_blob.as_deref(), Some("MIIB"));
+        assert_eq!(raw.thumbprint.as_deref(), Some("ABCDEF"));
+        let p = parse_public(raw.public.as_ref()).unwrap();
+        assert_eq!(p.stack, Stack::Doca);
+        assert_eq!(p.ipoib, IpoibMode::Native);
+        assert_eq!(p.reboot, RebootPolicy::IfRequired);
+        assert_eq!(p.lock_timeout_seconds, 900);
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let text = r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":null,"protectedSettings":null,
+            "protectedSettingsCertThumbprint":null}}]}"#;
+        let raw = parse_settings_file(text, Path::new("1.settings")).unwrap();
+        assert_eq!(raw.public, None);
+        assert_eq!(raw.protected_blob, None);
+    }
+
+    #[test]
+    fn fingerprint_follows_content() {
+        let a = parse_settings_file(r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{}}}]}"#, Path::new("a")).unwrap();
+        let b = parse_settings_file(r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"ipoib":"off"}}}]}"#, Path::new("b")).unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint.len(), 64);
+    }
+
+    #[test]
+    fn malformed_files() {
+        for bad in ["{", "[]", r#"{"runtimeSettings":[]}"#, r#"{"runtimeSettings":[{}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":5}}]}"#] {
+            let e = parse_settings_file(bad, Path::new("x")).unwrap_err();
+            assert!(matches!(e, SettingsError::Malformed { .. }), "{bad}");
+            assert_eq!(Failure::from(e).code, Code::SettingsMalformed);
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = public(json!({"stack": "auto", "bogus": 1})).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert_eq!(Failure::from(e).code, Code::SettingsInvalid);
+    }
+
+    #[test]
+    fn value_checks() {
+        for bad in [
+            json!({"stack": "ofed"}),
+            json!({"ipoib": "yes"}),
+            json!({"reboot": "always"}),
+            json!({"lockTimeoutSeconds": 0}),
+            json!({"lockTimeoutSeconds": "10"}),
+            json!({"version": ""}),
+            json!({"package": {"url": "ftp://x/y", "sha256": "00"}}),
+            json!({"package": {"url": "https://x/y.tgz"}}),
+            json!({"package": {"url": "https://x/y.tgz?sig=abc", "sha256": "a".repeat(64)}}),
+            json!({"mirror": "http://mirror.example"}),
+            json!([1, 2]),
+        ] {
+            assert!(public(bad.clone()).is_err(), "{bad}");
+        }
+        let ok = public(json!({"stack": "mlnx-ofed", "version": "4.9-7.1.0.0",
+            "package": {"url": "https://example.com/x.tgz", "sha256": "A".repeat(64)},
+            "mirror": "https://mirror.example/ofed", "reboot": "never", "lockTimeoutSeconds": 60}))
+        .unwrap();
+        assert_eq!(ok.stack, Stack::MlnxOfed);
+        assert_eq!(ok.reboot, RebootPolicy::Never);
+    }
+
+    #[test]
+    fn protected_settings_never_echo_values() {
+        let p = parse_protected(br#"{"proxy":"http://u:S3cret@127.0.0.1:3128","packageUrl":"https://a/b?sig=TOKEN"}"#).unwrap();
+        let dbg = format!("{p:?}");
+        assert!(!dbg.contains("S3cret") && !dbg.contains("TOKEN"), "{dbg}");
+        assert_eq!(p.proxy.as_ref().unwrap().expose(), "http://u:S3cret@127.0.0.1:3128");
+
+        for (bad, secret) in [
+            (r#"{"proxy":"not a url S3cret"}"#, "S3cret"),
+            (r#"{"proxy":42}"#, "42"),
+            (r#"{"password":"S3cret"}"#, "S3cret"),
+        ] {
+            let e = parse_protected(bad.as_bytes()).unwrap_err();
+            let f = Failure::from(e);
+            assert!(!f.message.contains(secret), "{}", f.message);
+            assert_eq!(f.code, Code::SettingsInvalid);
+        }
+        for bad in ["S3cret", "[\"S3cret\"]"] {
+            let f = Failure::from(parse_protected(bad.as_bytes()).unwrap_err());
+            assert!(!f.message.contains("S3cret"), "{}", f.message);
+            assert_eq!(f.code, Code::ProtectedMalformed);
+        }
+    }
+}

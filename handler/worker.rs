@@ -1,0 +1,149 @@
+//! Starting the detached worker and keeping the heartbeat fresh while it runs.
+//!
+//! Under systemd the worker is a transient service (`systemd-run`), outside the agent's cgroup
+//! and process group, so neither an agent restart nor the agent's timeout kill of enable's
+//! process group can stop it. Without systemd it runs in a session of its own.
+
+use crate::enable::Invocation;
+use crate::error::{Code, Failure};
+use crate::proc;
+use crate::status::{self, HeartbeatState};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// Variables the worker needs from enable's environment (systemd-run starts it clean).
+const PASSED_ENV: [&str; 5] = [
+    "IBDRIVER_ROOT",
+    "IBDRIVER_IMDS_URL",
+    "IBDRIVER_VERIFY_TIMEOUT_SECONDS",
+    "PATH",
+    "AZURE_GUEST_AGENT_EXTENSION_VERSION",
+];
+
+fn worker_args(inv: &Invocation) -> Vec<String> {
+    vec![
+        "worker".into(),
+        "--handler-dir".into(),
+        inv.agent.handler_dir.to_string_lossy().into_owned(),
+        "--seq".into(),
+        inv.agent.seq.to_string(),
+    ]
+}
+
+fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut args: Vec<String> = vec![
+        format!("--unit=ibdriver-worker-{}-{}-{nanos}", inv.agent.seq, std::process::id()),
+        "--collect".into(),
+        "--quiet".into(),
+        "--no-block".into(),
+        "--property=Type=exec".into(),
+        "--property=KillMode=mixed".into(),
+        format!("--working-directory={}", inv.agent.handler_dir.display()),
+    ];
+    for key in PASSED_ENV {
+        if let Ok(v) = std::env::var(key) {
+            args.push(format!("--setenv={key}={v}"));
+        }
+    }
+    args.push(inv.exe.to_string_lossy().into_owned());
+    args.extend(worker_args(inv));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    match proc::run("systemd-run", &refs, None, Duration::from_secs(8)) {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(format!("systemd-run exited {:?}: {}", o.code, o.stderr_tail(300))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
+    let mut cmd = Command::new(&inv.exe);
+    cmd.args(worker_args(inv))
+        .current_dir(&inv.agent.handler_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map(|_| ())
+        .map_err(|e| Failure::new(Code::WorkerStart, format!("cannot start the worker: {e}; run enable again")))
+}
+
+pub fn spawn(inv: &Invocation) -> Result<(), Failure> {
+    if inv.root.systemd_running() && proc::on_path("systemd-run") {
+        match spawn_systemd(inv) {
+            Ok(()) => {
+                tracing::info!("worker started as a transient systemd unit");
+                return Ok(());
+            }
+            Err(e) => tracing::warn!("systemd-run failed ({e}); starting the worker in its own session"),
+        }
+    }
+    spawn_session(inv)?;
+    tracing::info!("worker started in its own session");
+    Ok(())
+}
+
+/// Refreshes the heartbeat every 30 s (the agent's limit is 600 s) until stopped.
+pub struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    message: Arc<Mutex<String>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(30);
+
+impl Heartbeat {
+    pub fn start(path: PathBuf) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let message = Arc::new(Mutex::new("enable in progress".to_string()));
+        let (s, m) = (stop.clone(), message.clone());
+        let handle = thread::spawn(move || {
+            let tick = Duration::from_millis(250);
+            let mut waited = HEARTBEAT_PERIOD;
+            while !s.load(Ordering::Relaxed) {
+                if waited >= HEARTBEAT_PERIOD {
+                    let msg = m.lock().map(|g| g.clone()).unwrap_or_default();
+                    if let Err(f) = status::write_heartbeat(&path, HeartbeatState::Ready, Code::Success, &msg) {
+                        tracing::warn!("{f}");
+                    }
+                    waited = Duration::ZERO;
+                }
+                thread::sleep(tick);
+                waited += tick;
+            }
+        });
+        Heartbeat {
+            stop,
+            message,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn set_message(&self, msg: &str) {
+        if let Ok(mut g) = self.message.lock() {
+            *g = msg.to_string();
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
