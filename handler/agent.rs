@@ -102,13 +102,16 @@ struct RawHandlerEnvironment {
 
 /// Parse the text of HandlerEnvironment.json: a one-element array (an object is tolerated,
 /// as HandlerUtil does).
-pub fn parse_handler_environment(text: &str, path: &Path) -> Result<HandlerEnvironment, AgentError> {
+pub fn parse_handler_environment(
+    text: &str,
+    path: &Path,
+) -> Result<HandlerEnvironment, AgentError> {
     let malformed = |detail: String| AgentError::Malformed {
         path: path.to_path_buf(),
         detail,
     };
-    let value: serde_json::Value =
-        serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| malformed(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+        .map_err(|e| malformed(e.to_string()))?;
     let entry = match value {
         serde_json::Value::Array(mut items) => {
             if items.is_empty() {
@@ -147,7 +150,9 @@ pub fn candidate_paths(cwd: Option<&Path>, exe: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
-pub fn load_handler_environment(candidates: &[PathBuf]) -> Result<(PathBuf, HandlerEnvironment), AgentError> {
+pub fn load_handler_environment(
+    candidates: &[PathBuf],
+) -> Result<(PathBuf, HandlerEnvironment), AgentError> {
     for path in candidates {
         match fs::read_to_string(path) {
             Ok(text) => {
@@ -183,9 +188,10 @@ fn parse_prior_exit(v: &str) -> Option<PriorExit> {
 pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, AgentError> {
     let mut vars = AgentVars::default();
     if let Some(v) = get("ConfigSequenceNumber") {
-        vars.config_sequence_number = Some(v.trim().parse().map_err(|_| AgentError::BadVariable {
-            name: "ConfigSequenceNumber",
-        })?);
+        vars.config_sequence_number =
+            Some(v.trim().parse().map_err(|_| AgentError::BadVariable {
+                name: "ConfigSequenceNumber",
+            })?);
     }
     vars.extension_path = get("AZURE_GUEST_AGENT_EXTENSION_PATH").map(PathBuf::from);
     vars.extension_version = get("AZURE_GUEST_AGENT_EXTENSION_VERSION");
@@ -198,9 +204,10 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
             #[serde(rename = "Value")]
             value: String,
         }
-        let feats: Vec<Feature> = serde_json::from_str(&v).map_err(|_| AgentError::BadVariable {
-            name: "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES",
-        })?;
+        let feats: Vec<Feature> =
+            serde_json::from_str(&v).map_err(|_| AgentError::BadVariable {
+                name: "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES",
+            })?;
         vars.supported_features = feats.into_iter().map(|f| (f.key, f.value)).collect();
     }
     vars.extension_name = get("ConfigExtensionName").filter(|s| !s.is_empty());
@@ -234,7 +241,8 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
                 _ => None,
             }
             .ok_or_else(bad)?;
-            vars.disable_cmd_exit_codes_multiple.push((it.extension_name, code));
+            vars.disable_cmd_exit_codes_multiple
+                .push((it.extension_name, code));
         }
     }
     vars.updating_from_version = get("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION");
@@ -299,9 +307,9 @@ impl AgentContext {
 
     pub fn from_parts(candidates: &[PathBuf], vars: AgentVars) -> Result<AgentContext, AgentError> {
         let (handler_dir, env) = load_handler_environment(candidates)?;
-        let seq = vars.config_sequence_number.unwrap_or_else(|| {
-            infer_sequence(&env.config_folder, vars.extension_name.as_deref())
-        });
+        let seq = vars
+            .config_sequence_number
+            .unwrap_or_else(|| infer_sequence(&env.config_folder, vars.extension_name.as_deref()));
         Ok(AgentContext {
             handler_dir,
             env,
@@ -311,9 +319,10 @@ impl AgentContext {
     }
 
     pub fn settings_path(&self) -> PathBuf {
-        self.env
-            .config_folder
-            .join(settings_file_name(self.seq, self.vars.extension_name.as_deref()))
+        self.env.config_folder.join(settings_file_name(
+            self.seq,
+            self.vars.extension_name.as_deref(),
+        ))
     }
 
     pub fn status_path(&self) -> PathBuf {
@@ -371,8 +380,14 @@ mod tests {
     fn parses_agent_written_environment() {
         let env = parse_handler_environment(SAMPLE, Path::new("x")).unwrap();
         assert_eq!(env.name, "Microsoft.HpcCompute.InfiniBandDriverLinux");
-        assert_eq!(env.status_folder, PathBuf::from("/var/lib/waagent/H-1.0/status"));
-        assert_eq!(env.events_folder, Some(PathBuf::from("/var/log/azure/H/events")));
+        assert_eq!(
+            env.status_folder,
+            PathBuf::from("/var/lib/waagent/H-1.0/status")
+        );
+        assert_eq!(
+            env.events_folder,
+            Some(PathBuf::from("/var/log/azure/H/events"))
+        );
     }
 
     #[test]
@@ -386,9 +401,18 @@ mod tests {
 
     #[test]
     fn malformed_environments_are_typed_errors() {
-        for bad in ["", "[]", "42", "[{}]", r#"[{"handlerEnvironment":{"logFolder":"l"}}]"#] {
+        for bad in [
+            "",
+            "[]",
+            "42",
+            "[{}]",
+            r#"[{"handlerEnvironment":{"logFolder":"l"}}]"#,
+        ] {
             assert!(
-                matches!(parse_handler_environment(bad, Path::new("x")), Err(AgentError::Malformed { .. })),
+                matches!(
+                    parse_handler_environment(bad, Path::new("x")),
+                    Err(AgentError::Malformed { .. })
+                ),
                 "{bad}"
             );
         }
@@ -396,7 +420,8 @@ mod tests {
 
     #[test]
     fn missing_environment_names_the_places_searched() {
-        let err = load_handler_environment(&[PathBuf::from("/nope/HandlerEnvironment.json")]).unwrap_err();
+        let err = load_handler_environment(&[PathBuf::from("/nope/HandlerEnvironment.json")])
+            .unwrap_err();
         assert!(err.to_string().contains("/nope"));
         let f: Failure = err.into();
         assert_eq!(f.code, Code::HandlerEnvironment);
@@ -416,7 +441,10 @@ mod tests {
     }
 
     fn vars_from(pairs: &[(&str, &str)]) -> Result<AgentVars, AgentError> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         parse_vars(|k| m.get(k).cloned())
     }
 
@@ -443,13 +471,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(v.config_sequence_number, Some(7));
-        assert_eq!(v.supported_features.get("ExtensionTelemetryPipeline").map(String::as_str), Some("1.0"));
+        assert_eq!(
+            v.supported_features
+                .get("ExtensionTelemetryPipeline")
+                .map(String::as_str),
+            Some("1.0")
+        );
         assert_eq!(v.extension_name.as_deref(), Some("ib"));
         assert_eq!(v.uninstall_cmd_exit_code, Some(PriorExit::NotRun));
         assert_eq!(v.disable_cmd_exit_code, Some(PriorExit::Unknown));
         assert_eq!(
             v.disable_cmd_exit_codes_multiple,
-            vec![("a".into(), PriorExit::Code(0)), ("b".into(), PriorExit::NotRun)]
+            vec![
+                ("a".into(), PriorExit::Code(0)),
+                ("b".into(), PriorExit::NotRun)
+            ]
         );
         assert_eq!(v.updating_from_version.as_deref(), Some("0.9"));
         assert_eq!(v.version.as_deref(), Some("1.0"));
@@ -459,7 +495,9 @@ mod tests {
     fn bad_sequence_number_is_an_error() {
         assert!(matches!(
             vars_from(&[("ConfigSequenceNumber", "x")]),
-            Err(AgentError::BadVariable { name: "ConfigSequenceNumber" })
+            Err(AgentError::BadVariable {
+                name: "ConfigSequenceNumber"
+            })
         ));
         assert!(vars_from(&[("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE", "boom")]).is_err());
     }
@@ -475,7 +513,10 @@ mod tests {
         // Same mtime granularity possible: ties go to the highest number.
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
         for n in [3, 12] {
-            let f = fs::File::options().write(true).open(dir.path().join(format!("{n}.settings"))).unwrap();
+            let f = fs::File::options()
+                .write(true)
+                .open(dir.path().join(format!("{n}.settings")))
+                .unwrap();
             f.set_modified(old).unwrap();
         }
         assert_eq!(infer_sequence(dir.path(), None), 5);

@@ -9,12 +9,22 @@ pub enum Command {
     Disable,
     Uninstall,
     Update,
-    Plan { json: bool, settings: Option<PathBuf> },
-    Health { json: bool },
+    Plan {
+        json: bool,
+        settings: Option<PathBuf>,
+    },
+    Health {
+        json: bool,
+    },
     /// Internal: the detached worker.
-    Worker { handler_dir: PathBuf, seq: u64 },
+    Worker {
+        handler_dir: PathBuf,
+        seq: u64,
+    },
     /// Internal: the health monitor run by the systemd timer.
-    Monitor { handler_dir: PathBuf },
+    Monitor {
+        handler_dir: PathBuf,
+    },
     Version,
     Help,
 }
@@ -29,7 +39,9 @@ environment:    IBDRIVER_ROOT (host root, default /), IBDRIVER_IMDS_URL,
 
 fn value(args: &[String], i: &mut usize, flag: &str) -> Result<String, String> {
     *i += 1;
-    args.get(*i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+    args.get(*i)
+        .cloned()
+        .ok_or_else(|| format!("{flag} needs a value"))
 }
 
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -61,12 +73,18 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             while i < rest.len() {
                 match rest[i].as_str() {
                     "--json" if verb != "worker" && verb != "monitor" => json = true,
-                    "--settings" if verb == "plan" => settings = Some(PathBuf::from(value(rest, &mut i, "--settings")?)),
+                    "--settings" if verb == "plan" => {
+                        settings = Some(PathBuf::from(value(rest, &mut i, "--settings")?))
+                    }
                     "--handler-dir" if verb == "worker" || verb == "monitor" => {
                         handler_dir = Some(PathBuf::from(value(rest, &mut i, "--handler-dir")?))
                     }
                     "--seq" if verb == "worker" => {
-                        seq = Some(value(rest, &mut i, "--seq")?.parse::<u64>().map_err(|_| "--seq needs a number")?)
+                        seq = Some(
+                            value(rest, &mut i, "--seq")?
+                                .parse::<u64>()
+                                .map_err(|_| "--seq needs a number")?,
+                        )
                     }
                     other => return Err(format!("{verb}: unknown option {other}")),
                 }
@@ -99,13 +117,35 @@ mod tests {
     #[test]
     fn verbs() {
         assert_eq!(p("enable"), Ok(Command::Enable));
-        assert_eq!(p("plan --json"), Ok(Command::Plan { json: true, settings: None }));
+        assert_eq!(
+            p("plan --json"),
+            Ok(Command::Plan {
+                json: true,
+                settings: None
+            })
+        );
         assert_eq!(
             p("worker --handler-dir /h --seq 4"),
-            Ok(Command::Worker { handler_dir: "/h".into(), seq: 4 })
+            Ok(Command::Worker {
+                handler_dir: "/h".into(),
+                seq: 4
+            })
         );
-        assert_eq!(p("monitor --handler-dir /h"), Ok(Command::Monitor { handler_dir: "/h".into() }));
-        for bad in ["", "enable now", "plan --bogus", "worker --seq x --handler-dir /h", "worker --seq 1", "frobnicate", "health --settings f"] {
+        assert_eq!(
+            p("monitor --handler-dir /h"),
+            Ok(Command::Monitor {
+                handler_dir: "/h".into()
+            })
+        );
+        for bad in [
+            "",
+            "enable now",
+            "plan --bogus",
+            "worker --seq x --handler-dir /h",
+            "worker --seq 1",
+            "frobnicate",
+            "health --settings f",
+        ] {
             assert!(p(bad).is_err(), "{bad}");
         }
     }

@@ -41,7 +41,9 @@ impl Invocation {
     }
 
     pub fn heartbeat(&self, state: HeartbeatState, code: Code, message: &str) {
-        if let Err(f) = status::write_heartbeat(&self.agent.env.heartbeat_file, state, code, message) {
+        if let Err(f) =
+            status::write_heartbeat(&self.agent.env.heartbeat_file, state, code, message)
+        {
             tracing::warn!("cannot write heartbeat: {f}");
         }
     }
@@ -51,7 +53,15 @@ impl Invocation {
         tracing::error!(code = f.code.number(), "{operation} failed: {}", f.message);
         self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
         self.heartbeat(HeartbeatState::NotReady, f.code, &f.message);
-        logging::summary(&self.root, &format!("{operation} seq={}: error {} {}", self.agent.seq, f.code.number(), f.message));
+        logging::summary(
+            &self.root,
+            &format!(
+                "{operation} seq={}: error {} {}",
+                self.agent.seq,
+                f.code.number(),
+                f.message
+            ),
+        );
         events::emit(
             self.agent.env.events_folder.as_deref(),
             &self.agent.version(),
@@ -90,7 +100,8 @@ pub fn read_request(data_dir: &Path) -> Option<Request> {
 
 pub fn write_request(data_dir: &Path, req: &Request) -> Result<(), Failure> {
     let p = request_path(data_dir);
-    fsutil::write_atomic(&p, &serde_json::to_vec(req).expect("request serializes")).map_err(|e| Failure::state_io(&p, e))
+    fsutil::write_atomic(&p, &serde_json::to_vec(req).expect("request serializes"))
+        .map_err(|e| Failure::state_io(&p, e))
 }
 
 /// How long the synchronous preflight may ask IMDS (the whole enable must end within 10 s).
@@ -123,7 +134,12 @@ pub fn stage_substatus(cp: &Checkpoint, plan: &[Stage]) -> Vec<SubStatus> {
                 SubStatus::new(s.name(), StatusValue::Transitioning, 0, "running")
             } else if let (Some(err), None) = (&cp.last_error, cp.current) {
                 if cp.next(plan) == Some(*s) {
-                    SubStatus::new(s.name(), StatusValue::Error, err.code.number(), err.message.clone())
+                    SubStatus::new(
+                        s.name(),
+                        StatusValue::Error,
+                        err.code.number(),
+                        err.message.clone(),
+                    )
                 } else {
                     SubStatus::new(s.name(), StatusValue::Transitioning, 0, "not started")
                 }
@@ -153,7 +169,13 @@ fn quick_health(root: &Root) -> HealthReport {
         version: None,
         verbs_library: true,
     });
-    health::evaluate(&sysfs.kernel, &sysfs.mellanox, &sysfs.modules, stack.as_ref(), &Default::default())
+    health::evaluate(
+        &sysfs.kernel,
+        &sysfs.mellanox,
+        &sysfs.modules,
+        stack.as_ref(),
+        &Default::default(),
+    )
 }
 
 pub fn enable(inv: &Invocation) -> i32 {
@@ -173,18 +195,27 @@ pub fn enable(inv: &Invocation) -> i32 {
         return 0;
     }
     // Same sequence number, finished successfully, host still verifies: no work.
-    let terminal = prev.as_ref().is_some_and(|cp| cp.seq == seq && cp.is_terminal_success());
+    let terminal = prev
+        .as_ref()
+        .is_some_and(|cp| cp.seq == seq && cp.is_terminal_success());
     if terminal && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq) {
         let report = quick_health(&inv.root);
         if report.healthy {
-            tracing::info!(seq, "sequence number already applied and the host verifies; nothing to do");
+            tracing::info!(
+                seq,
+                "sequence number already applied and the host verifies; nothing to do"
+            );
             if !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir) {
                 monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
             }
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
             return 0;
         }
-        tracing::warn!(seq, "host no longer verifies ({}); running again", report.summary);
+        tracing::warn!(
+            seq,
+            "host no longer verifies ({}); running again",
+            report.summary
+        );
     }
 
     let settings = match settings::load(&inv.agent) {
@@ -202,7 +233,13 @@ pub fn enable(inv: &Invocation) -> i32 {
     // Preflight judges the host as it is now, so it runs on every enable.
     cp.completed.retain(|s| *s != Stage::Preflight);
     let preflight_plan = [Stage::Preflight];
-    let end = runner::run(&store, &mut cp, &preflight_plan, |_, _| preflight(&plan), || false);
+    let end = runner::run(
+        &store,
+        &mut cp,
+        &preflight_plan,
+        |_, _| preflight(&plan),
+        || false,
+    );
     match end {
         Err(f) => return inv.fail("Enable", &f, vec![]),
         Ok(RunEnd::Failed(f)) => {
@@ -215,14 +252,24 @@ pub fn enable(inv: &Invocation) -> i32 {
         return inv.fail("Enable", &f, vec![]);
     }
     inv.write_status(
-        &StatusReport::new(&inv.name(), "Enable", StatusValue::Transitioning, 0, format!("working: {}", plan.summary))
-            .with_substatus(stage_substatus(&cp, &plan.stages)),
+        &StatusReport::new(
+            &inv.name(),
+            "Enable",
+            StatusValue::Transitioning,
+            0,
+            format!("working: {}", plan.summary),
+        )
+        .with_substatus(stage_substatus(&cp, &plan.stages)),
     );
     inv.heartbeat(HeartbeatState::Ready, Code::Success, "enable in progress");
     if let Err(f) = crate::worker::spawn(inv) {
         return inv.fail("Enable", &f, vec![]);
     }
-    tracing::info!(seq, elapsed_ms = started.elapsed().as_millis() as u64, "worker started; enable returns");
+    tracing::info!(
+        seq,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "worker started; enable returns"
+    );
     0
 }
 
@@ -234,20 +281,35 @@ fn preflight(plan: &Plan) -> Result<(), Failure> {
 }
 
 /// The verify stage: wait (bounded) for every InfiniBand port to be ACTIVE.
-fn verify(root: &Root, timeout: Duration, poll: Duration, keep_going: impl Fn() -> bool) -> Result<HealthReport, Failure> {
+fn verify(
+    root: &Root,
+    timeout: Duration,
+    poll: Duration,
+    keep_going: impl Fn() -> bool,
+) -> Result<HealthReport, Failure> {
     let deadline = Instant::now() + timeout;
     loop {
         let report = monitor::check(root);
         if report.healthy {
             return Ok(report);
         }
+        if !keep_going() {
+            return Err(Failure::new(
+                Code::Superseded,
+                "superseded by a newer sequence number or disable",
+            ));
+        }
         // Missing software will not fix itself; only a link may still come up.
         let may_improve = report.code == Code::PortsNotActive;
-        if !may_improve || Instant::now() >= deadline || !keep_going() {
+        if !may_improve || Instant::now() >= deadline {
             return Err(report.failure().expect("unhealthy report has a failure"));
         }
         tracing::info!("waiting for ports: {}", report.summary);
-        std::thread::sleep(poll.min(deadline.saturating_duration_since(Instant::now())));
+        // Sleep in slices so a newer sequence number or disable is noticed quickly.
+        let wake = Instant::now() + poll.min(deadline.saturating_duration_since(Instant::now()));
+        while Instant::now() < wake && keep_going() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -258,14 +320,19 @@ pub fn worker(inv: &Invocation) -> i32 {
     let wanted = || read_request(&data).is_some_and(|r| r.seq == seq && !r.stop);
     let lock = WorkerLock::new(&data);
     // An older worker leaves at its next safe point; wait for it, not forever.
-    let held = match lock.acquire(Duration::from_secs(900), Duration::from_millis(200), || !wanted()) {
+    let held = match lock.acquire(Duration::from_secs(900), Duration::from_millis(200), || {
+        !wanted()
+    }) {
         Ok(Some(h)) => h,
         Ok(None) if !wanted() => {
             tracing::info!(seq, "superseded before starting");
             return 0;
         }
         Ok(None) => {
-            let f = Failure::new(Code::WorkerStart, "another worker held the lock for 15 minutes; run enable again");
+            let f = Failure::new(
+                Code::WorkerStart,
+                "another worker held the lock for 15 minutes; run enable again",
+            );
             return inv.fail("Enable", &f, vec![]);
         }
         Err(e) => return inv.fail("Enable", &Failure::state_io(&lock_path(&data), e), vec![]),
@@ -289,8 +356,14 @@ pub fn worker(inv: &Invocation) -> i32 {
         &plan.stages,
         |stage, cp| {
             inv.write_status(
-                &StatusReport::new(&status_name, "Enable", StatusValue::Transitioning, 0, format!("{}: running", stage.name()))
-                    .with_substatus(stage_substatus(cp, &plan.stages)),
+                &StatusReport::new(
+                    &status_name,
+                    "Enable",
+                    StatusValue::Transitioning,
+                    0,
+                    format!("{}: running", stage.name()),
+                )
+                .with_substatus(stage_substatus(cp, &plan.stages)),
             );
             beat.set_message(&format!("enable in progress: {}", stage.name()));
             match stage {
@@ -312,7 +385,11 @@ pub fn worker(inv: &Invocation) -> i32 {
     let mut subs = stage_substatus(&cp, &plan.stages);
     subs.push(health_substatus(&report));
     match end {
-        Ok(RunEnd::Stopped) => {
+        Ok(RunEnd::Stopped)
+        | Ok(RunEnd::Failed(Failure {
+            code: Code::Superseded,
+            ..
+        })) => {
             tracing::info!(seq, "stopping at a safe point: superseded or disabled");
             0
         }
@@ -329,12 +406,22 @@ pub fn worker(inv: &Invocation) -> i32 {
                 return inv.fail("Enable", &f, subs);
             }
             inv.write_status(
-                &StatusReport::new(&status_name, "Enable", StatusValue::Success, 0, report.summary.clone()).with_substatus(subs),
+                &StatusReport::new(
+                    &status_name,
+                    "Enable",
+                    StatusValue::Success,
+                    0,
+                    report.summary.clone(),
+                )
+                .with_substatus(subs),
             );
             inv.write_mrseq();
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
             monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
-            logging::summary(&inv.root, &format!("Enable seq={seq}: success {}", report.summary));
+            logging::summary(
+                &inv.root,
+                &format!("Enable seq={seq}: success {}", report.summary),
+            );
             events::emit(
                 inv.agent.env.events_folder.as_deref(),
                 &inv.agent.version(),

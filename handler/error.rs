@@ -162,7 +162,13 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{} {}] {}", self.code.number(), self.code.name(), self.message)
+        write!(
+            f,
+            "[{} {}] {}",
+            self.code.number(),
+            self.code.name(),
+            self.message
+        )
     }
 }
 

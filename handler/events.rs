@@ -37,7 +37,14 @@ struct Event<'a> {
     operation_id: String,
 }
 
-pub fn event_json(version: &str, task: &str, level: Level, message: &str, operation_id: &str, timestamp: String) -> Vec<u8> {
+pub fn event_json(
+    version: &str,
+    task: &str,
+    level: Level,
+    message: &str,
+    operation_id: &str,
+    timestamp: String,
+) -> Vec<u8> {
     let message: String = if message.is_empty() {
         "-".into()
     } else {
@@ -61,7 +68,14 @@ pub fn event_json(version: &str, task: &str, level: Level, message: &str, operat
 }
 
 /// Drop one event into `folder` if the agent created it. Failures are logged, never fatal.
-pub fn emit(folder: Option<&Path>, version: &str, task: &str, level: Level, message: &str, operation_id: &str) {
+pub fn emit(
+    folder: Option<&Path>,
+    version: &str,
+    task: &str,
+    level: Level,
+    message: &str,
+    operation_id: &str,
+) {
     let Some(folder) = folder.filter(|f| f.is_dir()) else {
         return;
     };
@@ -73,7 +87,14 @@ pub fn emit(folder: Option<&Path>, version: &str, task: &str, level: Level, mess
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let bytes = event_json(version, task, level, message, operation_id, crate::clock::now_rfc3339());
+    let bytes = event_json(
+        version,
+        task,
+        level,
+        message,
+        operation_id,
+        crate::clock::now_rfc3339(),
+    );
     let path = folder.join(format!("{nanos}.json"));
     if let Err(e) = fsutil::write_atomic(&path, &bytes) {
         tracing::warn!(error = %e, "cannot write telemetry event");
@@ -86,10 +107,26 @@ mod tests {
 
     #[test]
     fn event_has_every_required_string_field() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&event_json("1.0.0", "enable", Level::Error, &"x".repeat(5000), "3", "t".into())).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&event_json(
+            "1.0.0",
+            "enable",
+            Level::Error,
+            &"x".repeat(5000),
+            "3",
+            "t".into(),
+        ))
+        .unwrap();
         let e = &v[0];
-        for k in ["Version", "Timestamp", "TaskName", "EventLevel", "Message", "EventPid", "EventTid", "OperationId"] {
+        for k in [
+            "Version",
+            "Timestamp",
+            "TaskName",
+            "EventLevel",
+            "Message",
+            "EventPid",
+            "EventTid",
+            "OperationId",
+        ] {
             assert!(e[k].is_string(), "{k}");
         }
         assert_eq!(e["Message"].as_str().unwrap().len(), MAX_MESSAGE_CHARS);
@@ -98,13 +135,22 @@ mod tests {
     #[test]
     fn emits_only_into_existing_folder_and_stops_at_cap() {
         let d = tempfile::tempdir().unwrap();
-        emit(Some(&d.path().join("missing")), "1", "t", Level::Informational, "m", "0");
+        emit(
+            Some(&d.path().join("missing")),
+            "1",
+            "t",
+            Level::Informational,
+            "m",
+            "0",
+        );
         assert!(!d.path().join("missing").exists());
         for _ in 0..(MAX_PENDING_FILES + 5) {
             emit(Some(d.path()), "1", "t", Level::Informational, "m", "0");
         }
         let names = fsutil::dir_names(d.path());
         assert_eq!(names.len(), MAX_PENDING_FILES);
-        assert!(names.iter().all(|n| n.ends_with(".json") && n[..n.len() - 5].chars().all(|c| c.is_ascii_digit())));
+        assert!(names
+            .iter()
+            .all(|n| n.ends_with(".json") && n[..n.len() - 5].chars().all(|c| c.is_ascii_digit())));
     }
 }

@@ -88,21 +88,35 @@ pub fn evaluate(
 ) -> HealthReport {
     let ib: Vec<&PciFunction> = mellanox.iter().filter(|f| f.is_infiniband()).collect();
     let required = required_modules(&ib);
-    let missing: Vec<String> = required.iter().filter(|m| !modules.contains(*m)).cloned().collect();
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|m| !modules.contains(*m))
+        .cloned()
+        .collect();
     let mut problems = Vec::new();
     let mut hcas = Vec::new();
     let mut ports_total = 0;
     let mut ports_down = Vec::new();
     for f in &ib {
         if f.ib_devices.is_empty() {
-            problems.push(format!("PCI {} has no registered InfiniBand device", f.address));
+            problems.push(format!(
+                "PCI {} has no registered InfiniBand device",
+                f.address
+            ));
         }
         for d in &f.ib_devices {
             let mut ports = Vec::new();
-            for p in d.ports.iter().filter(|p| p.link_layer != LinkLayer::Ethernet) {
+            for p in d
+                .ports
+                .iter()
+                .filter(|p| p.link_layer != LinkLayer::Ethernet)
+            {
                 ports_total += 1;
                 if !p.is_active() {
-                    ports_down.push(format!("{}/{} is {} ({})", d.name, p.number, p.state, p.phys_state));
+                    ports_down.push(format!(
+                        "{}/{} is {} ({})",
+                        d.name, p.number, p.state, p.phys_state
+                    ));
                 }
                 ports.push(PortReport {
                     port: p.number,
@@ -136,12 +150,16 @@ pub fn evaluate(
     let (code, summary) = if ib.is_empty() || ports_total == 0 {
         (
             Code::NoIbPorts,
-            "no InfiniBand port is registered with the kernel; the RDMA driver is not loaded".to_string(),
+            "no InfiniBand port is registered with the kernel; the RDMA driver is not loaded"
+                .to_string(),
         )
     } else if !missing.is_empty() {
         (
             Code::ModulesMissing,
-            format!("RDMA kernel modules not loaded: {}; load them with modprobe or reboot", missing.join(", ")),
+            format!(
+                "RDMA kernel modules not loaded: {}; load them with modprobe or reboot",
+                missing.join(", ")
+            ),
         )
     } else if !ports_down.is_empty() {
         (
@@ -176,9 +194,19 @@ pub fn evaluate(
     };
     if report.healthy {
         let stack_text = stack
-            .map(|s| format!("{} {}", s.kind.as_str(), s.version.clone().unwrap_or_default()))
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s.kind.as_str(),
+                    s.version.clone().unwrap_or_default()
+                )
+            })
             .unwrap_or_default();
-        report.summary = format!("RDMA ready: {}; {}", report.port_summary(), stack_text.trim());
+        report.summary = format!(
+            "RDMA ready: {}; {}",
+            report.port_summary(),
+            stack_text.trim()
+        );
     }
     report
 }
@@ -216,7 +244,12 @@ pub fn parse_ip_json(text: &str) -> BTreeMap<String, Vec<String>> {
 
 /// IPv4 addresses per interface; empty when `ip` is unavailable (reported, not fatal).
 pub fn addresses() -> BTreeMap<String, Vec<String>> {
-    match proc::run("ip", &["-j", "-4", "addr", "show"], None, Duration::from_secs(10)) {
+    match proc::run(
+        "ip",
+        &["-j", "-4", "addr", "show"],
+        None,
+        Duration::from_secs(10),
+    ) {
         Ok(out) if out.success() => parse_ip_json(&String::from_utf8_lossy(&out.stdout)),
         Ok(out) => {
             tracing::warn!(code = ?out.code, "ip addr failed: {}", out.stderr_tail(200));

@@ -113,7 +113,9 @@ fn dispatch(cmd: Command) -> i32 {
                 // The handler directory is gone (removed without uninstall): nothing to report to.
                 return 0;
             };
-            let Ok(inv) = agent_invocation(Ok(ctx)) else { return 0 };
+            let Ok(inv) = agent_invocation(Ok(ctx)) else {
+                return 0;
+            };
             if lock::WorkerLock::new(&inv.root.data_dir()).is_held() {
                 return 0; // the worker keeps the heartbeat itself
             }

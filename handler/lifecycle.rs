@@ -35,7 +35,10 @@ pub fn install(inv: &Invocation) -> i32 {
         tracing::error!("install: {f}");
         return f.code.exit_code();
     }
-    logging::summary(&inv.root, &format!("Install version {}", inv.agent.version()));
+    logging::summary(
+        &inv.root,
+        &format!("Install version {}", inv.agent.version()),
+    );
     tracing::info!("installed");
     0
 }
@@ -95,7 +98,10 @@ pub fn uninstall(inv: &Invocation) -> i32 {
         // The new version's update ran already; it owns the state and the monitor now.
         let _ = std::fs::remove_file(data.join(UPDATE_MARKER));
         tracing::info!("uninstall during an update: state kept for the new version");
-        logging::summary(&inv.root, &format!("Uninstall version {} (update)", inv.agent.version()));
+        logging::summary(
+            &inv.root,
+            &format!("Uninstall version {} (update)", inv.agent.version()),
+        );
         return 0;
     }
     monitor::remove(&inv.root);
@@ -104,7 +110,13 @@ pub fn uninstall(inv: &Invocation) -> i32 {
             tracing::warn!(error = %e, "cannot remove {}", data.display());
         }
     }
-    logging::summary(&inv.root, &format!("Uninstall version {}: state removed, drivers kept", inv.agent.version()));
+    logging::summary(
+        &inv.root,
+        &format!(
+            "Uninstall version {}: state removed, drivers kept",
+            inv.agent.version()
+        ),
+    );
     tracing::info!("uninstalled: state removed; drivers left installed");
     0
 }
@@ -117,8 +129,18 @@ pub fn update(inv: &Invocation) -> i32 {
         return f.code.exit_code();
     }
     let marker = UpdateMarker {
-        from: inv.agent.vars.updating_from_version.clone().unwrap_or_default(),
-        to: inv.agent.vars.version.clone().unwrap_or_else(|| inv.agent.version()),
+        from: inv
+            .agent
+            .vars
+            .updating_from_version
+            .clone()
+            .unwrap_or_default(),
+        to: inv
+            .agent
+            .vars
+            .version
+            .clone()
+            .unwrap_or_else(|| inv.agent.version()),
         at: clock::unix_seconds(),
     };
     let bytes = serde_json::to_vec(&marker).expect("marker serializes");
@@ -127,7 +149,10 @@ pub fn update(inv: &Invocation) -> i32 {
         tracing::error!("update: {f}");
         return f.code.exit_code();
     }
-    logging::summary(&inv.root, &format!("Update from {} to {}", marker.from, marker.to));
+    logging::summary(
+        &inv.root,
+        &format!("Update from {} to {}", marker.from, marker.to),
+    );
     tracing::info!(from = %marker.from, to = %marker.to, "update recorded");
     0
 }

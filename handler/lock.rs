@@ -39,7 +39,11 @@ impl WorkerLock {
         let file = self.open()?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                let me = format!("{} {}\n", std::process::id(), start_time(std::process::id()).unwrap_or(0));
+                let me = format!(
+                    "{} {}\n",
+                    std::process::id(),
+                    start_time(std::process::id()).unwrap_or(0)
+                );
                 fsutil::write_atomic(&self.owner, me.as_bytes())?;
                 Ok(Some(Held { _lock: lock }))
             }
@@ -49,7 +53,12 @@ impl WorkerLock {
     }
 
     /// Poll for the lock until `timeout`, giving up early when `give_up` says so.
-    pub fn acquire(&self, timeout: Duration, poll: Duration, give_up: impl Fn() -> bool) -> std::io::Result<Option<Held>> {
+    pub fn acquire(
+        &self,
+        timeout: Duration,
+        poll: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> std::io::Result<Option<Held>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(h) = self.try_acquire()? {
@@ -106,7 +115,11 @@ mod tests {
         assert_eq!(l.holder(), None);
         drop(held);
         assert!(!l.is_held());
-        let waited = l.acquire(Duration::from_millis(50), Duration::from_millis(5), || false).unwrap();
+        let waited = l
+            .acquire(Duration::from_millis(50), Duration::from_millis(5), || {
+                false
+            })
+            .unwrap();
         assert!(waited.is_some());
     }
 

@@ -107,7 +107,10 @@ pub fn init(log_folder: Option<&Path>, verbose: bool) {
         rf.append(b"").ok()?;
         Some(LogWriter(Arc::new(rf)))
     });
-    let builder = fmt().with_max_level(level).with_ansi(false).with_target(false);
+    let builder = fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_target(false);
     let _ = match file {
         Some(w) => builder.with_writer(move || w.clone()).try_init(),
         None => builder
@@ -126,7 +129,10 @@ pub fn redact_url(url: &str) -> String {
                 Some(i) => rest.split_at(i),
                 None => (rest, ""),
             };
-            let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+            let host = authority
+                .rsplit_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or(authority);
             format!("{scheme}://{host}{path}")
         }
         None => no_query.to_string(),
@@ -139,10 +145,17 @@ pub fn summary(root: &crate::host::Root, line: &str) {
     if let Some(dir) = path.parent() {
         let _ = fs::create_dir_all(dir);
     }
-    if fs::metadata(&path).map(|m| m.len() > MAX_SUMMARY_BYTES).unwrap_or(false) {
+    if fs::metadata(&path)
+        .map(|m| m.len() > MAX_SUMMARY_BYTES)
+        .unwrap_or(false)
+    {
         let _ = fs::rename(&path, rotated(&path, 1));
     }
-    let text = format!("{} {}\n", crate::clock::now_rfc3339(), line.replace('\n', " "));
+    let text = format!(
+        "{} {}\n",
+        crate::clock::now_rfc3339(),
+        line.replace('\n', " ")
+    );
     if let Ok(mut f) = fsutil::open_append_private(&path) {
         let _ = f.write_all(text.as_bytes());
     }
@@ -164,7 +177,10 @@ mod tests {
             .iter()
             .map(|n| fs::metadata(d.path().join(n)).unwrap().len())
             .sum();
-        assert_eq!(fsutil::dir_names(d.path()), vec!["x.log", "x.log.1", "x.log.2"]);
+        assert_eq!(
+            fsutil::dir_names(d.path()),
+            vec!["x.log", "x.log.1", "x.log.2"]
+        );
         assert!(total <= 300, "{total}");
         assert!(fs::metadata(&p).unwrap().len() <= 100);
     }
@@ -175,7 +191,10 @@ mod tests {
             redact_url("https://acct.blob.core.windows.net/c/ofed.tgz?sv=2020&sig=SECRET"),
             "https://acct.blob.core.windows.net/c/ofed.tgz"
         );
-        assert_eq!(redact_url("http://user:pw@127.0.0.1:3128"), "http://127.0.0.1:3128");
+        assert_eq!(
+            redact_url("http://user:pw@127.0.0.1:3128"),
+            "http://127.0.0.1:3128"
+        );
         assert_eq!(redact_url("http://u:p@h/a@b?x"), "http://h/a@b");
     }
 }

@@ -16,12 +16,20 @@ const UNIT_DIR: &str = "etc/systemd/system";
 
 fn unit_paths(root: &Root) -> (PathBuf, PathBuf) {
     let dir = root.path(UNIT_DIR);
-    (dir.join(format!("{UNIT}.service")), dir.join(format!("{UNIT}.timer")))
+    (
+        dir.join(format!("{UNIT}.service")),
+        dir.join(format!("{UNIT}.timer")),
+    )
 }
 
 /// systemd quoting for one ExecStart word.
 fn quote(word: &str) -> String {
-    format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%"))
+    format!(
+        "\"{}\"",
+        word.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('%', "%%")
+    )
 }
 
 pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
@@ -42,7 +50,8 @@ pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
     )
 }
 
-pub const TIMER_UNIT: &str = "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
+pub const TIMER_UNIT: &str =
+    "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
 [Unit]\nDescription=InfiniBand driver extension health report every 5 minutes\n\n\
 [Timer]\nOnBootSec=2min\nOnUnitActiveSec=5min\nAccuracySec=30s\n\n\
 [Install]\nWantedBy=timers.target\n";
@@ -59,12 +68,15 @@ fn systemctl(args: &[&str]) {
 /// update must repoint it at the new version's binary.)
 pub fn is_current(root: &Root, exe: &Path, handler_dir: &Path) -> bool {
     let (svc, timer) = unit_paths(root);
-    timer.exists() && std::fs::read_to_string(svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
+    timer.exists()
+        && std::fs::read_to_string(svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
 }
 
 pub fn install(root: &Root, exe: &Path, handler_dir: &Path) {
     if !root.systemd_running() {
-        tracing::warn!("systemd is not running: no health monitor; the heartbeat will age after enable");
+        tracing::warn!(
+            "systemd is not running: no health monitor; the heartbeat will age after enable"
+        );
         return;
     }
     let (svc, timer) = unit_paths(root);
@@ -103,7 +115,13 @@ pub fn remove(root: &Root) {
 pub fn check(root: &Root) -> health::HealthReport {
     let sysfs = host::read_sysfs(root);
     let stack = host::stack::detect(root);
-    health::evaluate(&sysfs.kernel, &sysfs.mellanox, &sysfs.modules, stack.as_ref(), &health::addresses())
+    health::evaluate(
+        &sysfs.kernel,
+        &sysfs.mellanox,
+        &sysfs.modules,
+        stack.as_ref(),
+        &health::addresses(),
+    )
 }
 
 pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) {
@@ -112,7 +130,8 @@ pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) 
     } else {
         (HeartbeatState::NotReady, report.code)
     };
-    if let Err(f) = status::write_heartbeat(&agent.env.heartbeat_file, state, code, &report.summary) {
+    if let Err(f) = status::write_heartbeat(&agent.env.heartbeat_file, state, code, &report.summary)
+    {
         tracing::warn!("{f}");
     }
 }
@@ -123,7 +142,10 @@ mod tests {
 
     #[test]
     fn unit_quotes_paths() {
-        let u = service_unit(Path::new("/var/lib/waagent/H-1.0/bin/ibdriver"), Path::new("/var/lib/waagent/H-1.0"));
+        let u = service_unit(
+            Path::new("/var/lib/waagent/H-1.0/bin/ibdriver"),
+            Path::new("/var/lib/waagent/H-1.0"),
+        );
         assert!(u.contains("ExecStart=\"/var/lib/waagent/H-1.0/bin/ibdriver\" monitor --handler-dir \"/var/lib/waagent/H-1.0\""));
         assert_eq!(quote("a%b\"c"), "\"a%%b\\\"c\"");
     }

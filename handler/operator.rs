@@ -18,8 +18,10 @@ struct PlanOutput<'a> {
 /// Public settings from a file holding either the bare public settings object or a whole
 /// agent `N.settings` document.
 pub fn read_public_settings(path: &Path) -> Result<PublicSettings, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
     if v.get("runtimeSettings").is_some() {
         let raw = settings::parse_settings_file(&text, path).map_err(|e| e.to_string())?;
         return settings::parse_public(raw.public.as_ref()).map_err(|e| e.to_string());
@@ -36,15 +38,39 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
             settings: public,
             plan: &plan,
         };
-        println!("{}", serde_json::to_string_pretty(&out).expect("plan serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("plan serializes")
+        );
     } else {
-        let os = facts.os.as_ref().map(|o| o.pretty_name.clone()).unwrap_or_else(|| "unknown OS".into());
-        println!("host:   {os}, kernel {}, {}", facts.kernel, facts.vm_size().unwrap_or("size unknown (no IMDS)"));
+        let os = facts
+            .os
+            .as_ref()
+            .map(|o| o.pretty_name.clone())
+            .unwrap_or_else(|| "unknown OS".into());
+        println!(
+            "host:   {os}, kernel {}, {}",
+            facts.kernel,
+            facts.vm_size().unwrap_or("size unknown (no IMDS)")
+        );
         for f in facts.infiniband_functions() {
-            println!("ib:     {} {:?} {}", f.address, f.generation, f.ib_devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(","));
+            println!(
+                "ib:     {} {:?} {}",
+                f.address,
+                f.generation,
+                f.ib_devices
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
         }
         match &facts.stack {
-            Some(s) => println!("stack:  {} {}", s.kind.as_str(), s.version.as_deref().unwrap_or("")),
+            Some(s) => println!(
+                "stack:  {} {}",
+                s.kind.as_str(),
+                s.version.as_deref().unwrap_or("")
+            ),
             None => println!("stack:  none installed"),
         }
         println!("plan:   {}", plan.summary);
@@ -58,12 +84,18 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
 pub fn health(root: &Root, json: bool) -> i32 {
     let report: health::HealthReport = monitor::check(root);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         println!("{}", report.summary);
         for h in &report.hcas {
             for p in &h.ports {
-                println!("  {} port {}: {} {} {}", h.name, p.port, p.state, p.phys_state, p.rate);
+                println!(
+                    "  {} port {}: {} {} {}",
+                    h.name, p.port, p.state, p.phys_state, p.rate
+                );
             }
             for n in &h.netdevs {
                 println!("    -> {} {}", n.name, n.addresses.join(" "));

@@ -41,7 +41,10 @@ pub fn os_supported(os: &OsRelease) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{} {} is not a supported distribution", os.id, os.version_id))
+        Err(format!(
+            "{} {} is not a supported distribution",
+            os.id, os.version_id
+        ))
     }
 }
 
@@ -152,14 +155,22 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
             ),
         );
     }
-    let stack = facts.stack.as_ref().map(|s| s.kind).unwrap_or(StackKind::Inbox);
+    let stack = facts
+        .stack
+        .as_ref()
+        .map(|s| s.kind)
+        .unwrap_or(StackKind::Inbox);
     Plan {
         summary: format!(
             "{} {} with {} {}: verify {} InfiniBand function(s)",
             os.id,
             os.version_id,
             stack.as_str(),
-            facts.stack.as_ref().and_then(|s| s.version.clone()).unwrap_or_default(),
+            facts
+                .stack
+                .as_ref()
+                .and_then(|s| s.version.clone())
+                .unwrap_or_default(),
             ib.len()
         ),
         action: Action::VerifyOnly { stack },
@@ -190,7 +201,13 @@ mod tests {
         ] {
             assert!(os_supported(&os(id, v)).is_ok(), "{id} {v}");
         }
-        for (id, v) in [("ubuntu", "18.04"), ("fedora", "40"), ("debian", "11"), ("alpine", "3.19"), ("rhel", "7.9")] {
+        for (id, v) in [
+            ("ubuntu", "18.04"),
+            ("fedora", "40"),
+            ("debian", "11"),
+            ("alpine", "3.19"),
+            ("rhel", "7.9"),
+        ] {
             assert!(os_supported(&os(id, v)).is_err(), "{id} {v}");
         }
     }

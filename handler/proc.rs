@@ -34,7 +34,10 @@ pub enum ProcError {
     #[error("{program} was not found on PATH")]
     NotFound { program: String },
     #[error("cannot run {program}: {err}")]
-    Spawn { program: String, err: std::io::Error },
+    Spawn {
+        program: String,
+        err: std::io::Error,
+    },
     #[error("{program} did not finish within {secs} s and was stopped")]
     Timeout { program: String, secs: u64 },
 }
@@ -68,10 +71,19 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
 }
 
 /// Run `program args...`, feeding `stdin` if given, waiting at most `timeout`.
-pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Result<Output, ProcError> {
+pub fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, ProcError> {
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|err| {
@@ -144,7 +156,13 @@ mod tests {
 
     #[test]
     fn captures_output_and_code() {
-        let o = run("sh", &["-c", "echo out; echo err >&2; exit 3"], None, Duration::from_secs(5)).unwrap();
+        let o = run(
+            "sh",
+            &["-c", "echo out; echo err >&2; exit 3"],
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(o.code, Some(3));
         assert_eq!(o.stdout, b"out\n");
         assert_eq!(o.stderr_tail(100), "err");
@@ -164,7 +182,13 @@ mod tests {
 
     #[test]
     fn missing_program() {
-        let e = run("no-such-program-ibdriver", &[], None, Duration::from_secs(1)).unwrap_err();
+        let e = run(
+            "no-such-program-ibdriver",
+            &[],
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(matches!(e, ProcError::NotFound { .. }));
     }
 

@@ -33,7 +33,9 @@ pub enum ProtectedError {
 impl From<ProtectedError> for Failure {
     fn from(e: ProtectedError) -> Self {
         let code = match e {
-            ProtectedError::CertMissing { .. } | ProtectedError::NoThumbprint => Code::ProtectedCertMissing,
+            ProtectedError::CertMissing { .. } | ProtectedError::NoThumbprint => {
+                Code::ProtectedCertMissing
+            }
             ProtectedError::Decrypt { .. } => Code::ProtectedDecryptFailed,
             ProtectedError::BadThumbprint | ProtectedError::BadBase64 => Code::ProtectedMalformed,
         };
@@ -48,7 +50,11 @@ impl From<ProtectedError> for Failure {
 }
 
 /// Decrypt `blob` for the certificate named by `thumbprint` found in `cert_dir`.
-pub fn decrypt(blob: &str, thumbprint: Option<&str>, cert_dir: &Path) -> Result<Vec<u8>, ProtectedError> {
+pub fn decrypt(
+    blob: &str,
+    thumbprint: Option<&str>,
+    cert_dir: &Path,
+) -> Result<Vec<u8>, ProtectedError> {
     let thumb = thumbprint.ok_or(ProtectedError::NoThumbprint)?.trim();
     if thumb.len() != 40 || !thumb.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ProtectedError::BadThumbprint);
@@ -73,12 +79,18 @@ pub fn decrypt(blob: &str, thumbprint: Option<&str>, cert_dir: &Path) -> Result<
     let prv_s = prv.to_string_lossy();
     let mut last = String::new();
     for sub in ["cms", "smime"] {
-        let args = [sub, "-decrypt", "-inform", "DER", "-recip", &crt_s, "-inkey", &prv_s];
+        let args = [
+            sub, "-decrypt", "-inform", "DER", "-recip", &crt_s, "-inkey", &prv_s,
+        ];
         match proc::run("openssl", &args, Some(&der), OPENSSL_TIMEOUT) {
             Ok(out) if out.success() => return Ok(out.stdout),
             Ok(out) => {
                 // openssl's stderr names files and error reasons, never plaintext.
-                last = format!("openssl {sub} exited {:?}: {}", out.code, out.stderr_tail(200));
+                last = format!(
+                    "openssl {sub} exited {:?}: {}",
+                    out.code,
+                    out.stderr_tail(200)
+                );
                 tracing::warn!(subcommand = sub, detail = %last, "openssl decrypt failed");
             }
             Err(e) => {
@@ -87,5 +99,8 @@ pub fn decrypt(blob: &str, thumbprint: Option<&str>, cert_dir: &Path) -> Result<
             }
         }
     }
-    Err(ProtectedError::Decrypt { thumb, detail: last })
+    Err(ProtectedError::Decrypt {
+        thumb,
+        detail: last,
+    })
 }

@@ -123,7 +123,9 @@ impl Checkpoint {
     }
 
     pub fn is_terminal_success(&self) -> bool {
-        self.outcome.as_ref().is_some_and(|o| o.status == StatusValue::Success)
+        self.outcome
+            .as_ref()
+            .is_some_and(|o| o.status == StatusValue::Success)
     }
 }
 
@@ -154,7 +156,8 @@ impl Store {
 
     pub fn save(&self, cp: &mut Checkpoint) -> Result<(), Failure> {
         cp.updated = crate::clock::now_rfc3339();
-        let bytes = serde_json::to_vec_pretty(cp).map_err(|e| Failure::internal("checkpoint", e))?;
+        let bytes =
+            serde_json::to_vec_pretty(cp).map_err(|e| Failure::internal("checkpoint", e))?;
         if let Some(dir) = self.path.parent() {
             fsutil::create_private_dir(dir).map_err(|e| Failure::state_io(dir, e))?;
         }
@@ -193,7 +196,12 @@ pub fn run(
                 tracing::info!(stage = stage.name(), "stage completed");
             }
             Err(f) => {
-                tracing::error!(stage = stage.name(), code = f.code.number(), "stage failed: {}", f.message);
+                tracing::error!(
+                    stage = stage.name(),
+                    code = f.code.number(),
+                    "stage failed: {}",
+                    f.message
+                );
                 cp.fail(f.clone());
                 store.save(cp)?;
                 return Ok(RunEnd::Failed(f));
@@ -224,8 +232,14 @@ mod tests {
         assert_eq!(rebooted.next(&PLAN), Some(Stage::Verify));
         assert!(rebooted.outcome.is_none());
         // New settings or seq: start over.
-        assert_eq!(Checkpoint::resume(Some(cp.clone()), 3, "other", "boot-a").next(&PLAN), Some(Stage::Preflight));
-        assert_eq!(Checkpoint::resume(Some(cp), 4, "h", "boot-a").completed, vec![]);
+        assert_eq!(
+            Checkpoint::resume(Some(cp.clone()), 3, "other", "boot-a").next(&PLAN),
+            Some(Stage::Preflight)
+        );
+        assert_eq!(
+            Checkpoint::resume(Some(cp), 4, "h", "boot-a").completed,
+            vec![]
+        );
     }
 
     #[test]
@@ -235,10 +249,16 @@ mod tests {
         let mut cp = Checkpoint::fresh(1, "h", "b");
         cp.complete(Stage::Preflight);
         let mut ran = Vec::new();
-        let end = run(&store, &mut cp, &PLAN, |s, _| {
-            ran.push(s);
-            Ok(())
-        }, || false)
+        let end = run(
+            &store,
+            &mut cp,
+            &PLAN,
+            |s, _| {
+                ran.push(s);
+                Ok(())
+            },
+            || false,
+        )
         .unwrap();
         assert_eq!(end, RunEnd::Completed);
         assert_eq!(ran, vec![Stage::Verify]);
@@ -251,10 +271,16 @@ mod tests {
         let store = Store::new(dir.path());
         let mut cp = Checkpoint::fresh(1, "h", "b");
         let f = Failure::new(Code::PortsNotActive, "down");
-        let end = run(&store, &mut cp, &PLAN, |s, _| match s {
-            Stage::Preflight => Ok(()),
-            Stage::Verify => Err(f.clone()),
-        }, || false)
+        let end = run(
+            &store,
+            &mut cp,
+            &PLAN,
+            |s, _| match s {
+                Stage::Preflight => Ok(()),
+                Stage::Verify => Err(f.clone()),
+            },
+            || false,
+        )
         .unwrap();
         assert_eq!(end, RunEnd::Failed(f.clone()));
         let saved = store.load().unwrap();
@@ -282,10 +308,17 @@ mod tests {
         let store = Store::new(dir.path());
         let mut cp = Checkpoint::fresh(1, "h", "b");
         let n = std::cell::Cell::new(0);
-        let end = run(&store, &mut cp, &PLAN, |_, _| {
-            n.set(n.get() + 1);
-            Ok(())
-        }, || n.get() >= 1).unwrap();
+        let end = run(
+            &store,
+            &mut cp,
+            &PLAN,
+            |_, _| {
+                n.set(n.get() + 1);
+                Ok(())
+            },
+            || n.get() >= 1,
+        )
+        .unwrap();
         assert_eq!(end, RunEnd::Stopped);
         assert_eq!(cp.completed, vec![Stage::Preflight]);
     }

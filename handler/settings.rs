@@ -228,7 +228,9 @@ fn fingerprint(bytes: &[u8]) -> String {
 fn is_http_url(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     (lower.starts_with("https://") || lower.starts_with("http://"))
-        && s.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        && s.split("://")
+            .nth(1)
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
         && !s.chars().any(char::is_whitespace)
 }
 
@@ -238,7 +240,9 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
         return Ok(PublicSettings::default());
     };
     if !value.is_object() {
-        return Err(SettingsError::Invalid("publicSettings must be a JSON object".into()));
+        return Err(SettingsError::Invalid(
+            "publicSettings must be a JSON object".into(),
+        ));
     }
     let s: PublicSettings =
         serde_json::from_value(value.clone()).map_err(|e| SettingsError::Invalid(e.to_string()))?;
@@ -251,7 +255,9 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
     }
     if let Some(p) = &s.package {
         if !is_http_url(&p.url) {
-            return Err(SettingsError::Invalid("package.url must be an http or https URL".into()));
+            return Err(SettingsError::Invalid(
+                "package.url must be an http or https URL".into(),
+            ));
         }
         if p.url.contains('?') {
             return Err(SettingsError::Invalid(
@@ -259,7 +265,9 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
             ));
         }
         if p.sha256.len() != 64 || !p.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(SettingsError::Invalid("package.sha256 must be 64 hexadecimal digits".into()));
+            return Err(SettingsError::Invalid(
+                "package.sha256 must be 64 hexadecimal digits".into(),
+            ));
         }
     }
     if let Some(m) = &s.mirror {
@@ -342,7 +350,11 @@ pub fn load(agent: &crate::agent::AgentContext) -> Result<Settings, Failure> {
     let protected = match &raw.protected_blob {
         None => ProtectedSettings::default(),
         Some(blob) => {
-            let plain = crate::protected::decrypt(blob, raw.thumbprint.as_deref(), &agent.certificate_dir())?;
+            let plain = crate::protected::decrypt(
+                blob,
+                raw.thumbprint.as_deref(),
+                &agent.certificate_dir(),
+            )?;
             parse_protected(&plain)?
         }
     };
@@ -366,7 +378,10 @@ mod tests {
     fn empty_file_means_defaults() {
         let raw = parse_settings_file("", Path::new("0.settings")).unwrap();
         assert_eq!(raw.public, None);
-        assert_eq!(parse_public(raw.public.as_ref()).unwrap(), PublicSettings::default());
+        assert_eq!(
+            parse_public(raw.public.as_ref()).unwrap(),
+            PublicSettings::default()
+        );
     }
 
     #[test]
@@ -394,16 +409,29 @@ mod tests {
 
     #[test]
     fn fingerprint_follows_content() {
-        let a = parse_settings_file(r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{}}}]}"#, Path::new("a")).unwrap();
-        let b = parse_settings_file(r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"ipoib":"off"}}}]}"#, Path::new("b")).unwrap();
+        let a = parse_settings_file(
+            r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{}}}]}"#,
+            Path::new("a"),
+        )
+        .unwrap();
+        let b = parse_settings_file(
+            r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"ipoib":"off"}}}]}"#,
+            Path::new("b"),
+        )
+        .unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         assert_eq!(a.fingerprint.len(), 64);
     }
 
     #[test]
     fn malformed_files() {
-        for bad in ["{", "[]", r#"{"runtimeSettings":[]}"#, r#"{"runtimeSettings":[{}]}"#,
-            r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":5}}]}"#] {
+        for bad in [
+            "{",
+            "[]",
+            r#"{"runtimeSettings":[]}"#,
+            r#"{"runtimeSettings":[{}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":5}}]}"#,
+        ] {
             let e = parse_settings_file(bad, Path::new("x")).unwrap_err();
             assert!(matches!(e, SettingsError::Malformed { .. }), "{bad}");
             assert_eq!(Failure::from(e).code, Code::SettingsMalformed);
@@ -444,10 +472,16 @@ mod tests {
 
     #[test]
     fn protected_settings_never_echo_values() {
-        let p = parse_protected(br#"{"proxy":"http://u:S3cret@127.0.0.1:3128","packageUrl":"https://a/b?sig=TOKEN"}"#).unwrap();
+        let p = parse_protected(
+            br#"{"proxy":"http://u:S3cret@127.0.0.1:3128","packageUrl":"https://a/b?sig=TOKEN"}"#,
+        )
+        .unwrap();
         let dbg = format!("{p:?}");
         assert!(!dbg.contains("S3cret") && !dbg.contains("TOKEN"), "{dbg}");
-        assert_eq!(p.proxy.as_ref().unwrap().expose(), "http://u:S3cret@127.0.0.1:3128");
+        assert_eq!(
+            p.proxy.as_ref().unwrap().expose(),
+            "http://u:S3cret@127.0.0.1:3128"
+        );
 
         for (bad, secret) in [
             (r#"{"proxy":"not a url S3cret"}"#, "S3cret"),

@@ -92,7 +92,13 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    pub fn new(name: &str, operation: &str, status: StatusValue, code: u32, message: impl Into<String>) -> Self {
+    pub fn new(
+        name: &str,
+        operation: &str,
+        status: StatusValue,
+        code: u32,
+        message: impl Into<String>,
+    ) -> Self {
         StatusReport {
             name: name.into(),
             operation: operation.into(),
@@ -104,7 +110,13 @@ impl StatusReport {
     }
 
     pub fn failure(name: &str, operation: &str, f: &Failure) -> Self {
-        Self::new(name, operation, StatusValue::Error, f.code.number(), f.message.clone())
+        Self::new(
+            name,
+            operation,
+            StatusValue::Error,
+            f.code.number(),
+            f.message.clone(),
+        )
     }
 
     pub fn with_substatus(mut self, subs: Vec<SubStatus>) -> Self {
@@ -210,8 +222,14 @@ pub fn heartbeat_json(state: HeartbeatState, code: Code, message: &str) -> Vec<u
     serde_json::to_vec(&doc).expect("heartbeat serializes")
 }
 
-pub fn write_heartbeat(path: &Path, state: HeartbeatState, code: Code, message: &str) -> Result<(), Failure> {
-    fsutil::write_atomic(path, &heartbeat_json(state, code, message)).map_err(|e| Failure::state_io(path, e))
+pub fn write_heartbeat(
+    path: &Path,
+    state: HeartbeatState,
+    code: Code,
+    message: &str,
+) -> Result<(), Failure> {
+    fsutil::write_atomic(path, &heartbeat_json(state, code, message))
+        .map_err(|e| Failure::state_io(path, e))
 }
 
 #[cfg(test)]
@@ -221,8 +239,10 @@ mod tests {
 
     #[test]
     fn exact_shape_with_lower_case_status() {
-        let r = StatusReport::new("H", "Enable", StatusValue::Success, 0, "ok")
-            .with_substatus(vec![SubStatus::new("verify", StatusValue::Success, 0, "ports up")]);
+        let r =
+            StatusReport::new("H", "Enable", StatusValue::Success, 0, "ok").with_substatus(vec![
+                SubStatus::new("verify", StatusValue::Success, 0, "ports up"),
+            ]);
         let v: Value = serde_json::from_slice(&r.to_json("2026-01-01T00:00:00Z")).unwrap();
         let expected = serde_json::json!([{
             "version": 1.0, "timestampUTC": "2026-01-01T00:00:00Z",
@@ -236,9 +256,17 @@ mod tests {
     #[test]
     fn huge_reports_are_clamped() {
         let subs: Vec<SubStatus> = (0..40)
-            .map(|i| SubStatus::new(&format!("s{i}"), StatusValue::Warning, 1, "x".repeat(20_000)))
+            .map(|i| {
+                SubStatus::new(
+                    &format!("s{i}"),
+                    StatusValue::Warning,
+                    1,
+                    "x".repeat(20_000),
+                )
+            })
             .collect();
-        let r = StatusReport::new("H", "Enable", StatusValue::Error, 220, "m".repeat(300_000)).with_substatus(subs);
+        let r = StatusReport::new("H", "Enable", StatusValue::Error, 220, "m".repeat(300_000))
+            .with_substatus(subs);
         let bytes = r.to_json("t");
         assert!(bytes.len() <= MAX_STATUS_BYTES, "{}", bytes.len());
         let v: Vec<StatusEntry> = serde_json::from_slice(&bytes).unwrap();
@@ -258,7 +286,12 @@ mod tests {
 
     #[test]
     fn heartbeat_shape() {
-        let v: Value = serde_json::from_slice(&heartbeat_json(HeartbeatState::NotReady, Code::PortsNotActive, "port down")).unwrap();
+        let v: Value = serde_json::from_slice(&heartbeat_json(
+            HeartbeatState::NotReady,
+            Code::PortsNotActive,
+            "port down",
+        ))
+        .unwrap();
         assert_eq!(
             v,
             serde_json::json!([{"version": 1.0, "heartbeat": {"status": "NotReady", "code": 220,
@@ -270,7 +303,9 @@ mod tests {
     fn written_file_reads_back() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("3.status");
-        StatusReport::new("H", "Enable", StatusValue::Transitioning, 0, "working").write(&p).unwrap();
+        StatusReport::new("H", "Enable", StatusValue::Transitioning, 0, "working")
+            .write(&p)
+            .unwrap();
         assert_eq!(read(&p).unwrap().status.status, StatusValue::Transitioning);
     }
 }

@@ -41,7 +41,11 @@ fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let mut args: Vec<String> = vec![
-        format!("--unit=ibdriver-worker-{}-{}-{nanos}", inv.agent.seq, std::process::id()),
+        format!(
+            "--unit=ibdriver-worker-{}-{}-{nanos}",
+            inv.agent.seq,
+            std::process::id()
+        ),
         "--collect".into(),
         "--quiet".into(),
         "--no-block".into(),
@@ -59,7 +63,11 @@ fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     match proc::run("systemd-run", &refs, None, Duration::from_secs(8)) {
         Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!("systemd-run exited {:?}: {}", o.code, o.stderr_tail(300))),
+        Ok(o) => Err(format!(
+            "systemd-run exited {:?}: {}",
+            o.code,
+            o.stderr_tail(300)
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -78,9 +86,12 @@ fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .map(|_| ())
-        .map_err(|e| Failure::new(Code::WorkerStart, format!("cannot start the worker: {e}; run enable again")))
+    cmd.spawn().map(|_| ()).map_err(|e| {
+        Failure::new(
+            Code::WorkerStart,
+            format!("cannot start the worker: {e}; run enable again"),
+        )
+    })
 }
 
 pub fn spawn(inv: &Invocation) -> Result<(), Failure> {
@@ -90,7 +101,9 @@ pub fn spawn(inv: &Invocation) -> Result<(), Failure> {
                 tracing::info!("worker started as a transient systemd unit");
                 return Ok(());
             }
-            Err(e) => tracing::warn!("systemd-run failed ({e}); starting the worker in its own session"),
+            Err(e) => {
+                tracing::warn!("systemd-run failed ({e}); starting the worker in its own session")
+            }
         }
     }
     spawn_session(inv)?;
@@ -118,7 +131,9 @@ impl Heartbeat {
             while !s.load(Ordering::Relaxed) {
                 if waited >= HEARTBEAT_PERIOD {
                     let msg = m.lock().map(|g| g.clone()).unwrap_or_default();
-                    if let Err(f) = status::write_heartbeat(&path, HeartbeatState::Ready, Code::Success, &msg) {
+                    if let Err(f) =
+                        status::write_heartbeat(&path, HeartbeatState::Ready, Code::Success, &msg)
+                    {
                         tracing::warn!("{f}");
                     }
                     waited = Duration::ZERO;

@@ -38,7 +38,11 @@ pub struct SecurityProfile {
 
 impl Compute {
     pub fn secure_boot(&self) -> Option<bool> {
-        let v = self.security_profile.as_ref()?.secure_boot_enabled.as_ref()?;
+        let v = self
+            .security_profile
+            .as_ref()?
+            .secure_boot_enabled
+            .as_ref()?;
         match v {
             serde_json::Value::Bool(b) => Some(*b),
             serde_json::Value::String(s) => s.trim().parse::<bool>().ok(),
@@ -104,7 +108,9 @@ pub fn fetch_compute(base: &str, policy: &Policy) -> Result<Compute, String> {
                 Err(e) => last = format!("reading IMDS answer: {e}"),
             },
             // 4xx other than 404/410/429 will not improve on retry.
-            Err(ureq::Error::Status(code, _)) if (400..500).contains(&code) && ![404, 410, 429].contains(&code) => {
+            Err(ureq::Error::Status(code, _))
+                if (400..500).contains(&code) && ![404, 410, 429].contains(&code) =>
+            {
                 return Err(format!("IMDS answered HTTP {code}"));
             }
             Err(ureq::Error::Status(code, _)) => last = format!("IMDS answered HTTP {code}"),
@@ -129,7 +135,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.vm_size, "Standard_HB120rs_v3");
         assert_eq!(c.secure_boot(), Some(true));
-        let c = parse_compute(r#"{"vmSize":"x","securityProfile":{"secureBootEnabled":"false"}}"#).unwrap();
+        let c = parse_compute(r#"{"vmSize":"x","securityProfile":{"secureBootEnabled":"false"}}"#)
+            .unwrap();
         assert_eq!(c.secure_boot(), Some(false));
         assert_eq!(parse_compute("{}").unwrap().secure_boot(), None);
         assert!(parse_compute("nope").is_err());

@@ -27,7 +27,8 @@ pub fn encode_record(key: &str, value: &str) -> Vec<u8> {
     let k = key.as_bytes();
     let v = value.as_bytes();
     rec[..k.len().min(KEY_LEN - 1)].copy_from_slice(&k[..k.len().min(KEY_LEN - 1)]);
-    rec[KEY_LEN..KEY_LEN + v.len().min(VALUE_LEN - 1)].copy_from_slice(&v[..v.len().min(VALUE_LEN - 1)]);
+    rec[KEY_LEN..KEY_LEN + v.len().min(VALUE_LEN - 1)]
+        .copy_from_slice(&v[..v.len().min(VALUE_LEN - 1)]);
     rec
 }
 
@@ -88,19 +89,36 @@ mod tests {
     #[test]
     fn round_trip_and_ipoib() {
         let mut pool = encode_record("HostName", "node-1");
-        pool.extend(encode_record("IPoIB_Data", "NUMPAIRS:2|00155DFF33AA:172.16.1.4|00155dff33bb:172.16.1.5|"));
+        pool.extend(encode_record(
+            "IPoIB_Data",
+            "NUMPAIRS:2|00155DFF33AA:172.16.1.4|00155dff33bb:172.16.1.5|",
+        ));
         pool.extend(vec![7u8; 100]);
         let f = facts(&pool);
         let pairs = f.ipoib.unwrap();
         assert_eq!(pairs.len(), 2);
-        assert_eq!(pairs[0], IpoibPair { mac: "00155dff33aa".into(), ipv4: "172.16.1.4".into() });
+        assert_eq!(
+            pairs[0],
+            IpoibPair {
+                mac: "00155dff33aa".into(),
+                ipv4: "172.16.1.4".into()
+            }
+        );
         assert_eq!(f.nd_driver_version, None);
     }
 
     #[test]
     fn bad_pairs_are_skipped() {
-        let pairs = parse_ipoib_data("NUMPAIRS:3|zz:1.2.3.4|00155DFF33AA:999.1.1.1|00155DFF33AA:172.16.0.9");
-        assert_eq!(pairs, vec![IpoibPair { mac: "00155dff33aa".into(), ipv4: "172.16.0.9".into() }]);
+        let pairs = parse_ipoib_data(
+            "NUMPAIRS:3|zz:1.2.3.4|00155DFF33AA:999.1.1.1|00155DFF33AA:172.16.0.9",
+        );
+        assert_eq!(
+            pairs,
+            vec![IpoibPair {
+                mac: "00155dff33aa".into(),
+                ipv4: "172.16.0.9".into()
+            }]
+        );
     }
 
     #[test]

@@ -51,7 +51,8 @@ impl Root {
 
 pub const VMBUS_PCI_PASSTHROUGH: &str = "44c4f61d-4444-4400-9d52-802e27ede19f";
 pub const VMBUS_NETWORK_DIRECT: &str = "8c2eaf3d-32a7-4b09-ab99-bd1f1c86b501";
-const EFI_SECURE_BOOT: &str = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+const EFI_SECURE_BOOT: &str =
+    "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Vmbus {
@@ -132,7 +133,10 @@ impl HostFacts {
     }
 
     pub fn vm_size(&self) -> Option<&str> {
-        self.imds.as_ref().map(|c| c.vm_size.as_str()).filter(|s| !s.is_empty())
+        self.imds
+            .as_ref()
+            .map(|c| c.vm_size.as_str())
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -161,7 +165,9 @@ fn loaded_modules(root: &Root, kernel: &str) -> BTreeSet<String> {
         .map(|t| parse_proc_modules(&t))
         .unwrap_or_default();
     if !kernel.is_empty() {
-        if let Some(text) = read_trimmed(&root.path(&format!("lib/modules/{kernel}/modules.builtin"))) {
+        if let Some(text) =
+            read_trimmed(&root.path(&format!("lib/modules/{kernel}/modules.builtin")))
+        {
             set.extend(parse_modules_builtin(&text));
         }
     }
@@ -222,7 +228,10 @@ mod tests {
     #[test]
     fn root_joins_absolute_paths() {
         let r = Root::new("/tmp/x");
-        assert_eq!(r.path("/etc/os-release"), PathBuf::from("/tmp/x/etc/os-release"));
+        assert_eq!(
+            r.path("/etc/os-release"),
+            PathBuf::from("/tmp/x/etc/os-release")
+        );
         assert_eq!(r.path("sys"), PathBuf::from("/tmp/x/sys"));
     }
 
@@ -236,7 +245,9 @@ mod tests {
         assert_eq!(secure_boot(Some(false), Some(true)), SecureBoot::Enabled);
         assert_eq!(secure_boot(None, Some(false)), SecureBoot::Disabled);
         assert_eq!(secure_boot(None, None), SecureBoot::Unknown);
-        let b = parse_modules_builtin("kernel/drivers/infiniband/core/ib_core.ko\nkernel/net/x/mlx5-core.ko\n");
+        let b = parse_modules_builtin(
+            "kernel/drivers/infiniband/core/ib_core.ko\nkernel/net/x/mlx5-core.ko\n",
+        );
         assert!(b.contains("ib_core") && b.contains("mlx5_core"));
     }
 }

@@ -129,7 +129,10 @@ impl PciFunction {
         if self.vendor != MELLANOX_VENDOR {
             return false;
         }
-        if self.ib_ports().any(|p| p.link_layer == LinkLayer::InfiniBand) {
+        if self
+            .ib_ports()
+            .any(|p| p.link_layer == LinkLayer::InfiniBand)
+        {
             return true;
         }
         if self.ib_ports().next().is_some() {
@@ -160,8 +163,12 @@ pub fn read_port(dir: &Path, number: u32) -> IbPort {
     };
     IbPort {
         number,
-        state: read_trimmed(&dir.join("state")).map(after_colon).unwrap_or_default(),
-        phys_state: read_trimmed(&dir.join("phys_state")).map(after_colon).unwrap_or_default(),
+        state: read_trimmed(&dir.join("state"))
+            .map(after_colon)
+            .unwrap_or_default(),
+        phys_state: read_trimmed(&dir.join("phys_state"))
+            .map(after_colon)
+            .unwrap_or_default(),
         link_layer,
         rate: read_trimmed(&dir.join("rate")).unwrap_or_default(),
         lid: read_trimmed(&dir.join("lid")),
@@ -237,10 +244,22 @@ mod tests {
 
     #[test]
     fn device_table() {
-        assert_eq!(NicGeneration::from_device_id(0x101c), Some((NicGeneration::ConnectX6, true)));
-        assert_eq!(NicGeneration::from_device_id(0x101e), Some((NicGeneration::Mlx5Gen, true)));
-        assert_eq!(NicGeneration::from_device_id(0x1004), Some((NicGeneration::ConnectX3Pro, true)));
-        assert_eq!(NicGeneration::from_device_id(0x1016), Some((NicGeneration::ConnectX4Lx, true)));
+        assert_eq!(
+            NicGeneration::from_device_id(0x101c),
+            Some((NicGeneration::ConnectX6, true))
+        );
+        assert_eq!(
+            NicGeneration::from_device_id(0x101e),
+            Some((NicGeneration::Mlx5Gen, true))
+        );
+        assert_eq!(
+            NicGeneration::from_device_id(0x1004),
+            Some((NicGeneration::ConnectX3Pro, true))
+        );
+        assert_eq!(
+            NicGeneration::from_device_id(0x1016),
+            Some((NicGeneration::ConnectX4Lx, true))
+        );
         assert_eq!(NicGeneration::from_device_id(0xabcd), None);
         assert!(NicGeneration::ConnectX3Pro.is_mlx4());
         assert!(!NicGeneration::Mlx5Gen.is_mlx4());

@@ -90,7 +90,14 @@ fn rpm_version(root: &super::Root, package: &str) -> Option<String> {
     let root_s = root.base().to_string_lossy().to_string();
     let out = proc::run(
         "rpm",
-        &["--root", &root_s, "-q", "--qf", "%{VERSION}-%{RELEASE}", package],
+        &[
+            "--root",
+            &root_s,
+            "-q",
+            "--qf",
+            "%{VERSION}-%{RELEASE}",
+            package,
+        ],
         None,
         Duration::from_secs(20),
     )
@@ -109,7 +116,9 @@ pub fn detect(root: &super::Root) -> Option<InstalledStack> {
         .any(|p| root.path(p).exists());
     if ofed_info {
         if let Ok(out) = proc::run("ofed_info", &["-s"], None, Duration::from_secs(20)) {
-            if let Some((mut kind, version)) = parse_ofed_info(&String::from_utf8_lossy(&out.stdout)) {
+            if let Some((mut kind, version)) =
+                parse_ofed_info(&String::from_utf8_lossy(&out.stdout))
+            {
                 if root.path("opt/mellanox/doca").is_dir() {
                     kind = StackKind::Doca;
                 }

@@ -1,0 +1,417 @@
+//! Test support: a fake agent tree, a fake host root copied from `tests/fixtures/hosts`, stub
+//! programs on PATH that record their calls, and a loopback IMDS. Nothing touches the real host.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const NAME: &str = "OpenSource.HpcCompute.InfiniBandDriverLinux";
+pub const VERSION: &str = "1.0.0";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ibdriver"))
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+pub fn write(path: &Path, content: impl AsRef<[u8]>) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+pub fn write_exec(path: &Path, script: &str) {
+    write(path, script);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A loopback IMDS answering compute metadata; stops when dropped (or after 5 minutes).
+pub struct Imds {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Imds {
+    pub fn start(vm_size: &str, secure_boot: bool) -> Imds {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let body = format!(
+            r#"{{"vmSize":"{vm_size}","location":"eastus","offer":"ubuntu-hpc","publisher":"microsoft-dsvm","sku":"2204","version":"latest","securityProfile":{{"secureBootEnabled":"{secure_boot}","securityType":"TrustedLaunch"}},"osType":"Linux"}}"#
+        );
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut buf = [0u8; 4096];
+                        let n = conn.read(&mut buf).unwrap_or(0);
+                        let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                        let resp = if req.contains("metadata: true")
+                            && req.starts_with("get /metadata/instance/compute")
+                        {
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                        } else {
+                            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                        };
+                        let _ = conn.write_all(resp.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Imds { url, stop }
+    }
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A URL where nothing listens (connection refused at once).
+pub fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub handler_dir: PathBuf,
+    pub lib_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub root: PathBuf,
+    pub stubs: PathBuf,
+    pub imds_url: String,
+    pub verify_timeout: u64,
+    _imds: Option<Imds>,
+}
+
+impl World {
+    /// A fake agent tree and a copy of fixture host `host`, with IMDS answering `vm_size`.
+    pub fn new(host: &str, vm_size: &str) -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib_dir = tmp.path().join("lib");
+        let handler_dir = lib_dir.join(format!("{NAME}-{VERSION}"));
+        let log_dir = tmp.path().join("log").join(NAME);
+        for d in [
+            handler_dir.join("config"),
+            handler_dir.join("status"),
+            log_dir.join("events"),
+        ] {
+            fs::create_dir_all(&d).unwrap();
+        }
+        let env = serde_json::json!([{
+            "name": NAME, "version": 1.0,
+            "handlerEnvironment": {
+                "logFolder": log_dir, "configFolder": handler_dir.join("config"),
+                "statusFolder": handler_dir.join("status"), "heartbeatFile": handler_dir.join("heartbeat.log"),
+                "eventsFolder": log_dir.join("events"), "eventsFolder_preview": log_dir.join("events")
+            }
+        }]);
+        write(
+            &handler_dir.join("HandlerEnvironment.json"),
+            env.to_string(),
+        );
+        let root = tmp.path().join("root");
+        copy_tree(&fixtures().join("hosts").join(host), &root);
+        let stubs = tmp.path().join("stubs");
+        let calls = tmp.path().join("calls.log");
+        for prog in ["systemctl", "modprobe", "reboot"] {
+            write_exec(
+                &stubs.join(prog),
+                &format!(
+                    "#!/bin/sh\necho \"{prog} $*\" >> '{}'\nexit 0\n",
+                    calls.display()
+                ),
+            );
+        }
+        // `ip -j -4 addr show`: the IPoIB address the host would have.
+        write_exec(
+            &stubs.join("ip"),
+            &format!(
+                "#!/bin/sh\necho \"ip $*\" >> '{}'\necho '[{{\"ifname\":\"ib0\",\"addr_info\":[{{\"family\":\"inet\",\"local\":\"172.16.1.4\",\"prefixlen\":16}}]}}]'\n",
+                calls.display()
+            ),
+        );
+        let imds = Imds::start(vm_size, false);
+        World {
+            imds_url: imds.url.clone(),
+            _imds: Some(imds),
+            tmp,
+            handler_dir,
+            lib_dir,
+            log_dir,
+            root,
+            stubs,
+            verify_timeout: 5,
+        }
+    }
+
+    pub fn calls(&self) -> String {
+        fs::read_to_string(self.tmp.path().join("calls.log")).unwrap_or_default()
+    }
+
+    pub fn path_var(&self) -> String {
+        format!(
+            "{}:{}",
+            self.stubs.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    pub fn settings(&self, seq: u64, public: serde_json::Value) {
+        self.settings_raw(seq, &serde_json::json!({"runtimeSettings": [{"handlerSettings": {
+            "publicSettings": public, "protectedSettings": null, "protectedSettingsCertThumbprint": null}}]}).to_string());
+    }
+
+    pub fn settings_raw(&self, seq: u64, text: &str) {
+        write(
+            &self
+                .handler_dir
+                .join("config")
+                .join(format!("{seq}.settings")),
+            text,
+        );
+    }
+
+    pub fn command(&self, args: &[&str], seq: u64) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .current_dir(&self.handler_dir)
+            .env("PATH", self.path_var())
+            .env("ConfigSequenceNumber", seq.to_string())
+            .env("AZURE_GUEST_AGENT_EXTENSION_VERSION", VERSION)
+            .env("IBDRIVER_ROOT", &self.root)
+            .env("IBDRIVER_IMDS_URL", &self.imds_url)
+            .env(
+                "IBDRIVER_VERIFY_TIMEOUT_SECONDS",
+                self.verify_timeout.to_string(),
+            );
+        c
+    }
+
+    pub fn run(&self, verb: &str, seq: u64) -> Output {
+        self.command(&[verb], seq).output().unwrap()
+    }
+
+    pub fn status_path(&self, seq: u64) -> PathBuf {
+        self.handler_dir
+            .join("status")
+            .join(format!("{seq}.status"))
+    }
+
+    pub fn status(&self, seq: u64) -> Option<serde_json::Value> {
+        let text = fs::read_to_string(self.status_path(seq)).ok()?;
+        Some(serde_json::from_str(&text).expect("status file is always valid JSON"))
+    }
+
+    /// Poll (bounded) until the status for `seq` is terminal.
+    pub fn wait_terminal(&self, seq: u64, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.status(seq) {
+                let s = v[0]["status"]["status"].as_str().unwrap_or("").to_string();
+                if s == "success" || s == "error" {
+                    // Let the worker finish its last writes (mrseq, heartbeat, timer).
+                    self.wait_worker_gone(Duration::from_secs(10));
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status {seq} not terminal in time: {:?}",
+                self.status(seq)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("var/lib/infiniband-driver-linux")
+    }
+
+    pub fn wait_worker_gone(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while worker_running(&self.handler_dir) {
+            assert!(Instant::now() < deadline, "worker still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn heartbeat(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(self.handler_dir.join("heartbeat.log")).unwrap())
+            .unwrap()
+    }
+
+    pub fn mrseq(&self) -> Option<String> {
+        fs::read_to_string(self.handler_dir.join("mrseq"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Every file under the world, for secret scans.
+    pub fn all_text(&self) -> String {
+        let mut out = String::new();
+        fn walk(p: &Path, out: &mut String) {
+            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() && !path.is_symlink() {
+                    walk(&path, out);
+                } else if let Ok(b) = fs::read(&path) {
+                    out.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+        }
+        walk(self.tmp.path(), &mut out);
+        out
+    }
+
+    /// Make a certificate with the real openssl; returns its thumbprint. The pair is stored where
+    /// the agent stores it (two levels above the config folder) unless `install` is false.
+    pub fn certificate(&self, install: bool) -> (String, PathBuf) {
+        let dir = self.tmp.path().join(format!(
+            "cert-{}",
+            fs::read_dir(self.tmp.path()).unwrap().count()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let (crt, prv) = (dir.join("c.crt"), dir.join("c.prv"));
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=ibdriver-test",
+                "-days",
+                "2",
+                "-keyout",
+            ])
+            .arg(&prv)
+            .arg("-out")
+            .arg(&crt)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let fp = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+            .arg(&crt)
+            .output()
+            .unwrap();
+        let fp = String::from_utf8_lossy(&fp.stdout);
+        let thumb: String = fp
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "")
+            .to_uppercase();
+        if install {
+            fs::copy(&crt, self.lib_dir.join(format!("{thumb}.crt"))).unwrap();
+            fs::copy(&prv, self.lib_dir.join(format!("{thumb}.prv"))).unwrap();
+        }
+        (thumb, crt)
+    }
+
+    /// Encrypt `plaintext` for `crt` with the real openssl (`-des3` or `-aes256`), base64.
+    pub fn encrypt(&self, plaintext: &str, crt: &Path, cipher: &str) -> String {
+        use std::process::Stdio;
+        let mut child = Command::new("openssl")
+            .args(["cms", "-encrypt", "-outform", "DER", cipher])
+            .arg(crt)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(plaintext.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(out.stdout)
+    }
+
+    pub fn protected_settings(&self, seq: u64, public: serde_json::Value, blob: &str, thumb: &str) {
+        self.settings_raw(seq, &serde_json::json!({"runtimeSettings": [{"handlerSettings": {
+            "publicSettings": public, "protectedSettings": blob, "protectedSettingsCertThumbprint": thumb}}]}).to_string());
+    }
+
+    pub fn kvp(&self, records: &[(&str, &str)]) {
+        let mut pool = Vec::new();
+        for (k, v) in records {
+            pool.extend(ibdriver::host::kvp::encode_record(k, v));
+        }
+        write(&self.root.join("var/lib/hyperv/.kvp_pool_0"), pool);
+    }
+
+    pub fn set_file(&self, rel: &str, content: &str) {
+        write(&self.root.join(rel), content);
+    }
+}
+
+/// Is a worker for this handler directory still running? (Scans /proc for our own binary.)
+pub fn worker_running(handler_dir: &Path) -> bool {
+    let needle = handler_dir.to_string_lossy().to_string();
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.contains("worker") && cmd.contains(&needle) && cmd.contains("ibdriver")
+    })
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn status_code(v: &serde_json::Value) -> u64 {
+    v[0]["status"]["code"].as_u64().unwrap()
+}
+
+pub fn status_value(v: &serde_json::Value) -> String {
+    v[0]["status"]["status"].as_str().unwrap().to_string()
+}
+
+pub fn message(v: &serde_json::Value) -> String {
+    v[0]["status"]["formattedMessage"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
