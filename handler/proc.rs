@@ -23,6 +23,14 @@ impl Output {
         self.code == Some(0)
     }
 
+    /// `exit code 4` or `killed by a signal`, for messages.
+    pub fn describe_exit(&self) -> String {
+        match self.code {
+            Some(c) => format!("exit code {c}"),
+            None => "killed by a signal".into(),
+        }
+    }
+
     /// The last `max` characters of stderr, on one line, for a status message.
     pub fn stderr_tail(&self, max: usize) -> String {
         tail_line(&String::from_utf8_lossy(&self.stderr), max)

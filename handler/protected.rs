@@ -87,8 +87,8 @@ pub fn decrypt(
             Ok(out) => {
                 // openssl's stderr names files and error reasons, never plaintext.
                 last = format!(
-                    "openssl {sub} exited {:?}: {}",
-                    out.code,
+                    "openssl {sub} failed ({}): {}",
+                    out.describe_exit(),
                     out.stderr_tail(200)
                 );
                 tracing::warn!(subcommand = sub, detail = %last, "openssl decrypt failed");

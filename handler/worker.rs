@@ -64,8 +64,8 @@ fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
     match proc::run("systemd-run", &refs, None, Duration::from_secs(8)) {
         Ok(o) if o.success() => Ok(()),
         Ok(o) => Err(format!(
-            "systemd-run exited {:?}: {}",
-            o.code,
+            "systemd-run failed ({}): {}",
+            o.describe_exit(),
             o.stderr_tail(300)
         )),
         Err(e) => Err(e.to_string()),

@@ -247,6 +247,9 @@ class Ctx:
             os.makedirs(d)
         # The handler writes into its host root, so every scenario gets its own copy.
         shutil.copytree(os.path.join(opts.hosts, host), self.host, symlinks=True)
+        # Present as a systemd host, so the worker goes through the systemd-run stub and the
+        # health timer's units are written (and must be gone after uninstall).
+        os.makedirs(os.path.join(self.host, "run/systemd/system"), exist_ok=True)
         stubs = os.path.join(self.dir, "stubs")
         self.stub_log = os.path.join(self.dir, "stub-calls.log")
         write_stubs(stubs, self.stub_log, os.path.join(self.dir, "stub-units"),
@@ -493,6 +496,8 @@ def sc_bad_protected(ctx):
 
 def sc_disable_uninstall(ctx):
     enable_healthy(ctx)
+    before = glob.glob(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.*"))
+    check(len(before) == 2, "health monitor units not installed by enable: %s" % before)
     disables, uninstalls = len(ctx.runs("disable")), len(ctx.runs("uninstall"))
     ctx.goal_state(0, {}, state="uninstall")
     ctx.run_agent()

@@ -16,9 +16,9 @@ def unit_file(name):
 
 def alive(name):
     try:
-        os.kill(int(open(unit_file(name)).read()), 0)
-        return True
-    except (OSError, ValueError):
+        with open("/proc/%s/stat" % open(unit_file(name)).read().strip()) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombies are dead
+    except (OSError, IndexError):
         return False
 
 if prog == "ip":
@@ -43,8 +43,6 @@ if prog == "systemctl":
                 os.killpg(int(open(unit_file(u)).read()), signal.SIGTERM)
             except (OSError, ValueError):
                 pass
-            if verb != "disable":
-                os.remove(unit_file(u))
     elif verb == "is-active" and known:
         up = all(alive(u) for u in known)
         print("\n".join(("active" if alive(u) else "inactive") for u in known))
@@ -65,7 +63,7 @@ if prog == "systemd-run":
         if name in VALUE and not eq:
             i += 1
             val = args[i]
-        fg = fg or name in ("--scope", "--wait", "--pipe", "-P", "--pty", "-t")
+        fg = fg or name in ("--wait", "--pipe", "-P", "--pty", "-t")
         timer = timer or name.startswith("--on-")
         unit = val if name in ("-u", "--unit") else unit
         if name in ("-E", "--setenv"):
@@ -81,6 +79,8 @@ if prog == "systemd-run":
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("AZURE_GUEST_AGENT_") or k.startswith("Config"))}
     env.update(setenv)
+    if "--scope" in args[:i]:   # a scope runs the command itself, in our environment
+        sys.exit(subprocess.call(cmd, env=dict(os.environ, **setenv)))
     if fg:
         sys.exit(subprocess.call(cmd, env=env, cwd=cwd))
     with open(OUT, "ab") as out:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every test tier, on a fresh Debian 12 machine (as root; installs what it needs):
+#   1. unit tests of the pure parts and parsers (fixture files)
+#   2. integration tests: the built binary through a fake agent tree, fake host roots,
+#      stub programs on PATH and a loopback IMDS
+#   3. conformance: the real guest agent's code (Debian's waagent) drives the release zip
+#      through install, enable, new settings, agent restart, disable and uninstall
+# Nothing touches this machine's real system.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '\ntest.sh: %s\n' "$*" >&2; }
+
+command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+
+log "tiers 1-2: cargo test"
+cargo test --locked 2>&1
+
+manifest=manifest/manifest.xml
+field() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" "$manifest" | head -n1; }
+zip="dist/$(field ProviderNameSpace).$(field Type)-$(field Version).zip"
+if [ ! -f "$zip" ] || [ -n "$(find handler Cargo.toml Cargo.lock HandlerManifest.json manifest -newer "$zip" -print -quit)" ]; then
+  log "building $zip"
+  packaging/build.sh >/dev/null
+fi
+
+log "tier 3: conformance under the real guest agent's code"
+agent_path=$(packaging/conformance/fetch_waagent.sh)
+python3 packaging/conformance/harness.py --zip "$zip" --work target/conformance/run --agent-path "$agent_path"
