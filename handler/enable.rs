@@ -164,7 +164,7 @@ pub fn health_substatus(report: &HealthReport) -> SubStatus {
 fn quick_health(root: &Root) -> HealthReport {
     let sysfs = host::read_sysfs(root);
     let verbs = host::stack::has_verbs_library(root);
-    let stack = verbs.then(|| host::stack::InstalledStack {
+    let stack = verbs.then_some(host::stack::InstalledStack {
         kind: host::stack::StackKind::Inbox,
         version: None,
         verbs_library: true,
@@ -205,7 +205,9 @@ pub fn enable(inv: &Invocation) -> i32 {
                 seq,
                 "sequence number already applied and the host verifies; nothing to do"
             );
-            if !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir) {
+            if inv.root.systemd_running()
+                && !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir)
+            {
                 monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
             }
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
@@ -369,7 +371,7 @@ pub fn worker(inv: &Invocation) -> i32 {
             match stage {
                 Stage::Preflight => preflight(&plan),
                 Stage::Verify => {
-                    let r = verify(&inv.root, verify_timeout(), Duration::from_secs(5), &wanted);
+                    let r = verify(&inv.root, verify_timeout(), Duration::from_secs(5), wanted);
                     last_report = Some(match &r {
                         Ok(rep) => rep.clone(),
                         Err(_) => monitor::check(&inv.root),

@@ -339,7 +339,9 @@ fn protected_settings_decrypt_with_3des_and_aes() {
 #[test]
 fn unreadable_protected_settings_have_their_own_codes_and_leak_nothing() {
     let secret = "S3cretPw-never-print";
-    let cases: Vec<(&str, Box<dyn Fn(&World) -> (String, String)>, u64)> = vec![
+    // Each case builds (protected settings blob, thumbprint) in its world.
+    type Make<'a> = Box<dyn Fn(&World) -> (String, String) + 'a>;
+    let cases: Vec<(&str, Make<'_>, u64)> = vec![
         (
             "wrong thumbprint",
             Box::new(|w: &World| {

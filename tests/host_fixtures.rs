@@ -46,7 +46,10 @@ fn os_release_samples() {
         assert!(!o.pretty_name.is_empty());
         assert_eq!(plan::os_supported(&o).is_ok(), supported, "{file}");
     }
-    assert!(os("rocky-9.5").unwrap().id_like.contains(&"rhel".to_string()));
+    assert!(os("rocky-9.5")
+        .unwrap()
+        .id_like
+        .contains(&"rhel".to_string()));
     assert_eq!(os("malformed"), None);
 }
 
@@ -66,7 +69,10 @@ fn hbv3_one_cx6_ib_vf_and_one_an_vf() {
     assert_eq!(ib[0].generation, Some(NicGeneration::ConnectX6));
     assert!(ib[0].virtual_function);
     let port = &ib[0].ib_devices[0].ports[0];
-    assert_eq!((port.state.as_str(), port.phys_state.as_str()), ("ACTIVE", "LinkUp"));
+    assert_eq!(
+        (port.state.as_str(), port.phys_state.as_str()),
+        ("ACTIVE", "LinkUp")
+    );
     assert_eq!(port.rate, "200 Gb/sec (4X HDR)");
     assert_eq!(port.link_layer, LinkLayer::InfiniBand);
     assert!(ib[0].netdevs[0].is_ipoib());
@@ -85,7 +91,13 @@ fn ndv4_eight_ib_vfs_plus_an() {
     assert_eq!(f.infiniband_functions().count(), 8);
     assert_eq!(f.mellanox.len(), 9);
     assert_eq!(f.os.as_ref().unwrap().id, "almalinux");
-    let r = health::evaluate(&f.kernel, &f.mellanox, &f.modules, f.stack.as_ref(), &Default::default());
+    let r = health::evaluate(
+        &f.kernel,
+        &f.mellanox,
+        &f.modules,
+        f.stack.as_ref(),
+        &Default::default(),
+    );
     assert!(r.healthy, "{r:?}");
     assert_eq!(r.hcas.len(), 8);
 }
@@ -106,7 +118,13 @@ fn nc24rsv3_connectx3_pro() {
     assert_eq!(ib.len(), 1);
     assert_eq!(ib[0].generation, Some(NicGeneration::ConnectX3Pro));
     assert_eq!(ib[0].class >> 8, 0x0280);
-    let r = health::evaluate(&f.kernel, &f.mellanox, &f.modules, f.stack.as_ref(), &Default::default());
+    let r = health::evaluate(
+        &f.kernel,
+        &f.mellanox,
+        &f.modules,
+        f.stack.as_ref(),
+        &Default::default(),
+    );
     assert!(r.modules_required.contains(&"mlx4_ib".to_string()));
     assert!(r.healthy, "{r:?}");
 }
@@ -129,7 +147,11 @@ fn nonazure_has_no_vmbus_and_no_mellanox() {
 fn noverbs_has_pci_but_no_registered_device() {
     let f = detect("hbv3-noverbs");
     let ib: Vec<_> = f.infiniband_functions().collect();
-    assert_eq!(ib.len(), 1, "PCI class 0x0207 identifies it without a driver");
+    assert_eq!(
+        ib.len(),
+        1,
+        "PCI class 0x0207 identifies it without a driver"
+    );
     assert!(ib[0].ib_devices.is_empty());
     assert!(f.stack.is_none());
 }
@@ -159,8 +181,18 @@ fn plan_per_fixture() {
 #[test]
 fn port_down_is_reported_with_its_state() {
     let f = detect("hbv3-portdown");
-    let r = health::evaluate(&f.kernel, &f.mellanox, &f.modules, f.stack.as_ref(), &Default::default());
+    let r = health::evaluate(
+        &f.kernel,
+        &f.mellanox,
+        &f.modules,
+        f.stack.as_ref(),
+        &Default::default(),
+    );
     assert!(!r.healthy);
     assert_eq!(r.code, ibdriver::error::Code::PortsNotActive);
-    assert!(r.summary.contains("mlx5_0/1 is DOWN (Polling)"), "{}", r.summary);
+    assert!(
+        r.summary.contains("mlx5_0/1 is DOWN (Polling)"),
+        "{}",
+        r.summary
+    );
 }
