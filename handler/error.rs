@@ -7,126 +7,66 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A documented reason. The number goes into the status file's `code`; the exit code is what the
-/// process returns (compatible with Microsoft.HpcCompute.InfiniBandDriverLinux: 0, 1, 10-14).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Code {
-    Success,
-    NotHyperV,
-    NoInfiniBand,
-    OsUnsupported,
-    VmSizeUnsupported,
-    Usage,
-    HandlerEnvironment,
-    SettingsMalformed,
-    SettingsInvalid,
-    ProtectedCertMissing,
-    ProtectedDecryptFailed,
-    ProtectedMalformed,
-    Internal,
-    StateIo,
-    WorkerStart,
-    Superseded,
-    InstallUnavailable,
-    PortsNotActive,
-    ModulesMissing,
-    NoIbPorts,
+/// Declares [`Code`] with its number, exit code and name from one table, so the three cannot
+/// drift apart.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $number:literal, exit $exit:literal;)+) => {
+        /// A documented reason. The number goes into the status file's `code`; the exit code is
+        /// what the process returns (compatible with Microsoft.HpcCompute.InfiniBandDriverLinux:
+        /// 0, 1, 10-14).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Code {
+            $($(#[$doc])* $name,)+
+        }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$name,)+];
+
+            /// The value of the status file's `code`.
+            pub fn number(self) -> u32 {
+                match self {
+                    $(Code::$name => $number,)+
+                }
+            }
+
+            /// The process exit code that goes with this reason.
+            pub fn exit_code(self) -> i32 {
+                match self {
+                    $(Code::$name => $exit,)+
+                }
+            }
+
+            /// Short name used in logs, events and the README table.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Code::$name => stringify!($name),)+
+                }
+            }
+        }
+    };
 }
 
-impl Code {
-    pub const ALL: [Code; 20] = [
-        Code::Success,
-        Code::NotHyperV,
-        Code::NoInfiniBand,
-        Code::OsUnsupported,
-        Code::VmSizeUnsupported,
-        Code::Usage,
-        Code::HandlerEnvironment,
-        Code::SettingsMalformed,
-        Code::SettingsInvalid,
-        Code::ProtectedCertMissing,
-        Code::ProtectedDecryptFailed,
-        Code::ProtectedMalformed,
-        Code::Internal,
-        Code::StateIo,
-        Code::WorkerStart,
-        Code::Superseded,
-        Code::InstallUnavailable,
-        Code::PortsNotActive,
-        Code::ModulesMissing,
-        Code::NoIbPorts,
-    ];
-
-    /// The value of the status file's `code`.
-    pub fn number(self) -> u32 {
-        match self {
-            Code::Success => 0,
-            Code::NotHyperV => 10,
-            Code::NoInfiniBand => 11,
-            Code::OsUnsupported => 12,
-            Code::VmSizeUnsupported => 13,
-            Code::Usage => 100,
-            Code::HandlerEnvironment => 101,
-            Code::SettingsMalformed => 102,
-            Code::SettingsInvalid => 103,
-            Code::ProtectedCertMissing => 104,
-            Code::ProtectedDecryptFailed => 105,
-            Code::ProtectedMalformed => 106,
-            Code::Internal => 200,
-            Code::StateIo => 201,
-            Code::WorkerStart => 202,
-            Code::Superseded => 203,
-            Code::InstallUnavailable => 210,
-            Code::PortsNotActive => 220,
-            Code::ModulesMissing => 221,
-            Code::NoIbPorts => 222,
-        }
-    }
-
-    /// The process exit code that goes with this reason.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Code::Success => 0,
-            Code::NotHyperV => 10,
-            Code::NoInfiniBand => 11,
-            Code::OsUnsupported => 12,
-            Code::VmSizeUnsupported => 13,
-            Code::Usage
-            | Code::HandlerEnvironment
-            | Code::SettingsMalformed
-            | Code::SettingsInvalid
-            | Code::ProtectedCertMissing
-            | Code::ProtectedDecryptFailed
-            | Code::ProtectedMalformed => 1,
-            _ => 14,
-        }
-    }
-
-    /// Short name used in logs, events and the README table.
-    pub fn name(self) -> &'static str {
-        match self {
-            Code::Success => "Success",
-            Code::NotHyperV => "NotHyperV",
-            Code::NoInfiniBand => "NoInfiniBand",
-            Code::OsUnsupported => "OsUnsupported",
-            Code::VmSizeUnsupported => "VmSizeUnsupported",
-            Code::Usage => "Usage",
-            Code::HandlerEnvironment => "HandlerEnvironment",
-            Code::SettingsMalformed => "SettingsMalformed",
-            Code::SettingsInvalid => "SettingsInvalid",
-            Code::ProtectedCertMissing => "ProtectedCertMissing",
-            Code::ProtectedDecryptFailed => "ProtectedDecryptFailed",
-            Code::ProtectedMalformed => "ProtectedMalformed",
-            Code::Internal => "Internal",
-            Code::StateIo => "StateIo",
-            Code::WorkerStart => "WorkerStart",
-            Code::Superseded => "Superseded",
-            Code::InstallUnavailable => "InstallUnavailable",
-            Code::PortsNotActive => "PortsNotActive",
-            Code::ModulesMissing => "ModulesMissing",
-            Code::NoIbPorts => "NoIbPorts",
-        }
-    }
+codes! {
+    Success = 0, exit 0;
+    NotHyperV = 10, exit 10;
+    NoInfiniBand = 11, exit 11;
+    OsUnsupported = 12, exit 12;
+    VmSizeUnsupported = 13, exit 13;
+    Usage = 100, exit 1;
+    HandlerEnvironment = 101, exit 1;
+    SettingsMalformed = 102, exit 1;
+    SettingsInvalid = 103, exit 1;
+    ProtectedCertMissing = 104, exit 1;
+    ProtectedDecryptFailed = 105, exit 1;
+    ProtectedMalformed = 106, exit 1;
+    Internal = 200, exit 14;
+    StateIo = 201, exit 14;
+    WorkerStart = 202, exit 14;
+    Superseded = 203, exit 14;
+    InstallUnavailable = 210, exit 14;
+    PortsNotActive = 220, exit 14;
+    ModulesMissing = 221, exit 14;
+    NoIbPorts = 222, exit 14;
 }
 
 /// What the user sees: a code and one line saying what happened and what to do.
@@ -181,7 +121,7 @@ mod tests {
     #[test]
     fn numbers_are_unique() {
         let mut seen = std::collections::BTreeSet::new();
-        for c in Code::ALL {
+        for c in Code::ALL.iter().copied() {
             assert!(seen.insert(c.number()), "duplicate {}", c.number());
         }
     }
@@ -209,7 +149,7 @@ mod tests {
     #[test]
     fn every_code_is_documented_in_the_readme() {
         let readme = include_str!("../README.md");
-        for c in Code::ALL {
+        for c in Code::ALL.iter().copied() {
             let row = format!("| {} | {} |", c.number(), c.name());
             assert!(readme.contains(&row), "README lacks row starting {row}");
         }

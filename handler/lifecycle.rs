@@ -28,12 +28,20 @@ struct UpdateMarker {
     at: u64,
 }
 
-pub fn install(inv: &Invocation) -> i32 {
+/// Create the data directory; on failure log it and give the exit code.
+fn prepare_data_dir(inv: &Invocation, verb: &str) -> Result<std::path::PathBuf, i32> {
     let data = inv.root.data_dir();
-    if let Err(e) = fsutil::create_private_dir(&data) {
+    fsutil::create_private_dir(&data).map_err(|e| {
         let f = Failure::state_io(&data, e);
-        tracing::error!("install: {f}");
-        return f.code.exit_code();
+        tracing::error!("{verb}: {f}");
+        f.code.exit_code()
+    })?;
+    Ok(data)
+}
+
+pub fn install(inv: &Invocation) -> i32 {
+    if let Err(code) = prepare_data_dir(inv, "install") {
+        return code;
     }
     logging::summary(
         &inv.root,
@@ -122,12 +130,10 @@ pub fn uninstall(inv: &Invocation) -> i32 {
 }
 
 pub fn update(inv: &Invocation) -> i32 {
-    let data = inv.root.data_dir();
-    if let Err(e) = fsutil::create_private_dir(&data) {
-        let f = Failure::state_io(&data, e);
-        tracing::error!("update: {f}");
-        return f.code.exit_code();
-    }
+    let data = match prepare_data_dir(inv, "update") {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
     let marker = UpdateMarker {
         from: inv
             .agent

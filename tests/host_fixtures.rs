@@ -57,6 +57,16 @@ fn detect(host: &str) -> host::HostFacts {
     host::detect(&Root::new(fixtures().join("hosts").join(host)), None)
 }
 
+fn evaluate(f: &host::HostFacts) -> health::HealthReport {
+    health::evaluate(
+        &f.kernel,
+        &f.mellanox,
+        &f.modules,
+        f.stack.as_ref(),
+        &Default::default(),
+    )
+}
+
 #[test]
 fn hbv3_one_cx6_ib_vf_and_one_an_vf() {
     let f = detect("hbv3");
@@ -91,13 +101,7 @@ fn ndv4_eight_ib_vfs_plus_an() {
     assert_eq!(f.infiniband_functions().count(), 8);
     assert_eq!(f.mellanox.len(), 9);
     assert_eq!(f.os.as_ref().unwrap().id, "almalinux");
-    let r = health::evaluate(
-        &f.kernel,
-        &f.mellanox,
-        &f.modules,
-        f.stack.as_ref(),
-        &Default::default(),
-    );
+    let r = evaluate(&f);
     assert!(r.healthy, "{r:?}");
     assert_eq!(r.hcas.len(), 8);
 }
@@ -118,13 +122,7 @@ fn nc24rsv3_connectx3_pro() {
     assert_eq!(ib.len(), 1);
     assert_eq!(ib[0].generation, Some(NicGeneration::ConnectX3Pro));
     assert_eq!(ib[0].class >> 8, 0x0280);
-    let r = health::evaluate(
-        &f.kernel,
-        &f.mellanox,
-        &f.modules,
-        f.stack.as_ref(),
-        &Default::default(),
-    );
+    let r = evaluate(&f);
     assert!(r.modules_required.contains(&"mlx4_ib".to_string()));
     assert!(r.healthy, "{r:?}");
 }
@@ -181,13 +179,7 @@ fn plan_per_fixture() {
 #[test]
 fn port_down_is_reported_with_its_state() {
     let f = detect("hbv3-portdown");
-    let r = health::evaluate(
-        &f.kernel,
-        &f.mellanox,
-        &f.modules,
-        f.stack.as_ref(),
-        &Default::default(),
-    );
+    let r = evaluate(&f);
     assert!(!r.healthy);
     assert_eq!(r.code, ibdriver::error::Code::PortsNotActive);
     assert!(
