@@ -620,3 +620,59 @@ fn status_files_have_the_agents_shape() {
     }
     assert!(fs::read(w.status_path(1)).unwrap().len() <= 128 * 1024);
 }
+
+#[test]
+fn killed_worker_resumes_on_the_next_enable_with_the_same_seq() {
+    let mut w = World::new("hbv3-portdown", HB);
+    w.verify_timeout = 60;
+    w.settings(1, json!({}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let found = fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let c = fs::read(e.path().join("cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c);
+            (c.contains("worker") && c.contains(&*w.handler_dir.to_string_lossy()))
+                .then(|| e.file_name().to_string_lossy().parse::<i32>().ok())
+                .flatten()
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "worker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let it reach the verify stage, then kill it hard.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(w.data_dir().join("state.json"))
+        .unwrap_or_default()
+        .contains("\"current\": \"verify\"")
+    {
+        assert!(Instant::now() < deadline, "worker never reached verify");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    w.wait_worker_gone(Duration::from_secs(5));
+    assert_eq!(status_value(&w.status(1).unwrap()), "transitioning");
+    assert_eq!(w.mrseq(), None);
+
+    w.set_file(
+        "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1/state",
+        "4: ACTIVE\n",
+    );
+    w.set_file(
+        "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1/phys_state",
+        "5: LinkUp\n",
+    );
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(20));
+    assert_eq!(status_value(&v), "success");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["completed"], json!(["preflight", "verify"]));
+    assert_eq!(state["seq"], 1);
+}
