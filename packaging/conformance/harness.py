@@ -447,8 +447,26 @@ def no_secret(ctx):
 
 
 # ---------------------------------------------------------------- scenarios
+def events_valid(ctx):
+    """The agent's own collector must accept every event the handler dropped in eventsFolder."""
+    from azurelinuxagent.ga.collect_telemetry_events import _ProcessExtensionEvents
+    folder = os.path.join(ctx.log, ctx.name, "events")
+    written = 0
+    for f in os.listdir(folder):
+        with open(os.path.join(folder, f)) as fh:
+            doc = json.load(fh)
+        written += len(doc) if isinstance(doc, list) else 1
+    check(written > 0, "the handler wrote no telemetry event")
+    collected = []
+    sink = types.SimpleNamespace(enqueue_event=collected.append, stopped=lambda: False)
+    _ProcessExtensionEvents(sink)._capture_extension_events(ctx.name, folder)
+    check(len(collected) == written, "agent accepted %d of %d events" % (len(collected), written))
+    check(not os.listdir(folder), "agent left event files behind")
+
+
 def sc_healthy(ctx):
     enable_healthy(ctx)
+    events_valid(ctx)
     restart_is_noop(ctx)
 
 
