@@ -45,6 +45,9 @@ pub struct AgentVars {
     pub disable_cmd_exit_codes_multiple: Vec<(String, PriorExit)>,
     pub updating_from_version: Option<String>,
     pub version: Option<String>,
+    /// Optional variables with values we could not read: logged, then treated as absent, so an
+    /// agent quirk can never block disable or uninstall.
+    pub warnings: Vec<String>,
 }
 
 /// Where this invocation stands: the handler directory, its folders and the sequence number.
@@ -197,30 +200,42 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
     vars.extension_version = get("AZURE_GUEST_AGENT_EXTENSION_VERSION");
     vars.wire_protocol_address = get("AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS");
     if let Some(v) = get("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES") {
-        #[derive(Deserialize)]
-        struct Feature {
-            #[serde(rename = "Key")]
-            key: String,
-            #[serde(rename = "Value")]
-            value: String,
+        match serde_json::from_str::<Vec<serde_json::Value>>(&v) {
+            Ok(items) => {
+                for item in items {
+                    match (item.get("Key").and_then(|k| k.as_str()), item.get("Value")) {
+                        (Some(k), Some(val)) => {
+                            let val = val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string());
+                            vars.supported_features.insert(k.to_string(), val);
+                        }
+                        _ => vars.warnings.push("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES has an entry without Key/Value".into()),
+                    }
+                }
+            }
+            Err(_) => vars
+                .warnings
+                .push("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES is not a JSON array".into()),
         }
-        let feats: Vec<Feature> =
-            serde_json::from_str(&v).map_err(|_| AgentError::BadVariable {
-                name: "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES",
-            })?;
-        vars.supported_features = feats.into_iter().map(|f| (f.key, f.value)).collect();
     }
     vars.extension_name = get("ConfigExtensionName").filter(|s| !s.is_empty());
-    let prior = |name: &'static str| -> Result<Option<PriorExit>, AgentError> {
-        match get(name) {
-            None => Ok(None),
-            Some(v) => parse_prior_exit(&v)
-                .map(Some)
-                .ok_or(AgentError::BadVariable { name }),
+    for (name, slot) in [
+        (
+            "AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE",
+            &mut vars.uninstall_cmd_exit_code,
+        ),
+        (
+            "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE",
+            &mut vars.disable_cmd_exit_code,
+        ),
+    ] {
+        if let Some(v) = get(name) {
+            *slot = parse_prior_exit(&v);
+            if slot.is_none() {
+                vars.warnings
+                    .push(format!("{name} has an unexpected value"));
+            }
         }
-    };
-    vars.uninstall_cmd_exit_code = prior("AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE")?;
-    vars.disable_cmd_exit_code = prior("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE")?;
+    }
     if let Some(v) = get("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS") {
         #[derive(Deserialize)]
         struct Item {
@@ -229,20 +244,29 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
             #[serde(rename = "exitCode")]
             exit_code: serde_json::Value,
         }
-        let bad = || AgentError::BadVariable {
-            name: "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS",
-        };
-        let items: Vec<Item> = serde_json::from_str(&v).map_err(|_| bad())?;
-        for it in items {
-            let code = match it.exit_code {
-                serde_json::Value::String(s) => parse_prior_exit(&s),
-                serde_json::Value::Number(n) => n.as_i64().map(|n| PriorExit::Code(n as i32)),
-                serde_json::Value::Null => Some(PriorExit::Unknown),
-                _ => None,
+        let name = "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS";
+        match serde_json::from_str::<Vec<Item>>(&v) {
+            Ok(items) => {
+                for it in items {
+                    let code = match it.exit_code {
+                        serde_json::Value::String(s) => parse_prior_exit(&s),
+                        serde_json::Value::Number(n) => {
+                            n.as_i64().map(|n| PriorExit::Code(n as i32))
+                        }
+                        serde_json::Value::Null => Some(PriorExit::Unknown),
+                        _ => None,
+                    };
+                    match code {
+                        Some(c) => vars
+                            .disable_cmd_exit_codes_multiple
+                            .push((it.extension_name, c)),
+                        None => vars
+                            .warnings
+                            .push(format!("{name} has an unexpected exit code")),
+                    }
+                }
             }
-            .ok_or_else(bad)?;
-            vars.disable_cmd_exit_codes_multiple
-                .push((it.extension_name, code));
+            Err(_) => vars.warnings.push(format!("{name} is not a JSON list")),
         }
     }
     vars.updating_from_version = get("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION");
@@ -492,14 +516,28 @@ mod tests {
     }
 
     #[test]
-    fn bad_sequence_number_is_an_error() {
+    fn bad_sequence_number_is_an_error_other_oddities_are_warnings() {
         assert!(matches!(
             vars_from(&[("ConfigSequenceNumber", "x")]),
             Err(AgentError::BadVariable {
                 name: "ConfigSequenceNumber"
             })
         ));
-        assert!(vars_from(&[("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE", "boom")]).is_err());
+        let v = vars_from(&[
+            ("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE", "NotRun"),
+            (
+                "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES",
+                r#"[{"Key":"X","Value":1}]"#,
+            ),
+            (
+                "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS",
+                "nope",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(v.disable_cmd_exit_code, None);
+        assert_eq!(v.supported_features.get("X").map(String::as_str), Some("1"));
+        assert_eq!(v.warnings.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,25 @@
 //! UTC timestamps in the ISO-8601 form the agent writes (`2024-01-01T00:00:00Z`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A point in time that bounds a whole operation; each step takes a budget from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(d: Duration) -> Self {
+        Deadline(Instant::now() + d)
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// At most `max`, never past the deadline, and never so short that a step cannot start.
+    pub fn budget(&self, max: Duration) -> Duration {
+        max.min(self.remaining()).max(Duration::from_millis(200))
+    }
+}
 
 pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()

@@ -2,6 +2,7 @@
 //! preflight, `transitioning`), and the detached worker that runs the remaining stages.
 
 use crate::agent::{self, AgentContext};
+use crate::clock::Deadline;
 use crate::error::{Code, Failure};
 use crate::events::{self, Level};
 use crate::health::{self, HealthReport};
@@ -104,12 +105,15 @@ pub fn write_request(data_dir: &Path, req: &Request) -> Result<(), Failure> {
         .map_err(|e| Failure::state_io(&p, e))
 }
 
-/// How long the synchronous preflight may ask IMDS (the whole enable must end within 10 s).
-fn preflight_imds_policy() -> imds::Policy {
+/// The whole synchronous part of enable ends within this (the issue allows 10 s; the agent 300 s).
+const ENABLE_BUDGET: Duration = Duration::from_secs(9);
+
+/// IMDS within enable: a short attempt, two quick retries, inside the remaining budget.
+fn preflight_imds_policy(deadline: &Deadline) -> imds::Policy {
     imds::Policy {
-        attempt_timeout: Duration::from_millis(1500),
+        attempt_timeout: Duration::from_millis(1000),
         pauses: vec![Duration::from_millis(200), Duration::from_millis(500)],
-        deadline: Duration::from_secs(5),
+        deadline: deadline.budget(Duration::from_secs(3)),
     }
 }
 
@@ -180,6 +184,7 @@ fn quick_health(root: &Root) -> HealthReport {
 
 pub fn enable(inv: &Invocation) -> i32 {
     let started = Instant::now();
+    let deadline = Deadline::after(ENABLE_BUDGET);
     let seq = inv.agent.seq;
     let data = inv.root.data_dir();
     if let Err(e) = fsutil::create_private_dir(&data) {
@@ -190,7 +195,9 @@ pub fn enable(inv: &Invocation) -> i32 {
     let lock = WorkerLock::new(&data);
 
     // A worker already busy with this sequence number: nothing to add.
-    if lock.is_held() && read_request(&data).is_some_and(|r| r.seq == seq && !r.stop) {
+    if lock.holder().is_some_and(|h| h.seq == seq)
+        && read_request(&data).is_some_and(|r| r.seq == seq && !r.stop)
+    {
         tracing::info!(seq, "a worker is already running for this sequence number");
         return 0;
     }
@@ -208,7 +215,13 @@ pub fn enable(inv: &Invocation) -> i32 {
             if inv.root.systemd_running()
                 && !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir)
             {
-                monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
+                // After an update the timer still names the old version's binary.
+                monitor::install(
+                    &inv.root,
+                    &inv.exe,
+                    &inv.agent.handler_dir,
+                    deadline.budget(Duration::from_secs(4)),
+                );
             }
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
             return 0;
@@ -219,39 +232,47 @@ pub fn enable(inv: &Invocation) -> i32 {
             report.summary
         );
     }
-
-    let settings = match settings::load(&inv.agent) {
-        Ok(s) => s,
-        Err(f) => {
-            inv.write_mrseq();
-            return inv.fail("Enable", &f, vec![]);
-        }
+    // From here on this sequence number is the one wanted: an older worker leaves at its next
+    // safe point, whatever happens below.
+    if let Err(f) = write_request(&data, &Request { seq, stop: false }) {
+        return inv.fail("Enable", &f, vec![]);
+    }
+    // A terminal failure without a worker: record it, and keep the heartbeat truthful.
+    let finish_failed = |f: &Failure, subs: Vec<SubStatus>| -> i32 {
+        inv.write_mrseq();
+        let code = inv.fail("Enable", f, subs);
+        monitor::install(
+            &inv.root,
+            &inv.exe,
+            &inv.agent.handler_dir,
+            deadline.budget(Duration::from_secs(2)),
+        );
+        code
     };
-    let facts = host::detect(&inv.root, Some(&preflight_imds_policy()));
-    let plan = plan::decide(&facts, &settings.public);
-    tracing::info!(seq, action = ?plan.action, "preflight: {}", plan.summary);
+
+    let settings = match settings::load(&inv.agent, deadline.budget(Duration::from_secs(3))) {
+        Ok(s) => s,
+        Err(f) => return finish_failed(&f, vec![]),
+    };
+    let facts = host::detect(&inv.root, Some(&preflight_imds_policy(&deadline)), false);
+    let refusal = plan::refusal(&facts);
+    tracing::info!(seq, refused = refusal.is_some(), "preflight");
 
     let mut cp = Checkpoint::resume(prev, seq, &settings.fingerprint, &facts.boot_id);
     // Preflight judges the host as it is now, so it runs on every enable.
     cp.completed.retain(|s| *s != Stage::Preflight);
-    let preflight_plan = [Stage::Preflight];
     let end = runner::run(
         &store,
         &mut cp,
-        &preflight_plan,
-        |_, _| preflight(&plan),
+        &[Stage::Preflight],
+        |_, _| refusal.clone().map_or(Ok(()), Err),
         || false,
     );
+    let stages = [Stage::Preflight, Stage::Verify];
     match end {
         Err(f) => return inv.fail("Enable", &f, vec![]),
-        Ok(RunEnd::Failed(f)) => {
-            inv.write_mrseq();
-            return inv.fail("Enable", &f, stage_substatus(&cp, &plan.stages));
-        }
+        Ok(RunEnd::Failed(f)) => return finish_failed(&f, stage_substatus(&cp, &stages)),
         Ok(_) => {}
-    }
-    if let Err(f) = write_request(&data, &Request { seq, stop: false }) {
-        return inv.fail("Enable", &f, vec![]);
     }
     inv.write_status(
         &StatusReport::new(
@@ -259,12 +280,12 @@ pub fn enable(inv: &Invocation) -> i32 {
             "Enable",
             StatusValue::Transitioning,
             0,
-            format!("working: {}", plan.summary),
+            "preflight passed; worker starting",
         )
-        .with_substatus(stage_substatus(&cp, &plan.stages)),
+        .with_substatus(stage_substatus(&cp, &stages)),
     );
     inv.heartbeat(HeartbeatState::Ready, Code::Success, "enable in progress");
-    if let Err(f) = crate::worker::spawn(inv) {
+    if let Err(f) = crate::worker::spawn(inv, deadline.budget(Duration::from_secs(4))) {
         return inv.fail("Enable", &f, vec![]);
     }
     tracing::info!(
@@ -321,35 +342,53 @@ pub fn worker(inv: &Invocation) -> i32 {
     let data = inv.root.data_dir();
     let wanted = || read_request(&data).is_some_and(|r| r.seq == seq && !r.stop);
     let lock = WorkerLock::new(&data);
-    // An older worker leaves at its next safe point; wait for it, not forever.
-    let held = match lock.acquire(Duration::from_secs(900), Duration::from_millis(200), || {
-        !wanted()
-    }) {
-        Ok(Some(h)) => h,
-        Ok(None) if !wanted() => {
-            tracing::info!(seq, "superseded before starting");
+    // A second worker for the same sequence number (enable ran twice before the first one
+    // took the lock) leaves at once; an older one leaves at its next safe point, so wait.
+    let first_try = match lock.try_acquire(seq) {
+        Ok(h) => h,
+        Err(e) => return inv.fail("Enable", &Failure::state_io(&lock_path(&data), e), vec![]),
+    };
+    let held = match first_try {
+        Some(h) => h,
+        None if lock.holder().is_some_and(|h| h.seq == seq) => {
+            tracing::info!(seq, "another worker already runs this sequence number");
             return 0;
         }
-        Ok(None) => {
-            let f = Failure::new(
-                Code::WorkerStart,
-                "another worker held the lock for 15 minutes; run enable again",
-            );
-            return inv.fail("Enable", &f, vec![]);
-        }
-        Err(e) => return inv.fail("Enable", &Failure::state_io(&lock_path(&data), e), vec![]),
+        None => match lock.acquire(
+            seq,
+            Duration::from_secs(900),
+            Duration::from_millis(200),
+            || !wanted(),
+        ) {
+            Ok(Some(h)) => h,
+            Ok(None) if !wanted() => {
+                tracing::info!(seq, "superseded before starting");
+                return 0;
+            }
+            Ok(None) => {
+                let f = Failure::new(
+                    Code::WorkerStart,
+                    "another worker held the lock for 15 minutes; run enable again",
+                );
+                return inv.fail("Enable", &f, vec![]);
+            }
+            Err(e) => return inv.fail("Enable", &Failure::state_io(&lock_path(&data), e), vec![]),
+        },
     };
     let _held = held;
     let beat = crate::worker::Heartbeat::start(inv.agent.env.heartbeat_file.clone());
 
-    let settings: Settings = match settings::load(&inv.agent) {
+    let settings: Settings = match settings::load(&inv.agent, Duration::from_secs(30)) {
         Ok(s) => s,
         Err(f) => return inv.fail("Enable", &f, vec![]),
     };
-    let facts = host::detect(&inv.root, Some(&imds::Policy::default()));
+    let facts = host::detect(&inv.root, Some(&imds::Policy::default()), true);
     let plan = plan::decide(&facts, &settings.public);
     let store = Store::new(&data);
     let mut cp = Checkpoint::resume(store.load(), seq, &settings.fingerprint, &facts.boot_id);
+    // The worker judges the host again with the full probe (the installed stack too): what
+    // enable's preflight saw may have changed, and a refusal here must not be skipped.
+    cp.completed.retain(|s| *s != Stage::Preflight);
     let mut last_report = None;
     let status_name = inv.name();
     let end = runner::run(
@@ -398,7 +437,12 @@ pub fn worker(inv: &Invocation) -> i32 {
         Ok(RunEnd::Failed(f)) => {
             inv.write_mrseq();
             let code = inv.fail("Enable", &f, subs);
-            monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
+            monitor::install(
+                &inv.root,
+                &inv.exe,
+                &inv.agent.handler_dir,
+                monitor::SYSTEMCTL_TIMEOUT,
+            );
             code
         }
         Err(f) => inv.fail("Enable", &f, subs),
@@ -419,7 +463,12 @@ pub fn worker(inv: &Invocation) -> i32 {
             );
             inv.write_mrseq();
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
-            monitor::install(&inv.root, &inv.exe, &inv.agent.handler_dir);
+            monitor::install(
+                &inv.root,
+                &inv.exe,
+                &inv.agent.handler_dir,
+                monitor::SYSTEMCTL_TIMEOUT,
+            );
             logging::summary(
                 &inv.root,
                 &format!("Enable seq={seq}: success {}", report.summary),

@@ -147,7 +147,12 @@ pub fn evaluate(
     if stack.is_none_or(|s| !s.verbs_library) {
         problems.push("the user-space verbs library (libibverbs.so.1) is not installed".into());
     }
-    let (code, summary) = if ib.is_empty() || ports_total == 0 {
+    let (code, summary) = if ib.is_empty() {
+        (
+            Code::NoInfiniBand,
+            "no Mellanox InfiniBand device on this VM".to_string(),
+        )
+    } else if ports_total == 0 {
         (
             Code::NoIbPorts,
             "no InfiniBand port is registered with the kernel; the RDMA driver is not loaded"

@@ -67,6 +67,9 @@ fn agent_invocation(ctx: Result<AgentContext, agent::AgentError>) -> Result<Invo
         }
     };
     logging::init(Some(&ctx.env.log_folder), false);
+    for w in &ctx.vars.warnings {
+        tracing::warn!("agent variable ignored: {w}");
+    }
     let exe = std::env::current_exe().unwrap_or_else(|_| ctx.handler_dir.join("bin/ibdriver"));
     Ok(Invocation {
         agent: ctx,
@@ -116,7 +119,10 @@ fn dispatch(cmd: Command) -> i32 {
             let Ok(inv) = agent_invocation(Ok(ctx)) else {
                 return 0;
             };
-            if lock::WorkerLock::new(&inv.root.data_dir()).is_held() {
+            if lock::WorkerLock::new(&inv.root.data_dir())
+                .holder()
+                .is_some()
+            {
                 return 0; // the worker keeps the heartbeat itself
             }
             let report = monitor::check(&inv.root);

@@ -52,31 +52,31 @@ pub fn install(inv: &Invocation) -> i32 {
 }
 
 /// Ask the worker to stop, wait for it, and as a last resort stop exactly that process.
+/// The request is written even when no worker holds the lock yet: one that was just started
+/// reads it before it takes the lock and leaves.
 fn stop_worker(data: &Path, wait: Duration) {
-    let lock = WorkerLock::new(data);
-    if !lock.is_held() {
-        return;
-    }
     let seq = enable::read_request(data).map(|r| r.seq).unwrap_or(0);
-    if let Err(f) = enable::write_request(data, &Request { seq, stop: true }) {
-        tracing::warn!("cannot ask the worker to stop: {f}");
+    if data.is_dir() {
+        if let Err(f) = enable::write_request(data, &Request { seq, stop: true }) {
+            tracing::warn!("cannot ask the worker to stop: {f}");
+        }
     }
+    let lock = WorkerLock::new(data);
+    let running = || lock.holder().is_some();
     let deadline = Instant::now() + wait;
-    while lock.is_held() && Instant::now() < deadline {
+    while running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    if lock.is_held() {
-        if let Some(pid) = lock.holder() {
-            tracing::warn!(pid, "worker did not stop in time; sending SIGTERM");
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while lock.is_held() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if lock.holder() == Some(pid) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-        }
+    let Some(holder) = lock.holder() else { return };
+    let pid = holder.pid;
+    tracing::warn!(pid, "worker did not stop in time; sending SIGTERM");
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if lock.holder().is_some_and(|h| h.pid == pid) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
 }
 
@@ -102,8 +102,10 @@ fn update_in_progress(data: &Path) -> bool {
 pub fn uninstall(inv: &Invocation) -> i32 {
     let data = inv.root.data_dir();
     stop_worker(&data, Duration::from_secs(30));
+    // Safe during an update too: the new version's enable installs its own monitor.
+    monitor::remove(&inv.root);
     if update_in_progress(&data) {
-        // The new version's update ran already; it owns the state and the monitor now.
+        // The new version's update ran already; it owns the state now.
         let _ = std::fs::remove_file(data.join(UPDATE_MARKER));
         tracing::info!("uninstall during an update: state kept for the new version");
         logging::summary(
@@ -112,7 +114,6 @@ pub fn uninstall(inv: &Invocation) -> i32 {
         );
         return 0;
     }
-    monitor::remove(&inv.root);
     if let Err(e) = std::fs::remove_dir_all(&data) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(error = %e, "cannot remove {}", data.display());

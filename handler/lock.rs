@@ -1,6 +1,8 @@
-//! One worker at a time: an exclusive `flock` on `worker.lock` in the data directory, plus a
-//! record of the holder's pid and start time so disable can stop exactly our own process,
-//! never one found by name.
+//! One worker at a time: an exclusive `flock` on `worker.lock` in the data directory, and a
+//! record (`worker.pid`: pid, start time, sequence number) of who holds it. Others read the
+//! record, never probe the lock (a probe would itself take the lock for an instant), and only
+//! a process whose start time still matches counts, so disable stops exactly our own worker,
+//! never one found by name or a recycled pid.
 
 use crate::fsutil;
 use nix::fcntl::{Flock, FlockArg};
@@ -13,8 +15,15 @@ pub struct WorkerLock {
     owner: PathBuf,
 }
 
+/// The lock, held until dropped.
 pub struct Held {
     _lock: Flock<File>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub seq: u64,
 }
 
 impl WorkerLock {
@@ -25,25 +34,18 @@ impl WorkerLock {
         }
     }
 
-    fn open(&self) -> std::io::Result<File> {
-        std::fs::OpenOptions::new()
+    /// Take the lock now for sequence number `seq`, or `Ok(None)` when someone holds it.
+    pub fn try_acquire(&self, seq: u64) -> std::io::Result<Option<Held>> {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(&self.path)
-    }
-
-    /// Take the lock now or say it is held (`Ok(None)`).
-    pub fn try_acquire(&self) -> std::io::Result<Option<Held>> {
-        let file = self.open()?;
+            .open(&self.path)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                let me = format!(
-                    "{} {}\n",
-                    std::process::id(),
-                    start_time(std::process::id()).unwrap_or(0)
-                );
+                let pid = std::process::id();
+                let me = format!("{pid} {} {seq}\n", start_time(pid).unwrap_or(0));
                 fsutil::write_atomic(&self.owner, me.as_bytes())?;
                 Ok(Some(Held { _lock: lock }))
             }
@@ -55,13 +57,14 @@ impl WorkerLock {
     /// Poll for the lock until `timeout`, giving up early when `give_up` says so.
     pub fn acquire(
         &self,
+        seq: u64,
         timeout: Duration,
         poll: Duration,
         give_up: impl Fn() -> bool,
     ) -> std::io::Result<Option<Held>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(h) = self.try_acquire()? {
+            if let Some(h) = self.try_acquire(seq)? {
                 return Ok(Some(h));
             }
             if give_up() || Instant::now() >= deadline {
@@ -71,32 +74,35 @@ impl WorkerLock {
         }
     }
 
-    pub fn is_held(&self) -> bool {
-        match self.open() {
-            Ok(f) => match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-                Ok(_released_on_drop) => false,
-                Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
-            },
-            Err(_) => false,
-        }
-    }
-
-    /// The recorded holder, if that process still runs with the same start time.
-    pub fn holder(&self) -> Option<u32> {
+    /// The worker holding the lock, if that process still runs (same pid and start time).
+    /// Never names the calling process.
+    pub fn holder(&self) -> Option<Holder> {
         let text = fsutil::read_trimmed(&self.owner)?;
-        let mut it = text.split_whitespace();
-        let pid: u32 = it.next()?.parse().ok()?;
-        let start: u64 = it.next()?.parse().ok()?;
-        (start_time(pid) == Some(start) && pid != std::process::id()).then_some(pid)
+        parse_holder(&text)
+            .filter(|(h, start)| h.pid != std::process::id() && start_time(h.pid) == Some(*start))
+            .map(|(h, _)| h)
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot). The comm field may
-/// hold spaces and parentheses, so parse after the last `)`. Real /proc: processes are real.
+fn parse_holder(text: &str) -> Option<(Holder, u64)> {
+    let mut it = text.split_whitespace();
+    let pid = it.next()?.parse().ok()?;
+    let start = it.next()?.parse().ok()?;
+    let seq = it.next()?.parse().ok()?;
+    Some((Holder { pid, seq }, start))
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot) of a live process;
+/// `None` for a zombie, which holds no lock and does no work (its parent may never reap it).
+/// The comm field may hold spaces and parentheses, so parse after the last `)`.
+/// Real /proc: processes are real.
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -107,20 +113,50 @@ mod tests {
     fn exclusive_and_released_on_drop() {
         let d = tempfile::tempdir().unwrap();
         let l = WorkerLock::new(d.path());
-        assert!(!l.is_held());
-        let held = l.try_acquire().unwrap().expect("free");
-        assert!(l.is_held());
-        assert!(l.try_acquire().unwrap().is_none());
+        let held = l.try_acquire(3).unwrap().expect("free");
+        assert!(l.try_acquire(3).unwrap().is_none());
         // We hold it ourselves: holder() never names the caller.
         assert_eq!(l.holder(), None);
         drop(held);
-        assert!(!l.is_held());
         let waited = l
-            .acquire(Duration::from_millis(50), Duration::from_millis(5), || {
-                false
-            })
+            .acquire(
+                4,
+                Duration::from_millis(50),
+                Duration::from_millis(5),
+                || false,
+            )
             .unwrap();
         assert!(waited.is_some());
+    }
+
+    #[test]
+    fn holder_must_be_alive_with_the_same_start_time() {
+        let d = tempfile::tempdir().unwrap();
+        let l = WorkerLock::new(d.path());
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).unwrap();
+        std::fs::write(d.path().join("worker.pid"), format!("{pid} {start} 7\n")).unwrap();
+        assert_eq!(l.holder(), Some(Holder { pid, seq: 7 }));
+        // A recycled pid has another start time.
+        std::fs::write(
+            d.path().join("worker.pid"),
+            format!("{pid} {} 7\n", start + 1),
+        )
+        .unwrap();
+        assert_eq!(l.holder(), None);
+        std::fs::write(d.path().join("worker.pid"), format!("{pid} {start} 7\n")).unwrap();
+        child.kill().unwrap();
+        // Not yet reaped: a zombie is no holder.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(l.holder(), None);
+        child.wait().unwrap();
+        assert_eq!(l.holder(), None);
+        std::fs::write(d.path().join("worker.pid"), "garbage").unwrap();
+        assert_eq!(l.holder(), None);
     }
 
     #[test]

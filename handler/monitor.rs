@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const UNIT: &str = "ibdriver-health";
+/// For callers with no tighter deadline (the worker, disable, uninstall).
+pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(60);
 const UNIT_DIR: &str = "etc/systemd/system";
 
 fn unit_paths(root: &Root) -> (PathBuf, PathBuf) {
@@ -56,8 +58,8 @@ pub const TIMER_UNIT: &str =
 [Timer]\nOnBootSec=2min\nOnUnitActiveSec=5min\nAccuracySec=30s\n\n\
 [Install]\nWantedBy=timers.target\n";
 
-fn systemctl(args: &[&str]) {
-    match proc::run("systemctl", args, None, Duration::from_secs(60)) {
+fn systemctl(args: &[&str], timeout: Duration) {
+    match proc::run("systemctl", args, None, timeout) {
         Ok(o) if o.success() => {}
         Ok(o) => tracing::warn!(?args, code = ?o.code, "systemctl failed: {}", o.stderr_tail(300)),
         Err(e) => tracing::warn!(?args, error = %e, "systemctl could not run"),
@@ -72,7 +74,8 @@ pub fn is_current(root: &Root, exe: &Path, handler_dir: &Path) -> bool {
         && std::fs::read_to_string(svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
 }
 
-pub fn install(root: &Root, exe: &Path, handler_dir: &Path) {
+/// `timeout` bounds each systemctl call (enable's synchronous path has little time).
+pub fn install(root: &Root, exe: &Path, handler_dir: &Path, timeout: Duration) {
     if !root.systemd_running() {
         tracing::warn!(
             "systemd is not running: no health monitor; the heartbeat will age after enable"
@@ -90,8 +93,8 @@ pub fn install(root: &Root, exe: &Path, handler_dir: &Path) {
     };
     write(&svc, &service_unit(exe, handler_dir));
     write(&timer, TIMER_UNIT);
-    systemctl(&["daemon-reload"]);
-    systemctl(&["enable", "--now", &format!("{UNIT}.timer")]);
+    systemctl(&["daemon-reload"], timeout);
+    systemctl(&["enable", "--now", &format!("{UNIT}.timer")], timeout);
     tracing::info!("health monitor timer installed");
 }
 
@@ -101,12 +104,15 @@ pub fn remove(root: &Root) {
         return;
     }
     if root.systemd_running() {
-        systemctl(&["disable", "--now", &format!("{UNIT}.timer")]);
+        systemctl(
+            &["disable", "--now", &format!("{UNIT}.timer")],
+            SYSTEMCTL_TIMEOUT,
+        );
     }
     let _ = std::fs::remove_file(&timer);
     let _ = std::fs::remove_file(&svc);
     if root.systemd_running() {
-        systemctl(&["daemon-reload"]);
+        systemctl(&["daemon-reload"], SYSTEMCTL_TIMEOUT);
     }
     tracing::info!("health monitor removed");
 }

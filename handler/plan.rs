@@ -65,60 +65,68 @@ fn stack_matches(wanted: Stack, have: StackKind) -> bool {
     )
 }
 
-fn refuse(code: Code, message: String) -> Plan {
+fn refuse(failure: Failure) -> Plan {
     Plan {
-        summary: message.clone(),
-        action: Action::Refuse {
-            failure: Failure::new(code, message),
-        },
+        summary: failure.message.clone(),
+        action: Action::Refuse { failure },
         stages: vec![Stage::Preflight],
     }
 }
 
-pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
+/// The refusals with their own exit codes (10-13): no Hyper-V, no InfiniBand device, an
+/// unsupported distribution, a Network Direct size. Needs no stack probe, so enable can decide
+/// them within its time limit.
+pub fn refusal(facts: &HostFacts) -> Option<Failure> {
     let size = facts.vm_size().unwrap_or("unknown size").to_string();
     if !facts.hyperv {
-        return refuse(
+        return Some(Failure::new(
             Code::NotHyperV,
             "this is not an Azure (Hyper-V) guest: no VMBus devices in /sys/bus/vmbus; \
-             the extension only runs on Azure VMs"
-                .into(),
-        );
+             the extension only runs on Azure VMs",
+        ));
     }
-    let ib: Vec<_> = facts.infiniband_functions().collect();
-    if ib.is_empty() {
+    if facts.infiniband_functions().next().is_none() {
         let nd = facts.vmbus.network_direct
             || facts.kvp.nd_driver_version.is_some()
             || facts.vm_size().is_some_and(network_direct_size);
         if nd {
-            return refuse(
+            return Some(Failure::new(
                 Code::VmSizeUnsupported,
                 format!(
                     "{size} uses Network Direct (non-SR-IOV) RDMA, which this extension does not \
                      support; use an SR-IOV InfiniBand size such as HBv3, HBv4 or NDv4"
                 ),
-            );
+            ));
         }
-        return refuse(
+        return Some(Failure::new(
             Code::NoInfiniBand,
             format!(
                 "no Mellanox InfiniBand device on this VM ({size}); use an InfiniBand-enabled \
                  size (an 'r' size such as HB120rs_v3 or ND96asr_v4) or remove the extension"
             ),
-        );
+        ));
     }
     let Some(os) = &facts.os else {
-        return refuse(
+        return Some(Failure::new(
             Code::OsUnsupported,
-            "cannot identify the distribution: /etc/os-release is missing or has no ID".into(),
-        );
+            "cannot identify the distribution: /etc/os-release is missing or has no ID",
+        ));
     };
     if let Err(why) = os_supported(os) {
-        return refuse(
+        return Some(Failure::new(
             Code::OsUnsupported,
             format!("{why}; use Ubuntu 20.04-24.04, RHEL/AlmaLinux/Rocky 8-9, SLES 15, Debian 12 or Azure Linux 3"),
-        );
+        ));
     }
+    None
+}
+
+pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
+    if let Some(failure) = refusal(facts) {
+        return refuse(failure);
+    }
+    let ib: Vec<_> = facts.infiniband_functions().collect();
+    let os = facts.os.as_ref().expect("refusal() checked the OS");
     let registered = ib.iter().all(|f| !f.ib_devices.is_empty());
     let install_reason = match &facts.stack {
         None => Some("no InfiniBand driver stack is installed".to_string()),
@@ -147,13 +155,13 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
         Some(_) => None,
     };
     if let Some(reason) = install_reason {
-        return refuse(
+        return refuse(Failure::new(
             Code::InstallUnavailable,
             format!(
                 "{reason}, and this handler version cannot install drivers yet; deploy an image \
                  with drivers preinstalled (for example the Azure HPC images) or install them first"
             ),
-        );
+        ));
     }
     let stack = facts
         .stack

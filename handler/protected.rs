@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
-const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Error)]
 pub enum ProtectedError {
     #[error("protected settings are present but protectedSettingsCertThumbprint is missing")]
@@ -50,10 +48,12 @@ impl From<ProtectedError> for Failure {
 }
 
 /// Decrypt `blob` for the certificate named by `thumbprint` found in `cert_dir`.
+/// Each openssl run may take `timeout` (decrypting a few hundred bytes takes milliseconds).
 pub fn decrypt(
     blob: &str,
     thumbprint: Option<&str>,
     cert_dir: &Path,
+    timeout: Duration,
 ) -> Result<Vec<u8>, ProtectedError> {
     let thumb = thumbprint.ok_or(ProtectedError::NoThumbprint)?.trim();
     if thumb.len() != 40 || !thumb.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -82,7 +82,7 @@ pub fn decrypt(
         let args = [
             sub, "-decrypt", "-inform", "DER", "-recip", &crt_s, "-inkey", &prv_s,
         ];
-        match proc::run("openssl", &args, Some(&der), OPENSSL_TIMEOUT) {
+        match proc::run("openssl", &args, Some(&der), timeout) {
             Ok(out) if out.success() => return Ok(out.stdout),
             Ok(out) => {
                 // openssl's stderr names files and error reasons, never plaintext.

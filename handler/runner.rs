@@ -94,6 +94,7 @@ impl Checkpoint {
         self.current = Some(stage);
         self.attempts += 1;
         self.outcome = None;
+        self.last_error = None;
     }
 
     pub fn complete(&mut self, stage: Stage) {
@@ -285,9 +286,13 @@ mod tests {
         assert_eq!(end, RunEnd::Failed(f.clone()));
         let saved = store.load().unwrap();
         assert_eq!(saved.completed, vec![Stage::Preflight]);
-        assert_eq!(saved.outcome.unwrap().code, Code::PortsNotActive);
+        assert_eq!(saved.outcome.as_ref().unwrap().code, Code::PortsNotActive);
         assert_eq!(saved.last_error, Some(f));
         assert_eq!(saved.attempts, 2);
+        // The next attempt starts clean: no stale error shown beside a running stage.
+        let mut again = Checkpoint::resume(Some(saved), 1, "h", "b");
+        again.begin(Stage::Verify);
+        assert_eq!(again.last_error, None);
     }
 
     #[test]

@@ -234,6 +234,47 @@ fn is_http_url(s: &str) -> bool {
         && !s.chars().any(char::is_whitespace)
 }
 
+/// Every public key, with what its value must be (for messages that never quote the value:
+/// a SAS URL pasted into the wrong setting must not reach a status file or a log).
+pub const PUBLIC_KEYS: [(&str, &str); 7] = [
+    ("stack", "one of auto, doca, mlnx-ofed, inbox"),
+    ("version", "a string"),
+    ("package", "an object {url, sha256}"),
+    ("mirror", "an https URL"),
+    ("ipoib", "one of auto, native, waagent, off"),
+    ("reboot", "one of ifRequired, never"),
+    ("lockTimeoutSeconds", "an integer"),
+];
+
+fn deserialize_public(value: &serde_json::Value) -> Result<PublicSettings, SettingsError> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| SettingsError::Invalid("publicSettings must be a JSON object".into()))?;
+    for key in obj.keys() {
+        if !PUBLIC_KEYS.iter().any(|(k, _)| k == key) {
+            let shown: String = key.chars().take(64).collect();
+            let known: Vec<&str> = PUBLIC_KEYS.iter().map(|(k, _)| *k).collect();
+            return Err(SettingsError::Invalid(format!(
+                "unknown setting `{shown}`; known settings: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    serde_json::from_value(value.clone()).map_err(|_| {
+        // Find the offending key by trying each alone; name it and what it must be.
+        let bad = PUBLIC_KEYS.iter().find(|(k, _)| {
+            obj.get(*k).is_some_and(|v| {
+                let one = serde_json::json!({ *k: v });
+                serde_json::from_value::<PublicSettings>(one).is_err()
+            })
+        });
+        match bad {
+            Some((k, want)) => SettingsError::Invalid(format!("setting `{k}` must be {want}")),
+            None => SettingsError::Invalid("publicSettings has an invalid value".into()),
+        }
+    })
+}
+
 /// Validate the public settings object (`null` or absent means all defaults).
 pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings, SettingsError> {
     let Some(value) = value else {
@@ -244,8 +285,7 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
             "publicSettings must be a JSON object".into(),
         ));
     }
-    let s: PublicSettings =
-        serde_json::from_value(value.clone()).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+    let s = deserialize_public(value)?;
     if let Some(v) = &s.version {
         if v.trim().is_empty() || v.len() > 64 || v.chars().any(|c| c.is_whitespace() || c == '/') {
             return Err(SettingsError::Invalid(
@@ -331,7 +371,10 @@ pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsEr
 }
 
 /// Read, validate and decrypt the settings of the agent's current sequence number.
-pub fn load(agent: &crate::agent::AgentContext) -> Result<Settings, Failure> {
+pub fn load(
+    agent: &crate::agent::AgentContext,
+    openssl_timeout: std::time::Duration,
+) -> Result<Settings, Failure> {
     let path = agent.settings_path();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -354,6 +397,7 @@ pub fn load(agent: &crate::agent::AgentContext) -> Result<Settings, Failure> {
                 blob,
                 raw.thumbprint.as_deref(),
                 &agent.certificate_dir(),
+                openssl_timeout,
             )?;
             parse_protected(&plain)?
         }
@@ -443,6 +487,25 @@ mod tests {
         let e = public(json!({"stack": "auto", "bogus": 1})).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert_eq!(Failure::from(e).code, Code::SettingsInvalid);
+    }
+
+    #[test]
+    fn value_errors_name_the_key_never_the_value() {
+        let e = public(
+            json!({"package": "https://acct.blob.core.windows.net/c/x.tgz?sv=1&sig=SECRETSIG"}),
+        )
+        .unwrap_err();
+        let f = Failure::from(e);
+        assert!(
+            f.message.contains("`package` must be an object"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("SECRETSIG"));
+        let e = public(json!({"stack": "https://x/?sig=SECRETSIG"})).unwrap_err();
+        assert!(!e.to_string().contains("SECRETSIG") && e.to_string().contains("`stack`"));
+        let e = public(json!({"package": {"url": "https://x/y", "sha256": "a".repeat(64), "sig": "SECRETSIG"}})).unwrap_err();
+        assert!(!e.to_string().contains("SECRETSIG") && e.to_string().contains("`package`"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn worker_args(inv: &Invocation) -> Vec<String> {
     ]
 }
 
-fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
+fn spawn_systemd(inv: &Invocation, timeout: Duration) -> Result<(), String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -48,7 +48,6 @@ fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
         ),
         "--collect".into(),
         "--quiet".into(),
-        "--no-block".into(),
         "--property=Type=exec".into(),
         "--property=KillMode=mixed".into(),
         format!("--working-directory={}", inv.agent.handler_dir.display()),
@@ -61,7 +60,7 @@ fn spawn_systemd(inv: &Invocation) -> Result<(), String> {
     args.push(inv.exe.to_string_lossy().into_owned());
     args.extend(worker_args(inv));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    match proc::run("systemd-run", &refs, None, Duration::from_secs(8)) {
+    match proc::run("systemd-run", &refs, None, timeout) {
         Ok(o) if o.success() => Ok(()),
         Ok(o) => Err(format!(
             "systemd-run failed ({}): {}",
@@ -94,9 +93,10 @@ fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
     })
 }
 
-pub fn spawn(inv: &Invocation) -> Result<(), Failure> {
+/// `timeout` bounds systemd-run, which with `Type=exec` returns once the worker has started.
+pub fn spawn(inv: &Invocation, timeout: Duration) -> Result<(), Failure> {
     if inv.root.systemd_running() && proc::on_path("systemd-run") {
-        match spawn_systemd(inv) {
+        match spawn_systemd(inv, timeout) {
             Ok(()) => {
                 tracing::info!("worker started as a transient systemd unit");
                 return Ok(());
@@ -155,7 +155,14 @@ impl Heartbeat {
         }
     }
 
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Heartbeat {
+    /// Every way out of the worker stops the refresh before the final heartbeat is written.
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();

@@ -54,7 +54,7 @@ fn os_release_samples() {
 }
 
 fn detect(host: &str) -> host::HostFacts {
-    host::detect(&Root::new(fixtures().join("hosts").join(host)), None)
+    host::detect(&Root::new(fixtures().join("hosts").join(host)), None, true)
 }
 
 fn evaluate(f: &host::HostFacts) -> health::HealthReport {

@@ -183,8 +183,9 @@ pub fn parse_modules_builtin(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Full detection. IMDS is asked only when `imds_policy` is given.
-pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>) -> HostFacts {
+/// Full detection. IMDS is asked only when `imds_policy` is given; the installed stack (which
+/// may run `ofed_info` or `rpm`) only when `probe_stack` is set.
+pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>, probe_stack: bool) -> HostFacts {
     let sysfs = read_sysfs(root);
     let vmbus = read_vmbus(root);
     let os = read_trimmed(&root.path("etc/os-release")).and_then(|t| os_release::parse(&t));
@@ -215,7 +216,11 @@ pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>) -> HostFacts {
         kvp,
         modules: sysfs.modules,
         secure_boot,
-        stack: stack::detect(root),
+        stack: if probe_stack {
+            stack::detect(root)
+        } else {
+            None
+        },
         imds,
         imds_error,
     }
