@@ -16,6 +16,13 @@ pub enum Command {
     Health {
         json: bool,
     },
+    Fetch {
+        url: String,
+        sha256: String,
+        into: PathBuf,
+        size: Option<u64>,
+        extract: Option<bool>,
+    },
     /// Internal: the detached worker.
     Worker {
         handler_dir: PathBuf,
@@ -33,6 +40,8 @@ pub const USAGE: &str = "usage: ibdriver <verb> [options]
 agent verbs:    install | enable | disable | uninstall | update
 operator verbs: plan [--json] [--settings FILE]   what enable would do on this host
                 health [--json]                   RDMA health; exit 0 only when usable
+                fetch URL --sha256 HEX --into DIR [--size BYTES] [--extract|--no-extract]
+                                                  download, verify and unpack one artifact
                 version
 environment:    IBDRIVER_ROOT (host root, default /), IBDRIVER_IMDS_URL,
                 IBDRIVER_VERIFY_TIMEOUT_SECONDS (default 120)";
@@ -101,6 +110,44 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     handler_dir: handler_dir.ok_or("monitor needs --handler-dir")?,
                 }),
             }
+        }
+        "fetch" => {
+            let mut url = None;
+            let mut sha256 = None;
+            let mut into = None;
+            let mut size = None;
+            let mut extract = None;
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i].as_str() {
+                    "--sha256" => sha256 = Some(value(rest, &mut i, "--sha256")?),
+                    "--into" => into = Some(PathBuf::from(value(rest, &mut i, "--into")?)),
+                    "--size" => {
+                        size = Some(
+                            value(rest, &mut i, "--size")?
+                                .parse::<u64>()
+                                .map_err(|_| "--size needs a number")?,
+                        )
+                    }
+                    "--extract" => extract = Some(true),
+                    "--no-extract" => extract = Some(false),
+                    o if o.starts_with("--") => return Err(format!("fetch: unknown option {o}")),
+                    u if url.is_none() => url = Some(u.to_string()),
+                    _ => return Err("fetch takes one URL".into()),
+                }
+                i += 1;
+            }
+            let sha256: String = sha256.ok_or("fetch needs --sha256")?;
+            if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err("--sha256 needs 64 hexadecimal digits".into());
+            }
+            Ok(Command::Fetch {
+                url: url.ok_or("fetch needs a URL")?,
+                sha256,
+                into: into.ok_or("fetch needs --into")?,
+                size,
+                extract,
+            })
         }
         other => Err(format!("unknown verb {other}")),
     }

@@ -64,6 +64,8 @@ codes! {
     WorkerStart = 202, exit 14;
     Superseded = 203, exit 14;
     InstallUnavailable = 210, exit 14;
+    DownloadFailed = 230, exit 14;
+    ChecksumMismatch = 231, exit 14;
     PortsNotActive = 220, exit 14;
     ModulesMissing = 221, exit 14;
     NoIbPorts = 222, exit 14;

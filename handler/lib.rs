@@ -13,6 +13,7 @@ pub mod clock;
 pub mod enable;
 pub mod error;
 pub mod events;
+pub mod fetch;
 pub mod fsutil;
 pub mod health;
 pub mod host;
@@ -142,6 +143,22 @@ fn dispatch(cmd: Command) -> i32 {
                 },
             };
             operator::plan(&Root::from_env(), &public, json)
+        }
+        Command::Fetch {
+            url,
+            sha256,
+            into,
+            size,
+            extract,
+        } => {
+            logging::init(None, false);
+            let req = fetch::Request {
+                extract: extract.unwrap_or_else(|| fetch::is_tarball(&url)),
+                url,
+                sha256,
+                size,
+            };
+            operator::fetch(&req, &into)
         }
         Command::Health { json } => {
             logging::init(None, false);

@@ -111,3 +111,53 @@ pub fn health(root: &Root, json: bool) -> i32 {
         report.code.exit_code()
     }
 }
+
+/// `fetch`: the download pipeline on its own, with progress on stderr.
+pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
+    use crate::fetch;
+    let name = into
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "fetch".into());
+    let staging = into
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.staging"));
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let waagent_conf = std::fs::read_to_string(Root::from_env().path("etc/waagent.conf")).ok();
+    let last_pct = std::cell::Cell::new(u64::MAX);
+    let progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total.filter(|t| *t > 0) {
+            let pct = done * 100 / t;
+            if pct / 10 != last_pct.get() / 10 {
+                last_pct.set(pct);
+                eprintln!("fetch: {pct}% ({done} of {t} bytes)");
+            }
+        }
+    };
+    let opts = fetch::Options {
+        proxy: fetch::proxy::choose(&req.url, None, &env, waagent_conf.as_deref()),
+        retry: fetch::RetryPolicy::default(),
+        max_extract: fetch::DEFAULT_MAX_EXTRACT,
+        sleep: &std::thread::sleep,
+        progress: &progress,
+    };
+    match fetch::fetch(req, &staging, into, &opts) {
+        Ok(out) => {
+            let _ = std::fs::remove_dir(&staging);
+            eprintln!(
+                "fetch: verified {} bytes (sha256 {}), {} files -> {}",
+                out.size,
+                req.sha256.to_ascii_lowercase(),
+                out.files,
+                out.path.display()
+            );
+            0
+        }
+        Err(e) => {
+            let f = e.failure();
+            eprintln!("ibdriver: {f}");
+            f.code.exit_code()
+        }
+    }
+}

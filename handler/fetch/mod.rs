@@ -1,0 +1,468 @@
+//! The fetch pipeline: download, verify, extract, overlapped on two cores. The download thread
+//! writes the artifact to a staging file and hashes it (SHA-256 with the CPU's SHA instructions)
+//! while an extraction thread inflates and unpacks the same bytes into a staging directory. The
+//! result is moved into place only when size and checksum match; on a mismatch everything staged
+//! is deleted. An interrupted transfer resumes with HTTP `Range`, within one run (after a reset)
+//! and across runs (from the partial staging file). Memory stays flat: a few 256 KiB chunks in
+//! flight, whatever the artifact size.
+
+pub mod extract;
+pub mod http;
+pub mod proxy;
+
+use crate::error::{Code, Failure};
+use crate::logging::redact_url;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Duration;
+use thiserror::Error;
+
+pub use http::RetryPolicy;
+
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the download and the extraction thread.
+const IN_FLIGHT: usize = 8;
+/// No driver bundle comes near this; a bigger one is a mistake or an attack.
+pub const DEFAULT_MAX_EXTRACT: u64 = 16 * 1024 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("download of {url} failed: {detail}")]
+    Permanent { url: String, detail: String },
+    #[error("download of {url} still failing after {attempts} attempts: {detail}")]
+    Exhausted {
+        url: String,
+        attempts: u32,
+        detail: String,
+    },
+    #[error("checksum mismatch for {url}: expected {expected}, got {actual}")]
+    Checksum {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("size mismatch for {url}: expected {expected} bytes, got {actual}")]
+    Size {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("cannot unpack {url}: {err}")]
+    Extract {
+        url: String,
+        err: extract::ExtractError,
+    },
+    #[error("staging error at {path}: {err}")]
+    Io { path: String, err: io::Error },
+    #[error("{0}")]
+    Proxy(String),
+}
+
+impl FetchError {
+    pub fn failure(&self) -> Failure {
+        let (code, hint) = match self {
+            FetchError::Checksum { .. } | FetchError::Size { .. } => (
+                Code::ChecksumMismatch,
+                "the artifact is not the one the catalog or settings name; check package/mirror settings",
+            ),
+            FetchError::Io { .. } => (Code::StateIo, "check free space under /var/lib"),
+            FetchError::Extract { .. } => (Code::DownloadFailed, "the archive is corrupt or unsafe"),
+            _ => (Code::DownloadFailed, "check network access, proxy and mirror settings"),
+        };
+        Failure::new(code, format!("{self}; {hint}"))
+    }
+}
+
+/// What to fetch. `url` may carry a SAS token: only [`redact_url`] of it is ever shown.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub url: String,
+    pub sha256: String,
+    pub size: Option<u64>,
+    /// Unpack a `.tar.gz` into the destination instead of storing the file.
+    pub extract: bool,
+}
+
+pub struct Options<'a> {
+    pub proxy: Option<String>,
+    pub retry: RetryPolicy,
+    pub max_extract: u64,
+    pub sleep: &'a dyn Fn(Duration),
+    /// Called with (bytes so far, total if known) as the download advances.
+    pub progress: &'a dyn Fn(u64, Option<u64>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The extracted directory, or the downloaded file.
+    pub path: PathBuf,
+    pub size: u64,
+    /// Bytes received over the network in this run (a resume counts only what was missing).
+    pub transferred: u64,
+    pub files: u64,
+}
+
+/// Does this URL name a gzip'd tarball?
+pub fn is_tarball(url: &str) -> bool {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    path.ends_with(".tgz") || path.ends_with(".tar.gz")
+}
+
+fn file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let name = path.rsplit('/').next().unwrap_or("");
+    if name.is_empty() || name == "." || name == ".." {
+        "artifact".into()
+    } else {
+        name.to_string()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds the extraction thread from the bounded channel.
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.cur = next;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct Staging {
+    part: PathBuf,
+    unpack: PathBuf,
+}
+
+impl Staging {
+    fn clear(&self) {
+        let _ = fs::remove_file(&self.part);
+        let _ = fs::remove_dir_all(&self.unpack);
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> FetchError + '_ {
+    move |err| FetchError::Io {
+        path: path.display().to_string(),
+        err,
+    }
+}
+
+/// Fetch `req` into `dest` (a directory for tarballs, else a file), staging under `staging`.
+/// `dest` is replaced only after verification.
+pub fn fetch(
+    req: &Request,
+    staging: &Path,
+    dest: &Path,
+    opts: &Options,
+) -> Result<Outcome, FetchError> {
+    crate::fsutil::create_private_dir(staging).map_err(io_at(staging))?;
+    let key = req.sha256.to_ascii_lowercase();
+    let st = Staging {
+        part: staging.join(format!("{key}.part")),
+        unpack: staging.join(format!("{key}.unpack")),
+    };
+    match attempt(req, &st, opts) {
+        // The server cannot resume a partial file we kept: start over once, from zero.
+        Err(Restart) => {
+            tracing::warn!(url = %redact_url(&req.url), "server ignored Range; downloading from the start");
+            st.clear();
+            attempt(req, &st, opts).map_err(|_| FetchError::Permanent {
+                url: redact_url(&req.url),
+                detail: "the server restarted the transfer twice".into(),
+            })?
+        }
+        Ok(r) => r,
+    }
+    .and_then(|got| finish(req, &st, dest, got))
+    .inspect_err(|e| {
+        if matches!(e, FetchError::Checksum { .. } | FetchError::Size { .. } | FetchError::Extract { .. }) {
+            st.clear();
+        }
+    })
+}
+
+/// Marker: the partial file cannot be resumed.
+struct Restart;
+
+struct Got {
+    size: u64,
+    transferred: u64,
+    digest: String,
+    files: u64,
+}
+
+fn attempt(
+    req: &Request,
+    st: &Staging,
+    opts: &Options,
+) -> Result<Result<Got, FetchError>, Restart> {
+    let url_shown = redact_url(&req.url);
+    let agent = match http::agent(opts.proxy.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(FetchError::Proxy(e))),
+    };
+    let mut file = match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&st.part)
+    {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(io_at(&st.part)(e))),
+    };
+    let mut offset = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if req.size.is_some_and(|s| offset > s) {
+        offset = 0;
+        if let Err(e) = file.set_len(0) {
+            return Ok(Err(io_at(&st.part)(e)));
+        }
+    }
+    let _ = fs::remove_dir_all(&st.unpack);
+
+    // The extraction thread, fed the same bytes as the file.
+    let (tx, extractor) = if req.extract {
+        if let Err(e) = fs::create_dir_all(&st.unpack) {
+            return Ok(Err(io_at(&st.unpack)(e)));
+        }
+        let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(IN_FLIGHT);
+        let root = st.unpack.clone();
+        let max = opts.max_extract;
+        let handle = std::thread::spawn(move || {
+            extract::untar_gz(
+                ChannelReader {
+                    rx,
+                    cur: Vec::new(),
+                    pos: 0,
+                },
+                &root,
+                max,
+            )
+        });
+        (Some(tx), Some(handle))
+    } else {
+        (None, None)
+    };
+    let mut hasher = Sha256::new();
+    // Whatever an earlier run left: hash it and replay it to the extractor.
+    let mut feed_ok = true;
+    if offset > 0 {
+        let mut done = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        let _ = file.seek(SeekFrom::Start(0));
+        while done < offset {
+            let want = CHUNK.min((offset - done) as usize);
+            if let Err(e) = file.read_exact(&mut buf[..want]) {
+                return Ok(Err(io_at(&st.part)(e)));
+            }
+            hasher.update(&buf[..want]);
+            if let Some(tx) = &tx {
+                feed_ok &= tx.send(buf[..want].to_vec()).is_ok();
+            }
+            done += want as u64;
+        }
+        tracing::info!(url = %url_shown, offset, "resuming a partial download");
+    }
+    if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+        return Ok(Err(io_at(&st.part)(e)));
+    }
+
+    let mut total = req.size;
+    let mut transferred = 0u64;
+    let mut write_err: Option<io::Error> = None;
+    let mut last: Option<String> = None;
+    let mut outcome: Option<Result<(), FetchError>> = None;
+    for try_no in 1..=opts.retry.attempts.max(1) {
+        if try_no > 1 {
+            (opts.sleep)(opts.retry.delay(try_no - 1));
+        }
+        if !feed_ok {
+            break;
+        }
+        let step = http::request(
+            &agent,
+            &req.url,
+            offset,
+            &mut total,
+            CHUNK,
+            |chunk, known| {
+                if let Err(e) = file.write_all(chunk) {
+                    write_err = Some(e);
+                    return false;
+                }
+                hasher.update(chunk);
+                if let Some(tx) = &tx {
+                    if tx.send(chunk.to_vec()).is_err() {
+                        feed_ok = false;
+                        return false;
+                    }
+                }
+                offset += chunk.len() as u64;
+                transferred += chunk.len() as u64;
+                (opts.progress)(offset, known);
+                true
+            },
+        );
+        match step {
+            _ if write_err.is_some() || !feed_ok => break,
+            http::Step::Complete if total.is_none_or(|t| offset >= t) => {
+                outcome = Some(Ok(()));
+                break;
+            }
+            // The body ended early without an error: treat it like a reset and resume.
+            http::Step::Complete => {
+                last = Some(format!("body ended at {offset} of {total:?} bytes"))
+            }
+            http::Step::Transient(detail) => last = Some(detail),
+            http::Step::Permanent(detail) => {
+                outcome = Some(Err(FetchError::Permanent {
+                    url: url_shown.clone(),
+                    detail,
+                }));
+                break;
+            }
+            http::Step::RangeIgnored => {
+                drop(tx);
+                if let Some(h) = extractor {
+                    let _ = h.join();
+                }
+                return Err(Restart);
+            }
+        }
+        tracing::warn!(url = %url_shown, attempt = try_no, offset, "transient download failure: {}", last.as_deref().unwrap_or(""));
+    }
+    drop(tx);
+    let extracted = extractor.map(|h| {
+        h.join()
+            .unwrap_or_else(|_| Err(extract::ExtractError::Corrupt("extractor panicked".into())))
+    });
+    if let Some(e) = write_err {
+        return Ok(Err(io_at(&st.part)(e)));
+    }
+    let result = match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(e),
+        None if !feed_ok => Ok(()), // the extractor stopped early: its error is reported below
+        None => Err(FetchError::Exhausted {
+            url: url_shown.clone(),
+            attempts: opts.retry.attempts,
+            detail: last.unwrap_or_default(),
+        }),
+    };
+    if let Err(e) = result {
+        return Ok(Err(e));
+    }
+    let files = match extracted {
+        Some(Ok(x)) => x.files,
+        Some(Err(err)) => {
+            // A bad checksum explains a corrupt archive better than the archive error does.
+            let digest = hex(&hasher.finalize());
+            if digest != req.sha256.to_ascii_lowercase() && feed_ok {
+                return Ok(Err(FetchError::Checksum {
+                    url: url_shown,
+                    expected: req.sha256.to_ascii_lowercase(),
+                    actual: digest,
+                }));
+            }
+            return Ok(Err(FetchError::Extract {
+                url: url_shown,
+                err,
+            }));
+        }
+        None => 0,
+    };
+    if let Err(e) = file.sync_all() {
+        return Ok(Err(io_at(&st.part)(e)));
+    }
+    Ok(Ok(Got {
+        size: offset,
+        transferred,
+        digest: hex(&hasher.finalize()),
+        files,
+    }))
+}
+
+fn finish(req: &Request, st: &Staging, dest: &Path, got: Got) -> Result<Outcome, FetchError> {
+    let url = redact_url(&req.url);
+    if let Some(expected) = req.size {
+        if expected != got.size {
+            return Err(FetchError::Size {
+                url,
+                expected,
+                actual: got.size,
+            });
+        }
+    }
+    let expected = req.sha256.to_ascii_lowercase();
+    if got.digest != expected {
+        return Err(FetchError::Checksum {
+            url,
+            expected,
+            actual: got.digest,
+        });
+    }
+    // Verified: move into place, replacing what was there.
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
+    let path = if req.extract {
+        if dest.exists() {
+            fs::remove_dir_all(dest).map_err(io_at(dest))?;
+        }
+        fs::rename(&st.unpack, dest).map_err(io_at(dest))?;
+        let _ = fs::remove_file(&st.part);
+        dest.to_path_buf()
+    } else {
+        fs::create_dir_all(dest).map_err(io_at(dest))?;
+        let target = dest.join(file_name(&req.url));
+        fs::rename(&st.part, &target).map_err(io_at(&target))?;
+        target
+    };
+    Ok(Outcome {
+        path,
+        size: got.size,
+        transferred: got.transferred,
+        files: got.files,
+    })
+}
+
+/// A file's SHA-256 (for callers that verify what is already on disk).
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
