@@ -383,7 +383,11 @@ pub fn worker(inv: &Invocation) -> i32 {
         Err(f) => return inv.fail("Enable", &f, vec![]),
     };
     let facts = host::detect(&inv.root, Some(&imds::Policy::default()), true);
-    let plan = plan::decide(&facts, &settings.public);
+    let plan = plan::decide(
+        &facts,
+        &settings.public,
+        settings.protected.package_url.as_ref(),
+    );
     let store = Store::new(&data);
     let mut cp = Checkpoint::resume(store.load(), seq, &settings.fingerprint, &facts.boot_id);
     // The worker judges the host again with the full probe (the installed stack too): what

@@ -64,6 +64,8 @@ codes! {
     WorkerStart = 202, exit 14;
     Superseded = 203, exit 14;
     InstallUnavailable = 210, exit 14;
+    StackUnavailable = 211, exit 12;
+    VersionNotInCatalog = 212, exit 1;
     DownloadFailed = 230, exit 14;
     ChecksumMismatch = 231, exit 14;
     PortsNotActive = 220, exit 14;

@@ -8,6 +8,7 @@
 //! worker process ([`worker`], [`lock`]) and operator verbs ([`operator`]).
 
 pub mod agent;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod enable;

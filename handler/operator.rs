@@ -31,7 +31,7 @@ pub fn read_public_settings(path: &Path) -> Result<PublicSettings, String> {
 
 pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
     let facts = host::detect(root, Some(&imds::Policy::default()), true);
-    let plan = plan::decide(&facts, public);
+    let plan = plan::decide(&facts, public, None);
     if json {
         let out = PlanOutput {
             facts: &facts,

@@ -1,12 +1,14 @@
 //! What enable would do on this host, as a pure function of the host facts and the settings.
 //! Refusals happen here, before anything on the host changes.
 
+use crate::catalog::{self, Choice, Target};
 use crate::error::{Code, Failure};
 use crate::host::os_release::OsRelease;
+use crate::host::pci::NicGeneration;
 use crate::host::stack::StackKind;
 use crate::host::HostFacts;
 use crate::runner::Stage;
-use crate::settings::{PublicSettings, Stack};
+use crate::settings::{PublicSettings, Secret, Stack};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,6 +25,9 @@ pub struct Plan {
     pub action: Action,
     pub stages: Vec<Stage>,
     pub summary: String,
+    /// What the catalog and settings choose when drivers must be installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub install: Option<Choice>,
 }
 
 /// Distros this handler serves (DESIGN.md, DOMAIN.md section 6). `Err` says why not.
@@ -70,6 +75,30 @@ fn refuse(failure: Failure) -> Plan {
         summary: failure.message.clone(),
         action: Action::Refuse { failure },
         stages: vec![Stage::Preflight],
+        install: None,
+    }
+}
+
+fn describe(choice: &Choice) -> String {
+    match choice {
+        Choice::Inbox { reason } => format!("the distribution's inbox stack ({reason})"),
+        Choice::Artifact {
+            stack,
+            version,
+            url,
+            ..
+        } => {
+            let name = url
+                .expose()
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            format!("{} {version} ({name})", stack.as_str())
+        }
     }
 }
 
@@ -121,7 +150,8 @@ pub fn refusal(facts: &HostFacts) -> Option<Failure> {
     None
 }
 
-pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
+/// `package_url` is the protected `packageUrl` setting, if any.
+pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<&Secret>) -> Plan {
     if let Some(failure) = refusal(facts) {
         return refuse(failure);
     }
@@ -155,13 +185,32 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
         Some(_) => None,
     };
     if let Some(reason) = install_reason {
-        return refuse(Failure::new(
+        // The NIC the choice is keyed on: the first InfiniBand function (all match on Azure).
+        let nic = ib
+            .iter()
+            .find_map(|f| f.generation)
+            .unwrap_or(NicGeneration::ConnectX6);
+        let target = Target {
+            os,
+            kernel: &facts.kernel,
+            arch: std::env::consts::ARCH,
+            nic,
+        };
+        let choice = match catalog::select(catalog::builtin(), &target, settings, package_url) {
+            Ok(c) => c,
+            Err(f) => return refuse(f),
+        };
+        let mut plan = refuse(Failure::new(
             Code::InstallUnavailable,
             format!(
-                "{reason}, and this handler version cannot install drivers yet; deploy an image \
-                 with drivers preinstalled (for example the Azure HPC images) or install them first"
+                "{reason}; it would install {}, but this handler version cannot install drivers \
+                 yet; deploy an image with drivers preinstalled (for example the Azure HPC images) \
+                 or install them first",
+                describe(&choice)
             ),
         ));
+        plan.install = Some(choice);
+        return plan;
     }
     let stack = facts
         .stack
@@ -183,6 +232,7 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings) -> Plan {
         ),
         action: Action::VerifyOnly { stack },
         stages: vec![Stage::Preflight, Stage::Verify],
+        install: None,
     }
 }
 

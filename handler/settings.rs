@@ -40,7 +40,9 @@ pub enum RebootPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackageRef {
-    pub url: String,
+    /// May be left out when the protected setting `packageUrl` carries the URL.
+    #[serde(default)]
+    pub url: Option<String>,
     pub sha256: String,
 }
 
@@ -294,12 +296,14 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
         }
     }
     if let Some(p) = &s.package {
-        if !is_http_url(&p.url) {
+        // Without url the protected packageUrl must carry it (checked when the plan is made).
+        let url = p.url.as_deref().unwrap_or("https://set-by-packageUrl");
+        if !is_http_url(url) {
             return Err(SettingsError::Invalid(
                 "package.url must be an http or https URL".into(),
             ));
         }
-        if p.url.contains('?') {
+        if url.contains('?') {
             return Err(SettingsError::Invalid(
                 "package.url must not carry a query string; put a SAS URL in the protected setting packageUrl".into(),
             ));
@@ -519,6 +523,7 @@ mod tests {
             json!({"version": ""}),
             json!({"package": {"url": "ftp://x/y", "sha256": "00"}}),
             json!({"package": {"url": "https://x/y.tgz"}}),
+            json!({"package": {}}),
             json!({"package": {"url": "https://x/y.tgz?sig=abc", "sha256": "a".repeat(64)}}),
             json!({"mirror": "http://mirror.example"}),
             json!([1, 2]),

@@ -167,7 +167,7 @@ fn plan_per_fixture() {
         ("hbv3-noverbs", Some(210)),
     ];
     for (host, code) in want {
-        let p = plan::decide(&detect(host), &PublicSettings::default());
+        let p = plan::decide(&detect(host), &PublicSettings::default(), None);
         let got = match &p.action {
             Action::VerifyOnly { .. } => 0,
             Action::Refuse { failure } => failure.code.number(),

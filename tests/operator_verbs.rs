@@ -94,3 +94,43 @@ fn usage_errors_exit_1() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
     }
 }
+
+#[test]
+fn plan_shows_what_would_be_installed() {
+    let w = World::new("hbv3-noverbs", "Standard_HB120rs_v3");
+    let (rc, v) = json_out(&w, &["plan", "--json"]);
+    assert_eq!(rc, 14);
+    let install = &v["plan"]["install"];
+    assert_eq!(install["source"], "artifact");
+    assert_eq!(install["stack"], "doca");
+    assert_eq!(install["version"], "3.2.1");
+    assert!(install["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("ubuntu2204_amd64.deb"));
+    assert_eq!(install["sha256"].as_str().unwrap().len(), 64);
+    assert!(v["plan"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("it would install doca 3.2.1"));
+}
+
+#[test]
+fn connectx3_pro_on_a_new_kernel_is_refused_before_anything_changes() {
+    let w = World::new("nc24rsv3", "Standard_NC24rs_v3");
+    // The same VM on Ubuntu 22.04 (kernel 5.15) without drivers: MLNX_OFED 4.9 cannot build.
+    w.set_file(
+        "etc/os-release",
+        &std::fs::read_to_string(fixtures().join("os-release/ubuntu-22.04")).unwrap(),
+    );
+    w.set_file("proc/sys/kernel/osrelease", "5.15.0-1073-azure\n");
+    std::fs::remove_file(w.root.join("var/lib/dpkg/status")).unwrap();
+    std::fs::remove_file(w.root.join("usr/lib/x86_64-linux-gnu/libibverbs.so.1")).unwrap();
+    let (rc, v) = json_out(&w, &["plan", "--json"]);
+    assert_eq!(rc, 12);
+    assert_eq!(v["plan"]["action"]["failure"]["code"], "StackUnavailable");
+    assert!(v["plan"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("MLNX_OFED 4.9"));
+}

@@ -1,0 +1,556 @@
+//! The built-in driver catalog (`manifest/catalog.json`, embedded at build time) and the choice
+//! of stack: NIC generation x distribution x kernel -> DOCA-OFED, MLNX_OFED or the distro's inbox
+//! stack, with the artifact's URL and SHA-256. Settings (`stack`, `version`, `package`,
+//! `mirror`, protected `packageUrl`) override it. Pure: no I/O beyond the embedded text.
+
+use crate::error::{Code, Failure};
+use crate::host::os_release::OsRelease;
+use crate::host::pci::NicGeneration;
+use crate::host::stack::StackKind;
+use crate::logging::redact_url;
+use crate::settings::{PublicSettings, Secret, Stack};
+use serde::{Deserialize, Serialize, Serializer};
+use std::cmp::Ordering;
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Entry {
+    pub stack: StackKind,
+    pub version: String,
+    pub distro: String,
+    pub distro_version: String,
+    pub arch: String,
+    pub kind: String,
+    pub url: String,
+    pub sha256: String,
+    /// Still pinned by Azure's HPC images.
+    pub current: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+}
+
+pub fn builtin() -> &'static Catalog {
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG.get_or_init(|| {
+        serde_json::from_str(include_str!("../manifest/catalog.json"))
+            .expect("the embedded catalog is valid")
+    })
+}
+
+fn redacted<S: Serializer>(url: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url.expose()))
+}
+
+/// What enable would install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "source")]
+pub enum Choice {
+    /// The distribution's own packages (rdma-core and the kernel's modules).
+    Inbox { reason: String },
+    Artifact {
+        stack: StackKind,
+        version: String,
+        /// Shown without query string or credentials; the full URL is used only to download.
+        #[serde(serialize_with = "redacted")]
+        url: Secret,
+        sha256: String,
+        kind: String,
+        custom: bool,
+    },
+}
+
+/// Compare dotted/dashed versions numerically where both parts are numbers.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let parts = |s: &str| {
+        s.split(['.', '-', '_'])
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(pb.iter()) {
+        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(m), Ok(n)) => m.cmp(&n),
+            _ => x.cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+/// The catalog's distro keys that can serve this OS for a stack, most specific first.
+pub fn distro_keys(os: &OsRelease, stack: StackKind) -> Vec<(String, String)> {
+    let v = os.version_id.as_str();
+    let major = v.split('.').next().unwrap_or("").to_string();
+    match os.id.as_str() {
+        "ubuntu" => vec![("ubuntu".into(), v.into())],
+        "rhel" | "almalinux" | "rocky" | "centos" => {
+            let mut keys = vec![("rhel".into(), v.into())];
+            // DOCA's packages are per major release; MLNX_OFED tarballs match one minor only.
+            if stack == StackKind::Doca {
+                keys.push(("rhel".into(), major));
+            }
+            keys
+        }
+        "azurelinux" if major == "3" => vec![("alinux".into(), "3.2".into())],
+        "sles" | "sles_sap" | "sle_hpc" => vec![("sles".into(), v.into())],
+        _ => Vec::new(),
+    }
+}
+
+/// Kernels from 5.6 on cannot build MLNX_OFED 4.9, the last line with ConnectX-3 Pro.
+pub fn kernel_at_least(kernel: &str, major: u64, minor: u64) -> bool {
+    let mut it = kernel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let ma: u64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mi: u64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (ma, mi) >= (major, minor)
+}
+
+fn inbox_first(os: &OsRelease) -> Option<&'static str> {
+    match os.id.as_str() {
+        "sles" | "sles_sap" | "sle_hpc" => {
+            Some("SLES 15 ships the InfiniBand stack in its own kernel and rdma-core")
+        }
+        "debian" => {
+            Some("Debian 12 has no vendor build; its kernel and rdma-core serve InfiniBand")
+        }
+        "azurelinux" | "mariner" => {
+            Some("Azure Linux carries the InfiniBand packages in its own repositories")
+        }
+        _ => None,
+    }
+}
+
+fn from_name(url: &str) -> Option<StackKind> {
+    let name = url
+        .split(['?', '#'])
+        .next()?
+        .rsplit('/')
+        .next()?
+        .to_ascii_lowercase();
+    if name.starts_with("doca-host") {
+        Some(StackKind::Doca)
+    } else if name.starts_with("mlnx_ofed") {
+        Some(StackKind::MlnxOfed)
+    } else {
+        None
+    }
+}
+
+fn kind_of(url: &str) -> String {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    for k in ["deb", "rpm", "tgz"] {
+        if path.ends_with(&format!(".{k}")) {
+            return k.into();
+        }
+    }
+    if path.ends_with(".tar.gz") {
+        "tgz".into()
+    } else {
+        "file".into()
+    }
+}
+
+/// Put the mirror's scheme and host (and path prefix) in place of the vendor's.
+pub fn apply_mirror(url: &str, mirror: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+    format!("{}{}", mirror.trim_end_matches('/'), path)
+}
+
+pub struct Target<'a> {
+    pub os: &'a OsRelease,
+    pub kernel: &'a str,
+    pub arch: &'a str,
+    pub nic: NicGeneration,
+}
+
+fn unavailable(msg: String) -> Failure {
+    Failure::new(Code::StackUnavailable, msg)
+}
+
+/// Choose what to install. `package_url` is the protected `packageUrl`, if set.
+pub fn select(
+    cat: &Catalog,
+    t: &Target,
+    s: &PublicSettings,
+    package_url: Option<&Secret>,
+) -> Result<Choice, Failure> {
+    let mlx4 = t.nic.is_mlx4();
+    if let Some(pkg) = &s.package {
+        let url = match (package_url, &pkg.url) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(u)) => Secret::new(u.clone()),
+            (None, None) => {
+                return Err(Failure::new(
+                    Code::SettingsInvalid,
+                    "package has no url: set package.url, or the protected setting packageUrl",
+                ))
+            }
+        };
+        let stack = match s.stack {
+            Stack::Doca => StackKind::Doca,
+            Stack::MlnxOfed => StackKind::MlnxOfed,
+            _ => from_name(url.expose()).ok_or_else(|| {
+                Failure::new(
+                    Code::SettingsInvalid,
+                    "cannot tell the stack of the custom package from its name; set stack to doca or mlnx-ofed",
+                )
+            })?,
+        };
+        return Ok(Choice::Artifact {
+            stack,
+            version: s.version.clone().unwrap_or_else(|| "custom".into()),
+            kind: kind_of(url.expose()),
+            url,
+            sha256: pkg.sha256.to_ascii_lowercase(),
+            custom: true,
+        });
+    }
+    let stack = match s.stack {
+        Stack::Inbox => {
+            return Ok(Choice::Inbox {
+                reason: "settings ask for the inbox stack".into(),
+            })
+        }
+        Stack::Doca => StackKind::Doca,
+        Stack::MlnxOfed => StackKind::MlnxOfed,
+        Stack::Auto if mlx4 => StackKind::MlnxOfed,
+        Stack::Auto => match inbox_first(t.os) {
+            Some(reason) if s.version.is_none() => {
+                return Ok(Choice::Inbox {
+                    reason: reason.into(),
+                })
+            }
+            _ => StackKind::Doca,
+        },
+    };
+    if mlx4 && stack == StackKind::Doca {
+        return Err(unavailable(
+            "DOCA-OFED does not support ConnectX-3 Pro; use stack mlnx-ofed (4.9 LTS) or inbox"
+                .into(),
+        ));
+    }
+    if mlx4
+        && kernel_at_least(t.kernel, 5, 6)
+        && s.version.as_deref().is_none_or(|v| v.starts_with("4.9"))
+    {
+        return Err(unavailable(format!(
+            "ConnectX-3 Pro needs MLNX_OFED 4.9 LTS, which cannot build on kernel {} (5.6 or newer); \
+             use an image with an older kernel (such as Ubuntu 20.04 with its 5.4 kernel) or stack inbox",
+            t.kernel
+        )));
+    }
+    let keys = distro_keys(t.os, stack);
+    let mut candidates: Vec<&Entry> = cat
+        .entries
+        .iter()
+        .filter(|e| e.stack == stack && e.arch == t.arch)
+        .filter(|e| {
+            keys.iter()
+                .any(|(d, v)| *d == e.distro && *v == e.distro_version)
+        })
+        .collect();
+    // DOCA 3 dropped ConnectX-4; ConnectX-3 Pro stays on the 4.9 LTS line.
+    if t.nic == NicGeneration::ConnectX4 && stack == StackKind::Doca {
+        candidates.retain(|e| compare_versions(&e.version, "3") == Ordering::Less);
+    }
+    if mlx4 {
+        candidates.retain(|e| e.version.starts_with("4.9"));
+    }
+    let os_name = format!("{} {}", t.os.id, t.os.version_id);
+    if candidates.is_empty() {
+        if s.stack == Stack::Auto && !mlx4 && s.version.is_none() {
+            return Ok(Choice::Inbox {
+                reason: format!("the catalog has no DOCA-OFED build for {os_name}"),
+            });
+        }
+        return Err(unavailable(format!(
+            "the catalog has no {} build for {os_name} on {}; use stack inbox or the package setting",
+            stack.as_str(),
+            t.arch
+        )));
+    }
+    let chosen = match &s.version {
+        Some(v) => candidates.iter().find(|e| &e.version == v).copied().ok_or_else(|| {
+            let mut have: Vec<&str> = candidates.iter().map(|e| e.version.as_str()).collect();
+            have.sort_by(|a, b| compare_versions(a, b));
+            have.dedup();
+            Failure::new(
+                Code::VersionNotInCatalog,
+                format!(
+                    "{} version {v} is not in the catalog for {os_name}; available: {}; or use the package setting",
+                    stack.as_str(),
+                    have.join(", ")
+                ),
+            )
+        })?,
+        None => {
+            let pool: Vec<&&Entry> = if candidates.iter().any(|e| e.current) {
+                candidates.iter().filter(|e| e.current).collect()
+            } else {
+                candidates.iter().collect()
+            };
+            pool.into_iter()
+                .max_by(|a, b| compare_versions(&a.version, &b.version))
+                .copied()
+                .expect("candidates is not empty")
+        }
+    };
+    let url = match &s.mirror {
+        Some(m) => apply_mirror(&chosen.url, m),
+        None => chosen.url.clone(),
+    };
+    Ok(Choice::Artifact {
+        stack,
+        version: chosen.version.clone(),
+        url: Secret::new(url),
+        sha256: chosen.sha256.clone(),
+        kind: chosen.kind.clone(),
+        custom: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::os_release;
+    use crate::settings::PackageRef;
+
+    fn os(id: &str, v: &str) -> OsRelease {
+        os_release::parse(&format!("ID={id}\nVERSION_ID=\"{v}\"\n")).unwrap()
+    }
+
+    fn pick(
+        id: &str,
+        v: &str,
+        kernel: &str,
+        nic: NicGeneration,
+        s: &PublicSettings,
+    ) -> Result<Choice, Failure> {
+        let o = os(id, v);
+        select(
+            builtin(),
+            &Target {
+                os: &o,
+                kernel,
+                arch: "x86_64",
+                nic,
+            },
+            s,
+            None,
+        )
+    }
+
+    fn artifact(c: &Choice) -> (StackKind, &str, &str) {
+        match c {
+            Choice::Artifact {
+                stack,
+                version,
+                url,
+                ..
+            } => (*stack, version.as_str(), url.expose()),
+            other => panic!("expected an artifact, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn catalog_is_well_formed() {
+        let cat = builtin();
+        assert!(cat.entries.len() > 100);
+        for e in &cat.entries {
+            assert_eq!(e.sha256.len(), 64, "{}", e.url);
+            assert!(e.url.starts_with("http"), "{}", e.url);
+        }
+    }
+
+    #[test]
+    fn auto_choices() {
+        let d = PublicSettings::default();
+        use NicGeneration::*;
+        let c = pick("ubuntu", "22.04", "5.15.0-1073-azure", ConnectX6, &d).unwrap();
+        assert_eq!(artifact(&c).0, StackKind::Doca);
+        assert_eq!(artifact(&c).1, "3.2.1");
+        assert_eq!(
+            artifact(&pick("ubuntu", "24.04", "6.8.0-1021-azure", Mlx5Gen, &d).unwrap()).1,
+            "3.2.3"
+        );
+        let alma = pick(
+            "almalinux",
+            "8.10",
+            "4.18.0-553.el8_10.x86_64",
+            ConnectX6,
+            &d,
+        )
+        .unwrap();
+        assert!(artifact(&alma).2.ends_with("_rhel8.x86_64.rpm"), "{alma:?}");
+        assert!(
+            artifact(&pick("rocky", "9.5", "5.14.0", Mlx5Gen, &d).unwrap())
+                .2
+                .contains("rhel9")
+        );
+        for (id, v) in [("sles", "15.5"), ("debian", "12"), ("azurelinux", "3.0")] {
+            assert!(
+                matches!(
+                    pick(id, v, "6.1.0", ConnectX6, &d).unwrap(),
+                    Choice::Inbox { .. }
+                ),
+                "{id}"
+            );
+        }
+        let cx3 = pick("ubuntu", "20.04", "5.4.0-1109-azure", ConnectX3Pro, &d).unwrap();
+        assert_eq!(artifact(&cx3).0, StackKind::MlnxOfed);
+        assert_eq!(artifact(&cx3).1, "4.9-6.0.6.0");
+    }
+
+    #[test]
+    fn refusals() {
+        let d = PublicSettings::default();
+        let e = pick(
+            "ubuntu",
+            "22.04",
+            "5.15.0-1073-azure",
+            NicGeneration::ConnectX3Pro,
+            &d,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, Code::StackUnavailable);
+        assert!(e.message.contains("5.15.0-1073-azure"), "{}", e.message);
+        let doca = PublicSettings {
+            stack: Stack::Doca,
+            ..Default::default()
+        };
+        assert_eq!(
+            pick(
+                "ubuntu",
+                "20.04",
+                "5.4.0",
+                NicGeneration::ConnectX3Pro,
+                &doca
+            )
+            .unwrap_err()
+            .code,
+            Code::StackUnavailable
+        );
+        assert_eq!(
+            pick("debian", "12", "6.1.0", NicGeneration::ConnectX6, &doca)
+                .unwrap_err()
+                .code,
+            Code::StackUnavailable
+        );
+        let v = PublicSettings {
+            stack: Stack::Doca,
+            version: Some("9.9.9".into()),
+            ..Default::default()
+        };
+        let e = pick("ubuntu", "22.04", "5.15.0", NicGeneration::ConnectX6, &v).unwrap_err();
+        assert_eq!(e.code, Code::VersionNotInCatalog);
+        assert!(e.message.contains("3.2.1"), "{}", e.message);
+    }
+
+    #[test]
+    fn overrides() {
+        let pinned = PublicSettings {
+            stack: Stack::MlnxOfed,
+            version: Some("24.01-0.3.3.1".into()),
+            ..Default::default()
+        };
+        let c = pick(
+            "ubuntu",
+            "22.04",
+            "5.15.0",
+            NicGeneration::ConnectX6,
+            &pinned,
+        )
+        .unwrap();
+        assert!(artifact(&c)
+            .2
+            .ends_with("MLNX_OFED_LINUX-24.01-0.3.3.1-ubuntu22.04-x86_64.tgz"));
+        let mirrored = PublicSettings {
+            mirror: Some("https://mirror.example/nvidia/".into()),
+            ..Default::default()
+        };
+        let c = pick(
+            "ubuntu",
+            "22.04",
+            "5.15.0",
+            NicGeneration::ConnectX6,
+            &mirrored,
+        )
+        .unwrap();
+        assert!(
+            artifact(&c)
+                .2
+                .starts_with("https://mirror.example/nvidia/downloads/DOCA/"),
+            "{c:?}"
+        );
+        let custom = PublicSettings {
+            package: Some(PackageRef {
+                url: Some("https://x/doca-host_9-ubuntu2204_amd64.deb".into()),
+                sha256: "AB".repeat(32),
+            }),
+            ..Default::default()
+        };
+        let c = pick(
+            "ubuntu",
+            "22.04",
+            "5.15.0",
+            NicGeneration::ConnectX6,
+            &custom,
+        )
+        .unwrap();
+        assert!(
+            matches!(&c, Choice::Artifact { stack: StackKind::Doca, custom: true, kind, .. } if kind == "deb")
+        );
+        let o = os("ubuntu", "22.04");
+        let secret = Secret::new("https://acct.blob/c/MLNX_OFED_LINUX-x.tgz?sig=SECRET".into());
+        let nourl = PublicSettings {
+            package: Some(PackageRef {
+                url: None,
+                sha256: "ab".repeat(32),
+            }),
+            ..Default::default()
+        };
+        let t = Target {
+            os: &o,
+            kernel: "5.15.0",
+            arch: "x86_64",
+            nic: NicGeneration::ConnectX6,
+        };
+        let c = select(builtin(), &t, &nourl, Some(&secret)).unwrap();
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(
+            shown.contains("MLNX_OFED_LINUX-x.tgz") && !shown.contains("SECRET"),
+            "{shown}"
+        );
+        assert!(select(builtin(), &t, &nourl, None).is_err());
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(compare_versions("3.10.0", "3.2.3"), Ordering::Greater);
+        assert_eq!(
+            compare_versions("4.9-6.0.6.0", "4.9-3.1.5.0"),
+            Ordering::Greater
+        );
+        assert!(kernel_at_least("5.6.0-1", 5, 6) && !kernel_at_least("5.4.0-1109-azure", 5, 6));
+        assert!(kernel_at_least("6.8.0", 5, 6));
+        assert_eq!(
+            apply_mirror(
+                "https://www.mellanox.com/downloads/x.deb",
+                "https://m.example/base"
+            ),
+            "https://m.example/base/downloads/x.deb"
+        );
+    }
+}
