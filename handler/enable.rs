@@ -7,12 +7,13 @@ use crate::error::{Code, Failure};
 use crate::events::{self, Level};
 use crate::health::{self, HealthReport};
 use crate::host::{self, imds, Root};
+use crate::install;
 use crate::lock::WorkerLock;
 use crate::logging;
 use crate::monitor;
 use crate::plan::{self, Action, Plan};
 use crate::runner::{self, Checkpoint, RunEnd, Stage, Store};
-use crate::settings::{self, Settings};
+use crate::settings::{self, RebootPolicy, Settings};
 use crate::status::{HeartbeatState, StatusReport, StatusValue, SubStatus};
 use crate::{fsutil, status};
 use serde::{Deserialize, Serialize};
@@ -299,7 +300,7 @@ pub fn enable(inv: &Invocation) -> i32 {
 fn preflight(plan: &Plan) -> Result<(), Failure> {
     match &plan.action {
         Action::Refuse { failure } => Err(failure.clone()),
-        Action::VerifyOnly { .. } => Ok(()),
+        Action::VerifyOnly { .. } | Action::Install { .. } => Ok(()),
     }
 }
 
@@ -395,24 +396,74 @@ pub fn worker(inv: &Invocation) -> i32 {
     cp.completed.retain(|s| *s != Stage::Preflight);
     let mut last_report = None;
     let status_name = inv.name();
+    let last_subs = std::cell::RefCell::new(Vec::new());
+    let progress = |line: &str| {
+        inv.write_status(
+            &StatusReport::new(&status_name, "Enable", StatusValue::Transitioning, 0, line)
+                .with_substatus(last_subs.borrow().clone()),
+        );
+        beat.set_message(&format!("enable in progress: {line}"));
+    };
+    let family = facts.os.as_ref().and_then(install::recipe::family);
     let end = runner::run(
         &store,
         &mut cp,
         &plan.stages,
         |stage, cp| {
-            inv.write_status(
-                &StatusReport::new(
-                    &status_name,
-                    "Enable",
-                    StatusValue::Transitioning,
-                    0,
-                    format!("{}: running", stage.name()),
-                )
-                .with_substatus(stage_substatus(cp, &plan.stages)),
-            );
-            beat.set_message(&format!("enable in progress: {}", stage.name()));
+            *last_subs.borrow_mut() = stage_substatus(cp, &plan.stages);
+            progress(&format!("{}: running", stage.name()));
+            let install_ctx = match (&plan.install, family) {
+                (Some(choice), Some(family)) => Some(install::Ctx {
+                    root: &inv.root,
+                    family,
+                    kernel: &facts.kernel,
+                    boot_id: &facts.boot_id,
+                    choice,
+                    settings: &settings,
+                    data_dir: &data,
+                    keep_going: &wanted,
+                    progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
+                    loaded_modules: &facts.modules,
+                }),
+                _ => None,
+            };
+            let needs_ctx = || Failure::internal("install stage", "no install plan for this host");
             match stage {
                 Stage::Preflight => preflight(&plan),
+                Stage::WaitForLocks => {
+                    install::wait_for_locks(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Prerequisites => {
+                    install::prerequisites(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Fetch => {
+                    install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?),
+                Stage::PostInstall => {
+                    install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Activate => {
+                    let ctx = install_ctx.as_ref().ok_or_else(needs_ctx)?;
+                    let may_reboot = settings.public.reboot == RebootPolicy::IfRequired;
+                    match install::activate(ctx, cp, may_reboot)? {
+                        install::Activation::Active => Ok(()),
+                        install::Activation::Rebooting => {
+                            // Record the reboot before asking for it: after it, enable resumes here.
+                            store.save(cp)?;
+                            progress("activate: rebooting the VM to load the new drivers; enable resumes after the reboot");
+                            logging::summary(
+                                &inv.root,
+                                &format!("Enable seq={seq}: rebooting to activate drivers"),
+                            );
+                            install::request_reboot()?;
+                            Err(Failure::new(
+                                Code::Rebooting,
+                                "rebooting to activate the drivers",
+                            ))
+                        }
+                    }
+                }
                 Stage::Verify => {
                     let r = verify(&inv.root, verify_timeout(), Duration::from_secs(5), wanted);
                     last_report = Some(match &r {
@@ -430,6 +481,13 @@ pub fn worker(inv: &Invocation) -> i32 {
     let mut subs = stage_substatus(&cp, &plan.stages);
     subs.push(health_substatus(&report));
     match end {
+        Ok(RunEnd::Failed(Failure {
+            code: Code::Rebooting,
+            ..
+        })) => {
+            tracing::info!(seq, "worker ends: the VM reboots");
+            0
+        }
         Ok(RunEnd::Stopped)
         | Ok(RunEnd::Failed(Failure {
             code: Code::Superseded,

@@ -66,9 +66,18 @@ codes! {
     InstallUnavailable = 210, exit 14;
     StackUnavailable = 211, exit 12;
     VersionNotInCatalog = 212, exit 1;
+    LockTimeout = 213, exit 14;
+    HeadersUnavailable = 214, exit 14;
+    PackageInstallFailed = 215, exit 14;
+    InstallerFailed = 216, exit 14;
+    DkmsFailed = 217, exit 14;
+    RebootRequired = 218, exit 14;
+    RebootLoop = 219, exit 14;
+    Rebooting = 204, exit 0;
     DownloadFailed = 230, exit 14;
     ChecksumMismatch = 231, exit 14;
     PortsNotActive = 220, exit 14;
+    SecureBootBlocks = 223, exit 14;
     ModulesMissing = 221, exit 14;
     NoIbPorts = 222, exit 14;
 }

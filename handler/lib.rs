@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod fsutil;
 pub mod health;
 pub mod host;
+pub mod install;
 pub mod lifecycle;
 pub mod lock;
 pub mod logging;

@@ -77,7 +77,7 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
     }
     match plan.action {
         plan::Action::Refuse { failure } => failure.code.exit_code(),
-        plan::Action::VerifyOnly { .. } => 0,
+        plan::Action::VerifyOnly { .. } | plan::Action::Install { .. } => 0,
     }
 }
 

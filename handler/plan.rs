@@ -6,7 +6,7 @@ use crate::error::{Code, Failure};
 use crate::host::os_release::OsRelease;
 use crate::host::pci::NicGeneration;
 use crate::host::stack::StackKind;
-use crate::host::HostFacts;
+use crate::host::{HostFacts, SecureBoot};
 use crate::runner::Stage;
 use crate::settings::{PublicSettings, Secret, Stack};
 use serde::Serialize;
@@ -16,6 +16,8 @@ use serde::Serialize;
 pub enum Action {
     /// Drivers are present: verify them and report.
     VerifyOnly { stack: StackKind },
+    /// Install (see `Plan::install`), activate, then verify.
+    Install { reason: String },
     /// Refuse with this failure.
     Refuse { failure: Failure },
 }
@@ -196,21 +198,57 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
             arch: std::env::consts::ARCH,
             nic,
         };
-        let choice = match catalog::select(catalog::builtin(), &target, settings, package_url) {
+        let mut choice = match catalog::select(catalog::builtin(), &target, settings, package_url) {
             Ok(c) => c,
             Err(f) => return refuse(f),
         };
-        let mut plan = refuse(Failure::new(
-            Code::InstallUnavailable,
-            format!(
-                "{reason}; it would install {}, but this handler version cannot install drivers \
-                 yet; deploy an image with drivers preinstalled (for example the Azure HPC images) \
-                 or install them first",
-                describe(&choice)
-            ),
-        ));
-        plan.install = Some(choice);
-        return plan;
+        // Vendor modules are built on the VM by DKMS and not signed (DOMAIN.md pain point 4):
+        // with Secure Boot on, prefer the distribution's signed modules, or refuse up front.
+        if facts.secure_boot == SecureBoot::Enabled && matches!(choice, Choice::Artifact { .. }) {
+            if settings.stack == Stack::Auto
+                && settings.package.is_none()
+                && settings.version.is_none()
+                && !nic.is_mlx4()
+            {
+                choice = Choice::Inbox {
+                    reason: "Secure Boot is on: the distribution's signed modules".into(),
+                };
+            } else {
+                return refuse(Failure::new(
+                    Code::SecureBootBlocks,
+                    format!(
+                        "Secure Boot is on and {} builds unsigned kernel modules that would not load; \
+                         use stack inbox, or turn Secure Boot off (Trusted Launch settings)",
+                        describe(&choice)
+                    ),
+                ));
+            }
+        }
+        let stages = match choice {
+            Choice::Inbox { .. } => vec![
+                Stage::Preflight,
+                Stage::WaitForLocks,
+                Stage::Install,
+                Stage::Activate,
+                Stage::Verify,
+            ],
+            Choice::Artifact { .. } => vec![
+                Stage::Preflight,
+                Stage::WaitForLocks,
+                Stage::Prerequisites,
+                Stage::Fetch,
+                Stage::Install,
+                Stage::PostInstall,
+                Stage::Activate,
+                Stage::Verify,
+            ],
+        };
+        return Plan {
+            summary: format!("{reason}: install {}", describe(&choice)),
+            action: Action::Install { reason },
+            stages,
+            install: Some(choice),
+        };
     }
     let stack = facts
         .stack

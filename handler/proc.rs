@@ -85,7 +85,28 @@ pub fn run(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Output, ProcError> {
+    spawn_wait(Command::new(program), program, args, stdin, timeout)
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_env(
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<Output, ProcError> {
     let mut cmd = Command::new(program);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    spawn_wait(cmd, program, args, None, timeout)
+}
+
+fn spawn_wait(
+    mut cmd: Command,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, ProcError> {
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

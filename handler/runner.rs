@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
     Preflight,
+    WaitForLocks,
+    Prerequisites,
+    Fetch,
+    Install,
+    PostInstall,
+    Activate,
     Verify,
 }
 
@@ -20,6 +26,12 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Stage::Preflight => "preflight",
+            Stage::WaitForLocks => "wait-for-locks",
+            Stage::Prerequisites => "prerequisites",
+            Stage::Fetch => "fetch",
+            Stage::Install => "install",
+            Stage::PostInstall => "post-install",
+            Stage::Activate => "activate",
             Stage::Verify => "verify",
         }
     }
@@ -47,6 +59,12 @@ pub struct Checkpoint {
     pub attempts: u32,
     pub outcome: Option<Outcome>,
     pub last_error: Option<Failure>,
+    /// Reboots requested for this sequence number (at most one: a second would be a loop).
+    #[serde(default)]
+    pub reboots: u32,
+    /// The boot in which activation asked for a reboot; a different boot id means it happened.
+    #[serde(default)]
+    pub reboot_from_boot: Option<String>,
     pub updated: String,
 }
 
@@ -61,6 +79,8 @@ impl Checkpoint {
             attempts: 0,
             outcome: None,
             last_error: None,
+            reboots: 0,
+            reboot_from_boot: None,
             updated: String::new(),
         }
     }
@@ -180,7 +200,7 @@ pub fn run(
     store: &Store,
     cp: &mut Checkpoint,
     plan: &[Stage],
-    mut exec: impl FnMut(Stage, &Checkpoint) -> Result<(), Failure>,
+    mut exec: impl FnMut(Stage, &mut Checkpoint) -> Result<(), Failure>,
     stop: impl Fn() -> bool,
 ) -> Result<RunEnd, Failure> {
     while let Some(stage) = cp.next(plan) {
@@ -190,7 +210,7 @@ pub fn run(
         cp.begin(stage);
         store.save(cp)?;
         tracing::info!(stage = stage.name(), attempt = cp.attempts, "stage started");
-        match exec(stage, cp) {
+        match exec(stage, &mut *cp) {
             Ok(()) => {
                 cp.complete(stage);
                 store.save(cp)?;
@@ -277,8 +297,8 @@ mod tests {
             &mut cp,
             &PLAN,
             |s, _| match s {
-                Stage::Preflight => Ok(()),
                 Stage::Verify => Err(f.clone()),
+                _ => Ok(()),
             },
             || false,
         )

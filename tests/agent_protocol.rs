@@ -200,35 +200,37 @@ fn network_direct_vm_is_code_13() {
 }
 
 /// Install-needed is judged by the worker, which probes the installed stack (enable's
-/// synchronous part has no time for `ofed_info` or `rpm`).
-fn needs_install(host: &str, public: serde_json::Value) -> serde_json::Value {
+/// synchronous part has no time for `ofed_info` or `rpm`). Here the package manager fails.
+fn install_fails(host: &str, public: serde_json::Value) -> (World, serde_json::Value) {
     let w = World::new(host, HB);
     w.settings(5, public);
     assert_eq!(code(&w.run("enable", 5)), 0);
     let v = w.wait_terminal(5, Duration::from_secs(20));
     assert_eq!(status_value(&v), "error");
-    assert_eq!(status_code(&v), 210, "{}", message(&v));
+    assert_eq!(status_code(&v), 215, "{}", message(&v));
     assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
     assert_eq!(w.mrseq().as_deref(), Some("5"));
-    v
+    (w, v)
 }
 
 #[test]
-fn host_without_drivers_says_install_is_not_available() {
-    let v = needs_install("hbv3-noverbs", json!({}));
-    assert!(message(&v).contains("cannot install drivers yet"));
-    assert_eq!(v[0]["status"]["substatus"][0]["name"], "preflight");
-    assert_eq!(v[0]["status"]["substatus"][0]["status"], "error");
-}
-
-#[test]
-fn pinned_other_stack_needs_an_install() {
-    let v = needs_install("hbv3", json!({"stack": "doca"}));
+fn a_failing_package_manager_ends_in_a_clear_error() {
+    let (w, v) = install_fails("hbv3-noverbs", json!({}));
     assert!(
-        message(&v).contains("inbox is installed"),
+        message(&v).contains("refresh package lists failed (exit code 1)"),
         "{}",
         message(&v)
     );
+    let subs = v[0]["status"]["substatus"].as_array().unwrap();
+    let prereq = subs.iter().find(|s| s["name"] == "prerequisites").unwrap();
+    assert_eq!(prereq["status"], "error");
+    assert!(w.calls().contains("apt-get update"));
+}
+
+#[test]
+fn settings_for_another_stack_lead_to_an_install() {
+    let (w, _) = install_fails("hbv3", json!({"stack": "doca"}));
+    assert!(w.calls().contains("apt-get update"));
 }
 
 #[test]

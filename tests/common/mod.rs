@@ -143,6 +143,28 @@ impl World {
         copy_tree(&fixtures().join("hosts").join(host), &root);
         let stubs = tmp.path().join("stubs");
         let calls = tmp.path().join("calls.log");
+        // Package managers and installers fail unless a test scripts them: nothing may ever
+        // reach this machine's real package database.
+        for prog in [
+            "apt-get",
+            "apt-cache",
+            "apt-mark",
+            "dpkg",
+            "dnf",
+            "yum",
+            "zypper",
+            "tdnf",
+            "rpm",
+            "dkms",
+        ] {
+            write_exec(
+                &stubs.join(prog),
+                &format!(
+                    "#!/bin/sh\necho \"{prog} $*\" >> '{}'\nexit 1\n",
+                    calls.display()
+                ),
+            );
+        }
         for prog in ["systemctl", "modprobe", "reboot"] {
             write_exec(
                 &stubs.join(prog),

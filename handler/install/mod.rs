@@ -1,0 +1,445 @@
+//! The install stages with effects: wait for locks, prerequisites (exact kernel headers and
+//! build tools), fetch, install, post-install (DKMS check), activate (reboot or module load).
+//! Every stage is idempotent: each checks the host before it acts, so a worker killed anywhere
+//! and started again converges, and an installer that finished is not run again.
+
+pub mod locks;
+pub mod recipe;
+
+use crate::catalog::Choice;
+use crate::error::{Code, Failure};
+use crate::fetch;
+use crate::host::stack::{self, StackKind};
+use crate::host::Root;
+use crate::proc;
+use crate::runner::Checkpoint;
+use crate::settings::Settings;
+use recipe::{Cmd, Family};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything the install stages need.
+pub struct Ctx<'a> {
+    pub root: &'a Root,
+    pub family: Family,
+    pub kernel: &'a str,
+    pub boot_id: &'a str,
+    pub choice: &'a Choice,
+    pub settings: &'a Settings,
+    pub data_dir: &'a Path,
+    pub keep_going: &'a dyn Fn() -> bool,
+    /// Progress for the status file: a short line per step, percent during the download.
+    pub progress: &'a dyn Fn(&str),
+    /// Modules loaded when the worker started (old drivers still in memory).
+    pub loaded_modules: &'a std::collections::BTreeSet<String>,
+}
+
+/// Run one recipe command, its output to our log, its stderr tail into the failure.
+pub fn run(cmd: &Cmd, code_on_failure: Code) -> Result<proc::Output, Failure> {
+    let shown = cmd.argv.join(" ");
+    tracing::info!(purpose = %cmd.purpose, "running {shown}");
+    let args: Vec<&str> = cmd.argv[1..].iter().map(String::as_str).collect();
+    let out = proc::run_env(&cmd.argv[0], &args, &cmd.env, cmd.timeout)
+        .map_err(|e| Failure::new(code_on_failure, format!("{}: {e}", cmd.purpose)))?;
+    for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(stream);
+        for line in text
+            .lines()
+            .rev()
+            .take(200)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            tracing::info!(stream = name, "{line}");
+        }
+    }
+    if out.success() {
+        return Ok(out);
+    }
+    Err(Failure::new(
+        code_on_failure,
+        format!(
+            "{} failed ({}): {}",
+            cmd.purpose,
+            out.describe_exit(),
+            tail(&out)
+        ),
+    ))
+}
+
+fn tail(out: &proc::Output) -> String {
+    let err = out.stderr_tail(300);
+    if err.is_empty() {
+        proc::tail_line(&String::from_utf8_lossy(&out.stdout), 300)
+    } else {
+        err
+    }
+}
+
+pub fn wait_for_locks(ctx: &Ctx) -> Result<(), Failure> {
+    let timeout = Duration::from_secs(ctx.settings.public.lock_timeout_seconds);
+    locks::wait(
+        ctx.root,
+        ctx.family,
+        timeout,
+        Duration::from_secs(2),
+        ctx.keep_going,
+    )
+}
+
+fn vendor_stack(choice: &Choice) -> Option<StackKind> {
+    match choice {
+        Choice::Artifact { stack, .. } => Some(*stack),
+        Choice::Inbox { .. } => None,
+    }
+}
+
+/// Kernel headers for exactly the running kernel, and the build tools: never another tree.
+pub fn prerequisites(ctx: &Ctx) -> Result<(), Failure> {
+    let Some(stack) = vendor_stack(ctx.choice) else {
+        return Ok(());
+    };
+    let lock_wait = ctx.settings.public.lock_timeout_seconds;
+    if let Some(cmd) = recipe::refresh(ctx.family) {
+        run(&cmd, Code::PackageInstallFailed)?;
+    }
+    let headers = recipe::header_packages(ctx.family, ctx.kernel);
+    let mut wanted = headers.clone();
+    wanted.extend(recipe::build_packages(ctx.family, stack));
+    (ctx.progress)("installing kernel headers and build tools");
+    if let Err(f) = run(
+        &recipe::install_packages(ctx.family, &wanted, lock_wait),
+        Code::PackageInstallFailed,
+    ) {
+        for h in &headers {
+            let query = recipe::available_query(ctx.family, h);
+            let args: Vec<&str> = query.argv[1..].iter().map(String::as_str).collect();
+            let found = proc::run_env(&query.argv[0], &args, &query.env, query.timeout);
+            if !found.is_ok_and(|o| o.success()) {
+                return Err(headers_unavailable(ctx.kernel, h));
+            }
+        }
+        return Err(f);
+    }
+    let tree = ctx
+        .root
+        .path(&recipe::kernel_sources(ctx.family, ctx.kernel));
+    let build = ctx.root.path(&format!("lib/modules/{}/build", ctx.kernel));
+    if !tree.exists() && !build.exists() {
+        return Err(headers_unavailable(ctx.kernel, &headers.join(" ")));
+    }
+    Ok(())
+}
+
+fn headers_unavailable(kernel: &str, package: &str) -> Failure {
+    Failure::new(
+        Code::HeadersUnavailable,
+        format!(
+            "kernel headers for the running kernel {kernel} ({package}) cannot be installed; \
+             update the kernel and reboot, or use an image whose kernel still has headers in the repositories"
+        ),
+    )
+}
+
+/// Where a verified artifact lives: by checksum, so a changed choice never reuses a stale one.
+pub fn artifact_dir(data_dir: &Path, sha256: &str) -> PathBuf {
+    data_dir.join("artifacts").join(sha256.to_ascii_lowercase())
+}
+
+/// The path the install stage uses: the package file, or the unpacked bundle's top directory.
+pub fn artifact_path(data_dir: &Path, choice: &Choice) -> Option<PathBuf> {
+    let Choice::Artifact {
+        url, sha256, kind, ..
+    } = choice
+    else {
+        return None;
+    };
+    let dir = artifact_dir(data_dir, sha256);
+    if kind == "tgz" {
+        // The bundle's one top-level directory (MLNX_OFED_LINUX-<ver>-<os>-<arch>).
+        let top = crate::fsutil::dir_names(&dir)
+            .into_iter()
+            .find(|n| dir.join(n).join("mlnxofedinstall").exists());
+        return Some(top.map(|t| dir.join(t)).unwrap_or(dir));
+    }
+    let name = url
+        .expose()
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .rsplit('/')
+        .next()
+        .unwrap_or("artifact")
+        .to_string();
+    Some(dir.join(name))
+}
+
+pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
+    let Choice::Artifact {
+        url, sha256, kind, ..
+    } = ctx.choice
+    else {
+        return Ok(());
+    };
+    let dest = artifact_dir(ctx.data_dir, sha256);
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
+    let proxy = fetch::proxy::choose(
+        url.expose(),
+        ctx.settings.protected.proxy.as_ref().map(|p| p.expose()),
+        &env,
+        waagent_conf.as_deref(),
+    );
+    let last = std::cell::Cell::new(u64::MAX);
+    let progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total.filter(|t| *t > 0) {
+            let pct = done * 100 / t;
+            if pct / 5 != last.get() / 5 {
+                last.set(pct);
+                (ctx.progress)(&format!("downloading: {pct}% of {} MB", t / 1_000_000));
+            }
+        }
+    };
+    let opts = fetch::Options {
+        proxy,
+        retry: fetch::RetryPolicy::default(),
+        max_extract: fetch::DEFAULT_MAX_EXTRACT,
+        sleep: &std::thread::sleep,
+        progress: &progress,
+    };
+    let req = fetch::Request {
+        url: url.expose().to_string(),
+        sha256: sha256.clone(),
+        size: None,
+        extract: kind == "tgz",
+    };
+    let out =
+        fetch::fetch(&req, &ctx.data_dir.join("staging"), &dest, &opts).map_err(|e| e.failure())?;
+    tracing::info!(bytes = out.size, files = out.files, "artifact verified");
+    Ok(())
+}
+
+/// Is the chosen stack already what the host has? Then the installer does not run again.
+fn already_installed(ctx: &Ctx) -> bool {
+    let Some(have) = stack::detect(ctx.root) else {
+        return false;
+    };
+    match ctx.choice {
+        Choice::Inbox { .. } => have.kind == StackKind::Inbox && have.verbs_library,
+        Choice::Artifact {
+            stack,
+            version,
+            custom,
+            ..
+        } => {
+            have.kind == *stack
+                && (*custom
+                    || have
+                        .version
+                        .as_deref()
+                        .is_some_and(|v| same_release(*stack, v, version)))
+        }
+    }
+}
+
+/// `ofed_info` reports the OFED release (DOCA 3.2.1 ships OFED 25.10-...), so for DOCA any
+/// installed DOCA-OFED counts; MLNX_OFED versions compare directly.
+fn same_release(stack: StackKind, installed: &str, wanted: &str) -> bool {
+    match stack {
+        StackKind::MlnxOfed => installed == wanted || installed.starts_with(wanted),
+        _ => true,
+    }
+}
+
+pub fn install(ctx: &Ctx) -> Result<(), Failure> {
+    if already_installed(ctx) {
+        tracing::info!("the chosen stack is already installed; the installer is not run again");
+        return Ok(());
+    }
+    let artifact = artifact_path(ctx.data_dir, ctx.choice);
+    let cmds = recipe::install_cmds(
+        ctx.family,
+        ctx.choice,
+        artifact.as_deref(),
+        ctx.kernel,
+        ctx.settings.public.lock_timeout_seconds,
+    );
+    for cmd in &cmds {
+        (ctx.progress)(&cmd.purpose);
+        let is_ofed = cmd.argv[0].ends_with("/mlnxofedinstall");
+        match run(cmd, Code::PackageInstallFailed) {
+            Ok(_) => {}
+            Err(f) if is_ofed => {
+                let code = f
+                    .message
+                    .split("exit code ")
+                    .nth(1)
+                    .and_then(|s| s.split(')').next())
+                    .and_then(|s| s.parse::<i32>().ok());
+                return Err(Failure::new(
+                    Code::InstallerFailed,
+                    format!(
+                        "mlnxofedinstall exited {}: {}; {}",
+                        code.map(|c| c.to_string())
+                            .unwrap_or_else(|| "abnormally".into()),
+                        code.map(recipe::mlnxofedinstall_exit)
+                            .unwrap_or("the installer failed"),
+                        f.message
+                    ),
+                ));
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(())
+}
+
+/// `dkms status -k <kernel>` lines: `name/version, kernel, arch: installed`.
+pub fn dkms_installed(status: &str, module: &str, kernel: &str) -> bool {
+    status.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with(&format!("{module}/")) || l.starts_with(&format!("{module},"))
+    } && l.contains(kernel) && l.trim_end().ends_with("installed"))
+}
+
+pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
+    if vendor_stack(ctx.choice) != Some(StackKind::Doca) {
+        return Ok(());
+    }
+    let out = proc::run(
+        "dkms",
+        &["status", "-k", ctx.kernel],
+        None,
+        Duration::from_secs(120),
+    )
+    .map_err(|e| Failure::new(Code::DkmsFailed, format!("cannot run dkms: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for m in recipe::dkms_modules(ctx.family) {
+        if !dkms_installed(&text, m, ctx.kernel) {
+            let log = find_make_log(ctx.root, m)
+                .map(|p| {
+                    crate::fsutil::read_trimmed(&p)
+                        .map(|t| proc::tail_line(&t, 400))
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            return Err(Failure::new(
+                Code::DkmsFailed,
+                format!(
+                    "DKMS did not build {m} for kernel {}; make.log ends: {log}",
+                    ctx.kernel
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn find_make_log(root: &Root, module: &str) -> Option<PathBuf> {
+    let base = root.path(&format!("var/lib/dkms/{module}"));
+    crate::fsutil::dir_names(&base)
+        .into_iter()
+        .map(|v| base.join(v).join("build/make.log"))
+        .find(|p| p.exists())
+}
+
+/// What activation decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Activation {
+    Active,
+    /// The worker must leave now: the VM is rebooting.
+    Rebooting,
+}
+
+/// Activate the new drivers: load modules for the inbox stack; reboot for a vendor stack whose
+/// predecessor is still loaded (a live `openibd restart` detaches the VFs and loses IPoIB
+/// netdevs, DOMAIN.md 2.8). At most one reboot per sequence number.
+pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Activation, Failure> {
+    if let Some(from) = &cp.reboot_from_boot {
+        if from != ctx.boot_id {
+            tracing::info!("running after the activation reboot");
+            return Ok(Activation::Active);
+        }
+    }
+    let vendor = vendor_stack(ctx.choice).is_some();
+    let old_loaded = ["mlx5_core", "mlx4_core", "ib_core"]
+        .iter()
+        .any(|m| ctx.loaded_modules.contains(*m));
+    let flagged = ctx.root.path("run/reboot-required").exists()
+        || ctx.root.path("var/run/reboot-required").exists();
+    if !(vendor && old_loaded) && !flagged {
+        if !vendor {
+            let nic_modules = ["mlx5_ib", "mlx4_ib", "ib_uverbs", "ib_umad", "ib_ipoib"];
+            match proc::run(
+                "modprobe",
+                &["-a", "-b", "-q"]
+                    .iter()
+                    .copied()
+                    .chain(nic_modules)
+                    .collect::<Vec<_>>(),
+                None,
+                Duration::from_secs(120),
+            ) {
+                Ok(o) if o.success() => {}
+                Ok(o) => tracing::warn!("modprobe: {}", o.stderr_tail(300)),
+                Err(e) => tracing::warn!("modprobe: {e}"),
+            }
+        }
+        return Ok(Activation::Active);
+    }
+    if cp.reboots >= 1 {
+        return Err(Failure::new(
+            Code::RebootLoop,
+            "the drivers still need a reboot after the one this sequence number already made; \
+             refusing to reboot again (a loop); see the log and run diagnose",
+        ));
+    }
+    cp.reboot_from_boot = Some(ctx.boot_id.to_string());
+    if !may_reboot {
+        return Err(Failure::new(
+            Code::RebootRequired,
+            "drivers are installed; reboot the VM to activate them (settings say reboot: never); \
+             enable finishes by itself after the reboot",
+        ));
+    }
+    cp.reboots += 1;
+    Ok(Activation::Rebooting)
+}
+
+/// Ask for the reboot (after the checkpoint recording it is saved).
+pub fn request_reboot() -> Result<(), Failure> {
+    let out = proc::run("systemctl", &["reboot"], None, Duration::from_secs(60))
+        .or_else(|_| proc::run("reboot", &[], None, Duration::from_secs(60)))
+        .map_err(|e| {
+            Failure::new(
+                Code::RebootRequired,
+                format!("cannot request a reboot: {e}; reboot the VM"),
+            )
+        })?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Code::RebootRequired,
+            format!(
+                "reboot request failed: {}; reboot the VM",
+                out.stderr_tail(200)
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dkms_status_lines() {
+        let s = "mlnx-ofed-kernel/25.10.OFED.25.10.1.2.8.1, 5.15.0-1073-azure, x86_64: installed\n\
+                 iser/25.10, 5.15.0-1073-azure, x86_64: built\n";
+        assert!(dkms_installed(s, "mlnx-ofed-kernel", "5.15.0-1073-azure"));
+        assert!(!dkms_installed(s, "iser", "5.15.0-1073-azure"));
+        assert!(!dkms_installed(s, "mlnx-ofed-kernel", "6.8.0"));
+    }
+}
