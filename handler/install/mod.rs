@@ -368,7 +368,8 @@ pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Acti
         .any(|m| ctx.loaded_modules.contains(*m));
     let flagged = ctx.root.path("run/reboot-required").exists()
         || ctx.root.path("var/run/reboot-required").exists();
-    if !(vendor && old_loaded) && !flagged {
+    let needs_reboot = flagged || (vendor && old_loaded);
+    if !needs_reboot {
         if !vendor {
             let nic_modules = ["mlx5_ib", "mlx4_ib", "ib_uverbs", "ib_umad", "ib_ipoib"];
             match proc::run(
