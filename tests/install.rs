@@ -1,0 +1,389 @@
+//! The install engine on fake hosts: stub package managers and installers that record their
+//! calls and change the fake root the way the real ones would change a VM, a loopback artifact
+//! server, and simulated reboots (a new boot id, the new drivers loaded).
+
+#[path = "common/artifact_server.rs"]
+mod artifact_server;
+mod common;
+
+use artifact_server::Server;
+use common::*;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::time::Duration;
+
+const HB: &str = "Standard_HB120rs_v3";
+
+fn sha(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Shell that makes the fake root look like drivers got loaded (what a reboot or modprobe does
+/// on a VM): the hbv3 fixture's InfiniBand device and netdev, its module list, a new boot id
+/// when `reboot` is set.
+fn load_drivers_sh(reboot: bool) -> String {
+    let fix = fixtures().join("hosts/hbv3");
+    let dev = "sys/bus/pci/devices/0101:00:00.0";
+    let mut s = format!(
+        "R=\"$IBDRIVER_ROOT\"\ncp -r '{fix}/{dev}/infiniband' \"$R/{dev}/\"\nmkdir -p \"$R/{dev}/net\"\ncp -r '{fix}/{dev}/net/ib0' \"$R/{dev}/net/\"\ncp '{fix}/proc/modules' \"$R/proc/modules\"\n",
+        fix = fix.display()
+    );
+    if reboot {
+        s.push_str("cat /proc/sys/kernel/random/uuid > \"$R/proc/sys/kernel/random/boot_id\"\n");
+    }
+    s
+}
+
+/// Stubs for an apt host: headers, DOCA and inbox installs change the fake root.
+fn apt_stubs(w: &World, kernel: &str) {
+    let calls = w.tmp.path().join("calls.log");
+    let c = calls.display();
+    write_exec(
+        &w.stubs.join("apt-get"),
+        &format!(
+            "#!/bin/sh\necho \"apt-get $*\" >> '{c}'\nR=\"$IBDRIVER_ROOT\"\n\
+             case \"$*\" in *linux-headers-{kernel}*) mkdir -p \"$R/usr/src/linux-headers-{kernel}\";; esac\n\
+             case \"$*\" in *' doca-ofed'*|*' rdma-core'*) mkdir -p \"$R/usr/lib/x86_64-linux-gnu\"; : > \"$R/usr/lib/x86_64-linux-gnu/libibverbs.so.1\";; esac\n\
+             case \"$*\" in *' doca-ofed'*) mkdir -p \"$R/usr/bin\" \"$R/opt/mellanox/doca\"; : > \"$R/usr/bin/ofed_info\";; esac\n\
+             exit 0\n"
+        ),
+    );
+    write_exec(
+        &w.stubs.join("dpkg"),
+        &format!("#!/bin/sh\necho \"dpkg $*\" >> '{c}'\nexit 0\n"),
+    );
+    write_exec(
+        &w.stubs.join("apt-cache"),
+        &format!("#!/bin/sh\necho \"apt-cache $*\" >> '{c}'\nexit 0\n"),
+    );
+    write_exec(
+        &w.stubs.join("dkms"),
+        &format!("#!/bin/sh\necho \"dkms $*\" >> '{c}'\necho 'mlnx-ofed-kernel/25.10.OFED.25.10.1.2.8.1, {kernel}, x86_64: installed'\n"),
+    );
+    write_exec(
+        &w.stubs.join("ofed_info"),
+        "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
+    );
+    write_exec(
+        &w.stubs.join("systemctl"),
+        &format!("#!/bin/sh\necho \"systemctl $*\" >> '{c}'\nif [ \"$1\" = reboot ]; then\n{}fi\nexit 0\n", load_drivers_sh(true)),
+    );
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{c}'\n{}exit 0\n",
+            load_drivers_sh(false)
+        ),
+    );
+}
+
+fn call_lines(w: &World) -> Vec<String> {
+    w.calls()
+        .lines()
+        .filter(|l| !l.starts_with("ip "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn position(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no call with {needle:?} in {lines:#?}"))
+}
+
+/// A DOCA host package as the catalog would name it, served from loopback.
+fn doca_package(w: &World) -> (Server, serde_json::Value) {
+    let deb = b"!<arch>\ndebian-binary   doca-host test package".repeat(100);
+    let server = Server::start(deb.clone());
+    let public = json!({
+        "stack": "doca",
+        "package": {"url": format!("{}/doca-host_3.2.1-044000-25.10-ubuntu2204_amd64.deb", server.base), "sha256": sha(&deb)},
+        "lockTimeoutSeconds": 5,
+    });
+    let _ = w;
+    (server, public)
+}
+
+#[test]
+fn doca_on_ubuntu_2204_installs_reboots_once_and_resumes() {
+    let w = World::new("hbv3-noverbs", HB);
+    let kernel = "5.15.0-1073-azure";
+    apt_stubs(&w, kernel);
+    let (_server, public) = doca_package(&w);
+    w.settings(1, public);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    // The worker installs, records the reboot and asks for it; then it is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !w.calls().contains("systemctl reboot") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reboot requested: {:?} {:?}",
+            w.calls(),
+            w.status(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.wait_worker_gone(Duration::from_secs(10));
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "transitioning", "{v}");
+    assert!(message(&v).contains("rebooting"), "{}", message(&v));
+
+    let lines = call_lines(&w);
+    let headers = position(&lines, &format!("linux-headers-{kernel}"));
+    let dpkg = position(&lines, "dpkg -i");
+    let doca = position(&lines, " doca-ofed");
+    let dkms = position(&lines, &format!("dkms status -k {kernel}"));
+    let reboot = position(&lines, "systemctl reboot");
+    assert!(position(&lines, "apt-get update") < headers);
+    assert!(
+        headers < dpkg && dpkg < doca && doca < dkms && dkms < reboot,
+        "{lines:#?}"
+    );
+    assert!(
+        lines[dpkg].contains("/var/lib/infiniband-driver-linux/artifacts/"),
+        "{}",
+        lines[dpkg]
+    );
+    assert!(lines[headers].contains("build-essential") && lines[headers].contains("dkms"));
+
+    // The agent runs enable again after the reboot, with the same sequence number.
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "success", "{v}");
+    assert_eq!(w.mrseq().as_deref(), Some("1"));
+    let after = call_lines(&w);
+    assert_eq!(
+        after.iter().filter(|l| l.contains(" doca-ofed")).count(),
+        1,
+        "the installer ran again"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|l| l.contains("systemctl reboot"))
+            .count(),
+        1
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["reboots"], 1);
+    let health = &v[0]["status"]["substatus"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["formattedMessage"]["message"];
+    assert!(
+        health.as_str().unwrap().contains("\"kind\":\"doca\""),
+        "{health}"
+    );
+}
+
+#[test]
+fn reboot_never_ends_in_a_clear_status_and_finishes_after_the_users_reboot() {
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    let (_server, mut public) = doca_package(&w);
+    public["reboot"] = json!("never");
+    w.settings(2, public);
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    let v = w.wait_terminal(2, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 218, "{}", message(&v));
+    assert!(message(&v).contains("reboot the VM"));
+    assert!(!w.calls().contains("systemctl reboot"));
+    // The user reboots: new boot id, drivers loaded.
+    let sh = format!(
+        "IBDRIVER_ROOT='{}'\n{}",
+        w.root.display(),
+        load_drivers_sh(true)
+    );
+    assert!(std::process::Command::new("sh")
+        .args(["-c", &sh])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    let v = w.wait_terminal(2, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "success", "{v}");
+    assert_eq!(
+        call_lines(&w)
+            .iter()
+            .filter(|l| l.contains(" doca-ofed"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    // A reboot request that does not take: the boot id stays, the old modules stay loaded.
+    let c = w.tmp.path().join("calls.log");
+    write_exec(
+        &w.stubs.join("systemctl"),
+        &format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> '{}'\nexit 0\n",
+            c.display()
+        ),
+    );
+    let (_server, public) = doca_package(&w);
+    w.settings(3, public);
+    assert_eq!(code(&w.run("enable", 3)), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !w.calls().contains("systemctl reboot") {
+        assert!(std::time::Instant::now() < deadline, "no reboot requested");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.wait_worker_gone(Duration::from_secs(10));
+    // enable again (agent restart) in the same boot: activation would need a second reboot.
+    assert_eq!(code(&w.run("enable", 3)), 0);
+    let v = w.wait_terminal(3, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 219, "{}", message(&v));
+    assert_eq!(
+        call_lines(&w)
+            .iter()
+            .filter(|l| l.contains("systemctl reboot"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        call_lines(&w)
+            .iter()
+            .filter(|l| l.contains(" doca-ofed"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn inbox_on_debian_12_installs_packages_and_loads_modules_without_reboot() {
+    let w = World::new("hbv3-noverbs", HB);
+    w.set_file(
+        "etc/os-release",
+        &fs::read_to_string(fixtures().join("os-release/debian-12")).unwrap(),
+    );
+    w.set_file("proc/sys/kernel/osrelease", "6.1.0-28-cloud-amd64\n");
+    // The inbox path loads modules; the mlx5_core already loaded must not force a reboot.
+    apt_stubs(&w, "6.1.0-28-cloud-amd64");
+    w.settings(1, json!({}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "success", "{v}");
+    let lines = call_lines(&w);
+    let install = position(&lines, "apt-get install");
+    assert!(lines[install].contains("rdma-core") && lines[install].contains("infiniband-diags"));
+    assert!(
+        !lines.iter().any(|l| l.contains("linux-headers")),
+        "inbox needs no headers"
+    );
+    assert!(position(&lines, "modprobe") > install);
+    assert!(!w.calls().contains("systemctl reboot"));
+}
+
+#[test]
+fn missing_exact_headers_stop_before_anything_is_built() {
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    let c = w.tmp.path().join("calls.log");
+    write_exec(
+        &w.stubs.join("apt-get"),
+        &format!("#!/bin/sh\necho \"apt-get $*\" >> '{}'\ncase \"$*\" in *linux-headers-*) echo 'E: Unable to locate package linux-headers-5.15.0-1073-azure' >&2; exit 100;; esac\nexit 0\n", c.display()),
+    );
+    write_exec(
+        &w.stubs.join("apt-cache"),
+        &format!(
+            "#!/bin/sh\necho \"apt-cache $*\" >> '{}'\nexit 100\n",
+            c.display()
+        ),
+    );
+    let (_server, public) = doca_package(&w);
+    w.settings(1, public);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 214, "{}", message(&v));
+    assert!(message(&v).contains("5.15.0-1073-azure"));
+    assert!(!w.calls().contains("dpkg -i") && !w.calls().contains(" doca-ofed"));
+}
+
+#[test]
+fn a_held_dpkg_lock_is_waited_for_then_times_out() {
+    use std::io::BufRead;
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    let lock = w.root.join("var/lib/dpkg/lock-frontend");
+    write(&lock, "");
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"])
+        .arg(&lock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (_server, mut public) = doca_package(&w);
+    public["lockTimeoutSeconds"] = json!(3);
+    w.settings(1, public.clone());
+    let start = std::time::Instant::now();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    assert_eq!(status_code(&v), 213, "{}", message(&v));
+    assert!(
+        message(&v).contains("lock-frontend is locked by process"),
+        "{}",
+        message(&v)
+    );
+    assert!(
+        !w.calls().contains("apt-get"),
+        "nothing may touch packages while the lock is held"
+    );
+
+    // Released within the wait: the install goes ahead.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    w.settings(2, public);
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !w.calls().contains("systemctl reboot") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "install did not proceed: {:?}",
+            w.status(2)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn secure_boot_prefers_signed_inbox_modules() {
+    let w = World::new("hbv3-noverbs", HB);
+    write(
+        &w.root
+            .join("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+        [6u8, 0, 0, 0, 1],
+    );
+    let out = w.command(&["plan", "--json"], 0).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["plan"]["install"]["source"], "inbox");
+    assert!(v["plan"]["install"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Secure Boot"));
+    // Asking for DOCA explicitly is refused before anything changes.
+    let s = w.tmp.path().join("s.json");
+    write(&s, r#"{"stack":"doca"}"#);
+    let out = w
+        .command(&["plan", "--json", "--settings", &s.to_string_lossy()], 0)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["plan"]["action"]["failure"]["code"], "SecureBootBlocks");
+}
