@@ -1,7 +1,7 @@
 //! A loopback artifact server with scripted faults: resets mid-body, error statuses, ignored
-#![allow(dead_code)]
 //! Range requests. It counts the body bytes it sends. Bounded: it stops when dropped or after
 //! five minutes.
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
