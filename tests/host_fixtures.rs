@@ -197,21 +197,81 @@ fn auto_choice_per_distro_and_nic() {
     use ibdriver::runner::Stage;
     // (os-release fixture, kernel, NIC, expected: "stack version" or "inbox" or refusal code)
     let cases = [
-        ("ubuntu-22.04", "5.15.0-1073-azure", ConnectX6, "doca 3.2.1 deb"),
-        ("ubuntu-24.04", "6.8.0-1021-azure", Mlx5Gen, "doca 3.2.3 deb"),
-        ("ubuntu-22.04", "5.15.0-1073-azure", ConnectX5, "doca 3.2.1 deb"),
-        ("almalinux-8.10", "4.18.0-553.el8_10.x86_64", ConnectX6, "doca 3.2.1 rpm"),
-        ("rocky-8.10", "4.18.0-553.el8_10.x86_64", Mlx5Gen, "doca 3.2.1 rpm"),
-        ("rhel-8.10", "4.18.0-553.el8_10.x86_64", ConnectX6, "doca 3.2.1 rpm"),
-        ("almalinux-9.5", "5.14.0-503.el9_5.x86_64", ConnectX6, "doca 3.2.2 rpm"),
-        ("rocky-9.5", "5.14.0-503.el9_5.x86_64", Mlx5Gen, "doca 3.2.2 rpm"),
+        (
+            "ubuntu-22.04",
+            "5.15.0-1073-azure",
+            ConnectX6,
+            "doca 3.2.1 deb",
+        ),
+        (
+            "ubuntu-24.04",
+            "6.8.0-1021-azure",
+            Mlx5Gen,
+            "doca 3.2.3 deb",
+        ),
+        (
+            "ubuntu-22.04",
+            "5.15.0-1073-azure",
+            ConnectX5,
+            "doca 3.2.1 deb",
+        ),
+        (
+            "almalinux-8.10",
+            "4.18.0-553.el8_10.x86_64",
+            ConnectX6,
+            "doca 3.2.1 rpm",
+        ),
+        (
+            "rocky-8.10",
+            "4.18.0-553.el8_10.x86_64",
+            Mlx5Gen,
+            "doca 3.2.1 rpm",
+        ),
+        (
+            "rhel-8.10",
+            "4.18.0-553.el8_10.x86_64",
+            ConnectX6,
+            "doca 3.2.1 rpm",
+        ),
+        (
+            "almalinux-9.5",
+            "5.14.0-503.el9_5.x86_64",
+            ConnectX6,
+            "doca 3.2.2 rpm",
+        ),
+        (
+            "rocky-9.5",
+            "5.14.0-503.el9_5.x86_64",
+            Mlx5Gen,
+            "doca 3.2.2 rpm",
+        ),
         ("azurelinux-3.0", "6.6.57.1-7.azl3", ConnectX6, "inbox"),
-        ("sles-15-sp5", "5.14.21-150500.55.65-azure", ConnectX6, "inbox"),
+        (
+            "sles-15-sp5",
+            "5.14.21-150500.55.65-azure",
+            ConnectX6,
+            "inbox",
+        ),
         ("sles-15-sp6", "6.4.0-150600.8.11-azure", Mlx5Gen, "inbox"),
         ("debian-12", "6.1.0-28-cloud-amd64", ConnectX6, "inbox"),
-        ("ubuntu-20.04", "5.4.0-1109-azure", ConnectX3Pro, "mlnx-ofed 4.9-6.0.6.0 tgz"),
-        ("ubuntu-22.04", "5.15.0-1073-azure", ConnectX3Pro, "refuse 211"),
-        ("rocky-9.5", "5.14.0-503.el9_5.x86_64", ConnectX3Pro, "refuse 211"),
+        (
+            "ubuntu-20.04",
+            "5.4.0-1109-azure",
+            ConnectX3Pro,
+            "mlnx-ofed 4.9-6.0.6.0 tgz",
+        ),
+        (
+            "ubuntu-22.04",
+            "5.15.0-1073-azure",
+            ConnectX3Pro,
+            "refuse 211",
+        ),
+        (
+            "rocky-9.5",
+            "5.14.0-503.el9_5.x86_64",
+            ConnectX3Pro,
+            "refuse 211",
+        ),
     ];
     for (osf, kernel, nic, want) in cases {
         let mut f = detect("hbv3-noverbs");
@@ -224,10 +284,27 @@ fn auto_choice_per_distro_and_nic() {
         let got = match (&p.action, &p.install) {
             (Action::Refuse { failure }, _) => format!("refuse {}", failure.code.number()),
             (Action::Install { .. }, Some(Choice::Inbox { .. })) => {
-                assert_eq!(p.stages, vec![Stage::Preflight, Stage::WaitForLocks, Stage::Install, Stage::Activate, Stage::Verify]);
+                assert_eq!(
+                    p.stages,
+                    vec![
+                        Stage::Preflight,
+                        Stage::WaitForLocks,
+                        Stage::Install,
+                        Stage::Activate,
+                        Stage::Verify
+                    ]
+                );
                 "inbox".to_string()
             }
-            (Action::Install { .. }, Some(Choice::Artifact { stack, version, kind, .. })) => {
+            (
+                Action::Install { .. },
+                Some(Choice::Artifact {
+                    stack,
+                    version,
+                    kind,
+                    ..
+                }),
+            ) => {
                 assert_eq!(p.stages.len(), 8, "{osf}");
                 format!("{} {version} {kind}", stack.as_str())
             }

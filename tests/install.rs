@@ -387,3 +387,249 @@ fn secure_boot_prefers_signed_inbox_modules() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["plan"]["action"]["failure"]["code"], "SecureBootBlocks");
 }
+
+/// Stubs for the rpm families: `pm` is dnf, zypper or tdnf.
+fn rpm_stubs(w: &World, pm: &str, kernel: &str) {
+    let c = w.tmp.path().join("calls.log");
+    let c = c.display();
+    write_exec(
+        &w.stubs.join(pm),
+        &format!(
+            "#!/bin/sh\necho \"{pm} $*\" >> '{c}'\nR=\"$IBDRIVER_ROOT\"\n\
+             case \"$*\" in *kernel-devel-{kernel}*|*-devel-*) mkdir -p \"$R/usr/src/kernels/{kernel}\" \"$R/lib/modules/{kernel}/build\";; esac\n\
+             case \"$*\" in *' doca-ofed'*|*' rdma-core'*) mkdir -p \"$R/usr/lib64\"; : > \"$R/usr/lib64/libibverbs.so.1\";; esac\n\
+             case \"$*\" in *' doca-ofed'*) mkdir -p \"$R/usr/bin\" \"$R/opt/mellanox/doca\"; : > \"$R/usr/bin/ofed_info\";; esac\n\
+             exit 0\n"
+        ),
+    );
+    write_exec(
+        &w.stubs.join("rpm"),
+        &format!("#!/bin/sh\necho \"rpm $*\" >> '{c}'\nexit 0\n"),
+    );
+    write_exec(
+        &w.stubs.join("dkms"),
+        &format!("#!/bin/sh\necho \"dkms $*\" >> '{c}'\necho 'mlnx-ofa_kernel/25.10, {kernel}, x86_64: installed'\n"),
+    );
+    write_exec(
+        &w.stubs.join("ofed_info"),
+        "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
+    );
+    write_exec(
+        &w.stubs.join("systemctl"),
+        &format!("#!/bin/sh\necho \"systemctl $*\" >> '{c}'\nif [ \"$1\" = reboot ]; then\n{}fi\nexit 0\n", load_drivers_sh(true)),
+    );
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{c}'\n{}exit 0\n",
+            load_drivers_sh(false)
+        ),
+    );
+}
+
+fn run_to_success(w: &World, seq: u64) -> serde_json::Value {
+    assert_eq!(code(&w.run("enable", seq)), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(v) = w.status(seq) {
+            let s = status_value(&v);
+            if s == "success" || s == "error" {
+                w.wait_worker_gone(Duration::from_secs(10));
+                return v;
+            }
+        }
+        if w.calls().contains("systemctl reboot")
+            && !worker_running(&w.handler_dir)
+            && w.status(seq)
+                .is_some_and(|v| message(&v).contains("rebooting"))
+        {
+            // The agent's enable after the reboot.
+            assert_eq!(code(&w.run("enable", seq)), 0);
+            return w.wait_terminal(seq, Duration::from_secs(30));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no outcome: {:?}",
+            w.status(seq)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn doca_on_almalinux_810_uses_rpm_and_dnf() {
+    let w = World::new("hbv3-noverbs", HB);
+    let kernel = "4.18.0-553.el8_10.x86_64";
+    w.set_file(
+        "etc/os-release",
+        &fs::read_to_string(fixtures().join("os-release/almalinux-8.10")).unwrap(),
+    );
+    w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+    rpm_stubs(&w, "dnf", kernel);
+    let rpm = b"\xed\xab\xee\xdb doca-host rpm".repeat(100);
+    let server = Server::start(rpm.clone());
+    w.settings(1, json!({"stack": "doca", "lockTimeoutSeconds": 5,
+        "package": {"url": format!("{}/doca-host-3.2.1-044000_25.10_rhel8.x86_64.rpm", server.base), "sha256": sha(&rpm)}}));
+    let v = run_to_success(&w, 1);
+    assert_eq!(status_value(&v), "success", "{v}");
+    let lines = call_lines(&w);
+    let headers = position(&lines, &format!("kernel-devel-{kernel}"));
+    let add = position(&lines, "rpm -Uvh --replacepkgs");
+    let doca = position(&lines, "dnf install -y -q doca-ofed");
+    let dkms = position(&lines, "dkms status");
+    assert!(headers < add && add < doca && doca < dkms, "{lines:#?}");
+    assert!(lines[headers].contains("elfutils-libelf-devel"));
+}
+
+#[test]
+fn inbox_on_sles_and_azure_linux() {
+    for (osf, pm, kernel, expect) in [
+        (
+            "sles-15-sp5",
+            "zypper",
+            "5.14.21-150500.55.65-azure",
+            "zypper --non-interactive install --no-recommends rdma-core",
+        ),
+        (
+            "azurelinux-3.0",
+            "tdnf",
+            "6.6.57.1-7.azl3",
+            "tdnf install -y -q rdma-core",
+        ),
+    ] {
+        let w = World::new("hbv3-noverbs", HB);
+        w.set_file(
+            "etc/os-release",
+            &fs::read_to_string(fixtures().join("os-release").join(osf)).unwrap(),
+        );
+        w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+        rpm_stubs(&w, pm, kernel);
+        w.settings(1, json!({}));
+        let v = run_to_success(&w, 1);
+        assert_eq!(status_value(&v), "success", "{osf}: {v}");
+        let lines = call_lines(&w);
+        assert!(
+            lines.iter().any(|l| l.starts_with(expect)),
+            "{osf}: {lines:#?}"
+        );
+        assert!(!w.calls().contains("systemctl reboot"), "{osf}");
+    }
+}
+
+/// A MLNX_OFED bundle whose installer records its arguments and installs into the fake root.
+fn ofed_bundle(exit_code: i32) -> Vec<u8> {
+    use std::io::Write;
+    let script = format!(
+        "#!/bin/sh\necho \"mlnxofedinstall $*\" >> \"$IBDRIVER_TEST_CALLS\"\n[ {exit_code} -eq 0 ] || exit {exit_code}\nR=\"$IBDRIVER_ROOT\"\nmkdir -p \"$R/usr/bin\" \"$R/usr/lib/x86_64-linux-gnu\"\n: > \"$R/usr/bin/ofed_info\"\n: > \"$R/usr/lib/x86_64-linux-gnu/libibverbs.so.1\"\nexit 0\n"
+    );
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(script.len() as u64);
+    h.set_mode(0o755);
+    h.set_cksum();
+    b.append_data(
+        &mut h,
+        "MLNX_OFED_LINUX-4.9-6.0.6.0-ubuntu20.04-x86_64/mlnxofedinstall",
+        script.as_bytes(),
+    )
+    .unwrap();
+    let raw = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap()
+}
+
+fn cx3_world(exit_code: i32) -> (World, Server) {
+    let w = World::new("nc24rsv3", "Standard_NC24rs_v3");
+    // The same VM without drivers: no user space, no registered device.
+    fs::remove_file(w.root.join("var/lib/dpkg/status")).unwrap();
+    fs::remove_file(w.root.join("usr/lib/x86_64-linux-gnu/libibverbs.so.1")).unwrap();
+    fs::remove_dir_all(w.root.join("sys/bus/pci/devices/0002:00:02.0/infiniband")).unwrap();
+    apt_stubs(&w, "5.4.0-1109-azure");
+    write_exec(
+        &w.stubs.join("ofed_info"),
+        "#!/bin/sh\necho 'MLNX_OFED_LINUX-4.9-6.0.6.0:'\n",
+    );
+    let fix = fixtures().join("hosts/nc24rsv3");
+    let dev = "sys/bus/pci/devices/0002:00:02.0";
+    let c = w.tmp.path().join("calls.log");
+    write_exec(
+        &w.stubs.join("systemctl"),
+        &format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> '{}'\nif [ \"$1\" = reboot ]; then cp -r '{}/{dev}/infiniband' \"$IBDRIVER_ROOT/{dev}/\"; cat /proc/sys/kernel/random/uuid > \"$IBDRIVER_ROOT/proc/sys/kernel/random/boot_id\"; fi\nexit 0\n",
+            c.display(),
+            fix.display()
+        ),
+    );
+    let bundle = ofed_bundle(exit_code);
+    let server = Server::start(bundle.clone());
+    w.settings(1, json!({"stack": "mlnx-ofed", "version": "4.9-6.0.6.0", "lockTimeoutSeconds": 5,
+        "package": {"url": format!("{}/MLNX_OFED_LINUX-4.9-6.0.6.0-ubuntu20.04-x86_64.tgz", server.base), "sha256": sha(&bundle)}}));
+    (w, server)
+}
+
+#[test]
+fn mlnx_ofed_49_for_connectx3_pro_on_ubuntu_2004() {
+    let (w, _server) = cx3_world(0);
+    let out = w
+        .command(&["enable"], 1)
+        .env("IBDRIVER_TEST_CALLS", w.tmp.path().join("calls.log"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !w.calls().contains("systemctl reboot") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reboot: {:?}",
+            w.status(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.wait_worker_gone(Duration::from_secs(10));
+    let lines = call_lines(&w);
+    let ofed = position(&lines, "mlnxofedinstall");
+    assert!(
+        lines[ofed].contains("--without-fw-update"),
+        "{}",
+        lines[ofed]
+    );
+    assert!(lines[ofed].contains("--add-kernel-support --kernel 5.4.0-1109-azure --kernel-sources /usr/src/linux-headers-5.4.0-1109-azure"));
+    assert!(position(&lines, "linux-headers-5.4.0-1109-azure") < ofed);
+    assert_eq!(
+        code(
+            &w.command(&["enable"], 1)
+                .env("IBDRIVER_TEST_CALLS", w.tmp.path().join("calls.log"))
+                .output()
+                .unwrap()
+        ),
+        0
+    );
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "success", "{v}");
+    assert_eq!(
+        call_lines(&w)
+            .iter()
+            .filter(|l| l.contains("mlnxofedinstall"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn mlnxofedinstall_exit_codes_are_named() {
+    let (w, _server) = cx3_world(172);
+    let out = w
+        .command(&["enable"], 1)
+        .env("IBDRIVER_TEST_CALLS", w.tmp.path().join("calls.log"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 216, "{}", message(&v));
+    assert!(
+        message(&v).contains("mlnxofedinstall exited 172: prerequisites are not met"),
+        "{}",
+        message(&v)
+    );
+}
