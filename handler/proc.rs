@@ -85,19 +85,27 @@ pub fn run(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Output, ProcError> {
-    spawn_wait(Command::new(program), program, args, stdin, timeout)
+    spawn_wait(
+        Command::new(program),
+        program,
+        args,
+        stdin,
+        timeout,
+        &|_| {},
+    )
 }
 
-/// [`run`] with extra environment variables.
+/// [`run`] with extra environment variables; `on_spawn` learns the child's pid before the wait.
 pub fn run_env(
     program: &str,
     args: &[&str],
     env: &[(String, String)],
     timeout: Duration,
+    on_spawn: &dyn Fn(u32),
 ) -> Result<Output, ProcError> {
     let mut cmd = Command::new(program);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    spawn_wait(cmd, program, args, None, timeout)
+    spawn_wait(cmd, program, args, None, timeout, on_spawn)
 }
 
 fn spawn_wait(
@@ -106,6 +114,7 @@ fn spawn_wait(
     args: &[&str],
     stdin: Option<&[u8]>,
     timeout: Duration,
+    on_spawn: &dyn Fn(u32),
 ) -> Result<Output, ProcError> {
     cmd.args(args)
         .stdin(if stdin.is_some() {
@@ -127,6 +136,7 @@ fn spawn_wait(
             }
         }
     })?;
+    on_spawn(child.id());
     let out = drain(child.stdout.take().expect("piped stdout"));
     let err = drain(child.stderr.take().expect("piped stderr"));
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {

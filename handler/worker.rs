@@ -49,7 +49,9 @@ fn spawn_systemd(inv: &Invocation, timeout: Duration) -> Result<(), String> {
         "--collect".into(),
         "--quiet".into(),
         "--property=Type=exec".into(),
-        "--property=KillMode=mixed".into(),
+        // If the worker dies, an installer it started runs to its end rather than leaving
+        // dpkg or rpm half done; the next worker waits for it (install::install).
+        "--property=KillMode=process".into(),
         format!("--working-directory={}", inv.agent.handler_dir.display()),
     ];
     for key in PASSED_ENV {

@@ -223,13 +223,14 @@ fn reboot_never_ends_in_a_clear_status_and_finishes_after_the_users_reboot() {
 fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
     let w = World::new("hbv3-noverbs", HB);
     apt_stubs(&w, "5.15.0-1073-azure");
-    // A reboot request that does not take: the boot id stays, the old modules stay loaded.
+    // The reboot happens (new boot id, drivers loaded) but the system still asks for another.
     let c = w.tmp.path().join("calls.log");
     write_exec(
         &w.stubs.join("systemctl"),
         &format!(
-            "#!/bin/sh\necho \"systemctl $*\" >> '{}'\nexit 0\n",
-            c.display()
+            "#!/bin/sh\necho \"systemctl $*\" >> '{}'\nif [ \"$1\" = reboot ]; then\n{}mkdir -p \"$R/run\"; : > \"$R/run/reboot-required\"\nfi\nexit 0\n",
+            c.display(),
+            load_drivers_sh(true)
         ),
     );
     let (_server, public) = doca_package(&w);
@@ -241,7 +242,7 @@ fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
         std::thread::sleep(Duration::from_millis(50));
     }
     w.wait_worker_gone(Duration::from_secs(10));
-    // enable again (agent restart) in the same boot: activation would need a second reboot.
+    // The agent's enable after the reboot: the boot id changed, the work resumes at activate.
     assert_eq!(code(&w.run("enable", 3)), 0);
     let v = w.wait_terminal(3, Duration::from_secs(30));
     assert_eq!(status_code(&v), 219, "{}", message(&v));
@@ -256,6 +257,16 @@ fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
         call_lines(&w)
             .iter()
             .filter(|l| l.contains(" doca-ofed"))
+            .count(),
+        1
+    );
+    // Another enable for the same sequence number still does not reboot.
+    assert_eq!(code(&w.run("enable", 3)), 0);
+    w.wait_terminal(3, Duration::from_secs(30));
+    assert_eq!(
+        call_lines(&w)
+            .iter()
+            .filter(|l| l.contains("systemctl reboot"))
             .count(),
         1
     );

@@ -99,7 +99,8 @@ fn usage_errors_exit_1() {
 fn plan_shows_what_would_be_installed() {
     let w = World::new("hbv3-noverbs", "Standard_HB120rs_v3");
     let (rc, v) = json_out(&w, &["plan", "--json"]);
-    assert_eq!(rc, 14);
+    assert_eq!(rc, 0);
+    assert_eq!(v["plan"]["action"]["kind"], "install");
     let install = &v["plan"]["install"];
     assert_eq!(install["source"], "artifact");
     assert_eq!(install["stack"], "doca");

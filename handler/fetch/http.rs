@@ -90,8 +90,22 @@ pub fn request(
     }
     let resp = match req.call() {
         Ok(r) => r,
-        Err(ureq::Error::Status(416, _)) if total.is_some_and(|t| t == offset) => {
-            return Step::Complete
+        // Asked for bytes past the end: complete when the server's length is exactly what we
+        // have (a run killed after the last byte), else our partial file is not its file.
+        Err(ureq::Error::Status(416, resp)) => {
+            let len = resp.header("Content-Range").and_then(|v| {
+                v.trim()
+                    .strip_prefix("bytes */")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            });
+            return match len {
+                Some(n) if n == offset => {
+                    *total = Some(n);
+                    Step::Complete
+                }
+                _ if total.is_some_and(|t| t == offset) => Step::Complete,
+                _ => Step::RangeIgnored,
+            };
         }
         Err(ureq::Error::Status(code, _)) if transient_status(code) => {
             return Step::Transient(format!("HTTP {code}"))

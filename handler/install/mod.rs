@@ -36,11 +36,32 @@ pub struct Ctx<'a> {
 
 /// Run one recipe command, its output to our log, its stderr tail into the failure.
 pub fn run(cmd: &Cmd, code_on_failure: Code) -> Result<proc::Output, Failure> {
+    run_tracked(cmd, code_on_failure, None)
+}
+
+/// [`run`], recording the child in `track` (pid and start time) while it runs, so a worker that
+/// replaces a killed one waits for an installer that outlived it instead of starting another.
+fn run_tracked(
+    cmd: &Cmd,
+    code_on_failure: Code,
+    track: Option<&Path>,
+) -> Result<proc::Output, Failure> {
     let shown = cmd.argv.join(" ");
     tracing::info!(purpose = %cmd.purpose, "running {shown}");
     let args: Vec<&str> = cmd.argv[1..].iter().map(String::as_str).collect();
-    let out = proc::run_env(&cmd.argv[0], &args, &cmd.env, cmd.timeout)
-        .map_err(|e| Failure::new(code_on_failure, format!("{}: {e}", cmd.purpose)))?;
+    let record = |pid: u32| {
+        if let Some(t) = track {
+            let line = format!("{pid} {}\n", crate::lock::start_time(pid).unwrap_or(0));
+            if let Err(e) = crate::fsutil::write_atomic(t, line.as_bytes()) {
+                tracing::warn!(error = %e, "cannot record the installer's pid");
+            }
+        }
+    };
+    let result = proc::run_env(&cmd.argv[0], &args, &cmd.env, cmd.timeout, &record);
+    if let Some(t) = track {
+        let _ = std::fs::remove_file(t);
+    }
+    let out = result.map_err(|e| Failure::new(code_on_failure, format!("{}: {e}", cmd.purpose)))?;
     for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
         let text = String::from_utf8_lossy(stream);
         for line in text
@@ -115,7 +136,7 @@ pub fn prerequisites(ctx: &Ctx) -> Result<(), Failure> {
         for h in &headers {
             let query = recipe::available_query(ctx.family, h);
             let args: Vec<&str> = query.argv[1..].iter().map(String::as_str).collect();
-            let found = proc::run_env(&query.argv[0], &args, &query.env, query.timeout);
+            let found = proc::run_env(&query.argv[0], &args, &query.env, query.timeout, &|_| {});
             if !found.is_ok_and(|o| o.success()) {
                 return Err(headers_unavailable(ctx.kernel, h));
             }
@@ -252,7 +273,46 @@ fn same_release(stack: StackKind, installed: &str, wanted: &str) -> bool {
     }
 }
 
+/// An installer a killed worker left running: its pid, while that process lives.
+fn orphan_installer(track: &Path) -> Option<u32> {
+    let text = crate::fsutil::read_trimmed(track)?;
+    let mut it = text.split_whitespace();
+    let pid: u32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    (crate::lock::start_time(pid) == Some(start)).then_some(pid)
+}
+
 pub fn install(ctx: &Ctx) -> Result<(), Failure> {
+    let track = ctx.data_dir.join("installer.pid");
+    if let Some(pid) = orphan_installer(&track) {
+        (ctx.progress)("waiting for the installer an interrupted run started");
+        tracing::warn!(
+            pid,
+            "an installer from an interrupted run is still running; waiting for it"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+        while orphan_installer(&track) == Some(pid) && std::time::Instant::now() < deadline {
+            if !(ctx.keep_going)() {
+                return Err(Failure::new(
+                    Code::Superseded,
+                    "superseded while waiting for the installer",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let _ = std::fs::remove_file(&track);
+    if ctx.family == Family::Apt && dpkg_interrupted(ctx.root) {
+        // A package run cut short leaves dpkg half-configured; apt refuses to go on until this.
+        let mut fix = Cmd::new_public(
+            "finish an interrupted dpkg run",
+            1800,
+            &["dpkg", "--configure", "-a"],
+        );
+        fix.env
+            .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
+        run(&fix, Code::PackageInstallFailed)?;
+    }
     if already_installed(ctx) {
         tracing::info!("the chosen stack is already installed; the installer is not run again");
         return Ok(());
@@ -268,7 +328,7 @@ pub fn install(ctx: &Ctx) -> Result<(), Failure> {
     for cmd in &cmds {
         (ctx.progress)(&cmd.purpose);
         let is_ofed = cmd.argv[0].ends_with("/mlnxofedinstall");
-        match run(cmd, Code::PackageInstallFailed) {
+        match run_tracked(cmd, Code::PackageInstallFailed, Some(&track)) {
             Ok(_) => {}
             Err(f) if is_ofed => {
                 let code = f
@@ -293,6 +353,11 @@ pub fn install(ctx: &Ctx) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// dpkg keeps pending work in `/var/lib/dpkg/updates/` while a run is unfinished.
+fn dpkg_interrupted(root: &Root) -> bool {
+    !crate::fsutil::dir_names(&root.path("var/lib/dpkg/updates")).is_empty()
 }
 
 /// `dkms status -k <kernel>` lines: `name/version, kernel, arch: installed`.
@@ -356,32 +421,42 @@ pub enum Activation {
 /// predecessor is still loaded (a live `openibd restart` detaches the VFs and loses IPoIB
 /// netdevs, DOMAIN.md 2.8). At most one reboot per sequence number.
 pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Activation, Failure> {
-    if let Some(from) = &cp.reboot_from_boot {
-        if from != ctx.boot_id {
+    let flagged = ctx.root.path("run/reboot-required").exists()
+        || ctx.root.path("var/run/reboot-required").exists();
+    match cp.reboot_from_boot.as_deref() {
+        // The reboot this sequence number asked for has happened.
+        Some(from) if from != ctx.boot_id => {
+            if flagged {
+                return Err(Failure::new(
+                    Code::RebootLoop,
+                    "the system still asks for a reboot after the one this sequence number made; \
+                     refusing to reboot again (a loop); see the log and run diagnose",
+                ));
+            }
             tracing::info!("running after the activation reboot");
             return Ok(Activation::Active);
         }
+        // Asked for in this boot but it has not happened (the worker was stopped in between,
+        // or the request did not take): the same reboot, asked for again.
+        Some(_) => {
+            return if may_reboot {
+                Ok(Activation::Rebooting)
+            } else {
+                Err(reboot_required())
+            };
+        }
+        None => {}
     }
     let vendor = vendor_stack(ctx.choice).is_some();
     let old_loaded = ["mlx5_core", "mlx4_core", "ib_core"]
         .iter()
         .any(|m| ctx.loaded_modules.contains(*m));
-    let flagged = ctx.root.path("run/reboot-required").exists()
-        || ctx.root.path("var/run/reboot-required").exists();
     let needs_reboot = flagged || (vendor && old_loaded);
     if !needs_reboot {
         if !vendor {
-            let nic_modules = ["mlx5_ib", "mlx4_ib", "ib_uverbs", "ib_umad", "ib_ipoib"];
-            match proc::run(
-                "modprobe",
-                &["-a", "-b", "-q"]
-                    .iter()
-                    .copied()
-                    .chain(nic_modules)
-                    .collect::<Vec<_>>(),
-                None,
-                Duration::from_secs(120),
-            ) {
+            let mut args = vec!["-a", "-b", "-q"];
+            args.extend(["mlx5_ib", "mlx4_ib", "ib_uverbs", "ib_umad", "ib_ipoib"]);
+            match proc::run("modprobe", &args, None, Duration::from_secs(120)) {
                 Ok(o) if o.success() => {}
                 Ok(o) => tracing::warn!("modprobe: {}", o.stderr_tail(300)),
                 Err(e) => tracing::warn!("modprobe: {e}"),
@@ -389,23 +464,21 @@ pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Acti
         }
         return Ok(Activation::Active);
     }
-    if cp.reboots >= 1 {
-        return Err(Failure::new(
-            Code::RebootLoop,
-            "the drivers still need a reboot after the one this sequence number already made; \
-             refusing to reboot again (a loop); see the log and run diagnose",
-        ));
-    }
+    // Recorded before anything else, so a worker stopped from here on repeats the same request.
     cp.reboot_from_boot = Some(ctx.boot_id.to_string());
     if !may_reboot {
-        return Err(Failure::new(
-            Code::RebootRequired,
-            "drivers are installed; reboot the VM to activate them (settings say reboot: never); \
-             enable finishes by itself after the reboot",
-        ));
+        return Err(reboot_required());
     }
     cp.reboots += 1;
     Ok(Activation::Rebooting)
+}
+
+fn reboot_required() -> Failure {
+    Failure::new(
+        Code::RebootRequired,
+        "drivers are installed; reboot the VM to activate them (settings say reboot: never); \
+         enable finishes by itself after the reboot",
+    )
 }
 
 /// Ask for the reboot (after the checkpoint recording it is saved).

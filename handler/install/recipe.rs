@@ -39,6 +39,10 @@ pub struct Cmd {
 }
 
 impl Cmd {
+    pub fn new_public(purpose: &str, timeout_secs: u64, argv: &[&str]) -> Cmd {
+        Cmd::new(purpose, timeout_secs, argv)
+    }
+
     fn new(purpose: &str, timeout_secs: u64, argv: &[&str]) -> Cmd {
         Cmd {
             argv: argv.iter().map(|s| s.to_string()).collect(),

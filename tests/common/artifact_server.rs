@@ -31,6 +31,11 @@ pub struct Server {
 impl Server {
     /// Serve `body` at every path.
     pub fn start(body: Vec<u8>) -> Server {
+        Self::start_paced(body, Duration::ZERO)
+    }
+
+    /// Serve `body`, pausing `pause` after every 64 KiB (a slow link, to land faults mid-body).
+    pub fn start_paced(body: Vec<u8>, pause: Duration) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -101,6 +106,9 @@ impl Server {
                         break;
                     }
                     s.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
                 }
                 if limit < total - start {
                     // An abrupt close: the client sees a truncated body.
