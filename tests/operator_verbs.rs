@@ -110,10 +110,12 @@ fn plan_shows_what_would_be_installed() {
         .unwrap()
         .ends_with("ubuntu2204_amd64.deb"));
     assert_eq!(install["sha256"].as_str().unwrap().len(), 64);
-    assert!(v["plan"]["summary"]
-        .as_str()
-        .unwrap()
-        .contains("it would install doca 3.2.1"));
+    let summary = v["plan"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("install doca 3.2.1 (doca-host_3.2.1"),
+        "{summary}"
+    );
+    assert_eq!(v["plan"]["stages"].as_array().unwrap().len(), 8);
 }
 
 #[test]
