@@ -5,6 +5,8 @@
 #      stub programs on PATH and a loopback IMDS
 #   3. conformance: the real guest agent's code (Debian's waagent) drives the release zip
 #      through install, enable, new settings, agent restart, disable and uninstall
+#   4. end to end: the handler inside a debootstrap'ed Debian 12 root installs the inbox stack
+#      with that root's real apt-get
 # Nothing touches this machine's real system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +28,6 @@ fi
 log "tier 3: conformance under the real guest agent's code"
 agent_path=$(packaging/conformance/fetch_waagent.sh)
 python3 packaging/conformance/harness.py --zip "$zip" --work target/conformance/run --agent-path "$agent_path"
+
+log "tier 4: end to end in a Debian 12 root (debootstrap, real apt-get)"
+packaging/e2e.sh
