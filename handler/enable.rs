@@ -513,6 +513,16 @@ pub fn worker(inv: &Invocation) -> i32 {
             if let Err(f) = store.save(&mut cp) {
                 return inv.fail("Enable", &f, subs);
             }
+            // Installed and verified: the downloaded artifacts (an unpacked MLNX_OFED bundle is
+            // over a gigabyte) have served their purpose.
+            for dir in ["artifacts", "staging"] {
+                let p = data.join(dir);
+                if let Err(e) = std::fs::remove_dir_all(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot remove");
+                    }
+                }
+            }
             inv.write_status(
                 &StatusReport::new(
                     &status_name,

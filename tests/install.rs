@@ -173,6 +173,10 @@ fn doca_on_ubuntu_2204_installs_reboots_once_and_resumes() {
         serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
             .unwrap();
     assert_eq!(state["reboots"], 1);
+    assert!(
+        !w.data_dir().join("artifacts").exists(),
+        "artifacts are removed after success"
+    );
     let health = &v[0]["status"]["substatus"]
         .as_array()
         .unwrap()
@@ -643,4 +647,69 @@ fn mlnxofedinstall_exit_codes_are_named() {
         "{}",
         message(&v)
     );
+}
+
+#[test]
+fn doca_on_ubuntu_2404_rocky_95_and_rhel_810() {
+    for (osf, kernel, pm, pkg) in [
+        (
+            "ubuntu-24.04",
+            "6.8.0-1021-azure",
+            "apt-get",
+            "doca-host_3.2.3-019000-25.10-ubuntu2404_amd64.deb",
+        ),
+        (
+            "rocky-9.5",
+            "5.14.0-503.el9_5.x86_64",
+            "dnf",
+            "doca-host-3.2.2-035000_25.10_rhel9.x86_64.rpm",
+        ),
+        (
+            "rhel-8.10",
+            "4.18.0-553.el8_10.x86_64",
+            "dnf",
+            "doca-host-3.2.1-044000_25.10_rhel8.x86_64.rpm",
+        ),
+    ] {
+        let w = World::new("hbv3-noverbs", HB);
+        w.set_file(
+            "etc/os-release",
+            &fs::read_to_string(fixtures().join("os-release").join(osf)).unwrap(),
+        );
+        w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+        if pm == "apt-get" {
+            apt_stubs(&w, kernel);
+        } else {
+            rpm_stubs(&w, pm, kernel);
+        }
+        let body = format!("{pkg} contents").repeat(500).into_bytes();
+        let server = Server::start(body.clone());
+        w.settings(
+            1,
+            json!({"stack": "doca", "lockTimeoutSeconds": 5,
+            "package": {"url": format!("{}/{pkg}", server.base), "sha256": sha(&body)}}),
+        );
+        let v = run_to_success(&w, 1);
+        assert_eq!(status_value(&v), "success", "{osf}: {v}");
+        let lines = call_lines(&w);
+        let install = position(&lines, " doca-ofed");
+        let headers = if pm == "apt-get" {
+            format!("linux-headers-{kernel}")
+        } else {
+            format!("kernel-devel-{kernel}")
+        };
+        assert!(position(&lines, &headers) < install, "{osf}: {lines:#?}");
+        assert!(
+            lines[position(&lines, pkg)].contains("/artifacts/"),
+            "{osf}"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains("systemctl reboot"))
+                .count(),
+            1,
+            "{osf}"
+        );
+    }
 }
