@@ -128,12 +128,7 @@ fn inbox_first(os: &OsRelease) -> Option<&'static str> {
 }
 
 fn from_name(url: &str) -> Option<StackKind> {
-    let name = url
-        .split(['?', '#'])
-        .next()?
-        .rsplit('/')
-        .next()?
-        .to_ascii_lowercase();
+    let name = crate::fetch::file_name(url).to_ascii_lowercase();
     if name.starts_with("doca-host") {
         Some(StackKind::Doca)
     } else if name.starts_with("mlnx_ofed") {

@@ -125,16 +125,9 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
         .join(format!(".{name}.staging"));
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let waagent_conf = std::fs::read_to_string(Root::from_env().path("etc/waagent.conf")).ok();
-    let last_pct = std::cell::Cell::new(u64::MAX);
-    let progress = |done: u64, total: Option<u64>| {
-        if let Some(t) = total.filter(|t| *t > 0) {
-            let pct = done * 100 / t;
-            if pct / 10 != last_pct.get() / 10 {
-                last_pct.set(pct);
-                eprintln!("fetch: {pct}% ({done} of {t} bytes)");
-            }
-        }
-    };
+    let progress = fetch::progress_every(10, |pct, done, total| {
+        eprintln!("fetch: {pct}% ({done} of {total} bytes)")
+    });
     let opts = fetch::Options {
         proxy: fetch::proxy::choose(&req.url, None, &env, waagent_conf.as_deref()),
         retry: fetch::RetryPolicy::default(),

@@ -90,15 +90,7 @@ fn describe(choice: &Choice) -> String {
             url,
             ..
         } => {
-            let name = url
-                .expose()
-                .split(['?', '#'])
-                .next()
-                .unwrap_or("")
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_string();
+            let name = crate::fetch::file_name(url.expose());
             format!("{} {version} ({name})", stack.as_str())
         }
     }

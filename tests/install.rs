@@ -38,6 +38,32 @@ fn load_drivers_sh(reboot: bool) -> String {
     s
 }
 
+/// Stubs every family shares: `dkms` reporting `module` built, `ofed_info` for DOCA, a
+/// `systemctl reboot` that reboots into loaded drivers, and `modprobe` that loads them.
+fn shared_stubs(w: &World, dkms_module: &str, kernel: &str) {
+    let c = w.tmp.path().join("calls.log");
+    let c = c.display();
+    write_exec(
+        &w.stubs.join("dkms"),
+        &format!("#!/bin/sh\necho \"dkms $*\" >> '{c}'\necho '{dkms_module}/25.10, {kernel}, x86_64: installed'\n"),
+    );
+    write_exec(
+        &w.stubs.join("ofed_info"),
+        "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
+    );
+    write_exec(
+        &w.stubs.join("systemctl"),
+        &format!("#!/bin/sh\necho \"systemctl $*\" >> '{c}'\nif [ \"$1\" = reboot ]; then\n{}fi\nexit 0\n", load_drivers_sh(true)),
+    );
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{c}'\n{}exit 0\n",
+            load_drivers_sh(false)
+        ),
+    );
+}
+
 /// Stubs for an apt host: headers, DOCA and inbox installs change the fake root.
 fn apt_stubs(w: &World, kernel: &str) {
     let calls = w.tmp.path().join("calls.log");
@@ -60,25 +86,7 @@ fn apt_stubs(w: &World, kernel: &str) {
         &w.stubs.join("apt-cache"),
         &format!("#!/bin/sh\necho \"apt-cache $*\" >> '{c}'\nexit 0\n"),
     );
-    write_exec(
-        &w.stubs.join("dkms"),
-        &format!("#!/bin/sh\necho \"dkms $*\" >> '{c}'\necho 'mlnx-ofed-kernel/25.10.OFED.25.10.1.2.8.1, {kernel}, x86_64: installed'\n"),
-    );
-    write_exec(
-        &w.stubs.join("ofed_info"),
-        "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
-    );
-    write_exec(
-        &w.stubs.join("systemctl"),
-        &format!("#!/bin/sh\necho \"systemctl $*\" >> '{c}'\nif [ \"$1\" = reboot ]; then\n{}fi\nexit 0\n", load_drivers_sh(true)),
-    );
-    write_exec(
-        &w.stubs.join("modprobe"),
-        &format!(
-            "#!/bin/sh\necho \"modprobe $*\" >> '{c}'\n{}exit 0\n",
-            load_drivers_sh(false)
-        ),
-    );
+    shared_stubs(w, "mlnx-ofed-kernel", kernel);
 }
 
 fn call_lines(w: &World) -> Vec<String> {
@@ -421,25 +429,7 @@ fn rpm_stubs(w: &World, pm: &str, kernel: &str) {
         &w.stubs.join("rpm"),
         &format!("#!/bin/sh\necho \"rpm $*\" >> '{c}'\nexit 0\n"),
     );
-    write_exec(
-        &w.stubs.join("dkms"),
-        &format!("#!/bin/sh\necho \"dkms $*\" >> '{c}'\necho 'mlnx-ofa_kernel/25.10, {kernel}, x86_64: installed'\n"),
-    );
-    write_exec(
-        &w.stubs.join("ofed_info"),
-        "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
-    );
-    write_exec(
-        &w.stubs.join("systemctl"),
-        &format!("#!/bin/sh\necho \"systemctl $*\" >> '{c}'\nif [ \"$1\" = reboot ]; then\n{}fi\nexit 0\n", load_drivers_sh(true)),
-    );
-    write_exec(
-        &w.stubs.join("modprobe"),
-        &format!(
-            "#!/bin/sh\necho \"modprobe $*\" >> '{c}'\n{}exit 0\n",
-            load_drivers_sh(false)
-        ),
-    );
+    shared_stubs(w, "mlnx-ofa_kernel", kernel);
 }
 
 fn run_to_success(w: &World, seq: u64) -> serde_json::Value {

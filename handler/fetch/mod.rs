@@ -115,7 +115,8 @@ pub fn is_tarball(url: &str) -> bool {
     path.ends_with(".tgz") || path.ends_with(".tar.gz")
 }
 
-fn file_name(url: &str) -> String {
+/// The last path segment of a URL, without query or fragment (`artifact` when there is none).
+pub fn file_name(url: &str) -> String {
     let path = url.split(['?', '#']).next().unwrap_or("");
     let name = path.rsplit('/').next().unwrap_or("");
     if name.is_empty() || name == "." || name == ".." {
@@ -450,6 +451,21 @@ fn finish(req: &Request, st: &Staging, dest: &Path, got: Got) -> Result<Outcome,
         transferred: got.transferred,
         files: got.files,
     })
+}
+
+/// A progress callback that calls `emit(percent, done, total)` each time the download crosses
+/// another `step` percent (the status file and stderr need no more than that).
+pub fn progress_every(step: u64, emit: impl Fn(u64, u64, u64)) -> impl Fn(u64, Option<u64>) {
+    let last = std::cell::Cell::new(u64::MAX);
+    move |done, total| {
+        if let Some(t) = total.filter(|t| *t > 0) {
+            let pct = done * 100 / t;
+            if pct / step != last.get() / step {
+                last.set(pct);
+                emit(pct, done, t);
+            }
+        }
+    }
 }
 
 /// A file's SHA-256 (for callers that verify what is already on disk).

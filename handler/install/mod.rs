@@ -184,15 +184,7 @@ pub fn artifact_path(data_dir: &Path, choice: &Choice) -> Option<PathBuf> {
             .find(|n| dir.join(n).join("mlnxofedinstall").exists());
         return Some(top.map(|t| dir.join(t)).unwrap_or(dir));
     }
-    let name = url
-        .expose()
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .rsplit('/')
-        .next()
-        .unwrap_or("artifact")
-        .to_string();
+    let name = fetch::file_name(url.expose());
     Some(dir.join(name))
 }
 
@@ -212,16 +204,9 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         &env,
         waagent_conf.as_deref(),
     );
-    let last = std::cell::Cell::new(u64::MAX);
-    let progress = |done: u64, total: Option<u64>| {
-        if let Some(t) = total.filter(|t| *t > 0) {
-            let pct = done * 100 / t;
-            if pct / 5 != last.get() / 5 {
-                last.set(pct);
-                (ctx.progress)(&format!("downloading: {pct}% of {} MB", t / 1_000_000));
-            }
-        }
-    };
+    let progress = fetch::progress_every(5, |pct, _, total| {
+        (ctx.progress)(&format!("downloading: {pct}% of {} MB", total / 1_000_000))
+    });
     let opts = fetch::Options {
         proxy,
         retry: fetch::RetryPolicy::default(),
