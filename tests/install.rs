@@ -74,9 +74,14 @@ fn apt_stubs(w: &World, kernel: &str) {
             "#!/bin/sh\necho \"apt-get $*\" >> '{c}'\nR=\"$IBDRIVER_ROOT\"\n\
              case \"$*\" in *linux-headers-{kernel}*) mkdir -p \"$R/usr/src/linux-headers-{kernel}\";; esac\n\
              case \"$*\" in *' doca-ofed'*|*' rdma-core'*) mkdir -p \"$R/usr/lib/x86_64-linux-gnu\"; : > \"$R/usr/lib/x86_64-linux-gnu/libibverbs.so.1\";; esac\n\
-             case \"$*\" in *' doca-ofed'*) mkdir -p \"$R/usr/bin\" \"$R/opt/mellanox/doca\"; : > \"$R/usr/bin/ofed_info\";; esac\n\
+             case \"$*\" in *' doca-ofed'*) mkdir -p \"$R/usr/bin\" \"$R/opt/mellanox/doca\" \"$R/var/lib/dpkg\"; : > \"$R/usr/bin/ofed_info\"; \
+               printf 'Package: rdma-core\\nStatus: install ok installed\\nVersion: 2510.0.9\\n\\nPackage: libibverbs1\\nStatus: install ok installed\\nVersion: 2510.0.9\\n\\n' >> \"$R/var/lib/dpkg/status\";; esac\n\
              exit 0\n"
         ),
+    );
+    write_exec(
+        &w.stubs.join("apt-mark"),
+        &format!("#!/bin/sh\necho \"apt-mark $*\" >> '{c}'\nexit 0\n"),
     );
     write_exec(
         &w.stubs.join("dpkg"),
@@ -185,6 +190,13 @@ fn doca_on_ubuntu_2204_installs_reboots_once_and_resumes() {
         !w.data_dir().join("artifacts").exists(),
         "artifacts are removed after success"
     );
+    let hold = position(&after, "apt-mark hold");
+    assert_eq!(after[hold], "apt-mark hold rdma-core libibverbs1");
+    assert!(position(&after, &format!("dkms status -k {kernel}")) < hold);
+    for m in ["iser", "isert", "srp"] {
+        let conf = fs::read_to_string(w.root.join(format!("etc/dkms/{m}.conf"))).unwrap();
+        assert_eq!(conf, "BUILD_DEPENDS=\"mlnx-ofed-kernel\"\n");
+    }
     let health = &v[0]["status"]["substatus"]
         .as_array()
         .unwrap()
@@ -471,6 +483,8 @@ fn doca_on_almalinux_810_uses_rpm_and_dnf() {
     );
     w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
     rpm_stubs(&w, "dnf", kernel);
+    let repo = "[baseos]\nname=AlmaLinux 8.10 - BaseOS\nmirrorlist=https://mirrors.almalinux.org/mirrorlist/8.10/baseos\n\n[appstream]\nname=AlmaLinux 8.10 - AppStream\n";
+    w.set_file("etc/yum.repos.d/almalinux-baseos.repo", repo);
     let rpm = b"\xed\xab\xee\xdb doca-host rpm".repeat(100);
     let server = Server::start(rpm.clone());
     w.settings(1, json!({"stack": "doca", "lockTimeoutSeconds": 5,
@@ -484,6 +498,12 @@ fn doca_on_almalinux_810_uses_rpm_and_dnf() {
     let dkms = position(&lines, "dkms status");
     assert!(headers < add && add < doca && doca < dkms, "{lines:#?}");
     assert!(lines[headers].contains("elfutils-libelf-devel"));
+    let repo = fs::read_to_string(w.root.join("etc/yum.repos.d/almalinux-baseos.repo")).unwrap();
+    assert!(repo.contains("mirrorlist=https://mirrors.almalinux.org/mirrorlist/8.10/baseos\nexclude=rdma-core* libibverbs*"), "{repo}");
+    assert!(
+        repo.ends_with("[appstream]\nname=AlmaLinux 8.10 - AppStream\n"),
+        "{repo}"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! and started again converges, and an installer that finished is not run again.
 
 pub mod locks;
+pub mod pins;
 pub mod recipe;
 
 use crate::catalog::Choice;
@@ -302,6 +303,10 @@ pub fn install(ctx: &Ctx) -> Result<(), Failure> {
         tracing::info!("the chosen stack is already installed; the installer is not run again");
         return Ok(());
     }
+    if vendor_stack(ctx.choice) == Some(StackKind::Doca) {
+        pins::before_doca(ctx.root, ctx.family)
+            .map_err(|e| Failure::state_io(&ctx.root.path("etc/dkms"), e))?;
+    }
     let artifact = artifact_path(ctx.data_dir, ctx.choice);
     let cmds = recipe::install_cmds(
         ctx.family,
@@ -357,6 +362,23 @@ pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
     if vendor_stack(ctx.choice) != Some(StackKind::Doca) {
         return Ok(());
     }
+    check_dkms(ctx)?;
+    // Keep the distribution's rdma-core from replacing DOCA's on the next update.
+    let hold = pins::after_doca(ctx.root, ctx.family)
+        .map_err(|e| Failure::state_io(&ctx.root.path("etc"), e))?;
+    if !hold.is_empty() {
+        let mut cmd = Cmd::new_public(
+            "hold the packages DOCA replaces",
+            300,
+            &["apt-mark", "hold"],
+        );
+        cmd.argv.extend(hold);
+        run(&cmd, Code::PackageInstallFailed)?;
+    }
+    Ok(())
+}
+
+fn check_dkms(ctx: &Ctx) -> Result<(), Failure> {
     let out = proc::run(
         "dkms",
         &["status", "-k", ctx.kernel],
