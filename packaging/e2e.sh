@@ -74,7 +74,7 @@ for sub in s.get("substatus", []):
     if sub["name"] != "health":
         print("e2e:   ", sub["name"], sub["status"])
 PY
-[ "$state" = success ] || { tail -40 "$root/var/log/azure/$name/ibdriver.log"; echo "1 failed, 0 passed"; exit 1; }
+[ "$state" = success ] || { tail -40 "$root/var/log/azure/$name/ibdriver.log"; echo "e2e: 0 passed, 1 failed"; exit 1; }
 
 # The packages are really there, installed by the root's own dpkg.
 chroot "$root" dpkg-query -W -f='${Package} ${Version} ${Status}\n' rdma-core libibverbs1 infiniband-diags | tee "$cache/packages.txt"
@@ -84,5 +84,5 @@ grep -c 'install ok installed' "$cache/packages.txt" | grep -qx 3
 before=$(stat -c %Y.%s "$status")
 enable
 sleep 1
-[ "$(stat -c %Y.%s "$status")" = "$before" ] || { echo "e2e: the second enable rewrote the status"; echo "0 passed, 1 failed"; exit 1; }
+[ "$(stat -c %Y.%s "$status")" = "$before" ] || { echo "e2e: the second enable rewrote the status"; echo "e2e: 0 passed, 1 failed"; exit 1; }
 echo "e2e: 1 passed, 0 failed"

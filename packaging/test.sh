@@ -14,8 +14,10 @@ log() { printf '\ntest.sh: %s\n' "$*" >&2; }
 
 command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 
+counts=$(mktemp)
+trap 'rm -f "$counts"' EXIT
 log "tiers 1-2: cargo test"
-cargo test --locked 2>&1
+cargo test --locked 2>&1 | tee -a "$counts"
 
 manifest=manifest/manifest.xml
 field() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" "$manifest" | head -n1; }
@@ -27,7 +29,18 @@ fi
 
 log "tier 3: conformance under the real guest agent's code"
 agent_path=$(packaging/conformance/fetch_waagent.sh)
-python3 packaging/conformance/harness.py --zip "$zip" --work target/conformance/run --agent-path "$agent_path"
+python3 packaging/conformance/harness.py --zip "$zip" --work target/conformance/run --agent-path "$agent_path" | tee -a "$counts"
 
 log "tier 4: end to end in a Debian 12 root (debootstrap, real apt-get)"
-packaging/e2e.sh
+packaging/e2e.sh | tee -a "$counts"
+
+# One closing line over every tier (each tier above already stopped the run on a failure).
+python3 - "$counts" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", text))
+failed = sum(int(m) for m in re.findall(r"; (\d+) failed;", text))
+for p, f in re.findall(r"^(?:e2e: )?(\d+) passed, (\d+) failed$", text, re.M):
+    passed += int(p); failed += int(f)
+print(f"total: {passed} passed, {failed} failed")
+PY
