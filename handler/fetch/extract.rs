@@ -37,21 +37,40 @@ pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// Does a symlink at `link` (relative to the root) with target `target` stay inside the root?
-pub fn link_stays_inside(link: &Path, target: &Path) -> bool {
+/// Does a symlink at `link` (relative to `root`) with target `target` stay inside the root?
+/// The target is walked against the tree as extracted so far: it must never climb above the
+/// root, and never pass through another link (a chain such as `r -> .` then `x -> r/r/../..`
+/// would otherwise escape while every step looks inside on paper).
+pub fn link_stays_inside(root: &Path, link: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
-    let mut depth: i64 = link.components().count() as i64 - 1;
+    let mut at: Vec<&std::ffi::OsStr> = match link.parent() {
+        Some(p) => p
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     for c in target.components() {
         match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
+            Component::ParentDir => {
+                if at.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::Normal(n) => {
+                at.push(n);
+                let here: PathBuf = at.iter().collect();
+                if fs::symlink_metadata(root.join(here)).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return false;
+                }
+            }
             Component::CurDir => {}
             _ => return false,
-        }
-        if depth < 0 {
-            return false;
         }
     }
     true
@@ -118,6 +137,10 @@ pub fn untar_gz(input: impl Read, root: &Path, max_bytes: u64) -> Result<Extract
         }
         match kind {
             tar::EntryType::Directory => {
+                // Never chmod through a link an earlier entry planted.
+                if fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
+                    return Err(ExtractError::UnsafePath(shown));
+                }
                 fs::create_dir_all(&dest).map_err(io_err(&dest))?;
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
                     .map_err(io_err(&dest))?;
@@ -159,7 +182,7 @@ pub fn untar_gz(input: impl Read, root: &Path, max_bytes: u64) -> Result<Extract
                         ExtractError::Corrupt(format!("symlink {shown} without target"))
                     })?
                     .into_owned();
-                if !link_stays_inside(&rel, &target) {
+                if !link_stays_inside(root, &rel, &target) {
                     return Err(ExtractError::UnsafeLink(shown));
                 }
                 std::os::unix::fs::symlink(&target, &dest).map_err(io_err(&dest))?;
@@ -322,8 +345,47 @@ mod tests {
 
     #[test]
     fn link_rule() {
-        assert!(link_stays_inside(Path::new("a/b/l"), Path::new("../c")));
-        assert!(!link_stays_inside(Path::new("a/l"), Path::new("../../c")));
-        assert!(!link_stays_inside(Path::new("l"), Path::new("/abs")));
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        assert!(link_stays_inside(r, Path::new("a/b/l"), Path::new("../c")));
+        assert!(!link_stays_inside(
+            r,
+            Path::new("a/l"),
+            Path::new("../../c")
+        ));
+        assert!(!link_stays_inside(r, Path::new("l"), Path::new("/abs")));
+        std::os::unix::fs::symlink(".", r.join("r")).unwrap();
+        assert!(!link_stays_inside(
+            r,
+            Path::new("x"),
+            Path::new("r/r/../../tmp")
+        ));
+    }
+
+    #[test]
+    fn a_link_chain_cannot_reach_outside() {
+        // r -> . ; x -> r/r/r/../../../.. (outside on disk, inside on paper); then chmod x.
+        let data = tar_gz(|b| {
+            link(b, tar::EntryType::Symlink, "r", ".");
+            link(b, tar::EntryType::Symlink, "x", "r/r/r/../../../../victim");
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0);
+            h.set_path("x").unwrap();
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        });
+        let outer = tempfile::tempdir().unwrap();
+        let victim = outer.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o777)).unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        assert!(untar_gz(&data[..], &root, 1 << 20).is_err());
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o777
+        );
     }
 }
