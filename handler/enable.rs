@@ -384,16 +384,22 @@ pub fn worker(inv: &Invocation) -> i32 {
         Err(f) => return inv.fail("Enable", &f, vec![]),
     };
     let facts = host::detect(&inv.root, Some(&imds::Policy::default()), true);
-    let plan = plan::decide(
-        &facts,
-        &settings.public,
-        settings.protected.package_url.as_ref(),
-    );
     let store = Store::new(&data);
     let mut cp = Checkpoint::resume(store.load(), seq, &settings.fingerprint, &facts.boot_id);
     // The worker judges the host again with the full probe (the installed stack too): what
-    // enable's preflight saw may have changed, and a refusal here must not be skipped.
-    cp.completed.retain(|s| *s != Stage::Preflight);
+    // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
+    // always runs again: a worker never reports success on an old verdict.
+    cp.completed
+        .retain(|s| *s != Stage::Preflight && *s != Stage::Verify);
+    let plan = plan::decide_resuming(
+        &facts,
+        &settings.public,
+        settings.protected.package_url.as_ref(),
+        cp.install_stages.is_some(),
+    );
+    if matches!(plan.action, Action::Install { .. }) {
+        cp.install_stages = Some(plan.stages.clone());
+    }
     let mut last_report = None;
     let status_name = inv.name();
     let last_subs = std::cell::RefCell::new(Vec::new());
@@ -439,7 +445,7 @@ pub fn worker(inv: &Invocation) -> i32 {
                 Stage::Fetch => {
                     install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
                 }
-                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?),
+                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp),
                 Stage::PostInstall => {
                     install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
                 }

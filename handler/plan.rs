@@ -152,6 +152,7 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
     let ib: Vec<_> = facts.infiniband_functions().collect();
     let os = facts.os.as_ref().expect("refusal() checked the OS");
     let registered = ib.iter().all(|f| !f.ib_devices.is_empty());
+    let ours = facts.installed_by_us.as_ref();
     let install_reason = match &facts.stack {
         None => Some("no InfiniBand driver stack is installed".to_string()),
         Some(st) if !registered => Some(format!(
@@ -163,9 +164,13 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
             settings.stack,
             st.kind.as_str()
         )),
+        // A DOCA version cannot be read back from the host; what we installed is recorded.
         Some(st)
             if settings.version.is_some()
-                && st.version.as_deref() != settings.version.as_deref() =>
+                && st.version.as_deref() != settings.version.as_deref()
+                && !ours.is_some_and(|m| {
+                    m.stack == st.kind && Some(m.version.as_str()) == settings.version.as_deref()
+                }) =>
         {
             Some(format!(
                 "settings pin version {} but {} is installed",
@@ -173,75 +178,114 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
                 st.version.as_deref().unwrap_or("an unknown version")
             ))
         }
-        Some(_) if settings.package.is_some() => {
+        Some(_)
+            if settings.package.as_ref().is_some_and(|p| {
+                !ours.is_some_and(|m| m.sha256.eq_ignore_ascii_case(&p.sha256))
+            }) =>
+        {
             Some("settings name a custom driver package".to_string())
         }
         Some(_) => None,
     };
-    if let Some(reason) = install_reason {
-        // The NIC the choice is keyed on: the first InfiniBand function (all match on Azure).
-        let nic = ib
-            .iter()
-            .find_map(|f| f.generation)
-            .unwrap_or(NicGeneration::ConnectX6);
-        let target = Target {
-            os,
-            kernel: &facts.kernel,
-            arch: std::env::consts::ARCH,
-            nic,
-        };
-        let mut choice = match catalog::select(catalog::builtin(), &target, settings, package_url) {
-            Ok(c) => c,
-            Err(f) => return refuse(f),
-        };
-        // Vendor modules are built on the VM by DKMS and not signed (DOMAIN.md pain point 4):
-        // with Secure Boot on, prefer the distribution's signed modules, or refuse up front.
-        if facts.secure_boot == SecureBoot::Enabled && matches!(choice, Choice::Artifact { .. }) {
-            if settings.stack == Stack::Auto
-                && settings.package.is_none()
-                && settings.version.is_none()
-                && !nic.is_mlx4()
-            {
-                choice = Choice::Inbox {
-                    reason: "Secure Boot is on: the distribution's signed modules".into(),
-                };
-            } else {
-                return refuse(Failure::new(
-                    Code::SecureBootBlocks,
-                    format!(
-                        "Secure Boot is on and {} builds unsigned kernel modules that would not load; \
-                         use stack inbox, or turn Secure Boot off (Trusted Launch settings)",
-                        describe(&choice)
-                    ),
-                ));
-            }
-        }
-        let stages = match choice {
-            Choice::Inbox { .. } => vec![
-                Stage::Preflight,
-                Stage::WaitForLocks,
-                Stage::Install,
-                Stage::Activate,
-                Stage::Verify,
-            ],
-            Choice::Artifact { .. } => vec![
-                Stage::Preflight,
-                Stage::WaitForLocks,
-                Stage::Prerequisites,
-                Stage::Fetch,
-                Stage::Install,
-                Stage::PostInstall,
-                Stage::Activate,
-                Stage::Verify,
-            ],
-        };
-        return Plan {
-            summary: format!("{reason}: install {}", describe(&choice)),
-            action: Action::Install { reason },
-            stages,
-            install: Some(choice),
-        };
+    match install_reason {
+        Some(reason) => install_plan(facts, settings, package_url, reason),
+        None => verify_plan(facts, os, ib.len()),
     }
+}
+
+/// Like [`decide`], but an install this sequence number already started (`underway`, from the
+/// checkpoint) is carried on to its end: the kernel's own module may register the device and
+/// make the host look ready while the install has not finished or not been activated.
+pub fn decide_resuming(
+    facts: &HostFacts,
+    settings: &PublicSettings,
+    package_url: Option<&Secret>,
+    underway: bool,
+) -> Plan {
+    let plan = decide(facts, settings, package_url);
+    if underway && matches!(plan.action, Action::VerifyOnly { .. }) {
+        return install_plan(
+            facts,
+            settings,
+            package_url,
+            "resuming the install this sequence number started".into(),
+        );
+    }
+    plan
+}
+
+fn install_plan(
+    facts: &HostFacts,
+    settings: &PublicSettings,
+    package_url: Option<&Secret>,
+    reason: String,
+) -> Plan {
+    let os = facts.os.as_ref().expect("refusal() checked the OS");
+    // The NIC the choice is keyed on: the first InfiniBand function (all match on Azure).
+    let nic = facts
+        .infiniband_functions()
+        .find_map(|f| f.generation)
+        .unwrap_or(NicGeneration::ConnectX6);
+    let target = Target {
+        os,
+        kernel: &facts.kernel,
+        arch: std::env::consts::ARCH,
+        nic,
+    };
+    let mut choice = match catalog::select(catalog::builtin(), &target, settings, package_url) {
+        Ok(c) => c,
+        Err(f) => return refuse(f),
+    };
+    // Vendor modules are built on the VM by DKMS and not signed (DOMAIN.md pain point 4):
+    // with Secure Boot on, prefer the distribution's signed modules, or refuse up front.
+    if facts.secure_boot == SecureBoot::Enabled && matches!(choice, Choice::Artifact { .. }) {
+        if settings.stack == Stack::Auto
+            && settings.package.is_none()
+            && settings.version.is_none()
+            && !nic.is_mlx4()
+        {
+            choice = Choice::Inbox {
+                reason: "Secure Boot is on: the distribution's signed modules".into(),
+            };
+        } else {
+            return refuse(Failure::new(
+                Code::SecureBootBlocks,
+                format!(
+                    "Secure Boot is on and {} builds unsigned kernel modules that would not load; \
+                     use stack inbox, or turn Secure Boot off (Trusted Launch settings)",
+                    describe(&choice)
+                ),
+            ));
+        }
+    }
+    let stages = match choice {
+        Choice::Inbox { .. } => vec![
+            Stage::Preflight,
+            Stage::WaitForLocks,
+            Stage::Install,
+            Stage::Activate,
+            Stage::Verify,
+        ],
+        Choice::Artifact { .. } => vec![
+            Stage::Preflight,
+            Stage::WaitForLocks,
+            Stage::Prerequisites,
+            Stage::Fetch,
+            Stage::Install,
+            Stage::PostInstall,
+            Stage::Activate,
+            Stage::Verify,
+        ],
+    };
+    Plan {
+        summary: format!("{reason}: install {}", describe(&choice)),
+        action: Action::Install { reason },
+        stages,
+        install: Some(choice),
+    }
+}
+
+fn verify_plan(facts: &HostFacts, os: &OsRelease, functions: usize) -> Plan {
     let stack = facts
         .stack
         .as_ref()
@@ -249,7 +293,7 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
         .unwrap_or(StackKind::Inbox);
     Plan {
         summary: format!(
-            "{} {} with {} {}: verify {} InfiniBand function(s)",
+            "{} {} with {} {}: verify {functions} InfiniBand function(s)",
             os.id,
             os.version_id,
             stack.as_str(),
@@ -258,7 +302,6 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
                 .as_ref()
                 .and_then(|s| s.version.clone())
                 .unwrap_or_default(),
-            ib.len()
         ),
         action: Action::VerifyOnly { stack },
         stages: vec![Stage::Preflight, Stage::Verify],

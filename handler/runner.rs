@@ -65,6 +65,12 @@ pub struct Checkpoint {
     /// The boot in which activation asked for a reboot; a different boot id means it happened.
     #[serde(default)]
     pub reboot_from_boot: Option<String>,
+    /// The install stages this sequence number started, carried to their end on resume.
+    #[serde(default)]
+    pub install_stages: Option<Vec<Stage>>,
+    /// An installer ran (not skipped as already done) for this sequence number.
+    #[serde(default)]
+    pub installer_ran: bool,
     pub updated: String,
 }
 
@@ -81,6 +87,8 @@ impl Checkpoint {
             last_error: None,
             reboots: 0,
             reboot_from_boot: None,
+            install_stages: None,
+            installer_ran: false,
             updated: String::new(),
         }
     }

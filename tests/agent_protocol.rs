@@ -741,3 +741,31 @@ fn a_worker_started_after_disable_does_nothing() {
     assert!(w.status(1).is_none());
     assert_eq!(w.mrseq(), None);
 }
+
+#[test]
+fn a_rerun_after_success_verifies_again() {
+    let mut w = World::new("hbv3", HB);
+    w.verify_timeout = 1;
+    w.settings(1, json!({}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(20))),
+        "success"
+    );
+    // The port drops; the next enable (agent restart) must not repeat the old verdict.
+    w.set_file(
+        "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1/state",
+        "1: DOWN\n",
+    );
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let v = w.status(1).unwrap();
+        if status_value(&v) == "error" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "still {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status_code(&v), 220, "{}", message(&v));
+}

@@ -723,3 +723,66 @@ fn doca_on_ubuntu_2404_rocky_95_and_rhel_810() {
         );
     }
 }
+
+#[test]
+fn an_unfinished_install_is_carried_on_not_mistaken_for_success() {
+    // The kernel's own module already registers the device (as on stock images), so the host
+    // "looks ready" once ofed_info exists; a DKMS failure must still not end in success.
+    let w = World::new("hbv3", HB);
+    let kernel = "5.15.0-1073-azure";
+    apt_stubs(&w, kernel);
+    let c = w.tmp.path().join("calls.log");
+    write_exec(&w.stubs.join("dkms"), &format!("#!/bin/sh\necho \"dkms $*\" >> '{}'\necho 'mlnx-ofed-kernel/25.10, {kernel}, x86_64: built'\n", c.display()));
+    let (_server, public) = doca_package(&w);
+    w.settings(1, public);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 217, "{}", message(&v));
+    // enable again with the same sequence number: the install is resumed, not skipped.
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 217, "{}", message(&v));
+    // DKMS fixed: the install finishes, activates (one reboot) and verifies.
+    shared_stubs(&w, "mlnx-ofed-kernel", kernel);
+    let v = run_to_success(&w, 1);
+    assert_eq!(status_value(&v), "success", "{v}");
+    let lines = call_lines(&w);
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" doca-ofed")).count(),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("systemctl reboot"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn the_same_choice_under_a_new_sequence_number_neither_reinstalls_nor_reboots() {
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    let (_server, public) = doca_package(&w);
+    w.settings(1, public.clone());
+    assert_eq!(status_value(&run_to_success(&w, 1)), "success");
+    w.settings(2, public);
+    let v = run_to_success(&w, 2);
+    assert_eq!(status_value(&v), "success", "{v}");
+    let lines = call_lines(&w);
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" doca-ofed")).count(),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("systemctl reboot"))
+            .count(),
+        1,
+        "{lines:#?}"
+    );
+}

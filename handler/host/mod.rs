@@ -122,6 +122,8 @@ pub struct HostFacts {
     pub modules: BTreeSet<String>,
     pub secure_boot: SecureBoot,
     pub stack: Option<stack::InstalledStack>,
+    /// What this handler installed last, if anything.
+    pub installed_by_us: Option<stack::InstalledMarker>,
     pub imds: Option<imds::Compute>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub imds_error: Option<String>,
@@ -221,6 +223,7 @@ pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>, probe_stack: bool
         } else {
             None
         },
+        installed_by_us: stack::read_marker(root),
         imds,
         imds_error,
     }

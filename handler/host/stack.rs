@@ -32,6 +32,23 @@ pub struct InstalledStack {
     pub verbs_library: bool,
 }
 
+/// What this handler installed last (`installed.json` in the data directory): lets a later
+/// sequence number with the same choice skip the installer and the reboot. A DOCA version
+/// cannot be read back from the host (`ofed_info` reports the OFED release), hence the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledMarker {
+    pub stack: StackKind,
+    pub version: String,
+    /// SHA-256 of the artifact, or `inbox`.
+    pub sha256: String,
+}
+
+pub const MARKER: &str = "installed.json";
+
+pub fn read_marker(root: &super::Root) -> Option<InstalledMarker> {
+    serde_json::from_slice(&std::fs::read(root.data_dir().join(MARKER)).ok()?).ok()
+}
+
 /// `ofed_info -s` prints e.g. `MLNX_OFED_LINUX-24.10-1.1.4.0:` or, for DOCA-OFED,
 /// `OFED-internal-25.10-1.2.8:`.
 pub fn parse_ofed_info(out: &str) -> Option<(StackKind, String)> {

@@ -227,35 +227,39 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Is the chosen stack already what the host has? Then the installer does not run again.
-fn already_installed(ctx: &Ctx) -> bool {
-    let Some(have) = stack::detect(ctx.root) else {
-        return false;
-    };
-    match ctx.choice {
-        Choice::Inbox { .. } => have.kind == StackKind::Inbox && have.verbs_library,
+/// What the marker records for `choice`.
+fn marker_for(choice: &Choice) -> stack::InstalledMarker {
+    match choice {
+        Choice::Inbox { .. } => stack::InstalledMarker {
+            stack: StackKind::Inbox,
+            version: String::new(),
+            sha256: "inbox".into(),
+        },
         Choice::Artifact {
             stack,
             version,
-            custom,
+            sha256,
             ..
-        } => {
-            have.kind == *stack
-                && (*custom
-                    || have
-                        .version
-                        .as_deref()
-                        .is_some_and(|v| same_release(*stack, v, version)))
-        }
+        } => stack::InstalledMarker {
+            stack: *stack,
+            version: version.clone(),
+            sha256: sha256.to_ascii_lowercase(),
+        },
     }
 }
 
-/// `ofed_info` reports the OFED release (DOCA 3.2.1 ships OFED 25.10-...), so for DOCA any
-/// installed DOCA-OFED counts; MLNX_OFED versions compare directly.
-fn same_release(stack: StackKind, installed: &str, wanted: &str) -> bool {
-    match stack {
-        StackKind::MlnxOfed => installed == wanted || installed.starts_with(wanted),
-        _ => true,
+/// Is the chosen stack already in place? Inbox: the host has the verbs library. A vendor
+/// artifact: this handler installed exactly it (a DOCA version cannot be read back from the
+/// host, and a preinstalled stack of another version must be replaced when one is pinned).
+fn already_installed(ctx: &Ctx) -> bool {
+    match ctx.choice {
+        Choice::Inbox { .. } => {
+            stack::detect(ctx.root).is_some_and(|h| h.kind == StackKind::Inbox && h.verbs_library)
+        }
+        Choice::Artifact { .. } => {
+            stack::read_marker(ctx.root).is_some_and(|m| m == marker_for(ctx.choice))
+                && stack::detect(ctx.root).is_some()
+        }
     }
 }
 
@@ -268,7 +272,7 @@ fn orphan_installer(track: &Path) -> Option<u32> {
     (crate::lock::start_time(pid) == Some(start)).then_some(pid)
 }
 
-pub fn install(ctx: &Ctx) -> Result<(), Failure> {
+pub fn install(ctx: &Ctx, cp: &mut Checkpoint) -> Result<(), Failure> {
     let track = ctx.data_dir.join("installer.pid");
     if let Some(pid) = orphan_installer(&track) {
         (ctx.progress)("waiting for the installer an interrupted run started");
@@ -299,10 +303,32 @@ pub fn install(ctx: &Ctx) -> Result<(), Failure> {
             .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
         run(&fix, Code::PackageInstallFailed)?;
     }
+    let installed = ctx.data_dir.join(stack::MARKER);
+    let started = ctx.data_dir.join(INSTALLING);
+    let mine = marker_for(ctx.choice);
+    let record = |path: &Path| {
+        let bytes = serde_json::to_vec(&mine).expect("marker serializes");
+        crate::fsutil::write_atomic(path, &bytes).map_err(|e| Failure::state_io(path, e))
+    };
     if already_installed(ctx) {
         tracing::info!("the chosen stack is already installed; the installer is not run again");
         return Ok(());
     }
+    // An earlier run of ours started this very install and the host now has the stack: that
+    // run's installer finished (the worker was stopped after it), so it is not run twice.
+    let chosen = vendor_stack(ctx.choice).unwrap_or(StackKind::Inbox);
+    let ours_started = std::fs::read(&started)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<stack::InstalledMarker>(&b).ok())
+        .is_some_and(|m| m == mine);
+    cp.installer_ran = true;
+    if ours_started && stack::detect(ctx.root).is_some_and(|h| h.kind == chosen) {
+        tracing::info!("an interrupted run's installer completed this install");
+        record(&installed)?;
+        let _ = std::fs::remove_file(&started);
+        return Ok(());
+    }
+    record(&started)?;
     if vendor_stack(ctx.choice) == Some(StackKind::Doca) {
         pins::before_doca(ctx.root, ctx.family)
             .map_err(|e| Failure::state_io(&ctx.root.path("etc/dkms"), e))?;
@@ -342,8 +368,13 @@ pub fn install(ctx: &Ctx) -> Result<(), Failure> {
             Err(f) => return Err(f),
         }
     }
+    record(&installed)?;
+    let _ = std::fs::remove_file(&started);
     Ok(())
 }
+
+/// Written before an installer starts: which install an interrupted run was doing.
+const INSTALLING: &str = "installing.json";
 
 /// dpkg keeps pending work in `/var/lib/dpkg/updates/` while a run is unfinished.
 fn dpkg_interrupted(root: &Root) -> bool {
@@ -458,7 +489,9 @@ pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Acti
     let old_loaded = ["mlx5_core", "mlx4_core", "ib_core"]
         .iter()
         .any(|m| ctx.loaded_modules.contains(*m));
-    let needs_reboot = flagged || (vendor && old_loaded);
+    // Only an installer that ran now replaces loaded drivers; a later sequence number with the
+    // same choice does not reboot again.
+    let needs_reboot = flagged || (vendor && old_loaded && cp.installer_ran);
     if !needs_reboot {
         if !vendor {
             let mut args = vec!["-a", "-b", "-q"];

@@ -281,7 +281,15 @@ pub fn install_cmds(
                 )),
             }
             v.extend(refresh(f));
-            v.push(install_packages(f, &["doca-ofed".to_string()], lock_wait));
+            let mut install = install_packages(f, &["doca-ofed".to_string()], lock_wait);
+            if f == Family::Apt {
+                // An upgrade must replace the packages held after the previous DOCA install.
+                install.argv.insert(
+                    install.argv.len() - 1,
+                    "--allow-change-held-packages".into(),
+                );
+            }
+            v.push(install);
             v
         }
         Choice::Artifact {
@@ -397,7 +405,7 @@ mod tests {
         assert!(argv[2].starts_with(
             "apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=900"
         ));
-        assert!(argv[2].ends_with(" doca-ofed"));
+        assert!(argv[2].ends_with(" --allow-change-held-packages doca-ofed"));
         assert!(cmds[2]
             .env
             .contains(&("DEBIAN_FRONTEND".into(), "noninteractive".into())));
