@@ -312,3 +312,34 @@ fn fetch_verb_end_to_end() {
     // The verified earlier result is untouched by the failed one.
     assert!(into.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
 }
+
+#[test]
+fn resets_that_make_progress_do_not_use_up_the_attempts() {
+    let data = bundle(30, 100_000);
+    let server = Server::start(data.clone());
+    // More resets than attempts (6), each after some progress.
+    for _ in 0..9 {
+        server.fault(Fault::ResetAfter(data.len() / 12));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new()
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap();
+    assert_eq!(out.files, 31);
+    assert_eq!(server.sent(), data.len() as u64);
+}
+
+#[test]
+fn a_bad_url_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new();
+    let req = Request {
+        url: "ftp://127.0.0.1/x.tgz".into(),
+        sha256: "0".repeat(64),
+        size: None,
+        extract: true,
+    };
+    let err = run.fetch(&req, dir.path()).unwrap_err();
+    assert!(matches!(err, FetchError::Permanent { .. }), "{err}");
+    assert!(run.sleeps.borrow().is_empty());
+}

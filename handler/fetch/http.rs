@@ -111,7 +111,20 @@ pub fn request(
             return Step::Transient(format!("HTTP {code}"))
         }
         Err(ureq::Error::Status(code, _)) => return Step::Permanent(format!("HTTP {code}")),
-        Err(ureq::Error::Transport(t)) => return Step::Transient(format!("{}", t.kind())),
+        // Mistakes in the URL or the proxy settings will not cure themselves.
+        Err(ureq::Error::Transport(t)) => {
+            let kind = t.kind();
+            let detail = format!("{kind}");
+            return match kind {
+                ureq::ErrorKind::InvalidUrl
+                | ureq::ErrorKind::UnknownScheme
+                | ureq::ErrorKind::InsecureRequestHttpsOnly
+                | ureq::ErrorKind::TooManyRedirects
+                | ureq::ErrorKind::InvalidProxyUrl
+                | ureq::ErrorKind::ProxyUnauthorized => Step::Permanent(detail),
+                _ => Step::Transient(detail),
+            };
+        }
     };
     match resp.status() {
         206 => match resp.header("Content-Range").and_then(parse_content_range) {

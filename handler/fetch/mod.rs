@@ -299,7 +299,15 @@ fn attempt(
     let mut write_err: Option<io::Error> = None;
     let mut last: Option<String> = None;
     let mut outcome: Option<Result<(), FetchError>> = None;
-    for try_no in 1..=opts.retry.attempts.max(1) {
+    // Failures in a row: an attempt that moved the transfer forward starts the count again,
+    // so a link that resets every few hundred megabytes still finishes a large bundle.
+    let mut try_no = 0u32;
+    let mut progress_mark = transferred;
+    loop {
+        try_no += 1;
+        if try_no > opts.retry.attempts.max(1) {
+            break;
+        }
         if try_no > 1 {
             (opts.sleep)(opts.retry.delay(try_no - 1));
         }
@@ -357,7 +365,12 @@ fn attempt(
             }
         }
         tracing::warn!(url = %url_shown, attempt = try_no, offset, "transient download failure: {}", last.as_deref().unwrap_or(""));
+        if transferred > progress_mark {
+            progress_mark = transferred;
+            try_no = 1;
+        }
     }
+
     drop(tx);
     let extracted = extractor.map(|h| {
         h.join()

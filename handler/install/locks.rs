@@ -32,7 +32,13 @@ fn pid_file_alive(path: &Path) -> Option<i32> {
 
 /// What is busy right now, in words; `None` when the way is clear.
 pub fn busy(root: &Root, f: Family) -> Option<String> {
-    if root.path("run/cloud-init").is_dir() && !root.path("run/cloud-init/result.json").exists() {
+    // cloud-init's generator writes run/cloud-init/enabled when it will run this boot (and
+    // `disabled` when not); result.json marks the end of its last stage.
+    let ci = root.path("run/cloud-init");
+    if ci.join("enabled").exists()
+        && !ci.join("disabled").exists()
+        && !ci.join("result.json").exists()
+    {
         return Some("cloud-init has not finished".into());
     }
     let fcntl_files: &[&str] = match f {
@@ -170,6 +176,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = Root::new(d.path());
         std::fs::create_dir_all(root.path("run/cloud-init")).unwrap();
+        // Present but disabled (or never enabled): not waited for.
+        assert_eq!(busy(&root, Family::Zypper), None);
+        std::fs::write(root.path("run/cloud-init/enabled"), "").unwrap();
         assert!(busy(&root, Family::Zypper).unwrap().contains("cloud-init"));
         std::fs::write(root.path("run/cloud-init/result.json"), "{}").unwrap();
         assert_eq!(busy(&root, Family::Zypper), None);

@@ -124,8 +124,10 @@ pub fn prerequisites(ctx: &Ctx) -> Result<(), Failure> {
     };
     let lock_wait = ctx.settings.public.lock_timeout_seconds;
     if let Some(cmd) = recipe::refresh(ctx.family) {
+        wait_for_locks(ctx)?;
         run(&cmd, Code::PackageInstallFailed)?;
     }
+    wait_for_locks(ctx)?;
     let headers = recipe::header_packages(ctx.family, ctx.kernel);
     let mut wanted = headers.clone();
     wanted.extend(recipe::build_packages(ctx.family, stack));
@@ -343,6 +345,10 @@ pub fn install(ctx: &Ctx, cp: &mut Checkpoint) -> Result<(), Failure> {
     );
     for cmd in &cmds {
         (ctx.progress)(&cmd.purpose);
+        if !cmd.argv[0].ends_with("/mlnxofedinstall") {
+            // apt-daily or unattended-upgrades may have started since wait-for-locks.
+            wait_for_locks(ctx)?;
+        }
         let is_ofed = cmd.argv[0].ends_with("/mlnxofedinstall");
         match run_tracked(cmd, Code::PackageInstallFailed, Some(&track)) {
             Ok(_) => {}
@@ -386,14 +392,20 @@ pub fn dkms_installed(status: &str, module: &str, kernel: &str) -> bool {
     status.lines().any(|l| {
         let l = l.trim();
         l.starts_with(&format!("{module}/")) || l.starts_with(&format!("{module},"))
-    } && l.contains(kernel) && l.trim_end().ends_with("installed"))
+    } && l.contains(kernel) && l.contains(": installed"))
 }
 
 pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
-    if vendor_stack(ctx.choice) != Some(StackKind::Doca) {
+    let Some(stack) = vendor_stack(ctx.choice) else {
+        return Ok(());
+    };
+    if stack == StackKind::Doca {
+        check_dkms(ctx)?;
+    }
+    refresh_boot_files(ctx);
+    if stack != StackKind::Doca {
         return Ok(());
     }
-    check_dkms(ctx)?;
     // Keep the distribution's rdma-core from replacing DOCA's on the next update.
     let hold = pins::after_doca(ctx.root, ctx.family)
         .map_err(|e| Failure::state_io(&ctx.root.path("etc"), e))?;
@@ -407,6 +419,41 @@ pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
         run(&cmd, Code::PackageInstallFailed)?;
     }
     Ok(())
+}
+
+/// The new modules must be what the next boot loads: rebuild the initramfs for the running
+/// kernel (an inbox mlx5_core in it would load first) and enable openibd where the stack has it.
+/// Failures here are logged, not fatal: verify after the reboot has the last word.
+fn refresh_boot_files(ctx: &Ctx) {
+    let k = ctx.kernel;
+    let cmd = match ctx.family {
+        Family::Apt => Cmd::new_public(
+            "rebuild the initramfs",
+            600,
+            &["update-initramfs", "-u", "-k", k],
+        ),
+        _ => Cmd::new_public("rebuild the initramfs", 600, &["dracut", "-f", "--kver", k]),
+    };
+    if let Err(f) = run(&cmd, Code::PackageInstallFailed) {
+        tracing::warn!("{}", f.message);
+    }
+    let unit_known = [
+        "etc/systemd/system/openibd.service",
+        "usr/lib/systemd/system/openibd.service",
+        "lib/systemd/system/openibd.service",
+    ]
+    .iter()
+    .any(|p| ctx.root.path(p).exists());
+    if unit_known {
+        let enable = Cmd::new_public(
+            "enable openibd",
+            120,
+            &["systemctl", "enable", "openibd.service"],
+        );
+        if let Err(f) = run(&enable, Code::PackageInstallFailed) {
+            tracing::warn!("{}", f.message);
+        }
+    }
 }
 
 fn check_dkms(ctx: &Ctx) -> Result<(), Failure> {
@@ -555,5 +602,11 @@ mod tests {
         assert!(dkms_installed(s, "mlnx-ofed-kernel", "5.15.0-1073-azure"));
         assert!(!dkms_installed(s, "iser", "5.15.0-1073-azure"));
         assert!(!dkms_installed(s, "mlnx-ofed-kernel", "6.8.0"));
+        let warned = "mlnx-ofed-kernel/25.10, 6.8.0-1021-azure, x86_64: installed (WARNING! Diff between built and installed module!)";
+        assert!(dkms_installed(
+            warned,
+            "mlnx-ofed-kernel",
+            "6.8.0-1021-azure"
+        ));
     }
 }

@@ -190,10 +190,10 @@ pub fn build_packages(f: Family, stack: StackKind) -> Vec<String> {
             "pciutils",
             "lsof",
         ],
+        // dkms itself comes with doca-ofed: it is in EPEL, not in BaseOS/AppStream.
         (Family::Dnf | Family::Yum, StackKind::Doca) => &[
             "gcc",
             "make",
-            "dkms",
             "elfutils-libelf-devel",
             "kernel-rpm-macros",
             "perl",

@@ -165,7 +165,7 @@ impl World {
                 ),
             );
         }
-        for prog in ["systemctl", "modprobe", "reboot"] {
+        for prog in ["systemctl", "modprobe", "reboot", "update-initramfs", "dracut"] {
             write_exec(
                 &stubs.join(prog),
                 &format!(
