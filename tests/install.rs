@@ -193,7 +193,10 @@ fn doca_on_ubuntu_2204_installs_reboots_once_and_resumes() {
     let hold = position(&after, "apt-mark hold");
     assert_eq!(after[hold], "apt-mark hold rdma-core libibverbs1");
     assert!(position(&after, &format!("dkms status -k {kernel}")) < hold);
-    assert!(position(&after, &format!("update-initramfs -u -k {kernel}")) < position(&after, "systemctl reboot"));
+    assert!(
+        position(&after, &format!("update-initramfs -u -k {kernel}"))
+            < position(&after, "systemctl reboot")
+    );
     for m in ["iser", "isert", "srp"] {
         let conf = fs::read_to_string(w.root.join(format!("etc/dkms/{m}.conf"))).unwrap();
         assert_eq!(conf, "BUILD_DEPENDS=\"mlnx-ofed-kernel\"\n");

@@ -165,7 +165,13 @@ impl World {
                 ),
             );
         }
-        for prog in ["systemctl", "modprobe", "reboot", "update-initramfs", "dracut"] {
+        for prog in [
+            "systemctl",
+            "modprobe",
+            "reboot",
+            "update-initramfs",
+            "dracut",
+        ] {
             write_exec(
                 &stubs.join(prog),
                 &format!(
