@@ -94,6 +94,11 @@ fn apt_stubs(w: &World, kernel: &str) {
     shared_stubs(w, "mlnx-ofed-kernel", kernel);
 }
 
+/// How many recorded calls contain `needle`.
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
 fn call_lines(w: &World) -> Vec<String> {
     w.calls()
         .lines()
@@ -170,18 +175,8 @@ fn doca_on_ubuntu_2204_installs_reboots_once_and_resumes() {
     assert_eq!(status_value(&v), "success", "{v}");
     assert_eq!(w.mrseq().as_deref(), Some("1"));
     let after = call_lines(&w);
-    assert_eq!(
-        after.iter().filter(|l| l.contains(" doca-ofed")).count(),
-        1,
-        "the installer ran again"
-    );
-    assert_eq!(
-        after
-            .iter()
-            .filter(|l| l.contains("systemctl reboot"))
-            .count(),
-        1
-    );
+    assert_eq!(count(&after, " doca-ofed"), 1, "the installer ran again");
+    assert_eq!(count(&after, "systemctl reboot"), 1);
     let state: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
             .unwrap();
@@ -238,13 +233,7 @@ fn reboot_never_ends_in_a_clear_status_and_finishes_after_the_users_reboot() {
     assert_eq!(code(&w.run("enable", 2)), 0);
     let v = w.wait_terminal(2, Duration::from_secs(30));
     assert_eq!(status_value(&v), "success", "{v}");
-    assert_eq!(
-        call_lines(&w)
-            .iter()
-            .filter(|l| l.contains(" doca-ofed"))
-            .count(),
-        1
-    );
+    assert_eq!(count(&call_lines(&w), " doca-ofed"), 1);
 }
 
 #[test]
@@ -274,30 +263,12 @@ fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
     assert_eq!(code(&w.run("enable", 3)), 0);
     let v = w.wait_terminal(3, Duration::from_secs(30));
     assert_eq!(status_code(&v), 219, "{}", message(&v));
-    assert_eq!(
-        call_lines(&w)
-            .iter()
-            .filter(|l| l.contains("systemctl reboot"))
-            .count(),
-        1
-    );
-    assert_eq!(
-        call_lines(&w)
-            .iter()
-            .filter(|l| l.contains(" doca-ofed"))
-            .count(),
-        1
-    );
+    assert_eq!(count(&call_lines(&w), "systemctl reboot"), 1);
+    assert_eq!(count(&call_lines(&w), " doca-ofed"), 1);
     // Another enable for the same sequence number still does not reboot.
     assert_eq!(code(&w.run("enable", 3)), 0);
     w.wait_terminal(3, Duration::from_secs(30));
-    assert_eq!(
-        call_lines(&w)
-            .iter()
-            .filter(|l| l.contains("systemctl reboot"))
-            .count(),
-        1
-    );
+    assert_eq!(count(&call_lines(&w), "systemctl reboot"), 1);
 }
 
 #[test]
@@ -636,13 +607,7 @@ fn mlnx_ofed_49_for_connectx3_pro_on_ubuntu_2004() {
     );
     let v = w.wait_terminal(1, Duration::from_secs(30));
     assert_eq!(status_value(&v), "success", "{v}");
-    assert_eq!(
-        call_lines(&w)
-            .iter()
-            .filter(|l| l.contains("mlnxofedinstall"))
-            .count(),
-        1
-    );
+    assert_eq!(count(&call_lines(&w), "mlnxofedinstall"), 1);
 }
 
 #[test]
@@ -717,14 +682,7 @@ fn doca_on_ubuntu_2404_rocky_95_and_rhel_810() {
             lines[position(&lines, pkg)].contains("/artifacts/"),
             "{osf}"
         );
-        assert_eq!(
-            lines
-                .iter()
-                .filter(|l| l.contains("systemctl reboot"))
-                .count(),
-            1,
-            "{osf}"
-        );
+        assert_eq!(count(&lines, "systemctl reboot"), 1, "{osf}");
     }
 }
 
@@ -751,18 +709,8 @@ fn an_unfinished_install_is_carried_on_not_mistaken_for_success() {
     let v = run_to_success(&w, 1);
     assert_eq!(status_value(&v), "success", "{v}");
     let lines = call_lines(&w);
-    assert_eq!(
-        lines.iter().filter(|l| l.contains(" doca-ofed")).count(),
-        1,
-        "{lines:#?}"
-    );
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.contains("systemctl reboot"))
-            .count(),
-        1
-    );
+    assert_eq!(count(&lines, " doca-ofed"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "systemctl reboot"), 1);
 }
 
 #[test]
@@ -776,17 +724,6 @@ fn the_same_choice_under_a_new_sequence_number_neither_reinstalls_nor_reboots() 
     let v = run_to_success(&w, 2);
     assert_eq!(status_value(&v), "success", "{v}");
     let lines = call_lines(&w);
-    assert_eq!(
-        lines.iter().filter(|l| l.contains(" doca-ofed")).count(),
-        1,
-        "{lines:#?}"
-    );
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.contains("systemctl reboot"))
-            .count(),
-        1,
-        "{lines:#?}"
-    );
+    assert_eq!(count(&lines, " doca-ofed"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "systemctl reboot"), 1, "{lines:#?}");
 }

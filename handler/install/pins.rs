@@ -7,20 +7,12 @@
 use super::recipe::Family;
 use crate::host::Root;
 
-/// Distribution packages DOCA-OFED replaces with its own builds.
-pub fn shadowed(f: Family) -> &'static [&'static str] {
+/// Distribution packages DOCA-OFED replaces with its own builds: on apt hosts the inbox set
+/// itself; on the rpm families name patterns, for repository excludes.
+pub fn shadowed(f: Family) -> Vec<String> {
     match f {
-        Family::Apt => &[
-            "rdma-core",
-            "ibverbs-providers",
-            "libibverbs1",
-            "ibverbs-utils",
-            "librdmacm1",
-            "rdmacm-utils",
-            "libibumad3",
-            "infiniband-diags",
-        ],
-        _ => &[
+        Family::Apt => super::recipe::inbox_packages(f),
+        _ => [
             "rdma-core*",
             "libibverbs*",
             "librdmacm*",
@@ -28,7 +20,10 @@ pub fn shadowed(f: Family) -> &'static [&'static str] {
             "infiniband-diags*",
             "ucx*",
             "openmpi*",
-        ],
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect(),
     }
 }
 
@@ -132,9 +127,8 @@ pub fn after_doca(root: &Root, f: Family) -> std::io::Result<Vec<String>> {
             let status =
                 std::fs::read_to_string(root.path("var/lib/dpkg/status")).unwrap_or_default();
             let installed: Vec<String> = shadowed(f)
-                .iter()
+                .into_iter()
                 .filter(|p| crate::host::stack::dpkg_version(&status, p).is_some())
-                .map(|p| p.to_string())
                 .collect();
             Ok(installed)
         }
@@ -146,7 +140,9 @@ pub fn after_doca(root: &Root, f: Family) -> std::io::Result<Vec<String>> {
             {
                 let path = dir.join(&name);
                 let text = std::fs::read_to_string(&path)?;
-                let new = exclude_in_repo(&text, shadowed(f));
+                let patterns = shadowed(f);
+                let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                let new = exclude_in_repo(&text, &refs);
                 if new != text {
                     crate::fsutil::write_atomic(&path, new.as_bytes())?;
                     tracing::info!(repo = %name, "excluded DOCA-shadowed packages from BaseOS");
