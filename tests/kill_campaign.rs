@@ -65,7 +65,23 @@ fn world(server: &Server, deb: &[u8]) -> World {
     );
     write_exec(
         &w.stubs.join("systemctl"),
-        &format!("#!/bin/sh\necho \"systemctl $* from $(cat \"$IBDRIVER_ROOT/proc/sys/kernel/random/boot_id\")\" >> '{c}'\nif [ \"$1\" = reboot ]; then sleep 0.1; R=\"$IBDRIVER_ROOT\"; {load}; cat /proc/sys/kernel/random/uuid > \"$R/proc/sys/kernel/random/boot_id\"; pkill -9 -f -- 'worker --handler-dir {hd} '; fi\nexit 0\n", hd = w.handler_dir.display()),
+        // A reboot is one event: the first request starts it (the run/rebooting directory is
+        // the atomic test-and-set) and any request during the shutdown is a no-op; it ends every
+        // worker, loads the new drivers and changes the boot id, as a real reboot would.
+        &format!(
+            "#!/bin/sh\necho \"systemctl $*\" >> '{c}'\nR=\"$IBDRIVER_ROOT\"\n\
+             if [ \"$1\" = reboot ]; then\n\
+               mkdir -p \"$R/run\"\n\
+               mkdir \"$R/run/rebooting\" 2>/dev/null || exit 0\n\
+               echo \"reboot requested from $(cat \"$R/proc/sys/kernel/random/boot_id\")\" >> '{c}'\n\
+               sleep 0.1\n\
+               pkill -9 -f -- 'worker --handler-dir {hd} '\n\
+               {load}\n\
+               cat /proc/sys/kernel/random/uuid > \"$R/proc/sys/kernel/random/boot_id\"\n\
+               rmdir \"$R/run/rebooting\"\n\
+             fi\nexit 0\n",
+            hd = w.handler_dir.display()
+        ),
     );
     let sha: String = Sha256::digest(deb)
         .iter()
@@ -80,6 +96,13 @@ fn world(server: &Server, deb: &[u8]) -> World {
 /// exit, including a reboot, it runs enable again).
 fn converge(w: &World) -> serde_json::Value {
     for _ in 0..6 {
+        // The agent starts again only once the reboot is over.
+        let rebooting = w.root.join("run/rebooting");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rebooting.exists() {
+            assert!(Instant::now() < deadline, "reboot never finished");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(code(&w.run("enable", 1)), 0);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -166,7 +189,7 @@ fn killed_at_52_points_every_run_converges() {
         // same reboot).
         let boots: std::collections::BTreeSet<&str> = calls
             .lines()
-            .filter_map(|l| l.strip_prefix("systemctl reboot from "))
+            .filter_map(|l| l.strip_prefix("reboot requested from "))
             .collect();
         assert_eq!(
             boots.len(),
