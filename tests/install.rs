@@ -274,11 +274,7 @@ fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
 #[test]
 fn inbox_on_debian_12_installs_packages_and_loads_modules_without_reboot() {
     let w = World::new("hbv3-noverbs", HB);
-    w.set_file(
-        "etc/os-release",
-        &fs::read_to_string(fixtures().join("os-release/debian-12")).unwrap(),
-    );
-    w.set_file("proc/sys/kernel/osrelease", "6.1.0-28-cloud-amd64\n");
+    w.as_distro("debian-12", "6.1.0-28-cloud-amd64");
     // The inbox path loads modules; the mlx5_core already loaded must not force a reboot.
     apt_stubs(&w, "6.1.0-28-cloud-amd64");
     w.settings(1, json!({}));
@@ -452,11 +448,7 @@ fn run_to_success(w: &World, seq: u64) -> serde_json::Value {
 fn doca_on_almalinux_810_uses_rpm_and_dnf() {
     let w = World::new("hbv3-noverbs", HB);
     let kernel = "4.18.0-553.el8_10.x86_64";
-    w.set_file(
-        "etc/os-release",
-        &fs::read_to_string(fixtures().join("os-release/almalinux-8.10")).unwrap(),
-    );
-    w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+    w.as_distro("almalinux-8.10", kernel);
     rpm_stubs(&w, "dnf", kernel);
     let repo = "[baseos]\nname=AlmaLinux 8.10 - BaseOS\nmirrorlist=https://mirrors.almalinux.org/mirrorlist/8.10/baseos\n\n[appstream]\nname=AlmaLinux 8.10 - AppStream\n";
     w.set_file("etc/yum.repos.d/almalinux-baseos.repo", repo);
@@ -498,11 +490,7 @@ fn inbox_on_sles_and_azure_linux() {
         ),
     ] {
         let w = World::new("hbv3-noverbs", HB);
-        w.set_file(
-            "etc/os-release",
-            &fs::read_to_string(fixtures().join("os-release").join(osf)).unwrap(),
-        );
-        w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+        w.as_distro(osf, kernel);
         rpm_stubs(&w, pm, kernel);
         w.settings(1, json!({}));
         let v = run_to_success(&w, 1);
@@ -651,11 +639,7 @@ fn doca_on_ubuntu_2404_rocky_95_and_rhel_810() {
         ),
     ] {
         let w = World::new("hbv3-noverbs", HB);
-        w.set_file(
-            "etc/os-release",
-            &fs::read_to_string(fixtures().join("os-release").join(osf)).unwrap(),
-        );
-        w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+        w.as_distro(osf, kernel);
         if pm == "apt-get" {
             apt_stubs(&w, kernel);
         } else {

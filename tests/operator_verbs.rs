@@ -122,11 +122,7 @@ fn plan_shows_what_would_be_installed() {
 fn connectx3_pro_on_a_new_kernel_is_refused_before_anything_changes() {
     let w = World::new("nc24rsv3", "Standard_NC24rs_v3");
     // The same VM on Ubuntu 22.04 (kernel 5.15) without drivers: MLNX_OFED 4.9 cannot build.
-    w.set_file(
-        "etc/os-release",
-        &std::fs::read_to_string(fixtures().join("os-release/ubuntu-22.04")).unwrap(),
-    );
-    w.set_file("proc/sys/kernel/osrelease", "5.15.0-1073-azure\n");
+    w.as_distro("ubuntu-22.04", "5.15.0-1073-azure");
     std::fs::remove_file(w.root.join("var/lib/dpkg/status")).unwrap();
     std::fs::remove_file(w.root.join("usr/lib/x86_64-linux-gnu/libibverbs.so.1")).unwrap();
     let (rc, v) = json_out(&w, &["plan", "--json"]);

@@ -411,6 +411,14 @@ impl World {
     pub fn set_file(&self, rel: &str, content: &str) {
         write(&self.root.join(rel), content);
     }
+
+    /// Make the fake host another distribution: an os-release fixture and its running kernel.
+    pub fn as_distro(&self, os_release_fixture: &str, kernel: &str) {
+        let text =
+            fs::read_to_string(fixtures().join("os-release").join(os_release_fixture)).unwrap();
+        self.set_file("etc/os-release", &text);
+        self.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+    }
 }
 
 /// Is a worker for this handler directory still running? (Scans /proc for our own binary.)
