@@ -98,6 +98,19 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ExtractError + '_ {
     }
 }
 
+/// The target of a symlink or hard-link entry (`kind` names it in the error).
+fn link_target<R: Read>(
+    entry: &tar::Entry<R>,
+    kind: &str,
+    shown: &str,
+) -> Result<PathBuf, ExtractError> {
+    entry
+        .link_name()
+        .map_err(|e| ExtractError::Corrupt(e.to_string()))?
+        .map(|t| t.into_owned())
+        .ok_or_else(|| ExtractError::Corrupt(format!("{kind} {shown} without target")))
+}
+
 /// Summary of what was unpacked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Extracted {
@@ -175,26 +188,14 @@ pub fn untar_gz(input: impl Read, root: &Path, max_bytes: u64) -> Result<Extract
                 done.bytes += written;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ExtractError::Corrupt(e.to_string()))?
-                    .ok_or_else(|| {
-                        ExtractError::Corrupt(format!("symlink {shown} without target"))
-                    })?
-                    .into_owned();
+                let target = link_target(&entry, "symlink", &shown)?;
                 if !link_stays_inside(root, &rel, &target) {
                     return Err(ExtractError::UnsafeLink(shown));
                 }
                 std::os::unix::fs::symlink(&target, &dest).map_err(io_err(&dest))?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ExtractError::Corrupt(e.to_string()))?
-                    .ok_or_else(|| {
-                        ExtractError::Corrupt(format!("hard link {shown} without target"))
-                    })?
-                    .into_owned();
+                let target = link_target(&entry, "hard link", &shown)?;
                 let target_rel = safe_relative(&target)
                     .ok_or_else(|| ExtractError::UnsafeLink(shown.clone()))?;
                 check_no_link_on_path(root, &target_rel)?;
