@@ -23,6 +23,14 @@ pub enum Command {
         size: Option<u64>,
         extract: Option<bool>,
     },
+    /// The whole engine in the foreground, without the agent.
+    Apply {
+        settings: Option<PathBuf>,
+    },
+    /// A support bundle with secrets redacted.
+    Diagnose {
+        out: PathBuf,
+    },
     /// Internal: the detached worker.
     Worker {
         handler_dir: PathBuf,
@@ -42,9 +50,13 @@ operator verbs: plan [--json] [--settings FILE]   what enable would do on this h
                 health [--json]                   RDMA health; exit 0 only when usable
                 fetch URL --sha256 HEX --into DIR [--size BYTES] [--extract|--no-extract]
                                                   download, verify and unpack one artifact
+                apply [--settings FILE]           install, configure and verify in the
+                                                  foreground (Batch start tasks, image builds)
+                diagnose --out FILE               support bundle (.tar.gz), secrets redacted
                 version
 environment:    IBDRIVER_ROOT (host root, default /), IBDRIVER_IMDS_URL,
-                IBDRIVER_VERIFY_TIMEOUT_SECONDS (default 120)";
+                IBDRIVER_VERIFY_TIMEOUT_SECONDS (default 120); for apply only:
+                IBDRIVER_PACKAGE_URL, IBDRIVER_PROXY (the protected settings)";
 
 fn value(args: &[String], i: &mut usize, flag: &str) -> Result<String, String> {
     *i += 1;
@@ -73,6 +85,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "update" => simple(Command::Update),
         "version" | "--version" => simple(Command::Version),
         "help" | "--help" | "-h" => Ok(Command::Help),
+        "apply" => match rest {
+            [] => Ok(Command::Apply { settings: None }),
+            [flag, file] if flag == "--settings" => Ok(Command::Apply {
+                settings: Some(PathBuf::from(file)),
+            }),
+            [flag] if flag == "--settings" => Err("--settings needs a value".into()),
+            _ => Err("usage: apply [--settings FILE]".into()),
+        },
+        "diagnose" => match rest {
+            [flag, file] if flag == "--out" => Ok(Command::Diagnose {
+                out: PathBuf::from(file),
+            }),
+            _ => Err("usage: diagnose --out FILE".into()),
+        },
         "plan" | "health" | "worker" | "monitor" => {
             let mut json = false;
             let mut settings = None;

@@ -74,12 +74,16 @@ codes! {
     RebootRequired = 218, exit 14;
     RebootLoop = 219, exit 14;
     Rebooting = 204, exit 0;
+    DisableFailed = 205, exit 14;
     DownloadFailed = 230, exit 14;
     ChecksumMismatch = 231, exit 14;
     PortsNotActive = 220, exit 14;
     SecureBootBlocks = 223, exit 14;
     ModulesMissing = 221, exit 14;
     NoIbPorts = 222, exit 14;
+    IpoibNotConfigured = 224, exit 14;
+    ConfigureFailed = 225, exit 14;
+    RepairFailed = 226, exit 14;
 }
 
 /// What the user sees: a code and one line saying what happened and what to do.

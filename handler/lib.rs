@@ -8,9 +8,12 @@
 //! worker process ([`worker`], [`lock`]) and operator verbs ([`operator`]).
 
 pub mod agent;
+pub mod apply;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod configure;
+pub mod diagnose;
 pub mod enable;
 pub mod error;
 pub mod events;
@@ -161,6 +164,14 @@ fn dispatch(cmd: Command) -> i32 {
                 size,
             };
             operator::fetch(&req, &into)
+        }
+        Command::Apply { settings } => {
+            logging::init(None, false);
+            apply::run(&Root::from_env(), settings.as_deref())
+        }
+        Command::Diagnose { out } => {
+            logging::init(None, false);
+            diagnose::run(&Root::from_env(), &out)
         }
         Command::Health { json } => {
             logging::init(None, false);

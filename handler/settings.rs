@@ -28,6 +28,16 @@ pub enum IpoibMode {
     Off,
 }
 
+/// HCA device names (DOMAIN.md 3.5): leave the kernel's, or give InfiniBand HCAs `mlx5_ib<N>`
+/// and accelerated-networking ones `mlx5_an<N>` so every node of a cluster names them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HcaNaming {
+    #[default]
+    Kernel,
+    Stable,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum RebootPolicy {
     #[default]
@@ -65,6 +75,11 @@ pub struct PublicSettings {
     pub reboot: RebootPolicy,
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout_seconds: u64,
+    #[serde(default)]
+    pub hca_naming: HcaNaming,
+    /// Uninstall removes the driver stack this extension installed (default: drivers stay).
+    #[serde(default)]
+    pub remove_drivers_on_uninstall: bool,
 }
 
 fn default_lock_timeout() -> u64 {
@@ -81,6 +96,8 @@ impl Default for PublicSettings {
             ipoib: IpoibMode::Auto,
             reboot: RebootPolicy::IfRequired,
             lock_timeout_seconds: DEFAULT_LOCK_TIMEOUT_SECONDS,
+            hca_naming: HcaNaming::Kernel,
+            remove_drivers_on_uninstall: false,
         }
     }
 }
@@ -238,7 +255,7 @@ fn is_http_url(s: &str) -> bool {
 
 /// Every public key, with what its value must be (for messages that never quote the value:
 /// a SAS URL pasted into the wrong setting must not reach a status file or a log).
-pub const PUBLIC_KEYS: [(&str, &str); 7] = [
+pub const PUBLIC_KEYS: [(&str, &str); 9] = [
     ("stack", "one of auto, doca, mlnx-ofed, inbox"),
     ("version", "a string"),
     ("package", "an object {url, sha256}"),
@@ -246,6 +263,8 @@ pub const PUBLIC_KEYS: [(&str, &str); 7] = [
     ("ipoib", "one of auto, native, waagent, off"),
     ("reboot", "one of ifRequired, never"),
     ("lockTimeoutSeconds", "an integer"),
+    ("hcaNaming", "one of kernel, stable"),
+    ("removeDriversOnUninstall", "true or false"),
 ];
 
 fn deserialize_public(value: &serde_json::Value) -> Result<PublicSettings, SettingsError> {

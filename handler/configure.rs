@@ -1,0 +1,1 @@
+//! The configure stage: RDMA modules, stack services, IPoIB, HCA names (being built).
