@@ -1,1 +1,724 @@
-//! The configure stage: RDMA modules, stack services, IPoIB, HCA names (being built).
+//! The configure stage (DOMAIN.md section 3): load the RDMA modules the stack needs and make
+//! them load at boot, enable the stack's service, set up IPoIB per the `ipoib` setting, and
+//! optionally give HCAs stable names. Every step looks before it acts, so running it twice in
+//! a row changes nothing the second time. The network stack is never restarted.
+//!
+//! What configure expects of the host afterwards (addresses, HCA names) is saved in
+//! `configure.json` in the data directory, so verify, the no-op enable and the health monitor
+//! check exactly that.
+
+use crate::error::{Code, Failure};
+use crate::fsutil;
+use crate::host::kvp::IpoibPair;
+use crate::host::pci::{LinkLayer, PciFunction};
+use crate::host::{HostFacts, Root};
+use crate::proc;
+use crate::settings::{HcaNaming, IpoibMode, PublicSettings};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Modules listed here load at every boot, before the agent or we run.
+pub const MODULES_LOAD_FILE: &str = "etc/modules-load.d/infiniband-driver-linux.conf";
+pub const STATE_FILE: &str = "configure.json";
+pub const WAAGENT_CONF: &str = "etc/waagent.conf";
+/// Every IPoIB address Azure hands out is in 172.16.0.0/16 (DOMAIN.md 3.2).
+pub const IPOIB_PREFIX: u32 = 16;
+
+/// One IPoIB address configure put (or found) on one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub netdev: String,
+    /// The 12-hex-digit key from `IPoIB_Data` that matched the interface's hardware address.
+    pub mac: String,
+    /// `a.b.c.d/16`.
+    pub address: String,
+}
+
+/// What configure did and what the host must keep showing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The IPoIB mode in effect: `native`, `waagent` or `off` (`auto` resolved).
+    pub ipoib: String,
+    pub assignments: Vec<Assignment>,
+    /// HCA names configure set (`hcaNaming: stable`): PCI address -> name.
+    #[serde(default)]
+    pub hca_names: BTreeMap<String, String>,
+    /// Modules configure made sure of.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Things that did not stop configure but deserve a look (shown in the status).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+pub fn load_state(data_dir: &Path) -> Option<State> {
+    serde_json::from_slice(&std::fs::read(data_dir.join(STATE_FILE)).ok()?).ok()
+}
+
+fn save_state(data_dir: &Path, state: &State) -> Result<(), Failure> {
+    let p = data_dir.join(STATE_FILE);
+    let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+    fsutil::write_atomic(&p, &bytes).map_err(|e| Failure::state_io(&p, e))
+}
+
+/// The 6-byte key `IPoIB_Data` uses for an interface's hardware address: a 20-byte IPoIB
+/// address gives its port GUID (last 8 bytes) without the two middle bytes; a 6-byte Ethernet
+/// address is its own key. `None` for anything else.
+pub fn ipoib_key(hw: &str) -> Option<String> {
+    let bytes: Vec<&str> = hw.trim().split(':').collect();
+    let ok = bytes
+        .iter()
+        .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return None;
+    }
+    let key: Vec<&str> = match bytes.len() {
+        20 => [&bytes[12..15], &bytes[17..20]].concat(),
+        6 => bytes,
+        _ => return None,
+    };
+    Some(key.concat().to_ascii_lowercase())
+}
+
+/// Pair each `IPoIB_Data` entry with the interface whose hardware address gives its key.
+/// Returns the assignments and the pairs no interface matched (yet).
+pub fn match_pairs(
+    pairs: &[IpoibPair],
+    netdevs: &[(String, String)],
+) -> (Vec<Assignment>, Vec<IpoibPair>) {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for p in pairs {
+        match netdevs
+            .iter()
+            .find(|(_, hw)| ipoib_key(hw).as_deref() == Some(p.mac.as_str()))
+        {
+            Some((name, _)) => found.push(Assignment {
+                netdev: name.clone(),
+                mac: p.mac.clone(),
+                address: format!("{}/{IPOIB_PREFIX}", p.ipv4),
+            }),
+            None => missing.push(p.clone()),
+        }
+    }
+    (found, missing)
+}
+
+/// Every network interface with its hardware address: `/sys/class/net` and the netdevs of the
+/// Mellanox PCI functions (names never matter, only addresses).
+pub fn netdevs(root: &Root) -> Vec<(String, String)> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let class = root.path("sys/class/net");
+    for name in fsutil::dir_names(&class) {
+        if let Some(a) = fsutil::read_trimmed(&class.join(&name).join("address")) {
+            out.insert(name, a);
+        }
+    }
+    for f in crate::host::pci::scan(&root.path("sys/bus/pci/devices")) {
+        for n in f.netdevs {
+            if let Some(a) = n.address {
+                out.entry(n.name).or_insert(a);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// `/etc/waagent.conf` with `OS.EnableRDMA=y`, or `None` when it already says so. Every other
+/// line is kept as it is. An active `OS.EnableRDMA=` line is rewritten; otherwise the first
+/// commented form (`# OS.EnableRDMA=n`, `#OS.EnableRDMA=y`, ...) is replaced; otherwise the
+/// line is appended.
+pub fn enable_rdma(text: &str) -> Option<String> {
+    fn key_value(line: &str) -> Option<&str> {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == "OS.EnableRDMA").then(|| v.trim())
+    }
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let active: Vec<usize> = (0..lines.len())
+        .filter(|&i| key_value(lines[i].trim()).is_some())
+        .collect();
+    // The agent reads the last active line; every active line must say y.
+    if !active.is_empty()
+        && active.iter().all(|&i| {
+            key_value(lines[i].trim()).is_some_and(|v| {
+                // As the agent reads it: up to a '#', without quotes and blanks.
+                let v = v.split('#').next().unwrap_or("");
+                v.trim_matches(|c: char| c == '"' || c.is_whitespace())
+                    .eq_ignore_ascii_case("y")
+            })
+        })
+    {
+        return None;
+    }
+    let eol = |l: &str| {
+        if l.ends_with("\r\n") {
+            "\r\n"
+        } else if l.ends_with('\n') {
+            "\n"
+        } else {
+            ""
+        }
+    };
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    if !active.is_empty() {
+        for i in active {
+            out[i] = format!("OS.EnableRDMA=y{}", eol(lines[i]));
+        }
+        return Some(out.concat());
+    }
+    let commented = (0..lines.len()).find(|&i| {
+        let t = lines[i].trim_start();
+        t.starts_with('#') && key_value(t.trim_start_matches('#').trim()).is_some()
+    });
+    if let Some(i) = commented {
+        out[i] = format!("OS.EnableRDMA=y{}", eol(lines[i]));
+        return Some(out.concat());
+    }
+    let mut s = out.concat();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str("OS.EnableRDMA=y\n");
+    Some(s)
+}
+
+/// The modules configure loads: the HCA driver, verbs, umad and the connection manager user
+/// interface MPI needs; IPoIB unless it is off; `nvidia_peermem` beside an NVIDIA GPU driver.
+pub fn wanted_modules(ib: &[&PciFunction], ipoib: bool, gpu: bool) -> Vec<String> {
+    let mut m: BTreeSet<&str> = ["ib_uverbs", "ib_umad", "rdma_ucm"].into();
+    for f in ib {
+        m.insert(if f.generation.is_some_and(|g| g.is_mlx4()) {
+            "mlx4_ib"
+        } else {
+            "mlx5_ib"
+        });
+    }
+    if ipoib {
+        m.insert("ib_ipoib");
+    }
+    if gpu {
+        m.insert("nvidia_peermem");
+    }
+    m.into_iter().map(str::to_string).collect()
+}
+
+/// An NVIDIA GPU driver is loaded (GPUDirect RDMA needs `nvidia_peermem` beside it).
+pub fn nvidia_driver(root: &Root, modules: &BTreeSet<String>) -> bool {
+    modules.contains("nvidia") || root.path("proc/driver/nvidia").is_dir()
+}
+
+/// Stable names: InfiniBand HCAs `mlx5_ib<N>` (`mlx4_ib<N>` for ConnectX-3), Ethernet ones
+/// (accelerated networking) `mlx5_an<N>`, numbered in PCI address order. PCI address -> name.
+pub fn stable_names(functions: &[PciFunction]) -> BTreeMap<String, (String, String)> {
+    let mut sorted: Vec<&PciFunction> = functions.iter().collect();
+    sorted.sort_by(|a, b| a.address.cmp(&b.address));
+    let mut ib = 0;
+    let mut an = 0;
+    let mut out = BTreeMap::new();
+    for f in sorted {
+        for d in &f.ib_devices {
+            let ethernet = d
+                .ports
+                .first()
+                .is_some_and(|p| p.link_layer == LinkLayer::Ethernet);
+            let prefix = if f.generation.is_some_and(|g| g.is_mlx4()) {
+                "mlx4"
+            } else {
+                "mlx5"
+            };
+            let name = if ethernet {
+                an += 1;
+                format!("{prefix}_an{}", an - 1)
+            } else {
+                ib += 1;
+                format!("{prefix}_ib{}", ib - 1)
+            };
+            out.insert(f.address.clone(), (d.name.clone(), name));
+        }
+    }
+    out
+}
+
+/// What the configure stage needs.
+pub struct Ctx<'a> {
+    pub root: &'a Root,
+    pub facts: &'a HostFacts,
+    pub settings: &'a PublicSettings,
+    pub data_dir: &'a Path,
+    /// How long to wait for IPoIB interfaces to appear after the modules load.
+    pub netdev_wait: Duration,
+    pub keep_going: &'a dyn Fn() -> bool,
+    pub progress: &'a dyn Fn(&str),
+}
+
+fn run_cmd(program: &str, args: &[&str], timeout_secs: u64) -> Result<proc::Output, String> {
+    tracing::info!("running {program} {}", args.join(" "));
+    match proc::run(program, args, None, Duration::from_secs(timeout_secs)) {
+        Ok(o) if o.success() => Ok(o),
+        Ok(o) => Err(format!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            o.describe_exit(),
+            o.stderr_tail(300)
+        )),
+        Err(e) => Err(format!("cannot run {program}: {e}")),
+    }
+}
+
+fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
+    let ib: Vec<&PciFunction> = ctx.facts.infiniband_functions().collect();
+    let loaded = crate::host::read_sysfs(ctx.root).modules;
+    let gpu = nvidia_driver(ctx.root, &loaded);
+    let ipoib = ctx.settings.ipoib != IpoibMode::Off;
+    let wanted = wanted_modules(&ib, ipoib, gpu);
+    let mut failed = Vec::new();
+    for m in wanted.iter().filter(|m| !loaded.contains(*m)) {
+        (ctx.progress)(&format!("loading {m}"));
+        if let Err(e) = run_cmd("modprobe", &[m], 120) {
+            tracing::warn!("{e}");
+            if m == "nvidia_peermem" {
+                state.notes.push(format!(
+                    "nvidia_peermem did not load ({}); GPUDirect RDMA is unavailable until the GPU driver provides it",
+                    proc::tail_line(&e, 200)
+                ));
+            } else {
+                failed.push(format!("{m}: {}", proc::tail_line(&e, 200)));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Failure::new(
+            Code::ConfigureFailed,
+            format!(
+                "RDMA module(s) would not load: {}; check dmesg, or run diagnose",
+                failed.join("; ")
+            ),
+        ));
+    }
+    // Load at boot too, so the fabric is usable before the agent runs enable.
+    let text = format!(
+        "# Written by the InfiniBandDriverLinux extension; removed by its uninstall.\n{}\n",
+        wanted
+            .iter()
+            .filter(|m| *m != "nvidia_peermem" || gpu)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let path = ctx.root.path(MODULES_LOAD_FILE);
+    if fsutil::read_trimmed(&path).as_deref() != Some(text.trim()) {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        write_public(&path, text.as_bytes()).map_err(|e| Failure::state_io(&path, e))?;
+    }
+    state.modules = wanted;
+    Ok(())
+}
+
+/// System configuration files are world-readable (0644), unlike our own state.
+fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    fsutil::write_atomic(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+fn enable_services(ctx: &Ctx) {
+    if !ctx.root.systemd_running() {
+        return;
+    }
+    let known = [
+        "etc/systemd/system/openibd.service",
+        "usr/lib/systemd/system/openibd.service",
+        "lib/systemd/system/openibd.service",
+    ]
+    .iter()
+    .any(|p| ctx.root.path(p).exists());
+    if known {
+        if let Err(e) = run_cmd("systemctl", &["enable", "openibd.service"], 120) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// IPv4 addresses on one interface (`ip -j -4 addr show dev X`).
+fn addresses_of(netdev: &str) -> Vec<String> {
+    match proc::run(
+        "ip",
+        &["-j", "-4", "addr", "show", "dev", netdev],
+        None,
+        Duration::from_secs(10),
+    ) {
+        Ok(o) if o.success() => crate::health::parse_ip_json(&String::from_utf8_lossy(&o.stdout))
+            .remove(netdev)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn has_ip(addresses: &[String], cidr: &str) -> bool {
+    let ip = cidr.split('/').next().unwrap_or(cidr);
+    addresses.iter().any(|a| a.split('/').next() == Some(ip))
+}
+
+/// `native`: each `IPoIB_Data` address onto the interface whose hardware address matches.
+fn ipoib_native(ctx: &Ctx, pairs: &[IpoibPair], state: &mut State) -> Result<(), Failure> {
+    let deadline = Instant::now() + ctx.netdev_wait;
+    let (found, missing) = loop {
+        let (found, missing) = match_pairs(pairs, &netdevs(ctx.root));
+        if missing.is_empty() || Instant::now() >= deadline || !(ctx.keep_going)() {
+            break (found, missing);
+        }
+        (ctx.progress)(&format!(
+            "waiting for the IPoIB interface(s) of {}",
+            missing
+                .iter()
+                .map(|p| p.mac.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut errors = Vec::new();
+    for a in &found {
+        if let Err(e) = run_cmd("ip", &["link", "set", "dev", &a.netdev, "up"], 30) {
+            errors.push(e);
+            continue;
+        }
+        if has_ip(&addresses_of(&a.netdev), &a.address) {
+            tracing::info!(netdev = %a.netdev, address = %a.address, "IPoIB address already set");
+            continue;
+        }
+        (ctx.progress)(&format!("IPoIB {} on {}", a.address, a.netdev));
+        if let Err(e) = run_cmd("ip", &["addr", "add", &a.address, "dev", &a.netdev], 30) {
+            // Someone (the agent) may have added it in between.
+            if !has_ip(&addresses_of(&a.netdev), &a.address) {
+                errors.push(e);
+            }
+        }
+    }
+    state.assignments = found;
+    if !missing.is_empty() {
+        errors.push(format!(
+            "no interface has the hardware address of IPoIB_Data entr{} {}",
+            if missing.len() == 1 { "y" } else { "ies" },
+            missing
+                .iter()
+                .map(|p| format!("{} ({})", p.mac, p.ipv4))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Code::IpoibNotConfigured,
+            format!(
+                "IPoIB not configured: {}; check that ib_ipoib is loaded and the ports are up",
+                errors.join("; ")
+            ),
+        ))
+    }
+}
+
+/// The agent's unit on this distribution (Ubuntu/Debian: walinuxagent; others: waagent).
+fn agent_unit(root: &Root) -> Option<&'static str> {
+    ["walinuxagent.service", "waagent.service"]
+        .into_iter()
+        .find(|u| {
+            [
+                "etc/systemd/system",
+                "usr/lib/systemd/system",
+                "lib/systemd/system",
+            ]
+            .iter()
+            .any(|d| root.path(&format!("{d}/{u}")).exists())
+        })
+}
+
+/// Set `OS.EnableRDMA=y`; `restart`: restart the agent when the file changed so it reads it.
+/// The restart is queued (`--no-block`) and our worker runs in its own unit, so the agent's
+/// stop cannot take the worker with it.
+fn waagent_enable(ctx: &Ctx, restart: bool, state: &mut State) -> Result<bool, Failure> {
+    let path = ctx.root.path(WAAGENT_CONF);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Failure::new(
+            Code::ConfigureFailed,
+            format!(
+                "cannot read {}: {e}; ipoib waagent needs the Azure guest agent, or use ipoib native",
+                path.display()
+            ),
+        )
+    })?;
+    let Some(new) = enable_rdma(&text) else {
+        return Ok(false);
+    };
+    write_public(&path, new.as_bytes()).map_err(|e| {
+        Failure::new(
+            Code::ConfigureFailed,
+            format!("cannot update {}: {e}", path.display()),
+        )
+    })?;
+    tracing::info!("set OS.EnableRDMA=y in {}", path.display());
+    if restart {
+        match (ctx.root.systemd_running(), agent_unit(ctx.root)) {
+            (true, Some(unit)) => {
+                if let Err(e) = run_cmd("systemctl", &["--no-block", "try-restart", unit], 60) {
+                    state.notes.push(format!(
+                        "the guest agent was not restarted ({}); it reads OS.EnableRDMA at its next start",
+                        proc::tail_line(&e, 200)
+                    ));
+                }
+            }
+            _ => state.notes.push(
+                "the guest agent reads OS.EnableRDMA=y at its next start (no systemd unit found to restart)"
+                    .into(),
+            ),
+        }
+    }
+    Ok(true)
+}
+
+fn hca_naming(ctx: &Ctx, state: &mut State) {
+    if ctx.settings.hca_naming != HcaNaming::Stable {
+        return;
+    }
+    let functions = crate::host::pci::scan(&ctx.root.path("sys/bus/pci/devices"));
+    for (pci, (current, wanted)) in stable_names(&functions) {
+        if current != wanted {
+            (ctx.progress)(&format!("renaming HCA {current} to {wanted}"));
+            if let Err(e) = run_cmd("rdma", &["dev", "set", &current, "name", &wanted], 30) {
+                state
+                    .notes
+                    .push(format!("HCA {current} not renamed to {wanted}: {e}"));
+                continue;
+            }
+        }
+        state.hca_names.insert(pci, wanted);
+    }
+}
+
+/// The whole stage. IPoIB problems are failures (code 224) after modules and names are done.
+pub fn run(ctx: &Ctx) -> Result<State, Failure> {
+    let mut state = State::default();
+    load_modules(ctx, &mut state)?;
+    enable_services(ctx);
+    hca_naming(ctx, &mut state);
+    let pairs = ctx.facts.kvp.ipoib.clone().filter(|p| !p.is_empty());
+    let waagent_present = ctx.root.path(WAAGENT_CONF).exists();
+    let result = match (ctx.settings.ipoib, pairs) {
+        (IpoibMode::Off, _) => {
+            state.ipoib = "off".into();
+            Ok(())
+        }
+        (IpoibMode::Native | IpoibMode::Auto, Some(pairs)) => {
+            state.ipoib = "native".into();
+            let r = ipoib_native(ctx, &pairs, &mut state);
+            // Keep the agent's own switch consistent: after a reboot it assigns the same
+            // addresses from the same record before our enable runs. No restart needed.
+            if ctx.settings.ipoib == IpoibMode::Auto && waagent_present {
+                if let Err(f) = waagent_enable(ctx, false, &mut state) {
+                    state.notes.push(f.message);
+                }
+            }
+            r
+        }
+        (IpoibMode::Native, None) => Err(Failure::new(
+            Code::IpoibNotConfigured,
+            "ipoib native needs the host's IPoIB_Data record in /var/lib/hyperv/.kvp_pool_0, \
+             which is missing; check that the KVP daemon (hv_kvp_daemon) runs, or use ipoib waagent",
+        )),
+        (IpoibMode::Waagent, pairs) | (IpoibMode::Auto, pairs @ None) => {
+            if ctx.settings.ipoib == IpoibMode::Auto && !waagent_present {
+                state.ipoib = "off".into();
+                state.notes.push(
+                    "no IPoIB_Data record and no guest agent configuration: IPoIB left alone".into(),
+                );
+                Ok(())
+            } else {
+                state.ipoib = "waagent".into();
+                // What the agent should assign, when the host says (verify waits for it).
+                if let Some(pairs) = pairs {
+                    state.assignments = match_pairs(&pairs, &netdevs(ctx.root)).0;
+                }
+                waagent_enable(ctx, true, &mut state).map(|_| ())
+            }
+        }
+    };
+    save_state(ctx.data_dir, &state)?;
+    result.map(|_| state)
+}
+
+/// The expectations in `state` the host does not meet; `addresses` is netdev -> CIDRs.
+pub fn unmet(
+    state: &State,
+    addresses: &BTreeMap<String, Vec<String>>,
+    functions: &[PciFunction],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &state.assignments {
+        let have = addresses.get(&a.netdev).cloned().unwrap_or_default();
+        if !has_ip(&have, &a.address) {
+            out.push(format!(
+                "IPoIB address {} is not on {}",
+                a.address, a.netdev
+            ));
+        }
+    }
+    for (pci, name) in &state.hca_names {
+        let now = functions
+            .iter()
+            .find(|f| &f.address == pci)
+            .map(|f| f.ib_devices.iter().any(|d| &d.name == name));
+        if now == Some(false) {
+            out.push(format!("HCA {pci} is no longer named {name}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_hardware_addresses() {
+        assert_eq!(
+            ipoib_key("00:00:01:48:fe:80:00:00:00:00:00:00:00:15:5d:ff:fd:33:ff:2c").as_deref(),
+            Some("00155d33ff2c")
+        );
+        assert_eq!(
+            ipoib_key("00:15:5D:33:FF:2C").as_deref(),
+            Some("00155d33ff2c")
+        );
+        assert_eq!(ipoib_key("00:15:5d"), None);
+        assert_eq!(ipoib_key("zz:15:5d:33:ff:2c"), None);
+        assert_eq!(ipoib_key(""), None);
+    }
+
+    #[test]
+    fn pairs_match_by_address_not_name() {
+        let pairs = vec![
+            IpoibPair {
+                mac: "00155d33ff2c".into(),
+                ipv4: "172.16.1.4".into(),
+            },
+            IpoibPair {
+                mac: "00155d33ff2d".into(),
+                ipv4: "172.16.1.5".into(),
+            },
+            IpoibPair {
+                mac: "0a0b0c0d0e0f".into(),
+                ipv4: "172.16.1.6".into(),
+            },
+        ];
+        let devs = vec![
+            ("ib0".to_string(), "00:15:5d:33:ff:2c".to_string()),
+            (
+                "weird7".to_string(),
+                "00:00:01:49:fe:80:00:00:00:00:00:00:00:15:5d:ff:fd:33:ff:2d".to_string(),
+            ),
+            ("ib1".to_string(), "00:15:5d:00:00:01".to_string()),
+        ];
+        let (found, missing) = match_pairs(&pairs, &devs);
+        assert_eq!(
+            found,
+            vec![
+                Assignment {
+                    netdev: "ib0".into(),
+                    mac: "00155d33ff2c".into(),
+                    address: "172.16.1.4/16".into()
+                },
+                Assignment {
+                    netdev: "weird7".into(),
+                    mac: "00155d33ff2d".into(),
+                    address: "172.16.1.5/16".into()
+                }
+            ]
+        );
+        assert_eq!(missing, vec![pairs[2].clone()]);
+    }
+
+    /// Every form of the switch seen in the wild, and a second pass changes nothing.
+    #[test]
+    fn waagent_conf_forms() {
+        let cases = [
+            // (input, expected output)
+            ("", "OS.EnableRDMA=y\n"),
+            ("Provisioning.Enabled=n\n", "Provisioning.Enabled=n\nOS.EnableRDMA=y\n"),
+            ("Provisioning.Enabled=n", "Provisioning.Enabled=n\nOS.EnableRDMA=y\n"),
+            ("a=1\nOS.EnableRDMA=n\nb=2\n", "a=1\nOS.EnableRDMA=y\nb=2\n"),
+            ("a=1\n# OS.EnableRDMA=n\nb=2\n", "a=1\nOS.EnableRDMA=y\nb=2\n"),
+            ("a=1\n# OS.EnableRDMA=y\nb=2\n", "a=1\nOS.EnableRDMA=y\nb=2\n"),
+            ("#OS.EnableRDMA=y\n", "OS.EnableRDMA=y\n"),
+            ("  #  OS.EnableRDMA = n\n", "OS.EnableRDMA=y\n"),
+            ("OS.EnableRDMA = n\n", "OS.EnableRDMA=y\n"),
+            (
+                "# Enable RDMA management and set up, should only be used in HPC images\n# OS.EnableRDMA=y\n",
+                "# Enable RDMA management and set up, should only be used in HPC images\nOS.EnableRDMA=y\n",
+            ),
+            // Both a commented and an active line: the active one decides.
+            ("# OS.EnableRDMA=y\nOS.EnableRDMA=n\n", "# OS.EnableRDMA=y\nOS.EnableRDMA=y\n"),
+            // Two active lines disagreeing: both say y afterwards.
+            ("OS.EnableRDMA=y\nOS.EnableRDMA=n\n", "OS.EnableRDMA=y\nOS.EnableRDMA=y\n"),
+            ("OS.EnableRDMA=n\r\n", "OS.EnableRDMA=y\r\n"),
+        ];
+        for (input, want) in cases {
+            let got = enable_rdma(input).unwrap_or_else(|| input.to_string());
+            assert_eq!(got, want, "input {input:?}");
+            assert_eq!(enable_rdma(&got), None, "second pass on {got:?}");
+        }
+        for already in [
+            "OS.EnableRDMA=y\n",
+            "a=1\nOS.EnableRDMA=Y\n",
+            "OS.EnableRDMA=y # comment\n",
+            "OS.EnableRDMA=\"y\"\n",
+            "# OS.EnableRDMA=n\nOS.EnableRDMA=y\n",
+        ] {
+            assert_eq!(enable_rdma(already), None, "{already:?}");
+        }
+        // Keys that merely contain the name are other settings.
+        assert_eq!(
+            enable_rdma("OS.EnableRDMAFoo=n\n").as_deref(),
+            Some("OS.EnableRDMAFoo=n\nOS.EnableRDMA=y\n")
+        );
+    }
+
+    #[test]
+    fn modules_by_nic_and_options() {
+        assert_eq!(
+            wanted_modules(&[], true, true),
+            vec![
+                "ib_ipoib",
+                "ib_umad",
+                "ib_uverbs",
+                "nvidia_peermem",
+                "rdma_ucm"
+            ]
+        );
+        assert!(!wanted_modules(&[], false, false).contains(&"ib_ipoib".to_string()));
+    }
+
+    #[test]
+    fn unmet_expectations() {
+        let state = State {
+            ipoib: "native".into(),
+            assignments: vec![Assignment {
+                netdev: "ib0".into(),
+                mac: "00155d33ff2c".into(),
+                address: "172.16.1.4/16".into(),
+            }],
+            ..Default::default()
+        };
+        let mut addrs = BTreeMap::new();
+        assert_eq!(unmet(&state, &addrs, &[]).len(), 1);
+        addrs.insert("ib0".to_string(), vec!["172.16.1.4/16".to_string()]);
+        assert!(unmet(&state, &addrs, &[]).is_empty());
+    }
+}

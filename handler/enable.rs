@@ -3,6 +3,7 @@
 
 use crate::agent::{self, AgentContext};
 use crate::clock::Deadline;
+use crate::configure;
 use crate::error::{Code, Failure};
 use crate::events::{self, Level};
 use crate::health::{self, HealthReport};
@@ -174,13 +175,26 @@ fn quick_health(root: &Root) -> HealthReport {
         version: None,
         verbs_library: true,
     });
-    health::evaluate(
+    let report = health::evaluate(
         &sysfs.kernel,
         &sysfs.mellanox,
         &sysfs.modules,
         stack.as_ref(),
         &Default::default(),
-    )
+    );
+    // What configure set up must still be there (after a reboot the addresses are gone until
+    // something assigns them again). Asking `ip` costs a few milliseconds, only when needed.
+    match crate::configure::load_state(&root.data_dir()) {
+        Some(state) => {
+            let addresses = if state.assignments.is_empty() {
+                Default::default()
+            } else {
+                health::addresses()
+            };
+            report.with_unmet(crate::configure::unmet(&state, &addresses, &sysfs.mellanox))
+        }
+        None => report,
+    }
 }
 
 pub fn enable(inv: &Invocation) -> i32 {
@@ -269,7 +283,12 @@ pub fn enable(inv: &Invocation) -> i32 {
         |_, _| refusal.clone().map_or(Ok(()), Err),
         || false,
     );
-    let stages = [Stage::Preflight, Stage::Verify];
+    let stages = [
+        Stage::Preflight,
+        Stage::Repair,
+        Stage::Configure,
+        Stage::Verify,
+    ];
     match end {
         Err(f) => return inv.fail("Enable", &f, vec![]),
         Ok(RunEnd::Failed(f)) => return finish_failed(&f, stage_substatus(&cp, &stages)),
@@ -323,8 +342,9 @@ fn verify(
                 "superseded by a newer sequence number or disable",
             ));
         }
-        // Missing software will not fix itself; only a link may still come up.
-        let may_improve = report.code == Code::PortsNotActive;
+        // Missing software will not fix itself; a link may still come up, and the agent may
+        // still be assigning IPoIB addresses (ipoib waagent).
+        let may_improve = matches!(report.code, Code::PortsNotActive | Code::IpoibNotConfigured);
         if !may_improve || Instant::now() >= deadline {
             return Err(report.failure().expect("unhealthy report has a failure"));
         }
@@ -389,8 +409,12 @@ pub fn worker(inv: &Invocation) -> i32 {
     // The worker judges the host again with the full probe (the installed stack too): what
     // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
     // always runs again: a worker never reports success on an old verdict.
-    cp.completed
-        .retain(|s| *s != Stage::Preflight && *s != Stage::Verify);
+    cp.completed.retain(|s| {
+        !matches!(
+            s,
+            Stage::Preflight | Stage::Repair | Stage::Configure | Stage::Verify
+        )
+    });
     let plan = plan::decide_resuming(
         &facts,
         &settings.public,
@@ -401,6 +425,7 @@ pub fn worker(inv: &Invocation) -> i32 {
         cp.install_stages = Some(plan.stages.clone());
     }
     let mut last_report = None;
+    let mut configure_notes: Vec<String> = Vec::new();
     let status_name = inv.name();
     let last_subs = std::cell::RefCell::new(Vec::new());
     let progress = |line: &str| {
@@ -470,6 +495,35 @@ pub fn worker(inv: &Invocation) -> i32 {
                         }
                     }
                 }
+                Stage::Repair => {
+                    let Some(family) = family else {
+                        return Ok(()); // refused in preflight already
+                    };
+                    // Facts as they are now: an install in this run changed modules and stack.
+                    let now = host::detect(&inv.root, None, true);
+                    install::repair::repair(&install::repair::Ctx {
+                        root: &inv.root,
+                        family,
+                        facts: &now,
+                        lock_timeout: Duration::from_secs(settings.public.lock_timeout_seconds),
+                        keep_going: &wanted,
+                        progress: &|line: &str| progress(&format!("repair: {line}")),
+                    })
+                }
+                Stage::Configure => {
+                    // Facts as they are now: an install or repair changed modules and devices.
+                    let now = host::detect(&inv.root, None, false);
+                    configure::run(&configure::Ctx {
+                        root: &inv.root,
+                        facts: &now,
+                        settings: &settings.public,
+                        data_dir: &data,
+                        netdev_wait: verify_timeout().min(Duration::from_secs(60)),
+                        keep_going: &wanted,
+                        progress: &|line: &str| progress(&format!("configure: {line}")),
+                    })
+                    .map(|state| configure_notes = state.notes)
+                }
                 Stage::Verify => {
                     let r = verify(&inv.root, verify_timeout(), Duration::from_secs(5), wanted);
                     last_report = Some(match &r {
@@ -515,7 +569,8 @@ pub fn worker(inv: &Invocation) -> i32 {
         }
         Err(f) => inv.fail("Enable", &f, subs),
         Ok(RunEnd::Completed) => {
-            cp.succeed(report.summary.clone());
+            let summary = success_summary(&report.summary, &data, &configure_notes);
+            cp.succeed(summary.clone());
             if let Err(f) = store.save(&mut cp) {
                 return inv.fail("Enable", &f, subs);
             }
@@ -535,33 +590,49 @@ pub fn worker(inv: &Invocation) -> i32 {
                     "Enable",
                     StatusValue::Success,
                     0,
-                    report.summary.clone(),
+                    summary.clone(),
                 )
                 .with_substatus(subs),
             );
             inv.write_mrseq();
-            inv.heartbeat(HeartbeatState::Ready, Code::Success, &report.summary);
+            inv.heartbeat(HeartbeatState::Ready, Code::Success, &summary);
             monitor::install(
                 &inv.root,
                 &inv.exe,
                 &inv.agent.handler_dir,
                 monitor::SYSTEMCTL_TIMEOUT,
             );
-            logging::summary(
-                &inv.root,
-                &format!("Enable seq={seq}: success {}", report.summary),
-            );
+            logging::summary(&inv.root, &format!("Enable seq={seq}: success {summary}"));
             events::emit(
                 inv.agent.env.events_folder.as_deref(),
                 &inv.agent.version(),
                 "Enable",
                 Level::Informational,
-                &report.summary,
+                &summary,
                 &seq.to_string(),
             );
             0
         }
     }
+}
+
+/// The success line: the health summary, the IPoIB addresses configure set, its notes.
+fn success_summary(health: &str, data: &Path, notes: &[String]) -> String {
+    let mut out = health.to_string();
+    if let Some(state) = configure::load_state(data) {
+        if !state.assignments.is_empty() {
+            let list: Vec<String> = state
+                .assignments
+                .iter()
+                .map(|a| format!("{} {}", a.netdev, a.address))
+                .collect();
+            out.push_str(&format!("; IPoIB ({}): {}", state.ipoib, list.join(", ")));
+        }
+    }
+    if !notes.is_empty() {
+        out.push_str(&format!("; note: {}", notes.join("; ")));
+    }
+    out
 }
 
 fn lock_path(data: &Path) -> PathBuf {

@@ -49,6 +49,24 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
+    /// Fold in what configure promised (IPoIB addresses, HCA names) and the host no longer
+    /// shows: a healthy report becomes unhealthy with code 224.
+    pub fn with_unmet(mut self, unmet: Vec<String>) -> Self {
+        if unmet.is_empty() {
+            return self;
+        }
+        if self.healthy {
+            self.healthy = false;
+            self.code = Code::IpoibNotConfigured;
+            self.summary = format!(
+                "{}; enable or the health monitor's next run restores them, or run diagnose",
+                unmet.join("; ")
+            );
+        }
+        self.problems.extend(unmet);
+        self
+    }
+
     pub fn failure(&self) -> Option<Failure> {
         (!self.healthy).then(|| Failure::new(self.code, self.summary.clone()))
     }

@@ -117,17 +117,25 @@ pub fn remove(root: &Root) {
     tracing::info!("health monitor removed");
 }
 
-/// One health check: the report, then the heartbeat that carries it.
+/// One health check: the report, then the heartbeat that carries it. What the configure stage
+/// set up (`configure.json`) is checked too.
 pub fn check(root: &Root) -> health::HealthReport {
     let sysfs = host::read_sysfs(root);
     let stack = host::stack::detect(root);
-    health::evaluate(
+    let addresses = health::addresses();
+    let report = health::evaluate(
         &sysfs.kernel,
         &sysfs.mellanox,
         &sysfs.modules,
         stack.as_ref(),
-        &health::addresses(),
-    )
+        &addresses,
+    );
+    match crate::configure::load_state(&root.data_dir()) {
+        Some(state) => {
+            report.with_unmet(crate::configure::unmet(&state, &addresses, &sysfs.mellanox))
+        }
+        None => report,
+    }
 }
 
 pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) {

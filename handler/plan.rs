@@ -264,6 +264,8 @@ fn install_plan(
             Stage::WaitForLocks,
             Stage::Install,
             Stage::Activate,
+            Stage::Repair,
+            Stage::Configure,
             Stage::Verify,
         ],
         Choice::Artifact { .. } => vec![
@@ -274,6 +276,8 @@ fn install_plan(
             Stage::Install,
             Stage::PostInstall,
             Stage::Activate,
+            Stage::Repair,
+            Stage::Configure,
             Stage::Verify,
         ],
     };
@@ -304,7 +308,12 @@ fn verify_plan(facts: &HostFacts, os: &OsRelease, functions: usize) -> Plan {
                 .unwrap_or_default(),
         ),
         action: Action::VerifyOnly { stack },
-        stages: vec![Stage::Preflight, Stage::Verify],
+        stages: vec![
+            Stage::Preflight,
+            Stage::Repair,
+            Stage::Configure,
+            Stage::Verify,
+        ],
         install: None,
     }
 }

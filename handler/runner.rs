@@ -19,6 +19,8 @@ pub enum Stage {
     Install,
     PostInstall,
     Activate,
+    Repair,
+    Configure,
     Verify,
 }
 
@@ -32,13 +34,16 @@ impl Stage {
             Stage::Install => "install",
             Stage::PostInstall => "post-install",
             Stage::Activate => "activate",
+            Stage::Repair => "repair",
+            Stage::Configure => "configure",
             Stage::Verify => "verify",
         }
     }
 
-    /// Stages whose result belongs to one boot and must run again after a reboot.
+    /// Stages whose result belongs to one boot and must run again after a reboot: the kernel
+    /// may be another (repair), module loads and addresses do not survive it (configure).
     pub fn per_boot(self) -> bool {
-        matches!(self, Stage::Verify)
+        matches!(self, Stage::Repair | Stage::Configure | Stage::Verify)
     }
 }
 

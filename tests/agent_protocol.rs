@@ -31,9 +31,12 @@ fn healthy_host_reaches_success_with_health_report_and_noop_after() {
     );
     let subs = v[0]["status"]["substatus"].as_array().unwrap();
     let names: Vec<&str> = subs.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["preflight", "verify", "health"]);
+    assert_eq!(
+        names,
+        ["preflight", "repair", "configure", "verify", "health"]
+    );
     let health: serde_json::Value =
-        serde_json::from_str(subs[2]["formattedMessage"]["message"].as_str().unwrap()).unwrap();
+        serde_json::from_str(subs[4]["formattedMessage"]["message"].as_str().unwrap()).unwrap();
     assert_eq!(health["healthy"], true);
     assert_eq!(health["hcas"][0]["name"], "mlx5_0");
     assert_eq!(health["hcas"][0]["ports"][0]["rate"], "200 Gb/sec (4X HDR)");
@@ -137,7 +140,7 @@ fn connectx3_pro_host_verifies_with_mlx4_modules() {
     assert_eq!(code(&w.run("enable", 1)), 0);
     let v = w.wait_terminal(1, Duration::from_secs(20));
     assert_eq!(status_value(&v), "success", "{v}");
-    let health = &v[0]["status"]["substatus"][2]["formattedMessage"]["message"];
+    let health = &v[0]["status"]["substatus"][4]["formattedMessage"]["message"];
     assert!(health.as_str().unwrap().contains("mlx4_ib"));
 }
 
@@ -687,7 +690,10 @@ fn killed_worker_resumes_on_the_next_enable_with_the_same_seq() {
     let state: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
             .unwrap();
-    assert_eq!(state["completed"], json!(["preflight", "verify"]));
+    assert_eq!(
+        state["completed"],
+        json!(["preflight", "repair", "configure", "verify"])
+    );
     assert_eq!(state["seq"], 1);
 }
 

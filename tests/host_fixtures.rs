@@ -291,6 +291,8 @@ fn auto_choice_per_distro_and_nic() {
                         Stage::WaitForLocks,
                         Stage::Install,
                         Stage::Activate,
+                        Stage::Repair,
+                        Stage::Configure,
                         Stage::Verify
                     ]
                 );
@@ -305,7 +307,7 @@ fn auto_choice_per_distro_and_nic() {
                     ..
                 }),
             ) => {
-                assert_eq!(p.stages.len(), 8, "{osf}");
+                assert_eq!(p.stages.len(), 10, "{osf}");
                 format!("{} {version} {kind}", stack.as_str())
             }
             other => panic!("{osf}: unexpected {other:?}"),

@@ -201,7 +201,7 @@ fn killed_at_52_points_every_run_converges() {
                 .unwrap();
         assert_eq!(
             state["completed"].as_array().unwrap().len(),
-            8,
+            10,
             "kill point {i}: {state}"
         );
         assert!(

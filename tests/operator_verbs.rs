@@ -33,7 +33,7 @@ fn plan_reports_facts_and_decision() {
     assert_eq!(v["plan"]["action"]["kind"], "verify-only");
     assert_eq!(
         v["plan"]["stages"],
-        serde_json::json!(["preflight", "verify"])
+        serde_json::json!(["preflight", "repair", "configure", "verify"])
     );
     assert_eq!(v["settings"]["stack"], "auto");
 }
@@ -115,7 +115,7 @@ fn plan_shows_what_would_be_installed() {
         summary.contains("install doca 3.2.1 (doca-host_3.2.1"),
         "{summary}"
     );
-    assert_eq!(v["plan"]["stages"].as_array().unwrap().len(), 8);
+    assert_eq!(v["plan"]["stages"].as_array().unwrap().len(), 10);
 }
 
 #[test]

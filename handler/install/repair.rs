@@ -1,0 +1,260 @@
+//! Self-repair after a kernel update (issue 4 item 3). Enable runs after every reboot; when the
+//! VM booted a kernel for which the stack's RDMA modules are missing (or only the distribution's
+//! modules exist while a vendor stack is installed), rebuild or reinstall them for that kernel:
+//! DKMS for DOCA, the kernel's extra-modules package for the inbox stack. When the driver is
+//! loaded, or its module is there for the running kernel, nothing drifted and nothing runs.
+
+use super::recipe::{self, Cmd, Family};
+use super::{locks, run};
+use crate::error::{Code, Failure};
+use crate::host::stack::StackKind;
+use crate::host::{HostFacts, Root};
+use std::time::Duration;
+
+/// What the repair stage needs.
+pub struct Ctx<'a> {
+    pub root: &'a Root,
+    pub family: Family,
+    pub facts: &'a HostFacts,
+    pub lock_timeout: Duration,
+    pub keep_going: &'a dyn Fn() -> bool,
+    pub progress: &'a dyn Fn(&str),
+}
+
+/// The HCA driver module the VM's InfiniBand functions need.
+fn driver_module(facts: &HostFacts) -> &'static str {
+    if facts
+        .infiniband_functions()
+        .any(|f| f.generation.is_some_and(|g| g.is_mlx4()))
+    {
+        "mlx4_ib"
+    } else {
+        "mlx5_ib"
+    }
+}
+
+fn is_module_file(name: &str, module: &str) -> bool {
+    let Some(rest) = name.strip_prefix(module) else {
+        return false;
+    };
+    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].contains(&rest)
+}
+
+/// Paths (relative to `lib/modules/<kernel>`) of `module`'s files for `kernel`.
+pub fn module_files(root: &Root, kernel: &str, module: &str) -> Vec<String> {
+    let base = root.path(&format!("lib/modules/{kernel}"));
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    // Bounded walk: a modules tree has a few thousand directories.
+    let mut budget = 100_000;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            budget -= 1;
+            if budget == 0 {
+                return out;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            let p = e.path();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if is_module_file(&e.file_name().to_string_lossy(), module) {
+                if let Ok(rel) = p.strip_prefix(&base) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Is a module file of the right origin there? Vendor stacks put theirs in `updates/` (DKMS)
+/// or `extra/` (kmod packages); the distribution's in `kernel/`.
+fn present(files: &[String], vendor: bool) -> bool {
+    files
+        .iter()
+        .any(|f| !vendor || f.starts_with("updates/") || f.starts_with("extra/"))
+}
+
+fn builtin(root: &Root, kernel: &str, module: &str) -> bool {
+    crate::fsutil::read_trimmed(&root.path(&format!("lib/modules/{kernel}/modules.builtin")))
+        .is_some_and(|t| crate::host::parse_modules_builtin(&t).contains(module))
+}
+
+/// Has the running kernel lost the stack's modules? `None`: nothing drifted.
+pub fn drift(root: &Root, facts: &HostFacts) -> Option<String> {
+    let module = driver_module(facts);
+    if facts.modules.contains(module) || builtin(root, &facts.kernel, module) {
+        return None;
+    }
+    let vendor = facts
+        .stack
+        .as_ref()
+        .is_some_and(|s| s.kind != StackKind::Inbox);
+    let files = module_files(root, &facts.kernel, module);
+    if present(&files, vendor) {
+        return None; // there, only not loaded yet: configure loads it
+    }
+    Some(if files.is_empty() {
+        format!("kernel {} has no {module} module", facts.kernel)
+    } else {
+        format!(
+            "kernel {} has only the distribution's {module}, not the installed stack's",
+            facts.kernel
+        )
+    })
+}
+
+fn wait_locks(ctx: &Ctx) -> Result<(), Failure> {
+    locks::wait(
+        ctx.root,
+        ctx.family,
+        ctx.lock_timeout,
+        Duration::from_secs(2),
+        ctx.keep_going,
+    )
+}
+
+fn install(ctx: &Ctx, packages: &[String]) -> Result<(), Failure> {
+    if let Some(cmd) = recipe::refresh(ctx.family) {
+        wait_locks(ctx)?;
+        run(&cmd, Code::RepairFailed)?;
+    }
+    wait_locks(ctx)?;
+    run(
+        &recipe::install_packages(ctx.family, packages, ctx.lock_timeout.as_secs()),
+        Code::RepairFailed,
+    )?;
+    Ok(())
+}
+
+/// The package with the kernel's RDMA modules when they are not in the base kernel package.
+fn inbox_module_package(f: Family, kernel: &str) -> Option<String> {
+    match f {
+        Family::Apt => Some(format!("linux-modules-extra-{kernel}")),
+        Family::Dnf | Family::Yum => Some(format!("kernel-modules-{kernel}")),
+        Family::Zypper | Family::Tdnf => None,
+    }
+}
+
+fn dkms_registered(root: &Root, family: Family) -> bool {
+    recipe::dkms_modules(family)
+        .iter()
+        .any(|m| root.path(&format!("var/lib/dkms/{m}")).is_dir())
+}
+
+/// Repair the stack for the running kernel, or do nothing when nothing drifted.
+pub fn repair(ctx: &Ctx) -> Result<(), Failure> {
+    let Some(why) = drift(ctx.root, ctx.facts) else {
+        tracing::info!(kernel = %ctx.facts.kernel, "the stack's modules are there for the running kernel");
+        return Ok(());
+    };
+    tracing::warn!("kernel drift: {why}; repairing");
+    (ctx.progress)(&format!("{why}; repairing"));
+    let kernel = ctx.facts.kernel.as_str();
+    let kind = ctx.facts.stack.as_ref().map(|s| s.kind);
+    match kind {
+        Some(StackKind::Doca) | Some(StackKind::MlnxOfed)
+            if dkms_registered(ctx.root, ctx.family) =>
+        {
+            let mut wanted = recipe::header_packages(ctx.family, kernel);
+            wanted.extend(recipe::build_packages(ctx.family, StackKind::Doca));
+            (ctx.progress)(&format!("installing headers for {kernel}"));
+            install(ctx, &wanted).map_err(|f| {
+                Failure::new(
+                    Code::RepairFailed,
+                    format!(
+                        "kernel {kernel} needs the stack's modules rebuilt, but its headers would not install ({}); boot the previous kernel or install linux headers for {kernel}",
+                        f.message
+                    ),
+                )
+            })?;
+            (ctx.progress)(&format!("rebuilding the DKMS modules for {kernel}"));
+            run(
+                &Cmd::new_public(
+                    "rebuild the DKMS modules",
+                    3600,
+                    &["dkms", "autoinstall", "-k", kernel],
+                ),
+                Code::RepairFailed,
+            )?;
+        }
+        Some(StackKind::Doca) | Some(StackKind::MlnxOfed) => {
+            return Err(Failure::new(
+                Code::RepairFailed,
+                format!(
+                    "{why}, and the installed {} stack was built for another kernel without DKMS; \
+                     boot the kernel it was built for, or redeploy with stack doca or inbox",
+                    kind.map(|k| k.as_str()).unwrap_or("vendor")
+                ),
+            ));
+        }
+        Some(StackKind::Inbox) | None => {
+            let Some(pkg) = inbox_module_package(ctx.family, kernel) else {
+                return Err(Failure::new(
+                    Code::RepairFailed,
+                    format!("{why}; install the kernel's RDMA modules for {kernel} or boot the previous kernel"),
+                ));
+            };
+            (ctx.progress)(&format!("installing {pkg}"));
+            install(ctx, std::slice::from_ref(&pkg))?;
+        }
+    }
+    if let Err(e) = crate::proc::run("depmod", &["-a", kernel], None, Duration::from_secs(300)) {
+        tracing::warn!("depmod: {e}");
+    }
+    match drift(ctx.root, ctx.facts) {
+        None => {
+            tracing::info!(kernel, "repaired");
+            Ok(())
+        }
+        Some(still) => Err(Failure::new(
+            Code::RepairFailed,
+            format!(
+                "repair for kernel {kernel} finished but {still}; run diagnose and check the log"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names() {
+        assert!(is_module_file("mlx5_ib.ko", "mlx5_ib"));
+        assert!(is_module_file("mlx5_ib.ko.zst", "mlx5_ib"));
+        assert!(!is_module_file("mlx5_ib_foo.ko", "mlx5_ib"));
+        assert!(!is_module_file("mlx5_ib", "mlx5_ib"));
+    }
+
+    #[test]
+    fn origin_matters_for_vendor_stacks() {
+        let inbox = vec!["kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko".to_string()];
+        let dkms = vec!["updates/dkms/mlx5_ib.ko".to_string()];
+        assert!(present(&inbox, false));
+        assert!(!present(&inbox, true));
+        assert!(present(&dkms, true));
+        assert!(!present(&[], false));
+    }
+
+    #[test]
+    fn walks_the_modules_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let p = dir
+            .path()
+            .join("lib/modules/6.8.0-1010-azure/updates/dkms/mlx5_ib.ko.zst");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"").unwrap();
+        assert_eq!(
+            module_files(&root, "6.8.0-1010-azure", "mlx5_ib"),
+            vec!["updates/dkms/mlx5_ib.ko.zst".to_string()]
+        );
+        assert!(module_files(&root, "other", "mlx5_ib").is_empty());
+    }
+}
