@@ -1,9 +1,149 @@
-//! `apply [--settings FILE]`: the engine without the agent (being built).
+//! `apply [--settings FILE]`: the engine without the agent, for Batch start tasks, image builds
+//! and cloud-init (DESIGN.md section 3). The same stages, checkpoint, lock and exit codes as the
+//! agent's worker; progress goes to stderr, the result line to stdout, the log to
+//! `<data dir>/log/`. Secrets come only from the environment (`IBDRIVER_PACKAGE_URL`,
+//! `IBDRIVER_PROXY`), never from the command line.
+//!
+//! The checkpoint uses sequence number 0 and a fingerprint of the settings, so running the same
+//! `apply` again (a start task after a reboot, a retried image build) resumes or does nothing.
 
+use crate::enable::{run_engine, Engine, EngineEnd};
+use crate::error::{Code, Failure};
 use crate::host::Root;
+use crate::lock::WorkerLock;
+use crate::runner::{RunEnd, Store};
+use crate::settings::{self, Settings};
+use crate::{fsutil, logging};
+use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::Duration;
 
-pub fn run(_root: &Root, _settings: Option<&Path>) -> i32 {
-    eprintln!("ibdriver: apply is not available yet");
-    crate::error::Code::Internal.exit_code()
+pub const SEQ: u64 = 0;
+
+fn say(line: &str) {
+    eprintln!("ibdriver apply: {line}");
+}
+
+/// Public settings from the file (or defaults), protected ones from the environment.
+pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
+    let public = match file {
+        None => settings::PublicSettings::default(),
+        Some(p) => crate::operator::read_public_settings(p).map_err(|e| {
+            Failure::new(Code::SettingsInvalid, format!("{e}; fix the settings file"))
+        })?,
+    };
+    let mut protected = serde_json::Map::new();
+    for (var, key) in [
+        ("IBDRIVER_PACKAGE_URL", "packageUrl"),
+        ("IBDRIVER_PROXY", "proxy"),
+    ] {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+            protected.insert(key.into(), serde_json::Value::String(v));
+        }
+    }
+    let protected_json = serde_json::Value::Object(protected).to_string();
+    let protected = settings::parse_protected(protected_json.as_bytes()).map_err(|e| {
+        let f: Failure = e.into();
+        Failure::new(
+            f.code,
+            format!("{} (from IBDRIVER_PACKAGE_URL / IBDRIVER_PROXY)", f.message),
+        )
+    })?;
+    // The fingerprint covers the secrets through a hash only: a changed SAS URL is new work.
+    let mut h = Sha256::new();
+    h.update(b"apply\0");
+    h.update(serde_json::to_vec(&public).expect("settings serialize"));
+    h.update(b"\0");
+    h.update(protected_json.as_bytes());
+    let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Settings {
+        public,
+        protected,
+        fingerprint,
+    })
+}
+
+fn fail(f: &Failure) -> i32 {
+    tracing::error!(code = f.code.number(), "apply failed: {}", f.message);
+    println!("error {} {}: {}", f.code.number(), f.code.name(), f.message);
+    f.code.exit_code()
+}
+
+pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
+    let data = root.data_dir();
+    if let Err(e) = fsutil::create_private_dir(&data) {
+        logging::init(None, false);
+        return fail(&Failure::state_io(&data, e));
+    }
+    logging::init(Some(&data.join("log")), false);
+    tracing::info!(version = env!("IBDRIVER_VERSION"), "apply start");
+    let settings = match settings_from(settings_file) {
+        Ok(s) => s,
+        Err(f) => return fail(&f),
+    };
+    let lock = WorkerLock::new(&data);
+    let held = match lock.acquire(
+        SEQ,
+        Duration::from_secs(900),
+        Duration::from_millis(200),
+        || false,
+    ) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            return fail(&Failure::new(
+                Code::WorkerStart,
+                "the extension's worker held the lock for 15 minutes; run apply again later",
+            ))
+        }
+        Err(e) => return fail(&Failure::state_io(&data.join("worker.lock"), e)),
+    };
+    let _held = held;
+    let last = std::cell::RefCell::new(String::new());
+    let progress = |line: &str, _: &[crate::status::SubStatus]| {
+        // The download reports often; repeat nothing.
+        if *last.borrow() != line {
+            say(line);
+            *last.borrow_mut() = line.to_string();
+        }
+    };
+    let EngineEnd {
+        end,
+        mut cp,
+        report,
+        notes,
+        ..
+    } = run_engine(&Engine {
+        root,
+        seq: SEQ,
+        settings: &settings,
+        keep_going: &|| true,
+        progress: &progress,
+    });
+    match end {
+        Err(f) => fail(&f),
+        Ok(RunEnd::Failed(f)) if f.code == Code::Rebooting => {
+            say("the VM reboots to activate the drivers; run apply again after the boot (a Batch start task does) and it resumes");
+            println!("rebooting: {}", f.message);
+            0
+        }
+        Ok(RunEnd::Failed(f)) => {
+            if !report.problems.is_empty() {
+                say(&format!("health: {}", report.problems.join("; ")));
+            }
+            fail(&f)
+        }
+        Ok(RunEnd::Stopped) => fail(&Failure::new(Code::Superseded, "stopped")),
+        Ok(RunEnd::Completed) => {
+            let summary = crate::enable::success_summary(&report.summary, &data, &notes);
+            cp.succeed(summary.clone());
+            if let Err(f) = Store::new(&data).save(&mut cp) {
+                return fail(&f);
+            }
+            crate::enable::remove_downloads(&data);
+            logging::summary(root, &format!("Apply: success {summary}"));
+            tracing::info!("apply succeeded: {summary}");
+            println!("success: {summary}");
+            0
+        }
+    }
 }

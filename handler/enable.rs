@@ -357,6 +357,171 @@ fn verify(
     }
 }
 
+/// What the stages need, from the agent's worker or from `apply`.
+pub struct Engine<'a> {
+    pub root: &'a Root,
+    pub seq: u64,
+    pub settings: &'a Settings,
+    /// False once the work should leave at its next safe point.
+    pub keep_going: &'a dyn Fn() -> bool,
+    /// One progress line, with the stages' substatus so far.
+    pub progress: &'a dyn Fn(&str, &[SubStatus]),
+}
+
+/// How a run of the stages ended.
+pub struct EngineEnd {
+    pub end: Result<RunEnd, Failure>,
+    pub cp: Checkpoint,
+    pub stages: Vec<Stage>,
+    pub report: HealthReport,
+    pub notes: Vec<String>,
+}
+
+/// Detect, plan and run the stages not yet done for this sequence number and settings.
+pub fn run_engine(e: &Engine) -> EngineEnd {
+    let data = e.root.data_dir();
+    let facts = host::detect(e.root, Some(&imds::Policy::default()), true);
+    let store = Store::new(&data);
+    let seq = e.seq;
+    let mut cp = Checkpoint::resume(store.load(), seq, &e.settings.fingerprint, &facts.boot_id);
+    // The worker judges the host again with the full probe (the installed stack too): what
+    // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
+    // always runs again: a worker never reports success on an old verdict.
+    cp.completed.retain(|s| {
+        !matches!(
+            s,
+            Stage::Preflight | Stage::Repair | Stage::Configure | Stage::Verify
+        )
+    });
+    let plan = plan::decide_resuming(
+        &facts,
+        &e.settings.public,
+        e.settings.protected.package_url.as_ref(),
+        cp.install_stages.is_some(),
+    );
+    if matches!(plan.action, Action::Install { .. }) {
+        cp.install_stages = Some(plan.stages.clone());
+    }
+    let mut last_report = None;
+    let mut configure_notes: Vec<String> = Vec::new();
+    let last_subs = std::cell::RefCell::new(Vec::new());
+    let progress = |line: &str| (e.progress)(line, &last_subs.borrow());
+    let family = facts.os.as_ref().and_then(install::recipe::family);
+    let end = runner::run(
+        &store,
+        &mut cp,
+        &plan.stages,
+        |stage, cp| {
+            *last_subs.borrow_mut() = stage_substatus(cp, &plan.stages);
+            progress(&format!("{}: running", stage.name()));
+            let install_ctx = match (&plan.install, family) {
+                (Some(choice), Some(family)) => Some(install::Ctx {
+                    root: e.root,
+                    family,
+                    kernel: &facts.kernel,
+                    boot_id: &facts.boot_id,
+                    choice,
+                    settings: e.settings,
+                    data_dir: &data,
+                    keep_going: e.keep_going,
+                    progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
+                    loaded_modules: &facts.modules,
+                }),
+                _ => None,
+            };
+            let needs_ctx = || Failure::internal("install stage", "no install plan for this host");
+            match stage {
+                Stage::Preflight => preflight(&plan),
+                Stage::WaitForLocks => {
+                    install::wait_for_locks(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Prerequisites => {
+                    install::prerequisites(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Fetch => {
+                    install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp),
+                Stage::PostInstall => {
+                    install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
+                }
+                Stage::Activate => {
+                    let ctx = install_ctx.as_ref().ok_or_else(needs_ctx)?;
+                    let may_reboot = e.settings.public.reboot == RebootPolicy::IfRequired;
+                    match install::activate(ctx, cp, may_reboot)? {
+                        install::Activation::Active => Ok(()),
+                        install::Activation::Rebooting => {
+                            // Record the reboot before asking for it: after it, enable resumes here.
+                            store.save(cp)?;
+                            progress("activate: rebooting the VM to load the new drivers; enable resumes after the reboot");
+                            logging::summary(
+                                e.root,
+                                &format!("Enable seq={seq}: rebooting to activate drivers"),
+                            );
+                            install::request_reboot()?;
+                            Err(Failure::new(
+                                Code::Rebooting,
+                                "rebooting to activate the drivers",
+                            ))
+                        }
+                    }
+                }
+                Stage::Repair => {
+                    let Some(family) = family else {
+                        return Ok(()); // refused in preflight already
+                    };
+                    // Facts as they are now: an install in this run changed modules and stack.
+                    let now = host::detect(e.root, None, true);
+                    install::repair::repair(&install::repair::Ctx {
+                        root: e.root,
+                        family,
+                        facts: &now,
+                        lock_timeout: Duration::from_secs(e.settings.public.lock_timeout_seconds),
+                        keep_going: e.keep_going,
+                        progress: &|line: &str| progress(&format!("repair: {line}")),
+                    })
+                }
+                Stage::Configure => {
+                    // Facts as they are now: an install or repair changed modules and devices.
+                    let now = host::detect(e.root, None, false);
+                    configure::run(&configure::Ctx {
+                        root: e.root,
+                        facts: &now,
+                        settings: &e.settings.public,
+                        data_dir: &data,
+                        netdev_wait: verify_timeout().min(Duration::from_secs(60)),
+                        keep_going: e.keep_going,
+                        progress: &|line: &str| progress(&format!("configure: {line}")),
+                    })
+                    .map(|state| configure_notes = state.notes)
+                }
+                Stage::Verify => {
+                    let r = verify(
+                        e.root,
+                        verify_timeout(),
+                        Duration::from_secs(5),
+                        e.keep_going,
+                    );
+                    last_report = Some(match &r {
+                        Ok(rep) => rep.clone(),
+                        Err(_) => monitor::check(e.root),
+                    });
+                    r.map(|_| ())
+                }
+            }
+        },
+        || !(e.keep_going)(),
+    );
+    let report = last_report.unwrap_or_else(|| monitor::check(e.root));
+    EngineEnd {
+        end,
+        cp,
+        stages: plan.stages,
+        report,
+        notes: configure_notes,
+    }
+}
+
 /// The detached worker for sequence number `inv.agent.seq`.
 pub fn worker(inv: &Invocation) -> i32 {
     let seq = inv.agent.seq;
@@ -403,142 +568,29 @@ pub fn worker(inv: &Invocation) -> i32 {
         Ok(s) => s,
         Err(f) => return inv.fail("Enable", &f, vec![]),
     };
-    let facts = host::detect(&inv.root, Some(&imds::Policy::default()), true);
-    let store = Store::new(&data);
-    let mut cp = Checkpoint::resume(store.load(), seq, &settings.fingerprint, &facts.boot_id);
-    // The worker judges the host again with the full probe (the installed stack too): what
-    // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
-    // always runs again: a worker never reports success on an old verdict.
-    cp.completed.retain(|s| {
-        !matches!(
-            s,
-            Stage::Preflight | Stage::Repair | Stage::Configure | Stage::Verify
-        )
-    });
-    let plan = plan::decide_resuming(
-        &facts,
-        &settings.public,
-        settings.protected.package_url.as_ref(),
-        cp.install_stages.is_some(),
-    );
-    if matches!(plan.action, Action::Install { .. }) {
-        cp.install_stages = Some(plan.stages.clone());
-    }
-    let mut last_report = None;
-    let mut configure_notes: Vec<String> = Vec::new();
     let status_name = inv.name();
-    let last_subs = std::cell::RefCell::new(Vec::new());
-    let progress = |line: &str| {
+    let progress = |line: &str, subs: &[SubStatus]| {
         inv.write_status(
             &StatusReport::new(&status_name, "Enable", StatusValue::Transitioning, 0, line)
-                .with_substatus(last_subs.borrow().clone()),
+                .with_substatus(subs.to_vec()),
         );
         beat.set_message(&format!("enable in progress: {line}"));
     };
-    let family = facts.os.as_ref().and_then(install::recipe::family);
-    let end = runner::run(
-        &store,
-        &mut cp,
-        &plan.stages,
-        |stage, cp| {
-            *last_subs.borrow_mut() = stage_substatus(cp, &plan.stages);
-            progress(&format!("{}: running", stage.name()));
-            let install_ctx = match (&plan.install, family) {
-                (Some(choice), Some(family)) => Some(install::Ctx {
-                    root: &inv.root,
-                    family,
-                    kernel: &facts.kernel,
-                    boot_id: &facts.boot_id,
-                    choice,
-                    settings: &settings,
-                    data_dir: &data,
-                    keep_going: &wanted,
-                    progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
-                    loaded_modules: &facts.modules,
-                }),
-                _ => None,
-            };
-            let needs_ctx = || Failure::internal("install stage", "no install plan for this host");
-            match stage {
-                Stage::Preflight => preflight(&plan),
-                Stage::WaitForLocks => {
-                    install::wait_for_locks(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Prerequisites => {
-                    install::prerequisites(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Fetch => {
-                    install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp),
-                Stage::PostInstall => {
-                    install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Activate => {
-                    let ctx = install_ctx.as_ref().ok_or_else(needs_ctx)?;
-                    let may_reboot = settings.public.reboot == RebootPolicy::IfRequired;
-                    match install::activate(ctx, cp, may_reboot)? {
-                        install::Activation::Active => Ok(()),
-                        install::Activation::Rebooting => {
-                            // Record the reboot before asking for it: after it, enable resumes here.
-                            store.save(cp)?;
-                            progress("activate: rebooting the VM to load the new drivers; enable resumes after the reboot");
-                            logging::summary(
-                                &inv.root,
-                                &format!("Enable seq={seq}: rebooting to activate drivers"),
-                            );
-                            install::request_reboot()?;
-                            Err(Failure::new(
-                                Code::Rebooting,
-                                "rebooting to activate the drivers",
-                            ))
-                        }
-                    }
-                }
-                Stage::Repair => {
-                    let Some(family) = family else {
-                        return Ok(()); // refused in preflight already
-                    };
-                    // Facts as they are now: an install in this run changed modules and stack.
-                    let now = host::detect(&inv.root, None, true);
-                    install::repair::repair(&install::repair::Ctx {
-                        root: &inv.root,
-                        family,
-                        facts: &now,
-                        lock_timeout: Duration::from_secs(settings.public.lock_timeout_seconds),
-                        keep_going: &wanted,
-                        progress: &|line: &str| progress(&format!("repair: {line}")),
-                    })
-                }
-                Stage::Configure => {
-                    // Facts as they are now: an install or repair changed modules and devices.
-                    let now = host::detect(&inv.root, None, false);
-                    configure::run(&configure::Ctx {
-                        root: &inv.root,
-                        facts: &now,
-                        settings: &settings.public,
-                        data_dir: &data,
-                        netdev_wait: verify_timeout().min(Duration::from_secs(60)),
-                        keep_going: &wanted,
-                        progress: &|line: &str| progress(&format!("configure: {line}")),
-                    })
-                    .map(|state| configure_notes = state.notes)
-                }
-                Stage::Verify => {
-                    let r = verify(&inv.root, verify_timeout(), Duration::from_secs(5), wanted);
-                    last_report = Some(match &r {
-                        Ok(rep) => rep.clone(),
-                        Err(_) => monitor::check(&inv.root),
-                    });
-                    r.map(|_| ())
-                }
-            }
-        },
-        || !wanted(),
-    );
+    let EngineEnd {
+        end,
+        mut cp,
+        stages,
+        report,
+        notes: configure_notes,
+    } = run_engine(&Engine {
+        root: &inv.root,
+        seq,
+        settings: &settings,
+        keep_going: &wanted,
+        progress: &progress,
+    });
     beat.stop();
-    let report = last_report.unwrap_or_else(|| monitor::check(&inv.root));
-    let mut subs = stage_substatus(&cp, &plan.stages);
+    let mut subs = stage_substatus(&cp, &stages);
     subs.push(health_substatus(&report));
     match end {
         Ok(RunEnd::Failed(Failure {
@@ -571,19 +623,10 @@ pub fn worker(inv: &Invocation) -> i32 {
         Ok(RunEnd::Completed) => {
             let summary = success_summary(&report.summary, &data, &configure_notes);
             cp.succeed(summary.clone());
-            if let Err(f) = store.save(&mut cp) {
+            if let Err(f) = Store::new(&data).save(&mut cp) {
                 return inv.fail("Enable", &f, subs);
             }
-            // Installed and verified: the downloaded artifacts (an unpacked MLNX_OFED bundle is
-            // over a gigabyte) have served their purpose.
-            for dir in ["artifacts", "staging"] {
-                let p = data.join(dir);
-                if let Err(e) = std::fs::remove_dir_all(&p) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(path = %p.display(), error = %e, "cannot remove");
-                    }
-                }
-            }
+            remove_downloads(&data);
             inv.write_status(
                 &StatusReport::new(
                     &status_name,
@@ -616,8 +659,21 @@ pub fn worker(inv: &Invocation) -> i32 {
     }
 }
 
+/// Installed and verified: the downloaded artifacts (an unpacked MLNX_OFED bundle is over a
+/// gigabyte) have served their purpose.
+pub fn remove_downloads(data: &Path) {
+    for dir in ["artifacts", "staging"] {
+        let p = data.join(dir);
+        if let Err(e) = std::fs::remove_dir_all(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove");
+            }
+        }
+    }
+}
+
 /// The success line: the health summary, the IPoIB addresses configure set, its notes.
-fn success_summary(health: &str, data: &Path, notes: &[String]) -> String {
+pub fn success_summary(health: &str, data: &Path, notes: &[String]) -> String {
     let mut out = health.to_string();
     if let Some(state) = configure::load_state(data) {
         if !state.assignments.is_empty() {

@@ -165,10 +165,7 @@ fn dispatch(cmd: Command) -> i32 {
             };
             operator::fetch(&req, &into)
         }
-        Command::Apply { settings } => {
-            logging::init(None, false);
-            apply::run(&Root::from_env(), settings.as_deref())
-        }
+        Command::Apply { settings } => apply::run(&Root::from_env(), settings.as_deref()),
         Command::Diagnose { out } => {
             logging::init(None, false);
             diagnose::run(&Root::from_env(), &out)

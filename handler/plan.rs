@@ -151,14 +151,11 @@ pub fn decide(facts: &HostFacts, settings: &PublicSettings, package_url: Option<
     }
     let ib: Vec<_> = facts.infiniband_functions().collect();
     let os = facts.os.as_ref().expect("refusal() checked the OS");
-    let registered = ib.iter().all(|f| !f.ib_devices.is_empty());
+    // An installed stack whose device the kernel has not registered (modules not loaded, or
+    // missing for a new kernel) is not reinstalled: repair and configure see to it.
     let ours = facts.installed_by_us.as_ref();
     let install_reason = match &facts.stack {
         None => Some("no InfiniBand driver stack is installed".to_string()),
-        Some(st) if !registered => Some(format!(
-            "the {} stack is installed but the kernel has not registered the InfiniBand device(s)",
-            st.kind.as_str()
-        )),
         Some(st) if !stack_matches(settings.stack, st.kind) => Some(format!(
             "settings ask for stack {:?} but {} is installed",
             settings.stack,

@@ -200,7 +200,15 @@ pub fn repair(ctx: &Ctx) -> Result<(), Failure> {
                 ));
             };
             (ctx.progress)(&format!("installing {pkg}"));
-            install(ctx, std::slice::from_ref(&pkg))?;
+            install(ctx, std::slice::from_ref(&pkg)).map_err(|f| {
+                Failure::new(
+                    Code::RepairFailed,
+                    format!(
+                        "{why}, and {pkg} would not install ({}); boot the previous kernel or install {pkg} and run enable again",
+                        f.message
+                    ),
+                )
+            })?;
         }
     }
     if let Err(e) = crate::proc::run("depmod", &["-a", kernel], None, Duration::from_secs(300)) {

@@ -23,7 +23,7 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -171,6 +171,8 @@ impl World {
             "reboot",
             "update-initramfs",
             "dracut",
+            "depmod",
+            "rdma",
         ] {
             write_exec(
                 &stubs.join(prog),

@@ -1,0 +1,489 @@
+//! Issue 4: configure (modules, IPoIB native in a real network namespace, waagent.conf), self-
+//! repair after a kernel update, and `apply` giving the same results and exit codes as enable.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const HB: &str = "Standard_HB120rs_v3";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn apply(w: &World, public: serde_json::Value) -> Output {
+    let file = w.tmp.path().join("apply-settings.json");
+    write(&file, public.to_string());
+    w.command(&["apply", "--settings", file.to_str().unwrap()], 0)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The exit code that goes with a status code number.
+fn exit_for(code: u64) -> i32 {
+    ibdriver::error::Code::ALL
+        .iter()
+        .find(|c| u64::from(c.number()) == code)
+        .map(|c| c.exit_code())
+        .unwrap_or_else(|| panic!("undocumented code {code}"))
+}
+
+#[test]
+fn apply_ends_like_enable_on_the_same_hosts() {
+    type Setup = fn(&World);
+    let scenarios: Vec<(&str, &str, serde_json::Value, Setup)> = vec![
+        ("hbv3", HB, json!({}), |_| {}),
+        ("hbv3", HB, json!({"ipoib": "off"}), |_| {}),
+        ("hbv3-portdown", HB, json!({}), |_| {}),
+        ("dseries", "Standard_D4s_v5", json!({}), |_| {}),
+        ("nonazure", HB, json!({}), |_| {}),
+        ("hbv3", HB, json!({"stack": "auto", "bogus": 1}), |_| {}),
+        ("hbv3", HB, json!({}), |w| {
+            w.as_distro("fedora-40", "6.8.5-301.fc40.x86_64")
+        }),
+    ];
+    for (host, size, public, setup) in scenarios {
+        let label = format!("{host} {public}");
+        // The agent's way.
+        let mut w = World::new(host, size);
+        w.verify_timeout = 2;
+        setup(&w);
+        w.settings(1, public.clone());
+        let enable_exit = code(&w.run("enable", 1));
+        let v = w.wait_terminal(1, TIMEOUT);
+        let (value, number) = (status_value(&v), status_code(&v));
+        w.wait_worker_gone(TIMEOUT);
+        // The same host, without the agent.
+        let mut a = World::new(host, size);
+        a.verify_timeout = 2;
+        setup(&a);
+        let out = apply(&a, public.clone());
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            code(&out),
+            exit_for(number),
+            "{label}: apply exit vs enable's status code {number}\n{stdout}\n{stderr}"
+        );
+        if enable_exit != 0 {
+            // Refused before the worker: enable's own exit code.
+            assert_eq!(code(&out), enable_exit, "{label}");
+        }
+        if value == "success" {
+            assert!(
+                stdout.starts_with("success: RDMA ready"),
+                "{label}: {stdout}"
+            );
+            assert!(message(&v).starts_with("RDMA ready"), "{label}");
+            // Progress went to stderr, stage by stage.
+            for stage in ["preflight", "repair", "configure", "verify"] {
+                assert!(
+                    stderr.contains(&format!("ibdriver apply: {stage}: running")),
+                    "{label}: no progress for {stage}\n{stderr}"
+                );
+            }
+        } else {
+            assert_eq!(value, "error", "{label}");
+            assert!(
+                stdout.starts_with(&format!("error {number} ")),
+                "{label}: {stdout} vs {v}"
+            );
+        }
+        assert!(!stdout.contains("panicked") && !stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn apply_twice_does_no_work_the_second_time() {
+    let w = World::new("hbv3", HB);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    let state = fs::read_to_string(w.data_dir().join("state.json")).unwrap();
+    let again = apply(&w, json!({"ipoib": "off"}));
+    assert_eq!(code(&again), 0, "{:?}", text(&again));
+    let after: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
+            .unwrap();
+    let before: serde_json::Value = serde_json::from_str(&state).unwrap();
+    // Same checkpoint lineage: one attempt per per-boot stage again, nothing installed.
+    assert_eq!(after["settings"], before["settings"]);
+    assert_eq!(after["installer_ran"], false);
+    assert!(!w.calls().contains("apt-get"), "{}", w.calls());
+}
+
+#[test]
+fn apply_rejects_a_bad_secret_from_the_environment_without_echoing_it() {
+    let w = World::new("hbv3", HB);
+    let file = w.tmp.path().join("s.json");
+    write(&file, "{}");
+    let out = w
+        .command(&["apply", "--settings", file.to_str().unwrap()], 0)
+        .env("IBDRIVER_PACKAGE_URL", "ftp://host/x.tgz?sig=SECRETSIG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 1, "{stdout}{stderr}");
+    assert!(stdout.contains("IBDRIVER_PACKAGE_URL"), "{stdout}");
+    assert!(!stdout.contains("SECRETSIG") && !stderr.contains("SECRETSIG"));
+    assert!(!w.all_text().contains("SECRETSIG"));
+}
+
+const WAAGENT_CONF: &str = "# Microsoft Azure Linux Agent Configuration\n\
+Provisioning.Agent=auto\n\
+# Enable RDMA management and set up, should only be used in HPC images\n\
+# OS.EnableRDMA=n\n\
+HttpProxy.Host=None\n";
+
+#[test]
+fn waagent_mode_sets_the_switch_once_and_restarts_the_agent_once() {
+    let w = World::new("hbv3", HB);
+    w.set_file("etc/waagent.conf", WAAGENT_CONF);
+    w.set_file("run/systemd/system/.keep", "");
+    w.set_file("lib/systemd/system/walinuxagent.service", "[Unit]\n");
+    let out = apply(&w, json!({"ipoib": "waagent"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let conf = fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap();
+    assert_eq!(
+        conf,
+        WAAGENT_CONF.replace("# OS.EnableRDMA=n", "OS.EnableRDMA=y"),
+        "every other line kept"
+    );
+    let restarts = |w: &World| {
+        w.calls()
+            .lines()
+            .filter(|l| l.contains("--no-block try-restart walinuxagent.service"))
+            .count()
+    };
+    assert_eq!(restarts(&w), 1, "{}", w.calls());
+    // Again: nothing to change, no restart.
+    let out = apply(&w, json!({"ipoib": "waagent"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert_eq!(
+        fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap(),
+        conf
+    );
+    assert_eq!(restarts(&w), 1);
+    // The modules IPoIB needs are loaded and listed for the next boot.
+    let load = fs::read_to_string(
+        w.root
+            .join("etc/modules-load.d/infiniband-driver-linux.conf"),
+    )
+    .unwrap();
+    for m in ["mlx5_ib", "ib_uverbs", "ib_umad", "rdma_ucm", "ib_ipoib"] {
+        assert!(load.lines().any(|l| l == m), "{m} in {load}");
+    }
+}
+
+#[test]
+fn ipoib_native_without_the_kvp_record_is_a_clear_error() {
+    let w = World::new("hbv3", HB);
+    let out = apply(&w, json!({"ipoib": "native"}));
+    let (stdout, _) = text(&out);
+    assert_eq!(code(&out), 14, "{stdout}");
+    assert!(
+        stdout.starts_with("error 224 IpoibNotConfigured"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("IPoIB_Data"), "{stdout}");
+}
+
+#[test]
+fn nvidia_peermem_is_loaded_beside_a_gpu_driver() {
+    let w = World::new("hbv3", HB);
+    w.set_file("proc/driver/nvidia/version", "NVRM version: 550\n");
+    let out = apply(&w, json!({"ipoib": "off"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(
+        w.calls().contains("modprobe nvidia_peermem"),
+        "{}",
+        w.calls()
+    );
+    let w = World::new("hbv3", HB);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    assert!(!w.calls().contains("nvidia_peermem"));
+}
+
+// ------------------------------------------------------------------ IPoIB in a network namespace
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("ibdrv-test-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "cannot create a network namespace: the IPoIB test needs root and iproute2"
+        );
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "ip"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// IPv4 addresses per interface, as `ip` reports them.
+    fn addresses(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        ibdriver::health::parse_ip_json(&self.ip(&["-j", "-4", "addr", "show"]))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sysfs_netdev(root: &Path, name: &str, address: &str) {
+    write(
+        &root.join(format!("sys/class/net/{name}/address")),
+        format!("{address}\n"),
+    );
+}
+
+#[test]
+fn ipoib_native_assigns_kvp_addresses_by_hardware_address_in_a_namespace() {
+    let ns = Netns::new();
+    // Stand-ins for the IPoIB netdevs (this kernel has no dummy driver; veth does as well).
+    for (name, peer) in [("ib0", "ib0p"), ("eth7", "eth7p"), ("ib1", "ib1p")] {
+        ns.ip(&["link", "add", name, "type", "veth", "peer", "name", peer]);
+    }
+    ns.ip(&["link", "set", "dev", "eth7", "address", "00:15:5d:33:ff:2d"]);
+    let w = World::new("hbv3", HB);
+    // Real `ip` from here on: the one in the namespace.
+    fs::remove_file(w.stubs.join("ip")).unwrap();
+    // The fake sysfs: ib0 is the IPoIB netdev of the fixture HCA (20-byte address, GUID key
+    // 00155d33ff2c); eth7 an Ethernet-backend IB netdev matched by its plain MAC; ib1 a decoy
+    // whose name looks right but whose address matches nothing.
+    sysfs_netdev(&w.root, "eth7", "00:15:5d:33:ff:2d");
+    sysfs_netdev(
+        &w.root,
+        "ib1",
+        "00:00:01:49:fe:80:00:00:00:00:00:00:00:15:5d:ff:fd:33:ff:99",
+    );
+    w.kvp(&[(
+        "IPoIB_Data",
+        "NUMPAIRS:2|00155D33FF2C:172.16.1.4|00155D33FF2D:172.16.1.5|",
+    )]);
+    let file = w.tmp.path().join("native.json");
+    write(&file, json!({"ipoib": "native"}).to_string());
+    let run = || {
+        let mut c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
+        let inner = c.get_program().to_owned();
+        let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+        let envs: Vec<_> = c
+            .get_envs()
+            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+            .collect();
+        let mut outer = Command::new("ip");
+        outer.args(["netns", "exec", &ns.0]).arg(inner).args(args);
+        for (k, v) in envs {
+            if let Some(v) = v {
+                outer.env(k, v);
+            }
+        }
+        c = outer;
+        c.output().unwrap()
+    };
+    for round in 1..=2 {
+        let out = run();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(code(&out), 0, "round {round}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("IPoIB (native): eth7 172.16.1.5/16, ib0 172.16.1.4/16")
+                || stdout.contains("IPoIB (native): ib0 172.16.1.4/16, eth7 172.16.1.5/16"),
+            "round {round}: {stdout}"
+        );
+        let addrs = ns.addresses();
+        assert_eq!(
+            addrs["ib0"],
+            vec!["172.16.1.4/16".to_string()],
+            "round {round}: {addrs:?}"
+        );
+        assert_eq!(
+            addrs["eth7"],
+            vec!["172.16.1.5/16".to_string()],
+            "round {round}"
+        );
+        assert!(
+            addrs.get("ib1").is_none_or(|a| a.is_empty()),
+            "decoy got {addrs:?}"
+        );
+        // Up, administratively.
+        let link = ns.ip(&["-j", "link", "show", "dev", "ib0"]);
+        assert!(link.contains("\"UP\""), "{link}");
+    }
+    // What the monitor would say about a lost address: not healthy, code 224.
+    ns.ip(&["addr", "del", "172.16.1.5/16", "dev", "eth7"]);
+    let out = run();
+    let (stdout, _) = text(&out);
+    assert_eq!(code(&out), 0, "apply restores it: {stdout}");
+    assert_eq!(ns.addresses()["eth7"], vec!["172.16.1.5/16".to_string()]);
+}
+
+// ------------------------------------------------------------------ kernel update and repair
+
+const K1: &str = "5.15.0-1073-azure";
+const K2: &str = "5.15.0-1075-azure";
+
+/// Stubs that behave like the host: apt-get installs the extra-modules package by creating its
+/// module file; modprobe loads mlx5_ib only when the running kernel has the file, and then the
+/// kernel registers the HCA again.
+fn kernel_stubs(w: &World) {
+    let root = w.root.display();
+    let calls = w.tmp.path().join("calls.log");
+    let saved = w.tmp.path().join("saved-infiniband");
+    write_exec(
+        &w.stubs.join("apt-get"),
+        &format!(
+            r#"#!/bin/sh
+echo "apt-get $*" >> '{calls}'
+case "$*" in
+  *update*) exit 0 ;;
+  *linux-modules-extra-{K2}*)
+    mkdir -p '{root}/lib/modules/{K2}/kernel/drivers/infiniband/hw/mlx5'
+    : > '{root}/lib/modules/{K2}/kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko'
+    exit 0 ;;
+esac
+exit 1
+"#,
+            calls = calls.display()
+        ),
+    );
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            r#"#!/bin/sh
+echo "modprobe $*" >> '{calls}'
+k=$(cat '{root}/proc/sys/kernel/osrelease')
+for m in "$@"; do
+  if [ "$m" = mlx5_ib ]; then
+    ls '{root}'/lib/modules/$k/kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko >/dev/null 2>&1 || {{ echo "modprobe: FATAL: Module mlx5_ib not found in directory /lib/modules/$k" >&2; exit 1; }}
+    grep -q '^mlx5_ib ' '{root}/proc/modules' || printf 'mlx5_ib 462848 0 - Live 0x0\nmlx5_core 2088960 1 mlx5_ib, Live 0x0\n' >> '{root}/proc/modules'
+    [ -d '{saved}' ] && cp -r '{saved}' '{root}/sys/bus/pci/devices/0101:00:00.0/infiniband'
+  fi
+done
+exit 0
+"#,
+            calls = calls.display(),
+            saved = saved.display()
+        ),
+    );
+}
+
+/// The VM reboots into `kernel`, which has no RDMA driver module: nothing loads it, the HCA is
+/// not registered.
+fn reboot_into(w: &World, kernel: &str) {
+    w.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
+    w.set_file(
+        "proc/sys/kernel/random/boot_id",
+        "9d9c3c1e-0000-4000-8000-00000000b002\n",
+    );
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    let kept: String = modules
+        .lines()
+        .filter(|l| !l.starts_with("mlx5_ib ") && !l.starts_with("mlx5_core "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    w.set_file("proc/modules", &kept);
+    let ib = w.root.join("sys/bus/pci/devices/0101:00:00.0/infiniband");
+    let saved = w.tmp.path().join("saved-infiniband");
+    if !saved.exists() {
+        copy_tree(&ib, &saved);
+    }
+    fs::remove_dir_all(&ib).unwrap();
+}
+
+#[test]
+fn a_kernel_update_is_repaired_after_the_reboot_and_then_nothing_is_done() {
+    let w = World::new("hbv3", HB);
+    w.set_file(
+        &format!("lib/modules/{K1}/kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko"),
+        "",
+    );
+    kernel_stubs(&w);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, TIMEOUT);
+    assert_eq!(status_value(&v), "success", "{v}");
+    w.wait_worker_gone(TIMEOUT);
+    assert!(
+        !w.calls().contains("apt-get"),
+        "no repair needed: {}",
+        w.calls()
+    );
+
+    // Nothing changed: enable does no work (no worker, no program run, status untouched).
+    let before = w.calls();
+    let status_before = fs::read(w.status_path(1)).unwrap();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(w.calls(), before);
+    assert_eq!(fs::read(w.status_path(1)).unwrap(), status_before);
+
+    // Unattended upgrades installed K2 and the VM rebooted into it.
+    reboot_into(&w, K2);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "success", "{v}\n{}", w.calls());
+    let calls = w.calls();
+    assert!(
+        calls.contains(&format!("linux-modules-extra-{K2}")),
+        "{calls}"
+    );
+    assert!(calls.contains(&format!("depmod -a {K2}")), "{calls}");
+    let repaired: Vec<&str> = calls.lines().skip(before.lines().count()).collect();
+    assert!(
+        repaired.iter().any(|l| l.starts_with("modprobe mlx5_ib")),
+        "{repaired:?}"
+    );
+    assert!(message(&v).contains("1/1 InfiniBand port(s) ACTIVE"), "{v}");
+
+    // And once repaired, the next enable (agent restart) does nothing again.
+    let before = w.calls();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(w.calls(), before);
+}
+
+#[test]
+fn a_new_kernel_whose_modules_cannot_be_installed_fails_with_code_226() {
+    let w = World::new("hbv3", HB);
+    kernel_stubs(&w);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
+    w.wait_worker_gone(TIMEOUT);
+    // A kernel for which the package does not exist (the stub fails every other install).
+    reboot_into(&w, "6.2.0-9999-azure");
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "error", "{v}");
+    assert_eq!(status_code(&v), 226, "{v}");
+    assert!(message(&v).contains("6.2.0-9999-azure"), "{v}");
+}
