@@ -266,7 +266,8 @@ fn learn_secrets(
         for line in conf.lines() {
             if let Some((k, v)) = line.split_once('=') {
                 let k = k.trim();
-                if k.starts_with("HttpProxy.") && k != "HttpProxy.Port" && v.contains('@') {
+                // `user:password@host`: the credentials go, the host stays readable.
+                if k.starts_with("HttpProxy.") && v.contains('@') {
                     redactor.add(v.trim());
                 }
             }

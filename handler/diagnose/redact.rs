@@ -43,11 +43,17 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    /// Learn a secret value, with the parts of it that may be logged on their own.
+    /// Learn a secret value. A URL with credentials or a query string is learned by those
+    /// parts (user info, password, query, secret parameters), so its scheme, host and path stay
+    /// readable as [`crate::logging::redact_url`] shows them; any other value is learned whole.
     pub fn add(&mut self, value: &str) {
         let value = value.trim();
-        let mut found = vec![value.to_string()];
-        if let Some((_, rest)) = value.split_once("://") {
+        let mut found = Vec::new();
+        let is_url = value.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+        }) && !value.chars().any(char::is_whitespace);
+        if is_url {
+            let rest = value.split_once("://").map_or("", |(_, r)| r);
             let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
             if let Some((userinfo, _)) = authority.rsplit_once('@') {
                 found.push(userinfo.to_string());
@@ -55,23 +61,29 @@ impl Redactor {
                     found.push(password.to_string());
                 }
             }
-        } else if let Some((userinfo, _)) = value.rsplit_once('@') {
-            // `user:password@host` as waagent.conf writes a proxy host.
+            if let Some((_, query)) = rest.split_once('?') {
+                let query = query.split('#').next().unwrap_or("");
+                found.push(query.to_string());
+                for pair in query.split('&') {
+                    if let Some((k, v)) = pair.split_once('=') {
+                        if SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()) {
+                            found.push(v.to_string());
+                        }
+                    }
+                }
+            }
+        } else if let Some((userinfo, _)) = value
+            .rsplit_once('@')
+            .filter(|_| !value.chars().any(char::is_whitespace))
+        {
+            // `user:password@host`, as waagent.conf writes a proxy host.
             found.push(userinfo.to_string());
             if let Some((_, password)) = userinfo.split_once(':') {
                 found.push(password.to_string());
             }
         }
-        if let Some((_, query)) = value.split_once('?') {
-            let query = query.split('#').next().unwrap_or("");
-            found.push(query.to_string());
-            for pair in query.split('&') {
-                if let Some((k, v)) = pair.split_once('=') {
-                    if SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()) {
-                        found.push(v.to_string());
-                    }
-                }
-            }
+        if found.is_empty() {
+            found.push(value.to_string());
         }
         for v in found {
             // The forms a JSON writer may have produced from the same value.
