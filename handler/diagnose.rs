@@ -60,6 +60,8 @@ enum State {
     Truncated,
     Missing,
     Failed,
+    /// Left out on purpose (downloads, staging trees, telemetry).
+    Skipped,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,10 +151,15 @@ impl Bundle {
                 Ok(m) if m.is_file() && keep(&name) => {
                     self.file(&format!("{prefix}/{name}"), &path)
                 }
-                Ok(m) if m.is_dir() => self.missing(
+                Ok(m) if m.is_dir() => self.part(
                     &format!("{prefix}/{name}/"),
                     &path.display().to_string(),
-                    "directory not collected (downloads, staging trees and telemetry stay out)",
+                    State::Skipped,
+                    Some(
+                        "directory not collected (downloads, staging trees and telemetry stay out)"
+                            .into(),
+                    ),
+                    0,
                 ),
                 _ => {}
             }

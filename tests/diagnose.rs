@@ -185,7 +185,7 @@ fn bundle_has_every_part_and_no_secret() {
     );
     assert_eq!(
         manifest_part(&manifest, "data/artifacts/")["state"],
-        "missing"
+        "skipped"
     );
     assert!(
         manifest["notes"].as_array().unwrap().is_empty(),
