@@ -54,14 +54,18 @@ pub struct Imds {
 
 impl Imds {
     pub fn start(vm_size: &str, secure_boot: bool) -> Imds {
+        Imds::serve(format!(
+            r#"{{"vmSize":"{vm_size}","location":"eastus","offer":"ubuntu-hpc","publisher":"microsoft-dsvm","sku":"2204","version":"latest","securityProfile":{{"secureBootEnabled":"{secure_boot}","securityType":"TrustedLaunch"}},"osType":"Linux"}}"#
+        ))
+    }
+
+    /// Answer compute metadata requests with `body` as it is.
+    pub fn serve(body: String) -> Imds {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let body = format!(
-            r#"{{"vmSize":"{vm_size}","location":"eastus","offer":"ubuntu-hpc","publisher":"microsoft-dsvm","sku":"2204","version":"latest","securityProfile":{{"secureBootEnabled":"{secure_boot}","securityType":"TrustedLaunch"}},"osType":"Linux"}}"#
-        );
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(300);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
