@@ -487,3 +487,43 @@ fn a_new_kernel_whose_modules_cannot_be_installed_fails_with_code_226() {
     assert_eq!(status_code(&v), 226, "{v}");
     assert!(message(&v).contains("6.2.0-9999-azure"), "{v}");
 }
+
+#[test]
+fn stable_hca_names_are_set_once_and_kept() {
+    let w = World::new("hbv3", HB);
+    let calls = w.tmp.path().join("calls.log");
+    let devices = w.root.join("sys/bus/pci/devices");
+    let dev = devices.join("0101:00:00.0/infiniband");
+    // `rdma dev set OLD name NEW` renames the device the kernel registered.
+    write_exec(
+        &w.stubs.join("rdma"),
+        &format!(
+            "#!/bin/sh\necho \"rdma $*\" >> '{}'\n[ \"$1 $2 $4\" = \"dev set name\" ] || exit 1\nfor d in '{}'/*/infiniband; do [ -d \"$d/$3\" ] && mv \"$d/$3\" \"$d/$5\"; done\nexit 0\n",
+            calls.display(),
+            devices.display()
+        ),
+    );
+    let out = apply(&w, json!({"ipoib": "off", "hcaNaming": "stable"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(dev.join("mlx5_ib0").is_dir());
+    assert_eq!(
+        w.calls()
+            .matches("rdma dev set mlx5_0 name mlx5_ib0")
+            .count(),
+        1
+    );
+    // The accelerated-networking (Ethernet) function gets the `an` name.
+    assert_eq!(
+        w.calls()
+            .matches("rdma dev set mlx5_1 name mlx5_an0")
+            .count(),
+        1
+    );
+    let out = apply(&w, json!({"ipoib": "off", "hcaNaming": "stable"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert_eq!(w.calls().matches("rdma ").count(), 2, "{}", w.calls());
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("configure.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["hca_names"]["0101:00:00.0"], "mlx5_ib0");
+}
