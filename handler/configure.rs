@@ -328,18 +328,10 @@ fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// The vendor stacks' `openibd` loads their modules at boot; `systemctl enable` works in an
+/// image build too.
 fn enable_services(ctx: &Ctx) {
-    if !ctx.root.systemd_running() {
-        return;
-    }
-    let known = [
-        "etc/systemd/system/openibd.service",
-        "usr/lib/systemd/system/openibd.service",
-        "lib/systemd/system/openibd.service",
-    ]
-    .iter()
-    .any(|p| ctx.root.path(p).exists());
-    if known {
+    if ctx.root.has_unit("openibd.service") {
         if let Err(e) = run_cmd("systemctl", &["enable", "openibd.service"], 120) {
             tracing::warn!("{e}");
         }
@@ -431,15 +423,7 @@ fn ipoib_native(ctx: &Ctx, pairs: &[IpoibPair], state: &mut State) -> Result<(),
 fn agent_unit(root: &Root) -> Option<&'static str> {
     ["walinuxagent.service", "waagent.service"]
         .into_iter()
-        .find(|u| {
-            [
-                "etc/systemd/system",
-                "usr/lib/systemd/system",
-                "lib/systemd/system",
-            ]
-            .iter()
-            .any(|d| root.path(&format!("{d}/{u}")).exists())
-        })
+        .find(|u| root.has_unit(u))
 }
 
 /// Set `OS.EnableRDMA=y`; `restart`: restart the agent when the file changed so it reads it.

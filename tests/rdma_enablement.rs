@@ -365,6 +365,7 @@ fn kernel_stubs(w: &World) {
 echo "apt-get $*" >> '{calls}'
 case "$*" in
   *update*) exit 0 ;;
+  *install*linux-headers-{K2}*) exit 0 ;;
   *linux-modules-extra-{K2}*)
     mkdir -p '{root}/lib/modules/{K2}/kernel/drivers/infiniband/hw/mlx5'
     : > '{root}/lib/modules/{K2}/kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko'
@@ -383,7 +384,7 @@ echo "modprobe $*" >> '{calls}'
 k=$(cat '{root}/proc/sys/kernel/osrelease')
 for m in "$@"; do
   if [ "$m" = mlx5_ib ]; then
-    ls '{root}'/lib/modules/$k/kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko >/dev/null 2>&1 || {{ echo "modprobe: FATAL: Module mlx5_ib not found in directory /lib/modules/$k" >&2; exit 1; }}
+    [ -n "$(find '{root}'/lib/modules/$k -name 'mlx5_ib.ko*' 2>/dev/null)" ] || {{ echo "modprobe: FATAL: Module mlx5_ib not found in directory /lib/modules/$k" >&2; exit 1; }}
     grep -q '^mlx5_ib ' '{root}/proc/modules' || printf 'mlx5_ib 462848 0 - Live 0x0\nmlx5_core 2088960 1 mlx5_ib, Live 0x0\n' >> '{root}/proc/modules'
     [ -d '{saved}' ] && cp -r '{saved}' '{root}/sys/bus/pci/devices/0101:00:00.0/infiniband'
   fi
@@ -526,4 +527,70 @@ fn stable_hca_names_are_set_once_and_kept() {
         serde_json::from_str(&fs::read_to_string(w.data_dir().join("configure.json")).unwrap())
             .unwrap();
     assert_eq!(state["hca_names"]["0101:00:00.0"], "mlx5_ib0");
+}
+
+#[test]
+fn a_kernel_update_under_doca_rebuilds_the_dkms_modules() {
+    let w = World::new("hbv3", HB);
+    // DOCA-OFED is installed: ofed_info, /opt/mellanox/doca, its DKMS module registered and
+    // built for the running kernel.
+    w.set_file("usr/bin/ofed_info", "");
+    w.set_file("opt/mellanox/doca/.keep", "");
+    w.set_file(
+        "var/lib/dkms/mlnx-ofed-kernel/25.10.OFED.25.10.1.2.8.1/.keep",
+        "",
+    );
+    w.set_file(&format!("lib/modules/{K1}/updates/dkms/mlx5_ib.ko"), "");
+    // The distribution's module is there for the new kernel, but it is not DOCA's.
+    w.set_file(
+        &format!("lib/modules/{K2}/kernel/drivers/infiniband/hw/mlx5/mlx5_ib.ko"),
+        "",
+    );
+    write_exec(
+        &w.stubs.join("ofed_info"),
+        "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
+    );
+    kernel_stubs(&w);
+    let root = w.root.display().to_string();
+    write_exec(
+        &w.stubs.join("dkms"),
+        &format!(
+            "#!/bin/sh\necho \"dkms $*\" >> '{}'\n[ \"$1 $2 $3\" = \"autoinstall -k {K2}\" ] || exit 1\nmkdir -p '{root}/lib/modules/{K2}/updates/dkms'\n: > '{root}/lib/modules/{K2}/updates/dkms/mlx5_ib.ko'\n",
+            w.tmp.path().join("calls.log").display()
+        ),
+    );
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, TIMEOUT);
+    assert_eq!(status_value(&v), "success", "{v}");
+    assert!(message(&v).contains("doca"), "{v}");
+    w.wait_worker_gone(TIMEOUT);
+    assert!(!w.calls().contains("dkms"), "{}", w.calls());
+
+    reboot_into(&w, K2);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    let v = w.status(1).unwrap();
+    let calls = w.calls();
+    assert_eq!(status_value(&v), "success", "{v}\n{calls}");
+    let order: Vec<usize> = [
+        format!("linux-headers-{K2}"),
+        format!("dkms autoinstall -k {K2}"),
+        format!("update-initramfs -u -k {K2}"),
+        format!("depmod -a {K2}"),
+        "modprobe mlx5_ib".to_string(),
+    ]
+    .iter()
+    .map(|needle| {
+        calls
+            .find(needle.as_str())
+            .unwrap_or_else(|| panic!("{needle} not run:\n{calls}"))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|p| p[0] < p[1]),
+        "order {order:?}\n{calls}"
+    );
+    // No reinstall: DOCA's packages were not touched.
+    assert!(!calls.contains("doca-ofed"), "{calls}");
 }

@@ -44,6 +44,17 @@ impl Root {
         self.path("var/lib/infiniband-driver-linux")
     }
 
+    /// Is the systemd unit file `name` installed (under /etc, /usr/lib or /lib)?
+    pub fn has_unit(&self, name: &str) -> bool {
+        [
+            "etc/systemd/system",
+            "usr/lib/systemd/system",
+            "lib/systemd/system",
+        ]
+        .iter()
+        .any(|d| self.path(&format!("{d}/{name}")).exists())
+    }
+
     pub fn systemd_running(&self) -> bool {
         self.path("run/systemd/system").is_dir()
     }

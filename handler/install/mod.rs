@@ -423,11 +423,15 @@ pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
 }
 
 /// The new modules must be what the next boot loads: rebuild the initramfs for the running
-/// kernel (an inbox mlx5_core in it would load first) and enable openibd where the stack has it.
+/// kernel (an inbox mlx5_core in it would load first). (Configure enables openibd.)
 /// Failures here are logged, not fatal: verify after the reboot has the last word.
 fn refresh_boot_files(ctx: &Ctx) {
-    let k = ctx.kernel;
-    let cmd = match ctx.family {
+    refresh_initramfs(ctx.family, ctx.kernel);
+}
+
+/// Rebuild the initramfs of `k`; a failure is logged, not fatal.
+pub fn refresh_initramfs(family: Family, k: &str) {
+    let cmd = match family {
         Family::Apt => Cmd::new_public(
             "rebuild the initramfs",
             600,
@@ -437,23 +441,6 @@ fn refresh_boot_files(ctx: &Ctx) {
     };
     if let Err(f) = run(&cmd, Code::PackageInstallFailed) {
         tracing::warn!("{}", f.message);
-    }
-    let unit_known = [
-        "etc/systemd/system/openibd.service",
-        "usr/lib/systemd/system/openibd.service",
-        "lib/systemd/system/openibd.service",
-    ]
-    .iter()
-    .any(|p| ctx.root.path(p).exists());
-    if unit_known {
-        let enable = Cmd::new_public(
-            "enable openibd",
-            120,
-            &["systemctl", "enable", "openibd.service"],
-        );
-        if let Err(f) = run(&enable, Code::PackageInstallFailed) {
-            tracing::warn!("{}", f.message);
-        }
     }
 }
 

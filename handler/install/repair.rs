@@ -181,6 +181,7 @@ pub fn repair(ctx: &Ctx) -> Result<(), Failure> {
                 ),
                 Code::RepairFailed,
             )?;
+            super::refresh_initramfs(ctx.family, kernel);
         }
         Some(StackKind::Doca) | Some(StackKind::MlnxOfed) => {
             return Err(Failure::new(
