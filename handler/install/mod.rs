@@ -6,6 +6,7 @@
 pub mod locks;
 pub mod pins;
 pub mod recipe;
+pub mod remove;
 
 use crate::catalog::Choice;
 use crate::error::{Code, Failure};
