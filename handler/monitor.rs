@@ -3,7 +3,7 @@
 //! once it is 600 s old) and truthful. Enable installs it; disable and uninstall remove it.
 
 use crate::agent::AgentContext;
-use crate::error::Code;
+use crate::error::{Code, Failure};
 use crate::health;
 use crate::host::{self, Root};
 use crate::proc;
@@ -98,23 +98,64 @@ pub fn install(root: &Root, exe: &Path, handler_dir: &Path, timeout: Duration) {
     tracing::info!("health monitor timer installed");
 }
 
-pub fn remove(root: &Root) {
+/// Are any of our unit files on disk?
+pub fn installed(root: &Root) -> bool {
     let (svc, timer) = unit_paths(root);
-    if !svc.exists() && !timer.exists() {
-        return;
+    svc.exists() || timer.exists()
+}
+
+/// Stop and remove the timer and its service. Fails (and keeps the unit files, so the next
+/// disable knows there is something left to stop) when systemd cannot disable the timer:
+/// the agent must then not go on with an uninstall.
+pub fn remove(root: &Root) -> Result<(), Failure> {
+    if !installed(root) {
+        return Ok(());
     }
+    let (svc, timer) = unit_paths(root);
     if root.systemd_running() {
-        systemctl(
-            &["disable", "--now", &format!("{UNIT}.timer")],
+        let unit = format!("{UNIT}.timer");
+        let out = proc::run(
+            "systemctl",
+            &["disable", "--now", &unit],
+            None,
             SYSTEMCTL_TIMEOUT,
         );
+        let why = match out {
+            Ok(o) if o.success() => None,
+            Ok(o) => Some(format!("{}: {}", o.describe_exit(), o.stderr_tail(200))),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            return Err(Failure::new(
+                Code::DisableFailed,
+                format!(
+                    "systemctl disable --now {unit} failed ({why}); check systemd with \
+                     'systemctl status {unit}', then disable or remove the extension again"
+                ),
+            ));
+        }
+        // A health check already running finishes quickly; stopping it keeps it from
+        // writing a heartbeat after ours.
+        systemctl(&["stop", &format!("{UNIT}.service")], SYSTEMCTL_TIMEOUT);
     }
-    let _ = std::fs::remove_file(&timer);
-    let _ = std::fs::remove_file(&svc);
+    for p in [&timer, &svc] {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Failure::new(
+                    Code::DisableFailed,
+                    format!(
+                        "cannot remove {}: {e}; remove it by hand, then disable again",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+    }
     if root.systemd_running() {
         systemctl(&["daemon-reload"], SYSTEMCTL_TIMEOUT);
     }
     tracing::info!("health monitor removed");
+    Ok(())
 }
 
 /// One health check: the report, then the heartbeat that carries it. What the configure stage

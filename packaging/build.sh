@@ -32,7 +32,7 @@ fi
 
 log "building $ns.$type $version for $TARGET (glibc $MAX_GLIBC)"
 cargo zigbuild --release --locked --target "$TARGET.$MAX_GLIBC" --bin ibdriver
-bin="target/$TARGET/release/ibdriver"
+bin="${CARGO_TARGET_DIR:-target}/$TARGET/release/ibdriver"
 strip "$bin" 2>/dev/null || true
 
 # The newest glibc symbol version the binary needs must not pass MAX_GLIBC.

@@ -6,6 +6,7 @@
 pub mod locks;
 pub mod pins;
 pub mod recipe;
+pub mod remove;
 pub mod repair;
 
 use crate::catalog::Choice;

@@ -85,6 +85,40 @@ pub fn exclude_in_repo(text: &str, packages: &[&str]) -> String {
     s
 }
 
+/// The inverse of [`exclude_in_repo`]: take `packages` out of the `exclude=` lines of BaseOS
+/// sections, dropping a line left empty. Other sections and other patterns stay. Idempotent.
+pub fn unexclude_in_repo(text: &str, packages: &[&str]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut in_baseos = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            in_baseos = t.to_ascii_lowercase().contains("baseos");
+        } else if in_baseos {
+            if let Some(v) = t
+                .strip_prefix("exclude")
+                .map(str::trim_start)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                let kept: Vec<&str> = v
+                    .split([' ', ','])
+                    .filter(|s| !s.is_empty() && !packages.contains(s))
+                    .collect();
+                if !kept.is_empty() {
+                    out.push(format!("exclude={}", kept.join(" ")));
+                }
+                continue;
+            }
+        }
+        out.push(line.to_string());
+    }
+    let mut s = out.join("\n");
+    if text.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
 /// `/etc/dkms/<m>.conf` so iser, isert and srp build after mlnx-ofed-kernel (DKMS builds in
 /// alphabetical order otherwise). `None` when the file already says so.
 pub fn build_depends(existing: Option<&str>, on: &str) -> Option<String> {
@@ -101,6 +135,21 @@ pub fn build_depends(existing: Option<&str>, on: &str) -> Option<String> {
         }
         None => Some(line + "\n"),
     }
+}
+
+/// The inverse of [`build_depends`]: the file without our `BUILD_DEPENDS` line, or `None`
+/// when it has none.
+pub fn without_build_depends(existing: &str, on: &str) -> Option<String> {
+    let line = format!("BUILD_DEPENDS=\"{on}\"");
+    if !existing.lines().any(|l| l.trim() == line) {
+        return None;
+    }
+    let kept: Vec<&str> = existing.lines().filter(|l| l.trim() != line).collect();
+    Some(if kept.is_empty() {
+        String::new()
+    } else {
+        kept.join("\n") + "\n"
+    })
 }
 
 /// Before DOCA's install: the DKMS build order (apt hosts, where DOCA builds with DKMS).
@@ -168,6 +217,29 @@ mod tests {
             "[baseos]\nname=AlmaLinux 8 - BaseOS\nbaseurl=https://x/BaseOS\nexclude=rdma-core* libibverbs*\n\n[appstream]\nname=AppStream\n\n[BaseOS-debug]\nexclude=kernel* rdma-core* libibverbs*\nenabled=0\n"
         );
         assert_eq!(exclude_in_repo(&once, &["rdma-core*", "libibverbs*"]), once);
+    }
+
+    #[test]
+    fn repo_excludes_are_undone_exactly() {
+        let pats = ["rdma-core*", "libibverbs*"];
+        let once = exclude_in_repo(REPO, &pats);
+        assert_eq!(unexclude_in_repo(&once, &pats), REPO);
+        assert_eq!(unexclude_in_repo(REPO, &pats), REPO);
+    }
+
+    #[test]
+    fn dkms_build_order_is_undone() {
+        let ours = build_depends(None, "mlnx-ofed-kernel").unwrap();
+        assert_eq!(
+            without_build_depends(&ours, "mlnx-ofed-kernel").as_deref(),
+            Some("")
+        );
+        let mixed = "MAKE=x\nBUILD_DEPENDS=\"mlnx-ofed-kernel\"\n";
+        assert_eq!(
+            without_build_depends(mixed, "mlnx-ofed-kernel").as_deref(),
+            Some("MAKE=x\n")
+        );
+        assert_eq!(without_build_depends("MAKE=x\n", "mlnx-ofed-kernel"), None);
     }
 
     #[test]

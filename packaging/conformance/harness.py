@@ -15,6 +15,7 @@ import argparse
 import base64
 import copy
 import glob
+import hashlib
 import json
 import os
 import re
@@ -104,8 +105,9 @@ class FakeProtocol:
     Agent cgroups stay off: CGroupConfigurator is never initialize()d, so commands run via
     plain Popen + setsid, as on a VM without systemd cgroup support."""
 
-    def __init__(self, zip_path):
+    def __init__(self, zip_path, versions):
         self.zip_path = zip_path
+        self.versions = versions     # what the handler manifest lists (all from the one zip)
         self.client = self           # 2.7 calls protocol.client.get_goal_state() etc.
         self.incarnation = 0
         self.egs = None
@@ -133,16 +135,17 @@ class FakeProtocol:
                                      history=None, fetch_extension_manifest=self._manifest)
 
     def _manifest(self, *_):
-        return types.SimpleNamespace(pkg_list=self._pkgs(self.egs.extensions[0].version))
+        return types.SimpleNamespace(pkg_list=self._pkgs())
 
     def get_ext_handler_pkgs(self, ext_handler):
-        return self._pkgs(ext_handler.version)
+        return self._pkgs()
 
-    def _pkgs(self, version):
-        pkg = restapi.ExtHandlerPackage(version=version)
-        pkg.uris = [self.zip_path]   # must be non-empty; "downloaded" by copying
+    def _pkgs(self):
         pkgs = restapi.ExtHandlerPackageList()
-        pkgs.versions.append(pkg)
+        for version in self.versions:
+            pkg = restapi.ExtHandlerPackage(version=version)
+            pkg.uris = [self.zip_path]   # must be non-empty; "downloaded" by copying
+            pkgs.versions.append(pkg)
         return pkgs
 
     def download_ext_handler_pkg(self, uri, destination):
@@ -196,7 +199,7 @@ def start_imds():
     return "http://127.0.0.1:%d" % server.server_address[1]
 
 
-def write_stubs(stub_dir, log, units, out):
+def write_stubs(stub_dir, log, units, out, faults):
     """stub.py (beside this file) as stub_dir/_stub, run by this interpreter, linked under
     every stubbed program's name."""
     os.makedirs(stub_dir)
@@ -208,7 +211,7 @@ def write_stubs(stub_dir, log, units, out):
     os.chmod(main, 0o755)
     simple = {k: v for k, v in SIMPLE_STUBS.items() if v is not None}
     with open(os.path.join(stub_dir, "stub.json"), "w") as f:
-        json.dump({"log": log, "units": units, "out": out, "simple": simple}, f)
+        json.dump({"log": log, "units": units, "out": out, "simple": simple, "faults": faults}, f)
     for name in ["systemctl", "systemd-run"] + list(SIMPLE_STUBS):
         os.symlink("_stub", os.path.join(stub_dir, name))
 
@@ -235,10 +238,20 @@ def encrypt(crt, cipher):
     return base64.b64encode(der).decode()
 
 
+def next_version(version):
+    """1.0.0 -> 1.0.1: the second version the update scenarios install."""
+    parts = version.split(".")
+    return ".".join(parts[:-1] + [str(int(parts[-1]) + 1)])
+
+
 # ---------------------------------------------------------------- one scenario's world
 class Ctx:
     def __init__(self, opts, scenario, host):
         self.opts, self.name, self.version = opts, opts.name, opts.version
+        # Update scenarios use a second version made from the same zip: the package carries no
+        # version of its own (the agent's directory name and AZURE_GUEST_AGENT_EXTENSION_VERSION
+        # tell the handler which version it is).
+        self.versions = [opts.version, next_version(opts.version)]
         self.dir = os.path.join(os.path.abspath(opts.work), scenario)
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lib, self.log = os.path.join(self.dir, "lib"), os.path.join(self.dir, "log")
@@ -249,11 +262,14 @@ class Ctx:
         shutil.copytree(os.path.join(opts.hosts, host), self.host, symlinks=True)
         # Present as a systemd host, so the worker goes through the systemd-run stub and the
         # health timer's units are written (and must be gone after uninstall).
-        os.makedirs(os.path.join(self.host, "run/systemd/system"), exist_ok=True)
+        for d in ("run/systemd/system", "etc/systemd/system"):
+            os.makedirs(os.path.join(self.host, d), exist_ok=True)
         stubs = os.path.join(self.dir, "stubs")
         self.stub_log = os.path.join(self.dir, "stub-calls.log")
+        self.faults = os.path.join(self.dir, "faults")
+        os.makedirs(self.faults)
         write_stubs(stubs, self.stub_log, os.path.join(self.dir, "stub-units"),
-                    os.path.join(self.dir, "stub-units.out"))
+                    os.path.join(self.dir, "stub-units.out"), self.faults)
         # The agent merges its own environment into every command's (its vars lose to ours).
         os.environ.update(IBDRIVER_ROOT=self.host, IBDRIVER_IMDS_URL=opts.imds_url,
                           PATH=stubs + os.pathsep + opts.base_path)
@@ -263,14 +279,28 @@ class Ctx:
         logger.DEFAULT_LOGGER.appenders = []
         logger.add_logger_appender(logger.AppenderType.FILE, logger.LogLevel.VERBOSE,
                                    path=os.path.join(self.dir, "agent.log"))
-        # Pre-placed package: the agent reuses lib/H__V.zip instead of downloading.
-        shutil.copyfile(opts.zip, os.path.join(self.lib, "%s__%s.zip" % (self.name, self.version)))
-        self.protocol = FakeProtocol(os.path.abspath(opts.zip))
+        # Pre-placed packages: the agent reuses lib/H__V.zip instead of downloading.
+        for v in self.versions:
+            shutil.copyfile(opts.zip, os.path.join(self.lib, "%s__%s.zip" % (self.name, v)))
+        self.protocol = FakeProtocol(os.path.abspath(opts.zip), self.versions)
         self.agent = None
-        self.base = os.path.join(self.lib, "%s-%s" % (self.name, self.version))
         self.cmdlog = os.path.join(self.log, self.name, "CommandExecution.log")
 
-    def goal_state(self, seq, public, protected=None, thumb=None, state="enabled"):
+    def base_for(self, version):
+        return os.path.join(self.lib, "%s-%s" % (self.name, version))
+
+    @property
+    def base(self):
+        """The handler dir of the version the current goal state asks for."""
+        return self.base_for(self.version)
+
+    def arm(self, fault, times=1):
+        """Make the next `times` calls of a stub fault fail (see stub.py)."""
+        with open(os.path.join(self.faults, fault), "w") as f:
+            f.write(str(times))
+
+    def goal_state(self, seq, public, protected=None, thumb=None, state="enabled", version=None):
+        self.version = version or self.version
         ext = restapi.Extension(name=self.name)
         ext.version, ext.state = self.version, state
         ext.settings.append(restapi.ExtensionSettings(
@@ -317,21 +347,50 @@ class Ctx:
         raise Fail("no terminal status for seq %s within %ds; last report: %s"
                    % (seq, POLL_TIMEOUT, describe(rep)))
 
-    def commands(self):
+    def commands(self, version=None):
         """Full command lines as the agent runs them, from the zip's own manifest."""
         with zipfile.ZipFile(self.opts.zip) as z:
             name = next(n for n in z.namelist() if n.endswith("HandlerManifest.json"))
             man = json.loads(z.read(name).decode("utf-8-sig"))[0]["handlerManifest"]
-        return {v: os.path.join(self.base, man[v + "Command"].lstrip("/"))
+        base = self.base_for(version or self.version)
+        return {v: os.path.join(base, man[v + "Command"].lstrip("/"))
                 for v in ("install", "enable", "disable", "uninstall", "update")}
 
-    def runs(self, verb):
-        """Line numbers in CommandExecution.log where the agent started `verb`."""
-        marker = "Executing command: %s with " % self.commands()[verb]
+    def runs(self, verb, version=None):
+        """Line numbers in CommandExecution.log where the agent started `verb` of `version`."""
+        return [i for i, _ in self.runs_env(verb, version)]
+
+    def runs_env(self, verb, version=None):
+        """(line number, environment the agent added) for each start of `verb` of `version`."""
+        marker = "Executing command: %s with environment variables: " % self.commands(version)[verb]
         if not os.path.exists(self.cmdlog):
             return []
         with open(self.cmdlog, errors="replace") as f:
-            return [i for i, line in enumerate(f) if marker in line]
+            return [(i, json.loads(line.split(marker, 1)[1]))
+                    for i, line in enumerate(f) if marker in line]
+
+    def stub_calls(self, prog):
+        """Logged argv lists of one stub program."""
+        if not os.path.exists(self.stub_log):
+            return []
+        with open(self.stub_log) as f:
+            return [c for c in map(json.loads, f) if c[0] == prog]
+
+    def host_snapshot(self):
+        """Every path under the host root: file content hash, 'dir' or the link target."""
+        snap = {}
+        for root, dirs, files in os.walk(self.host):
+            for n in dirs + files:
+                p = os.path.join(root, n)
+                rel = os.path.relpath(p, self.host)
+                if os.path.islink(p):
+                    snap[rel] = "link:" + os.readlink(p)
+                elif os.path.isdir(p):
+                    snap[rel] = "dir"
+                else:
+                    with open(p, "rb") as f:
+                        snap[rel] = hashlib.sha256(f.read()).hexdigest()
+        return snap
 
     def processes(self, needle):
         found = []
@@ -512,27 +571,182 @@ def sc_bad_protected(ctx):
     no_secret(ctx)
 
 
-def sc_disable_uninstall(ctx):
-    enable_healthy(ctx)
-    before = glob.glob(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.*"))
-    check(len(before) == 2, "health monitor units not installed by enable: %s" % before)
-    disables, uninstalls = len(ctx.runs("disable")), len(ctx.runs("uninstall"))
+# What disable + uninstall leave of ours under the host root (README "Disable, uninstall,
+# update"): the summary log, and the directories that hold it. The agent-owned log folder lives
+# outside the host root here (WORK/log), and the drivers are the fixture's own files.
+DOCUMENTED_LEFT = {"var/log/azure/ib-vmext-status"}
+DATA_DIR = "var/lib/infiniband-driver-linux"
+
+
+def assert_clean(ctx, before):
+    """After uninstall: no process of ours, and the host root holds exactly what it held before
+    the first goal state plus the documented files (nothing changed, nothing removed)."""
+    binary = os.path.join(ctx.lib, ctx.name + "-")   # any version's handler binary
+    deadline = time.monotonic() + 3   # grace for processes that got a signal during disable
+    while ctx.processes(binary) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = ctx.processes(binary)
+    check(not left, "handler processes still running: %s" % oneline(left))
+    after = ctx.host_snapshot()
+    parents = {os.path.dirname(p) for p in DOCUMENTED_LEFT}
+    parents |= {os.path.dirname(p) for p in parents}
+    allowed = DOCUMENTED_LEFT | {p for p in parents if p and p not in before}
+    added = set(after) - set(before)
+    check(added == allowed, "host root gained %s, expected exactly %s"
+          % (sorted(added), sorted(allowed)))
+    removed = sorted(set(before) - set(after))
+    check(not removed, "host root lost %s (drivers must stay)" % removed)
+    changed = sorted(p for p in set(before) & set(after) if before[p] != after[p])
+    check(not changed, "host root files changed: %s" % changed)
+
+
+def uninstall_goal_state(ctx):
+    """A goal state asking to uninstall; returns the handler status right after run()."""
     ctx.goal_state(0, {}, state="uninstall")
-    ctx.run_agent()
+    return ctx.run_agent()
+
+
+def sc_disable_uninstall(ctx):
+    before = ctx.host_snapshot()
+    enable_healthy(ctx)
+    units = glob.glob(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.*"))
+    check(len(units) == 2, "health monitor units not installed by enable: %s" % units)
+    disables, uninstalls = len(ctx.runs("disable")), len(ctx.runs("uninstall"))
+    uninstall_goal_state(ctx)
     d, u = ctx.runs("disable"), ctx.runs("uninstall")
     check(len(d) == disables + 1, "agent did not run disable (see agent.log)")
     check(len(u) == uninstalls + 1 and u[-1] > d[-1], "agent did not run uninstall after disable")
     check(not os.path.exists(ctx.base), "handler dir still present: " + ctx.base)
     rep = ctx.report()
     check(rep is None, "handler still reported: " + describe(rep))
-    binary = ctx.commands()["enable"].split()[0]
-    deadline = time.monotonic() + 3   # grace for processes that got a signal during disable
-    while ctx.processes(binary) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = ctx.processes(binary)
-    check(not left, "handler processes still running: %s" % oneline(left))
-    units = glob.glob(os.path.join(ctx.host, "etc/systemd/system/*ibdriver*"))
-    check(not units, "unit files left: %s" % [os.path.relpath(u, ctx.host) for u in units])
+    assert_clean(ctx, before)
+
+
+def sc_uninstall_after_failed_disable(ctx):
+    before = ctx.host_snapshot()
+    enable_healthy(ctx)
+    ctx.arm("systemctl-disable")      # `systemctl disable --now ibdriver-health.timer` fails once
+    uninstalls = len(ctx.runs("uninstall"))
+    hs = uninstall_goal_state(ctx)
+    text = handler_status_text(hs)
+    check(hs is not None and hs.code == 1010, "expected handler code 1010, got " + text)
+    check("Non-zero exit code: 14," in (hs.message or "") and "DisableFailed" in (hs.message or ""),
+          "expected disable exit 14 with DisableFailed in the message: " + text)
+    check(len(ctx.runs("uninstall")) == uninstalls, "agent ran uninstall after a failed disable")
+    check(os.path.isdir(ctx.base), "handler dir removed after a failed disable")
+    units = glob.glob(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.*"))
+    check(len(units) == 2, "unit files of a timer that could not be disabled are gone: %s" % units)
+    # The next goal state retries the whole sequence: disable (succeeds now), then uninstall.
+    disables = len(ctx.runs("disable"))
+    uninstall_goal_state(ctx)
+    d, u = ctx.runs("disable"), ctx.runs("uninstall")
+    check(len(d) == disables + 1, "agent did not retry disable")
+    check(len(u) == uninstalls + 1 and u[-1] > d[-1], "agent did not run uninstall after disable")
+    check(not os.path.exists(ctx.base), "handler dir still present: " + ctx.base)
+    check(ctx.report() is None, "handler still reported after uninstall")
+    assert_clean(ctx, before)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def start_version(ctx, version):
+    """Enable `version` to success; returns what must not change when a later version takes
+    over without redoing work: the status file, the checkpoint, the workers started so far."""
+    ctx.version = version
+    enable_healthy(ctx)
+    return (read(os.path.join(ctx.base, "status", "0.status")),
+            read(os.path.join(ctx.host, DATA_DIR, "state.json")),
+            len(ctx.stub_calls("systemd-run")))
+
+
+def update_is_noop(ctx, old, new, kept, mark, old_enabled=True):
+    """After a goal state moved the handler from `old` to `new` with the same settings: the
+    agent's sequence since line `mark` of CommandExecution.log, and no work redone. The agent
+    disables `old` only when it is still enabled (not on the retry of a failed update)."""
+    downgrade = [int(x) for x in new.split(".")] < [int(x) for x in old.split(".")]
+    updater = old if downgrade else new          # PROTOCOL.md 7.4: a downgrade runs A's update
+    steps = [("disable", old)] if old_enabled else []
+    steps += [("update", updater), ("uninstall", old), ("install", new), ("enable", new)]
+    lines = {}
+    for verb, version in steps:
+        found = [(i, env) for i, env in ctx.runs_env(verb, version) if i > mark]
+        check(found, "agent did not run %s of %s after the update goal state" % (verb, version))
+        lines[verb] = found[-1]
+    if not old_enabled:
+        check(not [i for i in ctx.runs("disable", old) if i > mark],
+              "agent disabled the old version again")
+    order = [lines[verb][0] for verb, _ in steps]
+    check(order == sorted(order), "agent order %s, expected %s" % (order, steps))
+    env = lines["update"][1]
+    want = (new, new) if downgrade else (new, old)
+    got = (env.get("VERSION"), env.get("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION"))
+    check(got == want, "update env VERSION/UPDATING_FROM_VERSION %s, expected %s" % (got, want))
+    check(not os.path.exists(ctx.base_for(old)), "old handler dir still present")
+    status, state, workers = kept
+    check(len(ctx.stub_calls("systemd-run")) == workers, "a worker was started after the update")
+    check(read(os.path.join(ctx.host, DATA_DIR, "state.json")) == state,
+          "the checkpoint changed: work was redone")
+    check(read(os.path.join(ctx.base, "status", "0.status")) == status,
+          "the status file was rewritten after the update")
+    check(not os.path.exists(os.path.join(ctx.host, DATA_DIR, "update.json")),
+          "update marker left behind")
+    rep = ctx.wait_terminal(0, want_ready=True)
+    check(settings_status(rep)["status"] == "success", "after the update: " + describe(rep))
+    rep = ctx.report()
+    check(rep.get("handlerVersion") == new and rep.get("status") == "Ready",
+          "handler after the update: %s %s" % (rep.get("handlerVersion"), describe(rep)))
+    svc = read(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.service")).decode()
+    check(ctx.base + "/" in svc, "health monitor does not run the new version: " + oneline(svc))
+
+
+def cmdlog_lines(ctx):
+    if not os.path.exists(ctx.cmdlog):
+        return 0
+    with open(ctx.cmdlog, errors="replace") as f:
+        return sum(1 for _ in f)
+
+
+def version_change(first, second):
+    def run(ctx):
+        old, new = ctx.versions[first], ctx.versions[second]
+        kept = start_version(ctx, old)
+        mark = cmdlog_lines(ctx) - 1
+        ctx.goal_state(0, {}, version=new)
+        hs = ctx.run_agent()
+        check(hs is not None and hs.code == 0 and hs.status == "Ready",
+              "update failed at handler level: " + handler_status_text(hs))
+        update_is_noop(ctx, old, new, kept, mark)
+    return run
+
+
+def sc_update_failed_retried(ctx):
+    old, new = ctx.versions
+    kept = start_version(ctx, old)
+    # The marker cannot be written: a directory stands where update writes update.json, the
+    # failure a full or read-only disk gives (root ignores permission bits, so no chmod).
+    block = os.path.join(ctx.host, DATA_DIR, "update.json")
+    os.makedirs(os.path.join(block, "in-the-way"))
+    ctx.goal_state(0, {}, version=new)
+    hs = ctx.run_agent()
+    check(hs is not None and hs.code == 1008 and hs.status == "NotReady",
+          "expected NotReady/1008 for a failed update, got " + handler_status_text(hs))
+    check(os.path.isdir(ctx.base_for(old)), "old version removed after a failed update")
+    with open(os.path.join(ctx.base, "config", "HandlerState")) as f:
+        check(f.read().strip() == "FailedUpgrade", "new version not marked FailedUpgrade")
+    rep = ctx.report()
+    check(rep is not None and rep.get("code") == 1008, "reported after the failed update: "
+          + describe(rep))
+    shutil.rmtree(block)
+    mark = cmdlog_lines(ctx) - 1
+    ctx.goal_state(0, {}, version=new)   # the next goal state retries
+    hs = ctx.run_agent()
+    check(hs is not None and hs.code == 0 and hs.status == "Ready",
+          "retried update failed at handler level: " + handler_status_text(hs))
+    # The first attempt disabled the old version already: the retry skips its disable.
+    update_is_noop(ctx, old, new, kept, mark, old_enabled=False)
 
 
 SCENARIOS = [  # name, fixture host, function
@@ -544,6 +758,10 @@ SCENARIOS = [  # name, fixture host, function
     ("bad-settings", "hbv3", sc_bad_settings),
     ("bad-protected", "hbv3", sc_bad_protected),
     ("disable-uninstall", "hbv3", sc_disable_uninstall),
+    ("uninstall-after-failed-disable", "hbv3", sc_uninstall_after_failed_disable),
+    ("update-noop", "hbv3", version_change(0, 1)),
+    ("downgrade-noop", "hbv3", version_change(1, 0)),
+    ("update-failed-retried", "hbv3", sc_update_failed_retried),
 ]
 
 

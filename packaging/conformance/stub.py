@@ -6,6 +6,7 @@ import json, os, signal, subprocess, sys
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "stub.json")) as f:
     _cfg = json.load(f)
 LOG, UNITS, OUT, SIMPLE = _cfg["log"], _cfg["units"], _cfg["out"], _cfg["simple"]
+FAULTS = _cfg.get("faults")
 prog, args = os.path.basename(sys.argv[0]), sys.argv[1:]
 with open(LOG, "a") as f:
     f.write(json.dumps([prog] + args) + "\n")
@@ -20,6 +21,20 @@ def alive(name):
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombies are dead
     except (OSError, IndexError):
         return False
+
+def fault(name):
+    """A failure the harness armed: FAULTS/<name> holds how many more calls fail."""
+    path = os.path.join(FAULTS or "", name)
+    try:
+        with open(path) as f:
+            left = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if left <= 0:
+        return False
+    with open(path, "w") as f:
+        f.write(str(left - 1))
+    return True
 
 if prog == "ip":
     if "-j" in args or "-json" in args or "--json" in args:
@@ -37,6 +52,9 @@ if prog == "systemctl":
     verb = next((a for a in args if not a.startswith("-")), "")
     units = [a for a in args[args.index(verb) + 1:] if not a.startswith("-")] if verb else []
     known = [u for u in units if os.path.exists(unit_file(u))]
+    if fault("systemctl-" + verb):
+        sys.stderr.write("Failed to %s unit: fault armed by the conformance harness\n" % verb)
+        sys.exit(1)
     if verb in ("stop", "kill", "disable") and known:
         for u in known:
             try:
