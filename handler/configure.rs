@@ -314,7 +314,13 @@ fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
         }
         write_public(&path, text.as_bytes()).map_err(|e| Failure::state_io(&path, e))?;
     }
-    state.modules = wanted;
+    // What verify and the monitor hold the host to: everything that loaded.
+    state.modules = wanted
+        .into_iter()
+        .filter(|m| {
+            m != "nvidia_peermem" || !state.notes.iter().any(|n| n.starts_with("nvidia_peermem"))
+        })
+        .collect();
     Ok(())
 }
 
@@ -539,19 +545,68 @@ pub fn run(ctx: &Ctx) -> Result<State, Failure> {
     result.map(|_| state)
 }
 
-/// The expectations in `state` the host does not meet; `addresses` is netdev -> CIDRs.
+/// Put back what `state` recorded and the host lost (a module unloaded, an address removed, an
+/// HCA renamed back), without settings or the network service: the health monitor's
+/// self-repair between enables. Returns one line per action taken.
+pub fn restore(root: &Root, state: &State) -> Vec<String> {
+    let sysfs = crate::host::read_sysfs(root);
+    let mut done = Vec::new();
+    for m in state.modules.iter().filter(|m| !sysfs.modules.contains(*m)) {
+        match run_cmd("modprobe", &[m], 120) {
+            Ok(_) => done.push(format!("loaded {m}")),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    for a in &state.assignments {
+        if has_ip(&addresses_of(&a.netdev), &a.address) {
+            continue;
+        }
+        let up = run_cmd("ip", &["link", "set", "dev", &a.netdev, "up"], 30);
+        match up.and_then(|_| run_cmd("ip", &["addr", "add", &a.address, "dev", &a.netdev], 30)) {
+            Ok(_) => done.push(format!("IPoIB {} on {}", a.address, a.netdev)),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    let names = stable_names(&sysfs.mellanox);
+    for (pci, wanted) in &state.hca_names {
+        if let Some((current, _)) = names.get(pci).filter(|(c, _)| c != wanted) {
+            match run_cmd("rdma", &["dev", "set", current, "name", wanted], 30) {
+                Ok(_) => done.push(format!("HCA {current} renamed {wanted}")),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
+    done
+}
+
+/// The expectations in `state` the host does not meet, each with its code: a module configure
+/// loaded that is gone (221), an IPoIB address not on its interface (224), an HCA renamed back
+/// (225). `addresses` is netdev -> CIDRs.
 pub fn unmet(
     state: &State,
+    modules: &BTreeSet<String>,
     addresses: &BTreeMap<String, Vec<String>>,
     functions: &[PciFunction],
-) -> Vec<String> {
+) -> Vec<(Code, String)> {
     let mut out = Vec::new();
+    let lost: Vec<&str> = state
+        .modules
+        .iter()
+        .filter(|m| !modules.contains(*m))
+        .map(String::as_str)
+        .collect();
+    if !lost.is_empty() {
+        out.push((
+            Code::ModulesMissing,
+            format!("module(s) no longer loaded: {}", lost.join(", ")),
+        ));
+    }
     for a in &state.assignments {
         let have = addresses.get(&a.netdev).cloned().unwrap_or_default();
         if !has_ip(&have, &a.address) {
-            out.push(format!(
-                "IPoIB address {} is not on {}",
-                a.address, a.netdev
+            out.push((
+                Code::IpoibNotConfigured,
+                format!("IPoIB address {} is not on {}", a.address, a.netdev),
             ));
         }
     }
@@ -561,7 +616,10 @@ pub fn unmet(
             .find(|f| &f.address == pci)
             .map(|f| f.ib_devices.iter().any(|d| &d.name == name));
         if now == Some(false) {
-            out.push(format!("HCA {pci} is no longer named {name}"));
+            out.push((
+                Code::ConfigureFailed,
+                format!("HCA {pci} is no longer named {name}"),
+            ));
         }
     }
     out
@@ -701,8 +759,25 @@ mod tests {
             ..Default::default()
         };
         let mut addrs = BTreeMap::new();
-        assert_eq!(unmet(&state, &addrs, &[]).len(), 1);
+        let mut modules = BTreeSet::new();
+        assert_eq!(
+            unmet(&state, &modules, &addrs, &[])[0].0,
+            Code::IpoibNotConfigured
+        );
         addrs.insert("ib0".to_string(), vec!["172.16.1.4/16".to_string()]);
-        assert!(unmet(&state, &addrs, &[]).is_empty());
+        assert!(unmet(&state, &modules, &addrs, &[]).is_empty());
+        let state = State {
+            modules: vec!["ib_ipoib".into()],
+            ..state
+        };
+        assert_eq!(
+            unmet(&state, &modules, &addrs, &[]),
+            vec![(
+                Code::ModulesMissing,
+                "module(s) no longer loaded: ib_ipoib".to_string()
+            )]
+        );
+        modules.insert("ib_ipoib".to_string());
+        assert!(unmet(&state, &modules, &addrs, &[]).is_empty());
     }
 }

@@ -191,7 +191,12 @@ fn quick_health(root: &Root) -> HealthReport {
             } else {
                 health::addresses()
             };
-            report.with_unmet(crate::configure::unmet(&state, &addresses, &sysfs.mellanox))
+            report.with_unmet(crate::configure::unmet(
+                &state,
+                &sysfs.modules,
+                &addresses,
+                &sysfs.mellanox,
+            ))
         }
         None => report,
     }

@@ -49,21 +49,22 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// Fold in what configure promised (IPoIB addresses, HCA names) and the host no longer
-    /// shows: a healthy report becomes unhealthy with code 224.
-    pub fn with_unmet(mut self, unmet: Vec<String>) -> Self {
-        if unmet.is_empty() {
+    /// Fold in what configure set up (modules, IPoIB addresses, HCA names) and the host no
+    /// longer shows: a healthy report becomes unhealthy with the first one's code.
+    pub fn with_unmet(mut self, unmet: Vec<(Code, String)>) -> Self {
+        let Some((code, _)) = unmet.first() else {
             return self;
-        }
+        };
+        let lines: Vec<String> = unmet.iter().map(|(_, l)| l.clone()).collect();
         if self.healthy {
             self.healthy = false;
-            self.code = Code::IpoibNotConfigured;
+            self.code = *code;
             self.summary = format!(
-                "{}; enable or the health monitor's next run restores them, or run diagnose",
-                unmet.join("; ")
+                "{}; the health monitor puts it back within 5 minutes (or reboot), else run diagnose",
+                lines.join("; ")
             );
         }
-        self.problems.extend(unmet);
+        self.problems.extend(lines);
         self
     }
 

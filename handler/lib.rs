@@ -131,7 +131,21 @@ fn dispatch(cmd: Command) -> i32 {
             {
                 return 0; // the worker keeps the heartbeat itself
             }
-            let report = monitor::check(&inv.root);
+            let mut report = monitor::check(&inv.root);
+            if !report.healthy {
+                // Self-repair between enables: put back what configure set up and was lost.
+                if let Some(state) = configure::load_state(&inv.root.data_dir()) {
+                    let done = configure::restore(&inv.root, &state);
+                    if !done.is_empty() {
+                        tracing::warn!("restored: {}", done.join("; "));
+                        logging::summary(
+                            &inv.root,
+                            &format!("Monitor: restored {}", done.join("; ")),
+                        );
+                        report = monitor::check(&inv.root);
+                    }
+                }
+            }
             monitor::write_heartbeat_for(&inv.agent, &report);
             0
         }

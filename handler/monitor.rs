@@ -172,9 +172,12 @@ pub fn check(root: &Root) -> health::HealthReport {
         &addresses,
     );
     match crate::configure::load_state(&root.data_dir()) {
-        Some(state) => {
-            report.with_unmet(crate::configure::unmet(&state, &addresses, &sysfs.mellanox))
-        }
+        Some(state) => report.with_unmet(crate::configure::unmet(
+            &state,
+            &sysfs.modules,
+            &addresses,
+            &sysfs.mellanox,
+        )),
         None => report,
     }
 }

@@ -198,6 +198,15 @@ fn ipoib_native_without_the_kvp_record_is_a_clear_error() {
 fn nvidia_peermem_is_loaded_beside_a_gpu_driver() {
     let w = World::new("hbv3", HB);
     w.set_file("proc/driver/nvidia/version", "NVRM version: 550\n");
+    // modprobe loads it, as the GPU driver's package provides it.
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{}'\necho \"$1 16384 0 - Live 0x0\" >> '{}'\n",
+            w.tmp.path().join("calls.log").display(),
+            w.root.join("proc/modules").display()
+        ),
+    );
     let out = apply(&w, json!({"ipoib": "off"}));
     assert_eq!(code(&out), 0, "{:?}", text(&out));
     assert!(
@@ -338,12 +347,30 @@ fn ipoib_native_assigns_kvp_addresses_by_hardware_address_in_a_namespace() {
         let link = ns.ip(&["-j", "link", "show", "dev", "ib0"]);
         assert!(link.contains("\"UP\""), "{link}");
     }
-    // What the monitor would say about a lost address: not healthy, code 224.
+    // An address lost between enables: the health monitor (the systemd timer's job) puts it
+    // back and reports Ready.
     ns.ip(&["addr", "del", "172.16.1.5/16", "dev", "eth7"]);
-    let out = run();
-    let (stdout, _) = text(&out);
-    assert_eq!(code(&out), 0, "apply restores it: {stdout}");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns.0])
+        .arg(bin())
+        .args(["monitor", "--handler-dir", w.handler_dir.to_str().unwrap()])
+        .env("PATH", w.path_var())
+        .env("IBDRIVER_ROOT", &w.root)
+        .env("IBDRIVER_IMDS_URL", &w.imds_url);
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
     assert_eq!(ns.addresses()["eth7"], vec!["172.16.1.5/16".to_string()]);
+    assert_eq!(
+        w.heartbeat()[0]["heartbeat"]["status"],
+        "Ready",
+        "{}",
+        w.heartbeat()
+    );
+    let summary = fs::read_to_string(w.root.join("var/log/azure/ib-vmext-status")).unwrap();
+    assert!(
+        summary.contains("Monitor: restored IPoIB 172.16.1.5/16 on eth7"),
+        "{summary}"
+    );
 }
 
 // ------------------------------------------------------------------ kernel update and repair
@@ -593,4 +620,29 @@ fn a_kernel_update_under_doca_rebuilds_the_dkms_modules() {
     );
     // No reinstall: DOCA's packages were not touched.
     assert!(!calls.contains("doca-ofed"), "{calls}");
+}
+
+#[test]
+fn uninstall_removes_the_configuration_we_own_and_keeps_the_agent_switch() {
+    let w = World::new("hbv3", HB);
+    w.set_file("etc/waagent.conf", WAAGENT_CONF);
+    w.settings(1, json!({"ipoib": "waagent"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
+    w.wait_worker_gone(TIMEOUT);
+    let load = w
+        .root
+        .join("etc/modules-load.d/infiniband-driver-linux.conf");
+    assert!(load.exists());
+    assert!(w.data_dir().join("configure.json").exists());
+    let conf = fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap();
+    assert!(conf.contains("\nOS.EnableRDMA=y\n"));
+    assert_eq!(code(&w.run("disable", 1)), 0);
+    assert_eq!(code(&w.run("uninstall", 1)), 0);
+    assert!(!load.exists());
+    assert!(!w.data_dir().exists());
+    assert_eq!(
+        fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap(),
+        conf
+    );
 }
