@@ -4,10 +4,12 @@
 //! `<data dir>/log/`. Secrets come only from the environment (`IBDRIVER_PACKAGE_URL`,
 //! `IBDRIVER_PROXY`), never from the command line.
 //!
-//! The checkpoint uses sequence number 0 and a fingerprint of the settings, so running the same
-//! `apply` again (a start task after a reboot, a retried image build) resumes or does nothing.
+//! The checkpoint uses apply's own sequence number ([`SEQ`]) and a fingerprint of the settings,
+//! so running the same `apply` again (a start task after a reboot, a retried image build)
+//! resumes or only re-checks. Like the agent's worker, apply leaves at its next safe point when
+//! the extension's enable or disable asks (`request.json`), never halfway through an installer.
 
-use crate::enable::{run_engine, Engine, EngineEnd};
+use crate::enable::{read_request, run_engine, write_request, Engine, EngineEnd, Request};
 use crate::error::{Code, Failure};
 use crate::host::Root;
 use crate::lock::WorkerLock;
@@ -18,7 +20,9 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
-pub const SEQ: u64 = 0;
+/// apply's own sequence number, in the checkpoint, the worker lock and `request.json`: never one
+/// the agent uses, so an enable is never mistaken for apply's work or the other way round.
+pub const SEQ: u64 = u64::MAX;
 
 fn say(line: &str) {
     eprintln!("ibdriver apply: {line}");
@@ -40,7 +44,11 @@ pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
         if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
             protected.insert(key.into(), serde_json::Value::String(v));
         }
+        // Read once: no child (apt-get and its maintainer scripts, installers, dkms) inherits
+        // them.
+        std::env::remove_var(var);
     }
+    let present: Vec<String> = protected.keys().cloned().collect();
     let protected_json = serde_json::Value::Object(protected).to_string();
     let protected = settings::parse_protected(protected_json.as_bytes()).map_err(|e| {
         let f: Failure = e.into();
@@ -49,12 +57,14 @@ pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
             format!("{} (from IBDRIVER_PACKAGE_URL / IBDRIVER_PROXY)", f.message),
         )
     })?;
-    // The fingerprint covers the secrets through a hash only: a changed SAS URL is new work.
+    // The fingerprint covers the public settings and which secrets are set, never a secret's
+    // value, not even hashed (the checkpoint is in support bundles). A new artifact comes with
+    // a new package.sha256, which is public.
     let mut h = Sha256::new();
     h.update(b"apply\0");
     h.update(serde_json::to_vec(&public).expect("settings serialize"));
     h.update(b"\0");
-    h.update(protected_json.as_bytes());
+    h.update(present.join(",").as_bytes());
     let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(Settings {
         public,
@@ -98,6 +108,17 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         Err(e) => return fail(&Failure::state_io(&data.join("worker.lock"), e)),
     };
     let _held = held;
+    // From now on apply is the work wanted; the extension's enable or disable takes it over.
+    if let Err(f) = write_request(
+        &data,
+        &Request {
+            seq: SEQ,
+            stop: false,
+        },
+    ) {
+        return fail(&f);
+    }
+    let wanted = || read_request(&data).is_some_and(|r| r.seq == SEQ && !r.stop);
     let last = std::cell::RefCell::new(String::new());
     let progress = |line: &str, _: &[crate::status::SubStatus]| {
         // The download reports often; repeat nothing.
@@ -116,7 +137,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         root,
         seq: SEQ,
         settings: &settings,
-        keep_going: &|| true,
+        keep_going: &wanted,
         progress: &progress,
     });
     match end {
@@ -126,13 +147,16 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
             println!("rebooting: {}", f.message);
             0
         }
+        Ok(RunEnd::Stopped) => fail(&Failure::new(
+            Code::Superseded,
+            "the extension's enable or disable took over; apply left at a safe point",
+        )),
         Ok(RunEnd::Failed(f)) => {
             if !report.problems.is_empty() {
                 say(&format!("health: {}", report.problems.join("; ")));
             }
             fail(&f)
         }
-        Ok(RunEnd::Stopped) => fail(&Failure::new(Code::Superseded, "stopped")),
         Ok(RunEnd::Completed) => {
             let summary = crate::enable::success_summary(&report.summary, &data, &notes);
             cp.succeed(summary.clone());

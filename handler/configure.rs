@@ -106,6 +106,14 @@ pub fn match_pairs(
     (found, missing)
 }
 
+/// The interface whose hardware address gives IPoIB key `mac`.
+pub fn netdev_of<'a>(netdevs: &'a [(String, String)], mac: &str) -> Option<&'a str> {
+    netdevs
+        .iter()
+        .find(|(_, hw)| ipoib_key(hw).as_deref() == Some(mac))
+        .map(|(n, _)| n.as_str())
+}
+
 /// Every network interface with its hardware address: `/sys/class/net` and the netdevs of the
 /// Mellanox PCI functions (names never matter, only addresses).
 pub fn netdevs(root: &Root) -> Vec<(String, String)> {
@@ -274,11 +282,13 @@ fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
     let ipoib = ctx.settings.ipoib != IpoibMode::Off;
     let wanted = wanted_modules(&ib, ipoib, gpu);
     let mut failed = Vec::new();
+    let mut optional_failed = false;
     for m in wanted.iter().filter(|m| !loaded.contains(*m)) {
         (ctx.progress)(&format!("loading {m}"));
         if let Err(e) = run_cmd("modprobe", &[m], 120) {
             tracing::warn!("{e}");
             if m == "nvidia_peermem" {
+                optional_failed = true;
                 state.notes.push(format!(
                     "nvidia_peermem did not load ({}); GPUDirect RDMA is unavailable until the GPU driver provides it",
                     proc::tail_line(&e, 200)
@@ -297,41 +307,26 @@ fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
             ),
         ));
     }
+    // What verify and the monitor hold the host to, and what loads at boot: everything that
+    // loaded (a module that would not load would fail systemd-modules-load at every boot).
+    state.modules = wanted
+        .into_iter()
+        .filter(|m| !(optional_failed && m == "nvidia_peermem"))
+        .collect();
     // Load at boot too, so the fabric is usable before the agent runs enable.
     let text = format!(
         "# Written by the InfiniBandDriverLinux extension; removed by its uninstall.\n{}\n",
-        wanted
-            .iter()
-            .filter(|m| *m != "nvidia_peermem" || gpu)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        state.modules.join("\n")
     );
     let path = ctx.root.path(MODULES_LOAD_FILE);
     if fsutil::read_trimmed(&path).as_deref() != Some(text.trim()) {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        write_public(&path, text.as_bytes()).map_err(|e| Failure::state_io(&path, e))?;
+        fsutil::write_system_file(&path, text.as_bytes())
+            .map_err(|e| Failure::state_io(&path, e))?;
     }
-    // What verify and the monitor hold the host to: everything that loaded.
-    state.modules = wanted
-        .into_iter()
-        .filter(|m| {
-            m != "nvidia_peermem" || !state.notes.iter().any(|n| n.starts_with("nvidia_peermem"))
-        })
-        .collect();
     Ok(())
-}
-
-/// System configuration files are world-readable (0644), unlike our own state.
-fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    fsutil::write_atomic(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// The vendor stacks' `openibd` loads their modules at boot; `systemctl enable` works in an
@@ -432,10 +427,16 @@ fn agent_unit(root: &Root) -> Option<&'static str> {
         .find(|u| root.has_unit(u))
 }
 
-/// Set `OS.EnableRDMA=y`; `restart`: restart the agent when the file changed so it reads it.
-/// The restart is queued (`--no-block`) and our worker runs in its own unit, so the agent's
-/// stop cannot take the worker with it.
-fn waagent_enable(ctx: &Ctx, restart: bool, state: &mut State) -> Result<bool, Failure> {
+/// Set `OS.EnableRDMA=y`. `restart`: restart the agent when the file changed, or when
+/// `stale` (the switch was already on but the agent has not assigned the addresses: it reads
+/// the switch only when it starts). The restart is queued (`--no-block`) and our worker runs in
+/// its own unit, so the agent's stop cannot take the worker with it.
+fn waagent_enable(
+    ctx: &Ctx,
+    restart: bool,
+    stale: bool,
+    state: &mut State,
+) -> Result<bool, Failure> {
     let path = ctx.root.path(WAAGENT_CONF);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Failure::new(
@@ -446,17 +447,20 @@ fn waagent_enable(ctx: &Ctx, restart: bool, state: &mut State) -> Result<bool, F
             ),
         )
     })?;
-    let Some(new) = enable_rdma(&text) else {
-        return Ok(false);
+    let changed = match enable_rdma(&text) {
+        None => false,
+        Some(new) => {
+            fsutil::write_system_file(&path, new.as_bytes()).map_err(|e| {
+                Failure::new(
+                    Code::ConfigureFailed,
+                    format!("cannot update {}: {e}", path.display()),
+                )
+            })?;
+            tracing::info!("set OS.EnableRDMA=y in {}", path.display());
+            true
+        }
     };
-    write_public(&path, new.as_bytes()).map_err(|e| {
-        Failure::new(
-            Code::ConfigureFailed,
-            format!("cannot update {}: {e}", path.display()),
-        )
-    })?;
-    tracing::info!("set OS.EnableRDMA=y in {}", path.display());
-    if restart {
+    if restart && (changed || stale) {
         match (ctx.root.systemd_running(), agent_unit(ctx.root)) {
             (true, Some(unit)) => {
                 if let Err(e) = run_cmd("systemctl", &["--no-block", "try-restart", unit], 60) {
@@ -472,7 +476,7 @@ fn waagent_enable(ctx: &Ctx, restart: bool, state: &mut State) -> Result<bool, F
             ),
         }
     }
-    Ok(true)
+    Ok(changed)
 }
 
 fn hca_naming(ctx: &Ctx, state: &mut State) {
@@ -496,6 +500,13 @@ fn hca_naming(ctx: &Ctx, state: &mut State) {
 
 /// The whole stage. IPoIB problems are failures (code 224) after modules and names are done.
 pub fn run(ctx: &Ctx) -> Result<State, Failure> {
+    // Earlier expectations end here: if this run fails half way, nothing stale is enforced.
+    let old = ctx.data_dir.join(STATE_FILE);
+    if let Err(e) = std::fs::remove_file(&old) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(Failure::state_io(&old, e));
+        }
+    }
     let mut state = State::default();
     load_modules(ctx, &mut state)?;
     enable_services(ctx);
@@ -513,7 +524,7 @@ pub fn run(ctx: &Ctx) -> Result<State, Failure> {
             // Keep the agent's own switch consistent: after a reboot it assigns the same
             // addresses from the same record before our enable runs. No restart needed.
             if ctx.settings.ipoib == IpoibMode::Auto && waagent_present {
-                if let Err(f) = waagent_enable(ctx, false, &mut state) {
+                if let Err(f) = waagent_enable(ctx, false, false, &mut state) {
                     state.notes.push(f.message);
                 }
             }
@@ -537,7 +548,11 @@ pub fn run(ctx: &Ctx) -> Result<State, Failure> {
                 if let Some(pairs) = pairs {
                     state.assignments = match_pairs(&pairs, &netdevs(ctx.root)).0;
                 }
-                waagent_enable(ctx, true, &mut state).map(|_| ())
+                let stale = state
+                    .assignments
+                    .iter()
+                    .any(|a| !has_ip(&addresses_of(&a.netdev), &a.address));
+                waagent_enable(ctx, true, stale, &mut state).map(|_| ())
             }
         }
     };
@@ -557,13 +572,18 @@ pub fn restore(root: &Root, state: &State) -> Vec<String> {
             Err(e) => tracing::warn!("{e}"),
         }
     }
+    let devs = netdevs(root);
     for a in &state.assignments {
-        if has_ip(&addresses_of(&a.netdev), &a.address) {
+        // The interface with that hardware address now (a reboot may have renamed it).
+        let Some(dev) = netdev_of(&devs, &a.mac) else {
+            continue;
+        };
+        if has_ip(&addresses_of(dev), &a.address) {
             continue;
         }
-        let up = run_cmd("ip", &["link", "set", "dev", &a.netdev, "up"], 30);
-        match up.and_then(|_| run_cmd("ip", &["addr", "add", &a.address, "dev", &a.netdev], 30)) {
-            Ok(_) => done.push(format!("IPoIB {} on {}", a.address, a.netdev)),
+        let up = run_cmd("ip", &["link", "set", "dev", dev, "up"], 30);
+        match up.and_then(|_| run_cmd("ip", &["addr", "add", &a.address, "dev", dev], 30)) {
+            Ok(_) => done.push(format!("IPoIB {} on {dev}", a.address)),
             Err(e) => tracing::warn!("{e}"),
         }
     }
@@ -586,6 +606,7 @@ pub fn unmet(
     state: &State,
     modules: &BTreeSet<String>,
     addresses: &BTreeMap<String, Vec<String>>,
+    netdevs: &[(String, String)],
     functions: &[PciFunction],
 ) -> Vec<(Code, String)> {
     let mut out = Vec::new();
@@ -602,11 +623,22 @@ pub fn unmet(
         ));
     }
     for a in &state.assignments {
-        let have = addresses.get(&a.netdev).cloned().unwrap_or_default();
+        // By hardware address, as configure matched it: names may change across boots.
+        let Some(dev) = netdev_of(netdevs, &a.mac) else {
+            out.push((
+                Code::IpoibNotConfigured,
+                format!(
+                    "no interface has the hardware address of IPoIB {} ({})",
+                    a.mac, a.address
+                ),
+            ));
+            continue;
+        };
+        let have = addresses.get(dev).cloned().unwrap_or_default();
         if !has_ip(&have, &a.address) {
             out.push((
                 Code::IpoibNotConfigured,
-                format!("IPoIB address {} is not on {}", a.address, a.netdev),
+                format!("IPoIB address {} is not on {dev}", a.address),
             ));
         }
     }
@@ -760,24 +792,28 @@ mod tests {
         };
         let mut addrs = BTreeMap::new();
         let mut modules = BTreeSet::new();
+        let devs = vec![("ib0".to_string(), "00:15:5d:33:ff:2c".to_string())];
+        assert!(unmet(&state, &modules, &addrs, &[], &[])[0]
+            .1
+            .starts_with("no interface has the hardware address"));
         assert_eq!(
-            unmet(&state, &modules, &addrs, &[])[0].0,
+            unmet(&state, &modules, &addrs, &devs, &[])[0].0,
             Code::IpoibNotConfigured
         );
         addrs.insert("ib0".to_string(), vec!["172.16.1.4/16".to_string()]);
-        assert!(unmet(&state, &modules, &addrs, &[]).is_empty());
+        assert!(unmet(&state, &modules, &addrs, &devs, &[]).is_empty());
         let state = State {
             modules: vec!["ib_ipoib".into()],
             ..state
         };
         assert_eq!(
-            unmet(&state, &modules, &addrs, &[]),
+            unmet(&state, &modules, &addrs, &devs, &[]),
             vec![(
                 Code::ModulesMissing,
                 "module(s) no longer loaded: ib_ipoib".to_string()
             )]
         );
         modules.insert("ib_ipoib".to_string());
-        assert!(unmet(&state, &modules, &addrs, &[]).is_empty());
+        assert!(unmet(&state, &modules, &addrs, &devs, &[]).is_empty());
     }
 }

@@ -167,7 +167,7 @@ pub fn health_substatus(report: &HealthReport) -> SubStatus {
 }
 
 /// The cheap verdict for the no-op path: sysfs and file checks only, no IMDS, no processes.
-fn quick_health(root: &Root) -> HealthReport {
+fn quick_health(root: &Root, ip_timeout: Duration) -> HealthReport {
     let sysfs = host::read_sysfs(root);
     let verbs = host::stack::has_verbs_library(root);
     let stack = verbs.then_some(host::stack::InstalledStack {
@@ -186,15 +186,19 @@ fn quick_health(root: &Root) -> HealthReport {
     // something assigns them again). Asking `ip` costs a few milliseconds, only when needed.
     match crate::configure::load_state(&root.data_dir()) {
         Some(state) => {
-            let addresses = if state.assignments.is_empty() {
-                Default::default()
+            let (addresses, devs) = if state.assignments.is_empty() {
+                (Default::default(), Vec::new())
             } else {
-                health::addresses()
+                (
+                    health::addresses_within(ip_timeout),
+                    crate::configure::netdevs(root),
+                )
             };
             report.with_unmet(crate::configure::unmet(
                 &state,
                 &sysfs.modules,
                 &addresses,
+                &devs,
                 &sysfs.mellanox,
             ))
         }
@@ -222,11 +226,17 @@ pub fn enable(inv: &Invocation) -> i32 {
         return 0;
     }
     // Same sequence number, finished successfully, host still verifies: no work.
+    // A checkpoint from before verified_kernel existed says nothing about the kernel.
+    let same_kernel = |cp: &Checkpoint| {
+        cp.verified_kernel.as_deref().is_none_or(|k| {
+            fsutil::read_trimmed(&inv.root.path("proc/sys/kernel/osrelease")).as_deref() == Some(k)
+        })
+    };
     let terminal = prev
         .as_ref()
-        .is_some_and(|cp| cp.seq == seq && cp.is_terminal_success());
+        .is_some_and(|cp| cp.seq == seq && cp.is_terminal_success() && same_kernel(cp));
     if terminal && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq) {
-        let report = quick_health(&inv.root);
+        let report = quick_health(&inv.root, deadline.budget(Duration::from_secs(2)));
         if report.healthy {
             tracing::info!(
                 seq,
@@ -477,14 +487,51 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                     };
                     // Facts as they are now: an install in this run changed modules and stack.
                     let now = host::detect(e.root, None, true);
-                    install::repair::repair(&install::repair::Ctx {
+                    let repaired = install::repair::repair(&install::repair::Ctx {
                         root: e.root,
                         family,
                         facts: &now,
                         lock_timeout: Duration::from_secs(e.settings.public.lock_timeout_seconds),
                         keep_going: e.keep_going,
                         progress: &|line: &str| progress(&format!("repair: {line}")),
-                    })
+                    })?;
+                    if repaired == install::repair::Repaired::Ready {
+                        return Ok(());
+                    }
+                    // One reboot per kernel: a second would be a loop.
+                    if cp.repair_reboot.as_deref() == Some(now.kernel.as_str()) {
+                        return Err(Failure::new(
+                            Code::RebootLoop,
+                            format!(
+                                "the stack's modules were rebuilt for kernel {} and the VM rebooted, but the distribution's driver still loads; run diagnose",
+                                now.kernel
+                            ),
+                        ));
+                    }
+                    if e.settings.public.reboot != RebootPolicy::IfRequired {
+                        return Err(Failure::new(
+                            Code::RebootRequired,
+                            format!(
+                                "the stack's modules were rebuilt for kernel {}; reboot the VM to load them (settings say reboot: never)",
+                                now.kernel
+                            ),
+                        ));
+                    }
+                    cp.repair_reboot = Some(now.kernel.clone());
+                    store.save(cp)?;
+                    progress("repair: rebooting the VM to load the rebuilt drivers; enable resumes after the reboot");
+                    logging::summary(
+                        e.root,
+                        &format!(
+                            "Enable seq={seq}: rebooting to load the drivers rebuilt for kernel {}",
+                            now.kernel
+                        ),
+                    );
+                    install::request_reboot()?;
+                    Err(Failure::new(
+                        Code::Rebooting,
+                        "rebooting to load the rebuilt drivers",
+                    ))
                 }
                 Stage::Configure => {
                     // Facts as they are now: an install or repair changed modules and devices.
@@ -518,6 +565,9 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
         || !(e.keep_going)(),
     );
     let report = last_report.unwrap_or_else(|| monitor::check(e.root));
+    if matches!(end, Ok(RunEnd::Completed)) {
+        cp.verified_kernel = Some(facts.kernel.clone());
+    }
     EngineEnd {
         end,
         cp,

@@ -24,6 +24,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// [`write_atomic`] for a system configuration file (`/etc/waagent.conf`, a repository file,
+/// `/etc/modules-load.d/...`): it keeps the mode the file had, 0644 for a new one, since other
+/// programs read it. Never for our own state or anything with a secret in it.
+pub fn write_system_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    write_atomic(path, bytes)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
 /// Create a directory (and parents) readable by root only.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()

@@ -268,12 +268,12 @@ pub fn parse_ip_json(text: &str) -> BTreeMap<String, Vec<String>> {
 
 /// IPv4 addresses per interface; empty when `ip` is unavailable (reported, not fatal).
 pub fn addresses() -> BTreeMap<String, Vec<String>> {
-    match proc::run(
-        "ip",
-        &["-j", "-4", "addr", "show"],
-        None,
-        Duration::from_secs(10),
-    ) {
+    addresses_within(Duration::from_secs(10))
+}
+
+/// [`addresses`] with `ip` bounded by `timeout`.
+pub fn addresses_within(timeout: Duration) -> BTreeMap<String, Vec<String>> {
+    match proc::run("ip", &["-j", "-4", "addr", "show"], None, timeout) {
         Ok(out) if out.success() => parse_ip_json(&String::from_utf8_lossy(&out.stdout)),
         Ok(out) => {
             tracing::warn!(code = ?out.code, "ip addr failed: {}", out.stderr_tail(200));

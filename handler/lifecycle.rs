@@ -216,14 +216,18 @@ pub fn disable(inv: &Invocation) -> i32 {
     0
 }
 
-fn update_in_progress(data: &Path) -> bool {
+/// Is this uninstall the old version's, in an update the new version recorded? Only the
+/// version the marker says is being replaced keeps the state: a stale marker (an update whose
+/// old-version uninstall never came) cannot turn a real uninstall of the new version into a
+/// no-op.
+fn update_in_progress(data: &Path, ours: &str) -> bool {
     let Some(m) = std::fs::read(data.join(UPDATE_MARKER))
         .ok()
         .and_then(|b| serde_json::from_slice::<UpdateMarker>(&b).ok())
     else {
         return false;
     };
-    clock::unix_seconds().saturating_sub(m.at) < UPDATE_MARKER_TTL_SECS
+    m.from == ours && clock::unix_seconds().saturating_sub(m.at) < UPDATE_MARKER_TTL_SECS
 }
 
 /// Does `config/N.settings` ask for the drivers to go? Read with the settings parsers but
@@ -303,7 +307,7 @@ pub fn uninstall(inv: &Invocation) -> i32 {
     let deadline = Instant::now() + UNINSTALL_BUDGET;
     let data = inv.root.data_dir();
     let mut failures = stop_enforcement(inv, UNINSTALL_WAITS);
-    if update_in_progress(&data) {
+    if update_in_progress(&data, &inv.agent.version()) {
         // The new version's update ran already; it owns the state and the drivers now.
         let _ = std::fs::remove_file(data.join(UPDATE_MARKER));
         tracing::info!("uninstall during an update: state and drivers kept for the new version");

@@ -176,6 +176,7 @@ pub fn check(root: &Root) -> health::HealthReport {
             &state,
             &sysfs.modules,
             &addresses,
+            &crate::configure::netdevs(root),
             &sysfs.mellanox,
         )),
         None => report,

@@ -76,6 +76,13 @@ pub struct Checkpoint {
     /// An installer ran (not skipped as already done) for this sequence number.
     #[serde(default)]
     pub installer_ran: bool,
+    /// The kernel the last success was verified on; enable's no-op check runs the stages again
+    /// when the VM booted another (repair decides whether its modules drifted).
+    #[serde(default)]
+    pub verified_kernel: Option<String>,
+    /// The kernel for which repair rebooted the VM to load rebuilt modules (once per kernel).
+    #[serde(default)]
+    pub repair_reboot: Option<String>,
     pub updated: String,
 }
 
@@ -94,6 +101,8 @@ impl Checkpoint {
             reboot_from_boot: None,
             install_stages: None,
             installer_ran: false,
+            verified_kernel: None,
+            repair_reboot: None,
             updated: String::new(),
         }
     }

@@ -65,14 +65,44 @@ hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/h.json" \
   -n "ibdriver enable (no-op)" "$bin enable" -n "python3 -c pass" "$py -c pass" >&2
 [ "$(stat -c %y status/1.status)" = "$before" ] || { log "no-op enable rewrote the status"; exit 1; }
 
+# The same no-op when configure recorded an IPoIB address: the check asks `ip` once.
+data="$IBDRIVER_ROOT/var/lib/infiniband-driver-linux"
+cp "$data/configure.json" "$work/configure.json.orig"
+python3 - "$data/configure.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["ipoib"] = "native"
+s["assignments"] = [{"netdev": "ib0", "mac": "00155d33ff2c", "address": "172.16.1.4/16"}]
+json.dump(s, open(sys.argv[1], "w"))
+PY
+printf '#!/bin/sh\necho %s\n' "'[{\"ifname\":\"ib0\",\"addr_info\":[{\"family\":\"inet\",\"local\":\"172.16.1.4\",\"prefixlen\":16}]}]'" > "$work/stubs/ip"
+hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/h2.json" \
+  -n "ibdriver enable (no-op, IPoIB checked)" "$bin enable" >&2
+[ "$(stat -c %y status/1.status)" = "$before" ] || { log "no-op enable (IPoIB) rewrote the status"; exit 1; }
+cp "$work/configure.json.orig" "$data/configure.json"
+printf '#!/bin/sh\necho "[]"\n' > "$work/stubs/ip"
+
+# apply on the verified host (repair, configure and verify re-run; nothing installed) and a
+# diagnose bundle of it.
+echo '{"ipoib":"off"}' > "$work/apply.json"
+t0=$(date +%s%N); "$bin" apply --settings "$work/apply.json" >/dev/null 2>&1; t1=$(date +%s%N)
+apply_ms=$(( (t1 - t0) / 1000000 ))
+t0=$(date +%s%N); "$bin" diagnose --out "$work/bundle.tar.gz" >/dev/null 2>&1; t1=$(date +%s%N)
+diag_ms=$(( (t1 - t0) / 1000000 )); diag_bytes=$(stat -c %s "$work/bundle.tar.gz")
+
 peak() { local m=0 k; for _ in $(seq 1 20); do k=$(/usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -n1); [ "$k" -gt "$m" ] && m=$k; done; echo "$m"; }
 rss_handler=$(peak "$bin" enable)
 rss_python=$(peak "$py" -c pass)
 
 echo "first enable (preflight with IMDS, worker started): ${first_ms} ms"
-python3 - "$work/h.json" "$rss_handler" "$rss_python" <<'PY'
+echo "apply on a verified host (no install): ${apply_ms} ms"
+echo "diagnose: ${diag_ms} ms, bundle ${diag_bytes} bytes"
+python3 - "$work/h.json" "$rss_handler" "$rss_python" "$work/h2.json" <<'PY'
 import json, sys
 res = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
+res.update({r["command"]: r for r in json.load(open(sys.argv[4]))["results"]})
+i = res["ibdriver enable (no-op, IPoIB checked)"]
+print(f"no-op enable with an IPoIB address to check: median {i['median']*1000:.2f} ms")
 h, p = res["ibdriver enable (no-op)"], res["python3 -c pass"]
 mh, mp = h["median"] * 1000, p["median"] * 1000
 print(f"no-op enable: median {mh:.2f} ms (mean {h['mean']*1000:.2f}, min {h['min']*1000:.2f}), peak RSS {sys.argv[2]} KiB")

@@ -556,8 +556,9 @@ fn stable_hca_names_are_set_once_and_kept() {
     assert_eq!(state["hca_names"]["0101:00:00.0"], "mlx5_ib0");
 }
 
-#[test]
-fn a_kernel_update_under_doca_rebuilds_the_dkms_modules() {
+/// hbv3 with DOCA-OFED installed for K1 (ofed_info, /opt/mellanox/doca, its DKMS module built
+/// for K1), the distribution's module for K2, and a dkms stub that builds for K2.
+fn doca_world() -> World {
     let w = World::new("hbv3", HB);
     // DOCA-OFED is installed: ofed_info, /opt/mellanox/doca, its DKMS module registered and
     // built for the running kernel.
@@ -586,6 +587,12 @@ fn a_kernel_update_under_doca_rebuilds_the_dkms_modules() {
             w.tmp.path().join("calls.log").display()
         ),
     );
+    w
+}
+
+#[test]
+fn a_kernel_update_under_doca_rebuilds_the_dkms_modules() {
+    let w = doca_world();
     w.settings(1, json!({"ipoib": "off"}));
     assert_eq!(code(&w.run("enable", 1)), 0);
     let v = w.wait_terminal(1, TIMEOUT);
@@ -645,4 +652,87 @@ fn uninstall_removes_the_configuration_we_own_and_keeps_the_agent_switch() {
         fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap(),
         conf
     );
+}
+
+#[test]
+fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_reboots_once() {
+    let w = doca_world();
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
+    w.wait_worker_gone(TIMEOUT);
+    // K2 boots with the distribution's mlx5_ib loaded and the HCA registered: it works, but
+    // on the wrong driver.
+    reboot_into(&w, K2);
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    w.set_file(
+        "proc/modules",
+        &format!("mlx5_ib 462848 0 - Live 0x0\nmlx5_core 2088960 1 mlx5_ib, Live 0x0\n{modules}"),
+    );
+    copy_tree(
+        &w.tmp.path().join("saved-infiniband"),
+        &w.root.join("sys/bus/pci/devices/0101:00:00.0/infiniband"),
+    );
+    let before = w.calls().len();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    let calls = w.calls()[before..].to_string();
+    assert!(
+        calls.contains(&format!("dkms autoinstall -k {K2}")),
+        "{calls}"
+    );
+    assert_eq!(calls.matches("systemctl reboot").count(), 1, "{calls}");
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "transitioning", "{v}");
+    // The reboot: DOCA's module (updates/dkms) loads now.
+    w.set_file(
+        "proc/sys/kernel/random/boot_id",
+        "9d9c3c1e-0000-4000-8000-00000000b003\n",
+    );
+    let before = w.calls().len();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "success", "{v}");
+    let calls = w.calls()[before..].to_string();
+    assert!(
+        !calls.contains("reboot") && !calls.contains("dkms"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn waagent_mode_restarts_an_agent_that_has_the_switch_but_not_the_addresses() {
+    let conf = "OS.EnableRDMA=y\n";
+    for (ip, restarts, exit) in [("172.16.1.4", 0, 0), ("172.16.1.9", 1, 14)] {
+        let mut w = World::new("hbv3", HB);
+        w.verify_timeout = 2;
+        w.set_file("etc/waagent.conf", conf);
+        w.set_file("run/systemd/system/.keep", "");
+        w.set_file("usr/lib/systemd/system/waagent.service", "[Unit]\n");
+        // The `ip` stub shows 172.16.1.4 on ib0.
+        w.kvp(&[("IPoIB_Data", &format!("NUMPAIRS:1|00155D33FF2C:{ip}|"))]);
+        let out = apply(&w, json!({"ipoib": "waagent"}));
+        let (stdout, _) = text(&out);
+        assert_eq!(code(&out), exit, "{ip}: {stdout}");
+        assert_eq!(
+            w.calls()
+                .matches("systemctl --no-block try-restart waagent.service")
+                .count(),
+            restarts,
+            "{ip}: {}",
+            w.calls()
+        );
+        if exit != 0 {
+            assert!(stdout.starts_with("error 224"), "{stdout}");
+            assert!(
+                stdout.contains(&format!("{ip}/16 is not on ib0")),
+                "{stdout}"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap(),
+            conf
+        );
+    }
 }

@@ -100,9 +100,15 @@ pub fn unexclude_in_repo(text: &str, packages: &[&str]) -> String {
                 .map(str::trim_start)
                 .and_then(|r| r.strip_prefix('='))
             {
-                let kept: Vec<&str> = v
-                    .split([' ', ','])
-                    .filter(|s| !s.is_empty() && !packages.contains(s))
+                let words: Vec<&str> = v.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+                if !words.iter().any(|w| packages.contains(w)) {
+                    // Not a line we touched: byte for byte as it was.
+                    out.push(line.to_string());
+                    continue;
+                }
+                let kept: Vec<&str> = words
+                    .into_iter()
+                    .filter(|s| !packages.contains(s))
                     .collect();
                 if !kept.is_empty() {
                     out.push(format!("exclude={}", kept.join(" ")));
@@ -162,7 +168,7 @@ pub fn before_doca(root: &Root, f: Family) -> std::io::Result<()> {
         let existing = std::fs::read_to_string(&path).ok();
         if let Some(text) = build_depends(existing.as_deref(), "mlnx-ofed-kernel") {
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-            crate::fsutil::write_atomic(&path, text.as_bytes())?;
+            crate::fsutil::write_system_file(&path, text.as_bytes())?;
         }
     }
     Ok(())
@@ -193,7 +199,7 @@ pub fn after_doca(root: &Root, f: Family) -> std::io::Result<Vec<String>> {
                 let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
                 let new = exclude_in_repo(&text, &refs);
                 if new != text {
-                    crate::fsutil::write_atomic(&path, new.as_bytes())?;
+                    crate::fsutil::write_system_file(&path, new.as_bytes())?;
                     tracing::info!(repo = %name, "excluded DOCA-shadowed packages from BaseOS");
                 }
             }
@@ -262,6 +268,32 @@ mod tests {
             )
             .unwrap(),
             "MAKE=x\nBUILD_DEPENDS=\"mlnx-ofed-kernel\"\n"
+        );
+    }
+
+    #[test]
+    fn lines_we_did_not_touch_stay_byte_for_byte() {
+        let text = "[baseos]\nexclude=kernel*,foo\n";
+        assert_eq!(unexclude_in_repo(text, &["rdma-core"]), text);
+    }
+
+    #[test]
+    fn system_files_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.repo");
+        std::fs::write(&p, "a").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        crate::fsutil::write_system_file(&p, b"b").unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let q = dir.path().join("new.conf");
+        crate::fsutil::write_system_file(&q, b"c").unwrap();
+        assert_eq!(
+            std::fs::metadata(&q).unwrap().permissions().mode() & 0o777,
+            0o644
         );
     }
 }

@@ -252,7 +252,7 @@ fn undo_dkms_order(root: &Root) -> Result<(), Failure> {
         match pins::without_build_depends(&text, "mlnx-ofed-kernel") {
             None => {}
             Some(rest) if rest.trim().is_empty() => std::fs::remove_file(&path).map_err(io)?,
-            Some(rest) => crate::fsutil::write_atomic(&path, rest.as_bytes()).map_err(io)?,
+            Some(rest) => crate::fsutil::write_system_file(&path, rest.as_bytes()).map_err(io)?,
         }
     }
     Ok(())
@@ -270,7 +270,7 @@ fn undo_repo_excludes(root: &Root, f: Family) -> Result<(), Failure> {
         let text = std::fs::read_to_string(&path).map_err(|e| Failure::state_io(&path, e))?;
         let new = pins::unexclude_in_repo(&text, &refs);
         if new != text {
-            crate::fsutil::write_atomic(&path, new.as_bytes())
+            crate::fsutil::write_system_file(&path, new.as_bytes())
                 .map_err(|e| Failure::state_io(&path, e))?;
             tracing::info!(repo = %name, "removed our BaseOS excludes");
         }

@@ -87,14 +87,23 @@ fn builtin(root: &Root, kernel: &str, module: &str) -> bool {
 /// Has the running kernel lost the stack's modules? `None`: nothing drifted.
 pub fn drift(root: &Root, facts: &HostFacts) -> Option<String> {
     let module = driver_module(facts);
-    if facts.modules.contains(module) || builtin(root, &facts.kernel, module) {
-        return None;
-    }
     let vendor = facts
         .stack
         .as_ref()
         .is_some_and(|s| s.kind != StackKind::Inbox);
     let files = module_files(root, &facts.kernel, module);
+    if facts.modules.contains(module) || builtin(root, &facts.kernel, module) {
+        // Loaded: fine, unless a vendor stack is installed and this kernel has only the
+        // distribution's module, which is then the one loaded (the vendor user space on the
+        // distribution's driver).
+        if vendor && !files.is_empty() && !present(&files, true) {
+            return Some(format!(
+                "kernel {} runs the distribution's {module}, not the installed stack's",
+                facts.kernel
+            ));
+        }
+        return None;
+    }
     if present(&files, vendor) {
         return None; // there, only not loaded yet: configure loads it
     }
@@ -146,12 +155,23 @@ fn dkms_registered(root: &Root, family: Family) -> bool {
         .any(|m| root.path(&format!("var/lib/dkms/{m}")).is_dir())
 }
 
+/// What repair did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Repaired {
+    /// Nothing drifted, or the modules are there now and configure loads them.
+    Ready,
+    /// The stack's modules were rebuilt while the distribution's driver is loaded: only a
+    /// reboot swaps them (a live reload detaches the VFs and loses the IPoIB netdevs).
+    NeedsReboot,
+}
+
 /// Repair the stack for the running kernel, or do nothing when nothing drifted.
-pub fn repair(ctx: &Ctx) -> Result<(), Failure> {
+pub fn repair(ctx: &Ctx) -> Result<Repaired, Failure> {
     let Some(why) = drift(ctx.root, ctx.facts) else {
         tracing::info!(kernel = %ctx.facts.kernel, "the stack's modules are there for the running kernel");
-        return Ok(());
+        return Ok(Repaired::Ready);
     };
+    let loaded = ctx.facts.modules.contains(driver_module(ctx.facts));
     tracing::warn!("kernel drift: {why}; repairing");
     (ctx.progress)(&format!("{why}; repairing"));
     let kernel = ctx.facts.kernel.as_str();
@@ -216,9 +236,13 @@ pub fn repair(ctx: &Ctx) -> Result<(), Failure> {
         tracing::warn!("depmod: {e}");
     }
     match drift(ctx.root, ctx.facts) {
+        None if loaded => {
+            tracing::info!(kernel, "rebuilt; the distribution's driver is still loaded");
+            Ok(Repaired::NeedsReboot)
+        }
         None => {
             tracing::info!(kernel, "repaired");
-            Ok(())
+            Ok(Repaired::Ready)
         }
         Some(still) => Err(Failure::new(
             Code::RepairFailed,

@@ -53,8 +53,9 @@ IMDS_COMPUTE = {
 SIMPLE_STUBS = {
     "ip": None,  # special-cased: `ip -j ...` prints []
     **{n: (0, "") for n in ("reboot", "shutdown", "poweroff", "halt", "modprobe", "rmmod",
-                            "insmod", "depmod", "dkms", "update-initramfs", "dracut")},
-    **{n: (1, "") for n in ("apt-get", "apt", "dpkg", "yum", "dnf", "tdnf", "zypper", "rpm")},
+                            "insmod", "depmod", "dkms", "update-initramfs", "dracut", "rdma")},
+    **{n: (1, "") for n in ("apt-get", "apt", "apt-mark", "dpkg", "yum", "dnf", "tdnf", "zypper",
+                            "rpm")},
 }
 
 
