@@ -136,7 +136,15 @@ impl Bundle {
     }
 
     /// The top-level regular files of `dir` under `prefix/`; subdirectories are noted, not read.
-    fn dir_files(&mut self, prefix: &str, dir: &Path, keep: impl Fn(&str) -> bool) {
+    /// The files of `dir` that `keep` accepts; subdirectories are noted as skipped, except
+    /// those named in `descend`, whose files are collected too.
+    fn dir_files(
+        &mut self,
+        prefix: &str,
+        dir: &Path,
+        keep: impl Fn(&str) -> bool + Copy,
+        descend: &[&str],
+    ) {
         if !dir.is_dir() {
             self.missing(
                 &format!("{prefix}/"),
@@ -150,6 +158,9 @@ impl Bundle {
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() && keep(&name) => {
                     self.file(&format!("{prefix}/{name}"), &path)
+                }
+                Ok(m) if m.is_dir() && descend.contains(&name.as_str()) => {
+                    self.dir_files(&format!("{prefix}/{name}"), &path, keep, &[])
                 }
                 Ok(m) if m.is_dir() => self.part(
                     &format!("{prefix}/{name}/"),
@@ -353,8 +364,8 @@ fn collect_handler(b: &mut Bundle, found: &Result<(PathBuf, AgentContext), Strin
             );
         }
     }
-    b.dir_files("handler/log", log, |_| true);
-    b.dir_files("handler/status", &env.status_folder, |_| true);
+    b.dir_files("handler/log", log, |_| true, &[]);
+    b.dir_files("handler/status", &env.status_folder, |_| true, &[]);
     collect_settings(b, &env.config_folder);
     b.file("handler/heartbeat.log", &env.heartbeat_file);
     b.file("handler/mrseq", &ctx.handler_dir.join("mrseq"));
@@ -569,7 +580,8 @@ fn gather(root: &Root) -> (Vec<(String, Vec<u8>)>, usize, usize) {
         members: Vec::new(),
         total: 0,
     };
-    b.dir_files("data", &root.data_dir(), |_| true);
+    // With apply's own log (there is no agent log folder when apply runs on its own).
+    b.dir_files("data", &root.data_dir(), |_| true, &["log"]);
     b.file(
         "logs/ib-vmext-status",
         &root.path(crate::logging::SUMMARY_LOG),

@@ -736,3 +736,33 @@ fn waagent_mode_restarts_an_agent_that_has_the_switch_but_not_the_addresses() {
         );
     }
 }
+
+#[test]
+fn diagnose_after_apply_carries_apply_log_and_configure_state() {
+    let w = World::new("hbv3", HB);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    let out_file = w.tmp.path().join("bundle.tar.gz");
+    let out = w
+        .command(&["diagnose", "--out", out_file.to_str().unwrap()], 0)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        fs::File::open(&out_file).unwrap(),
+    ));
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "data/configure.json",
+        "data/state.json",
+        "data/log/ibdriver.log",
+    ] {
+        assert!(
+            names.iter().any(|n| n.ends_with(want)),
+            "{want} not in {names:?}"
+        );
+    }
+}
