@@ -9,7 +9,8 @@
 //! resumes or only re-checks. Like the agent's worker, apply leaves at its next safe point when
 //! the extension's enable or disable asks (`request.json`), never halfway through an installer.
 
-use crate::enable::{read_request, run_engine, write_request, Engine, EngineEnd, Request};
+use crate::enable::{read_request, write_request, Request};
+use crate::engine::{remove_downloads, run_engine, success_summary, Engine, EngineEnd};
 use crate::error::{Code, Failure};
 use crate::host::Root;
 use crate::lock::WorkerLock;
@@ -158,12 +159,12 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
             fail(&f)
         }
         Ok(RunEnd::Completed) => {
-            let summary = crate::enable::success_summary(&report.summary, &data, &notes);
+            let summary = success_summary(&report.summary, &data, &notes);
             cp.succeed(summary.clone());
             if let Err(f) = Store::new(&data).save(&mut cp) {
                 return fail(&f);
             }
-            crate::enable::remove_downloads(&data);
+            remove_downloads(&data);
             logging::summary(root, &format!("Apply: success {summary}"));
             tracing::info!("apply succeeded: {summary}");
             println!("success: {summary}");

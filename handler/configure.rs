@@ -7,9 +7,16 @@
 //! `configure.json` in the data directory, so verify, the no-op enable and the health monitor
 //! check exactly that.
 
+mod ipoib;
+mod waagent;
+
+use ipoib::{addresses_of, has_ip, ipoib_native};
+pub use ipoib::{ipoib_key, match_pairs, netdev_of, netdevs};
+pub use waagent::enable_rdma;
+use waagent::waagent_enable;
+
 use crate::error::{Code, Failure};
 use crate::fsutil;
-use crate::host::kvp::IpoibPair;
 use crate::host::pci::{LinkLayer, PciFunction};
 use crate::host::{HostFacts, Root};
 use crate::proc;
@@ -17,7 +24,7 @@ use crate::settings::{HcaNaming, IpoibMode, PublicSettings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Modules listed here load at every boot, before the agent or we run.
 pub const MODULES_LOAD_FILE: &str = "etc/modules-load.d/infiniband-driver-linux.conf";
@@ -61,135 +68,6 @@ fn save_state(data_dir: &Path, state: &State) -> Result<(), Failure> {
     let p = data_dir.join(STATE_FILE);
     let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
     fsutil::write_atomic(&p, &bytes).map_err(|e| Failure::state_io(&p, e))
-}
-
-/// The 6-byte key `IPoIB_Data` uses for an interface's hardware address: a 20-byte IPoIB
-/// address gives its port GUID (last 8 bytes) without the two middle bytes; a 6-byte Ethernet
-/// address is its own key. `None` for anything else.
-pub fn ipoib_key(hw: &str) -> Option<String> {
-    let bytes: Vec<&str> = hw.trim().split(':').collect();
-    let ok = bytes
-        .iter()
-        .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
-    if !ok {
-        return None;
-    }
-    let key: Vec<&str> = match bytes.len() {
-        20 => [&bytes[12..15], &bytes[17..20]].concat(),
-        6 => bytes,
-        _ => return None,
-    };
-    Some(key.concat().to_ascii_lowercase())
-}
-
-/// Pair each `IPoIB_Data` entry with the interface whose hardware address gives its key.
-/// Returns the assignments and the pairs no interface matched (yet).
-pub fn match_pairs(
-    pairs: &[IpoibPair],
-    netdevs: &[(String, String)],
-) -> (Vec<Assignment>, Vec<IpoibPair>) {
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for p in pairs {
-        match netdevs
-            .iter()
-            .find(|(_, hw)| ipoib_key(hw).as_deref() == Some(p.mac.as_str()))
-        {
-            Some((name, _)) => found.push(Assignment {
-                netdev: name.clone(),
-                mac: p.mac.clone(),
-                address: format!("{}/{IPOIB_PREFIX}", p.ipv4),
-            }),
-            None => missing.push(p.clone()),
-        }
-    }
-    (found, missing)
-}
-
-/// The interface whose hardware address gives IPoIB key `mac`.
-pub fn netdev_of<'a>(netdevs: &'a [(String, String)], mac: &str) -> Option<&'a str> {
-    netdevs
-        .iter()
-        .find(|(_, hw)| ipoib_key(hw).as_deref() == Some(mac))
-        .map(|(n, _)| n.as_str())
-}
-
-/// Every network interface with its hardware address: `/sys/class/net` and the netdevs of the
-/// Mellanox PCI functions (names never matter, only addresses).
-pub fn netdevs(root: &Root) -> Vec<(String, String)> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let class = root.path("sys/class/net");
-    for name in fsutil::dir_names(&class) {
-        if let Some(a) = fsutil::read_trimmed(&class.join(&name).join("address")) {
-            out.insert(name, a);
-        }
-    }
-    for f in crate::host::pci::scan(&root.path("sys/bus/pci/devices")) {
-        for n in f.netdevs {
-            if let Some(a) = n.address {
-                out.entry(n.name).or_insert(a);
-            }
-        }
-    }
-    out.into_iter().collect()
-}
-
-/// `/etc/waagent.conf` with `OS.EnableRDMA=y`, or `None` when it already says so. Every other
-/// line is kept as it is. An active `OS.EnableRDMA=` line is rewritten; otherwise the first
-/// commented form (`# OS.EnableRDMA=n`, `#OS.EnableRDMA=y`, ...) is replaced; otherwise the
-/// line is appended.
-pub fn enable_rdma(text: &str) -> Option<String> {
-    fn key_value(line: &str) -> Option<&str> {
-        let (k, v) = line.split_once('=')?;
-        (k.trim() == "OS.EnableRDMA").then(|| v.trim())
-    }
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let active: Vec<usize> = (0..lines.len())
-        .filter(|&i| key_value(lines[i].trim()).is_some())
-        .collect();
-    // The agent reads the last active line; every active line must say y.
-    if !active.is_empty()
-        && active.iter().all(|&i| {
-            key_value(lines[i].trim()).is_some_and(|v| {
-                // As the agent reads it: up to a '#', without quotes and blanks.
-                let v = v.split('#').next().unwrap_or("");
-                v.trim_matches(|c: char| c == '"' || c.is_whitespace())
-                    .eq_ignore_ascii_case("y")
-            })
-        })
-    {
-        return None;
-    }
-    let eol = |l: &str| {
-        if l.ends_with("\r\n") {
-            "\r\n"
-        } else if l.ends_with('\n') {
-            "\n"
-        } else {
-            ""
-        }
-    };
-    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    if !active.is_empty() {
-        for i in active {
-            out[i] = format!("OS.EnableRDMA=y{}", eol(lines[i]));
-        }
-        return Some(out.concat());
-    }
-    let commented = (0..lines.len()).find(|&i| {
-        let t = lines[i].trim_start();
-        t.starts_with('#') && key_value(t.trim_start_matches('#').trim()).is_some()
-    });
-    if let Some(i) = commented {
-        out[i] = format!("OS.EnableRDMA=y{}", eol(lines[i]));
-        return Some(out.concat());
-    }
-    let mut s = out.concat();
-    if !s.is_empty() && !s.ends_with('\n') {
-        s.push('\n');
-    }
-    s.push_str("OS.EnableRDMA=y\n");
-    Some(s)
 }
 
 /// The modules configure loads: the HCA driver, verbs, umad and the connection manager user
@@ -337,146 +215,6 @@ fn enable_services(ctx: &Ctx) {
             tracing::warn!("{e}");
         }
     }
-}
-
-/// IPv4 addresses on one interface (`ip -j -4 addr show dev X`).
-fn addresses_of(netdev: &str) -> Vec<String> {
-    match proc::run(
-        "ip",
-        &["-j", "-4", "addr", "show", "dev", netdev],
-        None,
-        Duration::from_secs(10),
-    ) {
-        Ok(o) if o.success() => crate::health::parse_ip_json(&String::from_utf8_lossy(&o.stdout))
-            .remove(netdev)
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-fn has_ip(addresses: &[String], cidr: &str) -> bool {
-    let ip = cidr.split('/').next().unwrap_or(cidr);
-    addresses.iter().any(|a| a.split('/').next() == Some(ip))
-}
-
-/// `native`: each `IPoIB_Data` address onto the interface whose hardware address matches.
-fn ipoib_native(ctx: &Ctx, pairs: &[IpoibPair], state: &mut State) -> Result<(), Failure> {
-    let deadline = Instant::now() + ctx.netdev_wait;
-    let (found, missing) = loop {
-        let (found, missing) = match_pairs(pairs, &netdevs(ctx.root));
-        if missing.is_empty() || Instant::now() >= deadline || !(ctx.keep_going)() {
-            break (found, missing);
-        }
-        (ctx.progress)(&format!(
-            "waiting for the IPoIB interface(s) of {}",
-            missing
-                .iter()
-                .map(|p| p.mac.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let mut errors = Vec::new();
-    for a in &found {
-        if let Err(e) = run_cmd("ip", &["link", "set", "dev", &a.netdev, "up"], 30) {
-            errors.push(e);
-            continue;
-        }
-        if has_ip(&addresses_of(&a.netdev), &a.address) {
-            tracing::info!(netdev = %a.netdev, address = %a.address, "IPoIB address already set");
-            continue;
-        }
-        (ctx.progress)(&format!("IPoIB {} on {}", a.address, a.netdev));
-        if let Err(e) = run_cmd("ip", &["addr", "add", &a.address, "dev", &a.netdev], 30) {
-            // Someone (the agent) may have added it in between.
-            if !has_ip(&addresses_of(&a.netdev), &a.address) {
-                errors.push(e);
-            }
-        }
-    }
-    state.assignments = found;
-    if !missing.is_empty() {
-        errors.push(format!(
-            "no interface has the hardware address of IPoIB_Data entr{} {}",
-            if missing.len() == 1 { "y" } else { "ies" },
-            missing
-                .iter()
-                .map(|p| format!("{} ({})", p.mac, p.ipv4))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            Code::IpoibNotConfigured,
-            format!(
-                "IPoIB not configured: {}; check that ib_ipoib is loaded and the ports are up",
-                errors.join("; ")
-            ),
-        ))
-    }
-}
-
-/// The agent's unit on this distribution (Ubuntu/Debian: walinuxagent; others: waagent).
-fn agent_unit(root: &Root) -> Option<&'static str> {
-    ["walinuxagent.service", "waagent.service"]
-        .into_iter()
-        .find(|u| root.has_unit(u))
-}
-
-/// Set `OS.EnableRDMA=y`. `restart`: restart the agent when the file changed, or when
-/// `stale` (the switch was already on but the agent has not assigned the addresses: it reads
-/// the switch only when it starts). The restart is queued (`--no-block`) and our worker runs in
-/// its own unit, so the agent's stop cannot take the worker with it.
-fn waagent_enable(
-    ctx: &Ctx,
-    restart: bool,
-    stale: bool,
-    state: &mut State,
-) -> Result<bool, Failure> {
-    let path = ctx.root.path(WAAGENT_CONF);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Failure::new(
-            Code::ConfigureFailed,
-            format!(
-                "cannot read {}: {e}; ipoib waagent needs the Azure guest agent, or use ipoib native",
-                path.display()
-            ),
-        )
-    })?;
-    let changed = match enable_rdma(&text) {
-        None => false,
-        Some(new) => {
-            fsutil::write_system_file(&path, new.as_bytes()).map_err(|e| {
-                Failure::new(
-                    Code::ConfigureFailed,
-                    format!("cannot update {}: {e}", path.display()),
-                )
-            })?;
-            tracing::info!("set OS.EnableRDMA=y in {}", path.display());
-            true
-        }
-    };
-    if restart && (changed || stale) {
-        match (ctx.root.systemd_running(), agent_unit(ctx.root)) {
-            (true, Some(unit)) => {
-                if let Err(e) = run_cmd("systemctl", &["--no-block", "try-restart", unit], 60) {
-                    state.notes.push(format!(
-                        "the guest agent was not restarted ({}); it reads OS.EnableRDMA at its next start",
-                        proc::tail_line(&e, 200)
-                    ));
-                }
-            }
-            _ => state.notes.push(
-                "the guest agent reads OS.EnableRDMA=y at its next start (no systemd unit found to restart)"
-                    .into(),
-            ),
-        }
-    }
-    Ok(changed)
 }
 
 fn hca_naming(ctx: &Ctx, state: &mut State) {
@@ -660,109 +398,6 @@ pub fn unmet(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_from_hardware_addresses() {
-        assert_eq!(
-            ipoib_key("00:00:01:48:fe:80:00:00:00:00:00:00:00:15:5d:ff:fd:33:ff:2c").as_deref(),
-            Some("00155d33ff2c")
-        );
-        assert_eq!(
-            ipoib_key("00:15:5D:33:FF:2C").as_deref(),
-            Some("00155d33ff2c")
-        );
-        assert_eq!(ipoib_key("00:15:5d"), None);
-        assert_eq!(ipoib_key("zz:15:5d:33:ff:2c"), None);
-        assert_eq!(ipoib_key(""), None);
-    }
-
-    #[test]
-    fn pairs_match_by_address_not_name() {
-        let pairs = vec![
-            IpoibPair {
-                mac: "00155d33ff2c".into(),
-                ipv4: "172.16.1.4".into(),
-            },
-            IpoibPair {
-                mac: "00155d33ff2d".into(),
-                ipv4: "172.16.1.5".into(),
-            },
-            IpoibPair {
-                mac: "0a0b0c0d0e0f".into(),
-                ipv4: "172.16.1.6".into(),
-            },
-        ];
-        let devs = vec![
-            ("ib0".to_string(), "00:15:5d:33:ff:2c".to_string()),
-            (
-                "weird7".to_string(),
-                "00:00:01:49:fe:80:00:00:00:00:00:00:00:15:5d:ff:fd:33:ff:2d".to_string(),
-            ),
-            ("ib1".to_string(), "00:15:5d:00:00:01".to_string()),
-        ];
-        let (found, missing) = match_pairs(&pairs, &devs);
-        assert_eq!(
-            found,
-            vec![
-                Assignment {
-                    netdev: "ib0".into(),
-                    mac: "00155d33ff2c".into(),
-                    address: "172.16.1.4/16".into()
-                },
-                Assignment {
-                    netdev: "weird7".into(),
-                    mac: "00155d33ff2d".into(),
-                    address: "172.16.1.5/16".into()
-                }
-            ]
-        );
-        assert_eq!(missing, vec![pairs[2].clone()]);
-    }
-
-    /// Every form of the switch seen in the wild, and a second pass changes nothing.
-    #[test]
-    fn waagent_conf_forms() {
-        let cases = [
-            // (input, expected output)
-            ("", "OS.EnableRDMA=y\n"),
-            ("Provisioning.Enabled=n\n", "Provisioning.Enabled=n\nOS.EnableRDMA=y\n"),
-            ("Provisioning.Enabled=n", "Provisioning.Enabled=n\nOS.EnableRDMA=y\n"),
-            ("a=1\nOS.EnableRDMA=n\nb=2\n", "a=1\nOS.EnableRDMA=y\nb=2\n"),
-            ("a=1\n# OS.EnableRDMA=n\nb=2\n", "a=1\nOS.EnableRDMA=y\nb=2\n"),
-            ("a=1\n# OS.EnableRDMA=y\nb=2\n", "a=1\nOS.EnableRDMA=y\nb=2\n"),
-            ("#OS.EnableRDMA=y\n", "OS.EnableRDMA=y\n"),
-            ("  #  OS.EnableRDMA = n\n", "OS.EnableRDMA=y\n"),
-            ("OS.EnableRDMA = n\n", "OS.EnableRDMA=y\n"),
-            (
-                "# Enable RDMA management and set up, should only be used in HPC images\n# OS.EnableRDMA=y\n",
-                "# Enable RDMA management and set up, should only be used in HPC images\nOS.EnableRDMA=y\n",
-            ),
-            // Both a commented and an active line: the active one decides.
-            ("# OS.EnableRDMA=y\nOS.EnableRDMA=n\n", "# OS.EnableRDMA=y\nOS.EnableRDMA=y\n"),
-            // Two active lines disagreeing: both say y afterwards.
-            ("OS.EnableRDMA=y\nOS.EnableRDMA=n\n", "OS.EnableRDMA=y\nOS.EnableRDMA=y\n"),
-            ("OS.EnableRDMA=n\r\n", "OS.EnableRDMA=y\r\n"),
-        ];
-        for (input, want) in cases {
-            let got = enable_rdma(input).unwrap_or_else(|| input.to_string());
-            assert_eq!(got, want, "input {input:?}");
-            assert_eq!(enable_rdma(&got), None, "second pass on {got:?}");
-        }
-        for already in [
-            "OS.EnableRDMA=y\n",
-            "a=1\nOS.EnableRDMA=Y\n",
-            "OS.EnableRDMA=y # comment\n",
-            "OS.EnableRDMA=\"y\"\n",
-            "# OS.EnableRDMA=n\nOS.EnableRDMA=y\n",
-        ] {
-            assert_eq!(enable_rdma(already), None, "{already:?}");
-        }
-        // Keys that merely contain the name are other settings.
-        assert_eq!(
-            enable_rdma("OS.EnableRDMAFoo=n\n").as_deref(),
-            Some("OS.EnableRDMAFoo=n\nOS.EnableRDMA=y\n")
-        );
-    }
 
     #[test]
     fn modules_by_nic_and_options() {

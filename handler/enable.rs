@@ -3,18 +3,19 @@
 
 use crate::agent::{self, AgentContext};
 use crate::clock::Deadline;
-use crate::configure;
+use crate::engine::{
+    remove_downloads, run_engine, stage_substatus, success_summary, Engine, EngineEnd,
+};
 use crate::error::{Code, Failure};
 use crate::events::{self, Level};
 use crate::health::{self, HealthReport};
 use crate::host::{self, imds, Root};
-use crate::install;
 use crate::lock::WorkerLock;
 use crate::logging;
 use crate::monitor;
-use crate::plan::{self, Action, Plan};
+use crate::plan;
 use crate::runner::{self, Checkpoint, RunEnd, Stage, Store};
-use crate::settings::{self, RebootPolicy, Settings};
+use crate::settings::{self, Settings};
 use crate::status::{HeartbeatState, StatusReport, StatusValue, SubStatus};
 use crate::{fsutil, status};
 use serde::{Deserialize, Serialize};
@@ -117,43 +118,6 @@ fn preflight_imds_policy(deadline: &Deadline) -> imds::Policy {
         pauses: vec![Duration::from_millis(200), Duration::from_millis(500)],
         deadline: deadline.budget(Duration::from_secs(3)),
     }
-}
-
-/// How long verify waits for ports to come up. An operator knob for image builds and slow
-/// fabrics; the default covers a port that trains after a reboot.
-fn verify_timeout() -> Duration {
-    let secs = std::env::var("IBDRIVER_VERIFY_TIMEOUT_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(120)
-        .min(3600);
-    Duration::from_secs(secs)
-}
-
-/// Substatus entries, one per planned stage, from the checkpoint.
-pub fn stage_substatus(cp: &Checkpoint, plan: &[Stage]) -> Vec<SubStatus> {
-    plan.iter()
-        .map(|s| {
-            if cp.is_done(*s) {
-                SubStatus::new(s.name(), StatusValue::Success, 0, "done")
-            } else if cp.current == Some(*s) {
-                SubStatus::new(s.name(), StatusValue::Transitioning, 0, "running")
-            } else if let (Some(err), None) = (&cp.last_error, cp.current) {
-                if cp.next(plan) == Some(*s) {
-                    SubStatus::new(
-                        s.name(),
-                        StatusValue::Error,
-                        err.code.number(),
-                        err.message.clone(),
-                    )
-                } else {
-                    SubStatus::new(s.name(), StatusValue::Transitioning, 0, "not started")
-                }
-            } else {
-                SubStatus::new(s.name(), StatusValue::Transitioning, 0, "pending")
-            }
-        })
-        .collect()
 }
 
 pub fn health_substatus(report: &HealthReport) -> SubStatus {
@@ -331,252 +295,6 @@ pub fn enable(inv: &Invocation) -> i32 {
     0
 }
 
-fn preflight(plan: &Plan) -> Result<(), Failure> {
-    match &plan.action {
-        Action::Refuse { failure } => Err(failure.clone()),
-        Action::VerifyOnly { .. } | Action::Install { .. } => Ok(()),
-    }
-}
-
-/// The verify stage: wait (bounded) for every InfiniBand port to be ACTIVE.
-fn verify(
-    root: &Root,
-    timeout: Duration,
-    poll: Duration,
-    keep_going: impl Fn() -> bool,
-) -> Result<HealthReport, Failure> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let report = monitor::check(root);
-        if report.healthy {
-            return Ok(report);
-        }
-        if !keep_going() {
-            return Err(Failure::new(
-                Code::Superseded,
-                "superseded by a newer sequence number or disable",
-            ));
-        }
-        // Missing software will not fix itself; a link may still come up, and the agent may
-        // still be assigning IPoIB addresses (ipoib waagent).
-        let may_improve = matches!(report.code, Code::PortsNotActive | Code::IpoibNotConfigured);
-        if !may_improve || Instant::now() >= deadline {
-            return Err(report.failure().expect("unhealthy report has a failure"));
-        }
-        tracing::info!("waiting for ports: {}", report.summary);
-        // Sleep in slices so a newer sequence number or disable is noticed quickly.
-        let wake = Instant::now() + poll.min(deadline.saturating_duration_since(Instant::now()));
-        while Instant::now() < wake && keep_going() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// What the stages need, from the agent's worker or from `apply`.
-pub struct Engine<'a> {
-    pub root: &'a Root,
-    pub seq: u64,
-    pub settings: &'a Settings,
-    /// False once the work should leave at its next safe point.
-    pub keep_going: &'a dyn Fn() -> bool,
-    /// One progress line, with the stages' substatus so far.
-    pub progress: &'a dyn Fn(&str, &[SubStatus]),
-}
-
-/// How a run of the stages ended.
-pub struct EngineEnd {
-    pub end: Result<RunEnd, Failure>,
-    pub cp: Checkpoint,
-    pub stages: Vec<Stage>,
-    pub report: HealthReport,
-    pub notes: Vec<String>,
-}
-
-/// Detect, plan and run the stages not yet done for this sequence number and settings.
-pub fn run_engine(e: &Engine) -> EngineEnd {
-    let data = e.root.data_dir();
-    let facts = host::detect(e.root, Some(&imds::Policy::default()), true);
-    let store = Store::new(&data);
-    let seq = e.seq;
-    let mut cp = Checkpoint::resume(store.load(), seq, &e.settings.fingerprint, &facts.boot_id);
-    // The worker judges the host again with the full probe (the installed stack too): what
-    // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
-    // always runs again: a worker never reports success on an old verdict.
-    cp.completed.retain(|s| {
-        !matches!(
-            s,
-            Stage::Preflight | Stage::Repair | Stage::Configure | Stage::Verify
-        )
-    });
-    let plan = plan::decide_resuming(
-        &facts,
-        &e.settings.public,
-        e.settings.protected.package_url.as_ref(),
-        cp.install_stages.is_some(),
-    );
-    if matches!(plan.action, Action::Install { .. }) {
-        cp.install_stages = Some(plan.stages.clone());
-    }
-    let mut last_report = None;
-    let mut configure_notes: Vec<String> = Vec::new();
-    let last_subs = std::cell::RefCell::new(Vec::new());
-    let progress = |line: &str| (e.progress)(line, &last_subs.borrow());
-    let family = facts.os.as_ref().and_then(install::recipe::family);
-    let end = runner::run(
-        &store,
-        &mut cp,
-        &plan.stages,
-        |stage, cp| {
-            *last_subs.borrow_mut() = stage_substatus(cp, &plan.stages);
-            progress(&format!("{}: running", stage.name()));
-            let install_ctx = match (&plan.install, family) {
-                (Some(choice), Some(family)) => Some(install::Ctx {
-                    root: e.root,
-                    family,
-                    kernel: &facts.kernel,
-                    boot_id: &facts.boot_id,
-                    choice,
-                    settings: e.settings,
-                    data_dir: &data,
-                    keep_going: e.keep_going,
-                    progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
-                    loaded_modules: &facts.modules,
-                }),
-                _ => None,
-            };
-            let needs_ctx = || Failure::internal("install stage", "no install plan for this host");
-            match stage {
-                Stage::Preflight => preflight(&plan),
-                Stage::WaitForLocks => {
-                    install::wait_for_locks(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Prerequisites => {
-                    install::prerequisites(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Fetch => {
-                    install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp),
-                Stage::PostInstall => {
-                    install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Activate => {
-                    let ctx = install_ctx.as_ref().ok_or_else(needs_ctx)?;
-                    let may_reboot = e.settings.public.reboot == RebootPolicy::IfRequired;
-                    match install::activate(ctx, cp, may_reboot)? {
-                        install::Activation::Active => Ok(()),
-                        install::Activation::Rebooting => {
-                            // Record the reboot before asking for it: after it, enable resumes here.
-                            store.save(cp)?;
-                            progress("activate: rebooting the VM to load the new drivers; enable resumes after the reboot");
-                            logging::summary(
-                                e.root,
-                                &format!("Enable seq={seq}: rebooting to activate drivers"),
-                            );
-                            install::request_reboot()?;
-                            Err(Failure::new(
-                                Code::Rebooting,
-                                "rebooting to activate the drivers",
-                            ))
-                        }
-                    }
-                }
-                Stage::Repair => {
-                    let Some(family) = family else {
-                        return Ok(()); // refused in preflight already
-                    };
-                    // Facts as they are now: an install in this run changed modules and stack.
-                    let now = host::detect(e.root, None, true);
-                    let repaired = install::repair::repair(&install::repair::Ctx {
-                        root: e.root,
-                        family,
-                        facts: &now,
-                        lock_timeout: Duration::from_secs(e.settings.public.lock_timeout_seconds),
-                        keep_going: e.keep_going,
-                        progress: &|line: &str| progress(&format!("repair: {line}")),
-                    })?;
-                    if repaired == install::repair::Repaired::Ready {
-                        return Ok(());
-                    }
-                    // One reboot per kernel: a second would be a loop.
-                    if cp.repair_reboot.as_deref() == Some(now.kernel.as_str()) {
-                        return Err(Failure::new(
-                            Code::RebootLoop,
-                            format!(
-                                "the stack's modules were rebuilt for kernel {} and the VM rebooted, but the distribution's driver still loads; run diagnose",
-                                now.kernel
-                            ),
-                        ));
-                    }
-                    if e.settings.public.reboot != RebootPolicy::IfRequired {
-                        return Err(Failure::new(
-                            Code::RebootRequired,
-                            format!(
-                                "the stack's modules were rebuilt for kernel {}; reboot the VM to load them (settings say reboot: never)",
-                                now.kernel
-                            ),
-                        ));
-                    }
-                    cp.repair_reboot = Some(now.kernel.clone());
-                    store.save(cp)?;
-                    progress("repair: rebooting the VM to load the rebuilt drivers; enable resumes after the reboot");
-                    logging::summary(
-                        e.root,
-                        &format!(
-                            "Enable seq={seq}: rebooting to load the drivers rebuilt for kernel {}",
-                            now.kernel
-                        ),
-                    );
-                    install::request_reboot()?;
-                    Err(Failure::new(
-                        Code::Rebooting,
-                        "rebooting to load the rebuilt drivers",
-                    ))
-                }
-                Stage::Configure => {
-                    // Facts as they are now: an install or repair changed modules and devices.
-                    let now = host::detect(e.root, None, false);
-                    configure::run(&configure::Ctx {
-                        root: e.root,
-                        facts: &now,
-                        settings: &e.settings.public,
-                        data_dir: &data,
-                        netdev_wait: verify_timeout().min(Duration::from_secs(60)),
-                        keep_going: e.keep_going,
-                        progress: &|line: &str| progress(&format!("configure: {line}")),
-                    })
-                    .map(|state| configure_notes = state.notes)
-                }
-                Stage::Verify => {
-                    let r = verify(
-                        e.root,
-                        verify_timeout(),
-                        Duration::from_secs(5),
-                        e.keep_going,
-                    );
-                    last_report = Some(match &r {
-                        Ok(rep) => rep.clone(),
-                        Err(_) => monitor::check(e.root),
-                    });
-                    r.map(|_| ())
-                }
-            }
-        },
-        || !(e.keep_going)(),
-    );
-    let report = last_report.unwrap_or_else(|| monitor::check(e.root));
-    if matches!(end, Ok(RunEnd::Completed)) {
-        cp.verified_kernel = Some(facts.kernel.clone());
-    }
-    EngineEnd {
-        end,
-        cp,
-        stages: plan.stages,
-        report,
-        notes: configure_notes,
-    }
-}
-
 /// The detached worker for sequence number `inv.agent.seq`.
 pub fn worker(inv: &Invocation) -> i32 {
     let seq = inv.agent.seq;
@@ -712,38 +430,6 @@ pub fn worker(inv: &Invocation) -> i32 {
             0
         }
     }
-}
-
-/// Installed and verified: the downloaded artifacts (an unpacked MLNX_OFED bundle is over a
-/// gigabyte) have served their purpose.
-pub fn remove_downloads(data: &Path) {
-    for dir in ["artifacts", "staging"] {
-        let p = data.join(dir);
-        if let Err(e) = std::fs::remove_dir_all(&p) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %p.display(), error = %e, "cannot remove");
-            }
-        }
-    }
-}
-
-/// The success line: the health summary, the IPoIB addresses configure set, its notes.
-pub fn success_summary(health: &str, data: &Path, notes: &[String]) -> String {
-    let mut out = health.to_string();
-    if let Some(state) = configure::load_state(data) {
-        if !state.assignments.is_empty() {
-            let list: Vec<String> = state
-                .assignments
-                .iter()
-                .map(|a| format!("{} {}", a.netdev, a.address))
-                .collect();
-            out.push_str(&format!("; IPoIB ({}): {}", state.ipoib, list.join(", ")));
-        }
-    }
-    if !notes.is_empty() {
-        out.push_str(&format!("; note: {}", notes.join("; ")));
-    }
-    out
 }
 
 fn lock_path(data: &Path) -> PathBuf {

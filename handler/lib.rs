@@ -2,10 +2,11 @@
 //!
 //! The pipeline, in module order:
 //! argv ([`cli`]) -> agent environment ([`agent`]) -> settings ([`settings`], [`protected`])
-//! -> host facts ([`host`]) -> plan ([`plan`]) -> worker stages ([`runner`], [`enable`],
-//! [`health`]) -> status ([`status`], [`events`], [`logging`]).
-//! Around it: the lifecycle verbs ([`lifecycle`]), the health monitor ([`monitor`]), the
-//! worker process ([`worker`], [`lock`]) and operator verbs ([`operator`]).
+//! -> host facts ([`host`]) -> plan ([`plan`]) -> stages ([`engine`], [`runner`], [`install`],
+//! [`configure`], [`health`]) -> status ([`status`], [`events`], [`logging`]).
+//! Around it: enable's synchronous part and the worker ([`enable`], [`worker`], [`lock`]), the
+//! lifecycle verbs ([`lifecycle`]), the health monitor ([`monitor`]) and the operator verbs
+//! ([`operator`], [`apply`], [`diagnose`]).
 
 pub mod agent;
 pub mod apply;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod configure;
 pub mod diagnose;
 pub mod enable;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod fetch;

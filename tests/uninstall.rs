@@ -248,7 +248,13 @@ fn a_failed_update_is_retried_and_a_downgrade_keeps_state_too() {
     // Retried: twice is as good as once.
     assert_eq!(code(&update("0.9.0", VERSION)), 0);
     assert_eq!(code(&update("0.9.0", VERSION)), 0);
-    assert_eq!(code(&w.run("uninstall", 1)), 0);
+    // The replaced version's uninstall (the agent runs the old version's command).
+    let old_uninstall = w
+        .command(&["uninstall"], 1)
+        .env("AZURE_GUEST_AGENT_EXTENSION_VERSION", "0.9.0")
+        .output()
+        .unwrap();
+    assert_eq!(code(&old_uninstall), 0);
     assert_eq!(fs::read(w.data_dir().join("state.json")).unwrap(), state);
     assert!(!w.data_dir().join("update.json").exists());
 
