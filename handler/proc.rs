@@ -147,6 +147,9 @@ fn spawn_wait(
         });
     }
     let deadline = Instant::now() + timeout;
+    // Short programs (ip, systemctl) end within a millisecond or two: poll often at first,
+    // then every 5 ms for the long ones.
+    let mut pause = Duration::from_micros(100);
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,
@@ -158,7 +161,10 @@ fn spawn_wait(
                     secs: timeout.as_secs(),
                 });
             }
-            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
             Err(e) => {
                 return Err(ProcError::Spawn {
                     program: program.to_string(),

@@ -50,10 +50,10 @@ cd "$hd"
 t0=$(date +%s%N); "$bin" enable; t1=$(date +%s%N)
 first_ms=$(( (t1 - t0) / 1000000 ))
 for _ in $(seq 1 100); do
-  grep -q '"status":"success"' status/1.status 2>/dev/null && break
+  grep -q '"operation":"Enable","status":"success"' status/1.status 2>/dev/null && break
   sleep 0.1
 done
-grep -q '"status":"success"' status/1.status || { log "setup enable did not succeed"; cat status/1.status; exit 1; }
+grep -q '"operation":"Enable","status":"success"' status/1.status || { log "setup enable did not succeed"; cat status/1.status; exit 1; }
 # The worker writes mrseq after the status; wait for it so every measured run is the no-op.
 for _ in $(seq 1 100); do [ "$(cat mrseq 2>/dev/null)" = 1 ] && break; sleep 0.1; done
 sleep 0.5
