@@ -54,9 +54,15 @@ impl Invocation {
 
     /// Record a terminal failure everywhere a user may look; returns the exit code.
     pub fn fail(&self, operation: &str, f: &Failure, subs: Vec<SubStatus>) -> i32 {
-        tracing::error!(code = f.code.number(), "{operation} failed: {}", f.message);
         self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
         self.heartbeat(HeartbeatState::NotReady, f.code, &f.message);
+        self.log_failure(operation, f);
+        f.code.exit_code()
+    }
+
+    /// A failure into our log, the summary log and a telemetry event (not the status file).
+    pub fn log_failure(&self, operation: &str, f: &Failure) {
+        tracing::error!(code = f.code.number(), "{operation} failed: {}", f.message);
         logging::summary(
             &self.root,
             &format!(
@@ -74,7 +80,6 @@ impl Invocation {
             &f.to_string(),
             &self.agent.seq.to_string(),
         );
-        f.code.exit_code()
     }
 
     fn write_mrseq(&self) {

@@ -42,7 +42,6 @@
 
 use crate::enable::{self, Invocation, Request};
 use crate::error::{Code, Failure};
-use crate::events::{self, Level};
 use crate::install::{self, remove};
 use crate::lock::WorkerLock;
 use crate::runner::Store;
@@ -169,24 +168,7 @@ pub fn stop_worker(data: &Path, waits: StopWaits) -> Result<(), Failure> {
 /// left alone: it describes the last enable, which this failure does not change.
 fn report(inv: &Invocation, verb: &str, f: &Failure) {
     eprintln!("ibdriver {verb}: {f}");
-    tracing::error!(code = f.code.number(), "{verb} failed: {}", f.message);
-    logging::summary(
-        &inv.root,
-        &format!(
-            "{verb} seq={}: error {} {}",
-            inv.agent.seq,
-            f.code.number(),
-            f.message
-        ),
-    );
-    events::emit(
-        inv.agent.env.events_folder.as_deref(),
-        &inv.agent.version(),
-        verb,
-        Level::Error,
-        &f.to_string(),
-        &inv.agent.seq.to_string(),
-    );
+    inv.log_failure(verb, f);
 }
 
 /// Stop the worker and remove the health monitor; every failure, in that order.

@@ -543,20 +543,9 @@ fn uninstall_during_update_keeps_state() {
     w.settings(1, json!({}));
     assert_eq!(code(&w.run("enable", 1)), 0);
     w.wait_terminal(1, Duration::from_secs(20));
-    let out = w
-        .command(&["update"], 1)
-        .env("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION", "0.9.0")
-        .env("VERSION", VERSION)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0);
+    assert_eq!(code(&w.update("0.9.0", VERSION, 1)), 0);
     // The old version's uninstall (the agent runs it after the new version's update).
-    let old_uninstall = w
-        .command(&["uninstall"], 1)
-        .env("AZURE_GUEST_AGENT_EXTENSION_VERSION", "0.9.0")
-        .output()
-        .unwrap();
-    assert_eq!(code(&old_uninstall), 0);
+    assert_eq!(code(&w.run_as("uninstall", 1, "0.9.0")), 0);
     assert!(w.data_dir().join("state.json").exists());
     // The new version's enable with the same N does no work.
     let before = fs::read(w.status_path(1)).unwrap();
@@ -572,13 +561,7 @@ fn a_stale_update_marker_does_not_keep_state_from_a_real_uninstall() {
     assert_eq!(code(&w.run("enable", 1)), 0);
     w.wait_terminal(1, Duration::from_secs(20));
     w.wait_worker_gone(Duration::from_secs(20));
-    let out = w
-        .command(&["update"], 1)
-        .env("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION", "0.9.0")
-        .env("VERSION", VERSION)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0);
+    assert_eq!(code(&w.update("0.9.0", VERSION, 1)), 0);
     // The old version's uninstall never came; later the new version itself is uninstalled.
     assert_eq!(code(&w.run("disable", 1)), 0);
     assert_eq!(code(&w.run("uninstall", 1)), 0);

@@ -236,25 +236,14 @@ fn a_failed_update_is_retried_and_a_downgrade_keeps_state_too() {
     let state = fs::read(w.data_dir().join("state.json")).unwrap();
     // The marker cannot be written: update fails with StateIo (the agent shows 1008).
     fs::create_dir_all(w.data_dir().join("update.json/x")).unwrap();
-    let update = |from: &str, to: &str| {
-        w.command(&["update"], 1)
-            .env("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION", from)
-            .env("VERSION", to)
-            .output()
-            .unwrap()
-    };
+    let update = |from: &str, to: &str| w.update(from, to, 1);
     assert_eq!(code(&update("0.9.0", VERSION)), 14);
     fs::remove_dir_all(w.data_dir().join("update.json")).unwrap();
     // Retried: twice is as good as once.
     assert_eq!(code(&update("0.9.0", VERSION)), 0);
     assert_eq!(code(&update("0.9.0", VERSION)), 0);
     // The replaced version's uninstall (the agent runs the old version's command).
-    let old_uninstall = w
-        .command(&["uninstall"], 1)
-        .env("AZURE_GUEST_AGENT_EXTENSION_VERSION", "0.9.0")
-        .output()
-        .unwrap();
-    assert_eq!(code(&old_uninstall), 0);
+    assert_eq!(code(&w.run_as("uninstall", 1, "0.9.0")), 0);
     assert_eq!(fs::read(w.data_dir().join("state.json")).unwrap(), state);
     assert!(!w.data_dir().join("update.json").exists());
 

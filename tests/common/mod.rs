@@ -251,6 +251,23 @@ impl World {
         c
     }
 
+    /// The agent's `update` of this version from `from`, asking for version `to`.
+    pub fn update(&self, from: &str, to: &str, seq: u64) -> Output {
+        self.command(&["update"], seq)
+            .env("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION", from)
+            .env("VERSION", to)
+            .output()
+            .unwrap()
+    }
+
+    /// `verb` as the agent runs it for handler version `version` (e.g. the old one's uninstall).
+    pub fn run_as(&self, verb: &str, seq: u64, version: &str) -> Output {
+        self.command(&[verb], seq)
+            .env("AZURE_GUEST_AGENT_EXTENSION_VERSION", version)
+            .output()
+            .unwrap()
+    }
+
     pub fn run(&self, verb: &str, seq: u64) -> Output {
         self.command(&[verb], seq).output().unwrap()
     }
