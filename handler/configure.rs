@@ -376,7 +376,16 @@ pub fn unmet(
         if !has_ip(&have, &a.address) {
             out.push((
                 Code::IpoibNotConfigured,
-                format!("IPoIB address {} is not on {dev}", a.address),
+                if state.ipoib == "waagent" {
+                    // The agent assigns them in this mode; 2.9.1.1 never did (WALinuxAgent#3025).
+                    format!(
+                        "IPoIB address {} is not on {dev}: the guest agent has not assigned it \
+                         (waagent 2.9.1.1 never does; update the agent or use ipoib native)",
+                        a.address
+                    )
+                } else {
+                    format!("IPoIB address {} is not on {dev}", a.address)
+                },
             ));
         }
     }
