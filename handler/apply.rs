@@ -4,12 +4,13 @@
 //! `<data dir>/log/`. Secrets come only from the environment (`IBDRIVER_PACKAGE_URL`,
 //! `IBDRIVER_PROXY`), never from the command line.
 //!
-//! The checkpoint uses apply's own sequence number ([`SEQ`]) and a fingerprint of the settings,
-//! so running the same `apply` again (a start task after a reboot, a retried image build)
-//! resumes or only re-checks. Like the agent's worker, apply leaves at its next safe point when
-//! the extension's enable or disable asks (`request.json`), never halfway through an installer.
+//! apply keeps its own checkpoint ([`CHECKPOINT`], sequence number [`SEQ`], a fingerprint of the
+//! settings), so running the same `apply` again (a start task after a reboot, a retried image
+//! build) resumes or only re-checks. It shares the worker lock with the extension: an enable's
+//! worker waits for apply to finish, and apply leaves at its next safe point, never halfway
+//! through an installer, when the extension's disable asks.
 
-use crate::enable::{read_request, write_request, Request};
+use crate::enable::read_request;
 use crate::engine::{remove_downloads, run_engine, success_summary, Engine, EngineEnd};
 use crate::error::{Code, Failure};
 use crate::host::Root;
@@ -24,6 +25,9 @@ use std::time::Duration;
 /// apply's own sequence number, in the checkpoint, the worker lock and `request.json`: never one
 /// the agent uses, so an enable is never mistaken for apply's work or the other way round.
 pub const SEQ: u64 = u64::MAX;
+/// apply's own checkpoint beside the agent's `state.json`: neither resets the other's progress,
+/// and the agent's no-op enable is not undone by a start task's apply.
+pub const CHECKPOINT: &str = "apply-state.json";
 
 fn say(line: &str) {
     eprintln!("ibdriver apply: {line}");
@@ -109,17 +113,14 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         Err(e) => return fail(&Failure::state_io(&data.join("worker.lock"), e)),
     };
     let _held = held;
-    // From now on apply is the work wanted; the extension's enable or disable takes it over.
-    if let Err(f) = write_request(
-        &data,
-        &Request {
-            seq: SEQ,
-            stop: false,
-        },
-    ) {
-        return fail(&f);
-    }
-    let wanted = || read_request(&data).is_some_and(|r| r.seq == SEQ && !r.stop);
+    // apply leaves at a safe point when the extension's disable asks after apply started (a
+    // stop request written earlier is not for us). The extension's enable waits for the lock.
+    let at_start = read_request(&data);
+    let wanted = || {
+        let now = read_request(&data);
+        now == at_start || !now.is_some_and(|r| r.stop)
+    };
+    let store = Store::named(&data, CHECKPOINT);
     let last = std::cell::RefCell::new(String::new());
     let progress = |line: &str, _: &[crate::status::SubStatus]| {
         // The download reports often; repeat nothing.
@@ -135,6 +136,8 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         notes,
         ..
     } = run_engine(&Engine {
+        operation: "Apply",
+        store: &store,
         root,
         seq: SEQ,
         settings: &settings,
@@ -150,7 +153,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         }
         Ok(RunEnd::Stopped) => fail(&Failure::new(
             Code::Superseded,
-            "the extension's enable or disable took over; apply left at a safe point",
+            "the extension was disabled while apply ran; apply left at a safe point",
         )),
         Ok(RunEnd::Failed(f)) => {
             if !report.problems.is_empty() {
@@ -161,7 +164,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         Ok(RunEnd::Completed) => {
             let summary = success_summary(&report.summary, &data, &notes);
             cp.succeed(summary.clone());
-            if let Err(f) = Store::new(&data).save(&mut cp) {
+            if let Err(f) = store.save(&mut cp) {
                 return fail(&f);
             }
             remove_downloads(&data);

@@ -286,10 +286,16 @@ pub fn run(ctx: &Ctx) -> Result<State, Failure> {
                 if let Some(pairs) = pairs {
                     state.assignments = match_pairs(&pairs, &netdevs(ctx.root)).0;
                 }
-                let stale = state
-                    .assignments
-                    .iter()
-                    .any(|a| !has_ip(&addresses_of(&a.netdev), &a.address));
+                // With the switch already on, the agent may still be assigning (after a boot it
+                // does so in the background): give it a bounded while before calling it stale.
+                let switch_on = std::fs::read_to_string(ctx.root.path(WAAGENT_CONF))
+                    .is_ok_and(|t| enable_rdma(&t).is_none());
+                let stale = switch_on
+                    && waagent::addresses_missing_after(
+                        ctx,
+                        &state.assignments,
+                        ctx.netdev_wait.min(Duration::from_secs(30)),
+                    );
                 waagent_enable(ctx, true, stale, &mut state).map(|_| ())
             }
         }

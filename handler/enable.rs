@@ -361,6 +361,8 @@ pub fn worker(inv: &Invocation) -> i32 {
         report,
         notes: configure_notes,
     } = run_engine(&Engine {
+        operation: "Enable",
+        store: &Store::new(&data),
         root: &inv.root,
         seq,
         settings: &settings,

@@ -96,6 +96,10 @@ fn verify(
 
 /// What the stages need, from the agent's worker or from `apply`.
 pub struct Engine<'a> {
+    /// `Enable` (the agent's worker) or `Apply`.
+    pub operation: &'static str,
+    /// Where the checkpoint lives.
+    pub store: &'a Store,
     pub root: &'a Root,
     pub seq: u64,
     pub settings: &'a Settings,
@@ -104,6 +108,19 @@ pub struct Engine<'a> {
     /// One progress line, with the stages' substatus so far.
     pub progress: &'a dyn Fn(&str, &[SubStatus]),
 }
+
+impl Engine<'_> {
+    /// How the summary log names this run.
+    pub fn label(&self) -> String {
+        match self.operation {
+            "Enable" => format!("Enable seq={}", self.seq),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The per-kernel record of repair's reboot, in the data directory: (kernel, boot id).
+const REPAIR_REBOOT: &str = "repair-reboot.json";
 
 /// How a run of the stages ended.
 pub struct EngineEnd {
@@ -118,7 +135,7 @@ pub struct EngineEnd {
 pub fn run_engine(e: &Engine) -> EngineEnd {
     let data = e.root.data_dir();
     let facts = host::detect(e.root, Some(&imds::Policy::default()), true);
-    let store = Store::new(&data);
+    let store = e.store;
     let seq = e.seq;
     let mut cp = Checkpoint::resume(store.load(), seq, &e.settings.fingerprint, &facts.boot_id);
     // The worker judges the host again with the full probe (the installed stack too): what
@@ -145,7 +162,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
     let progress = |line: &str| (e.progress)(line, &last_subs.borrow());
     let family = facts.os.as_ref().and_then(install::recipe::family);
     let end = runner::run(
-        &store,
+        store,
         &mut cp,
         &plan.stages,
         |stage, cp| {
@@ -193,7 +210,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                             progress("activate: rebooting the VM to load the new drivers; enable resumes after the reboot");
                             logging::summary(
                                 e.root,
-                                &format!("Enable seq={seq}: rebooting to activate drivers"),
+                                &format!("{}: rebooting to activate drivers", e.label()),
                             );
                             install::request_reboot()?;
                             Err(Failure::new(
@@ -217,42 +234,49 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                         keep_going: e.keep_going,
                         progress: &|line: &str| progress(&format!("repair: {line}")),
                     })?;
-                    if repaired == install::repair::Repaired::Ready {
-                        return Ok(());
-                    }
-                    // One reboot per kernel: a second would be a loop.
-                    if cp.repair_reboot.as_deref() == Some(now.kernel.as_str()) {
-                        return Err(Failure::new(
-                            Code::RebootLoop,
-                            format!(
-                                "the stack's modules were rebuilt for kernel {} and the VM rebooted, but the distribution's driver still loads; run diagnose",
-                                now.kernel
-                            ),
-                        ));
+                    let why = match repaired {
+                        install::repair::Repaired::Ready => return Ok(()),
+                        install::repair::Repaired::NeedsReboot(why) => why,
+                    };
+                    // One reboot per kernel, whatever the sequence number or apply: a second
+                    // would be a loop. Recorded before it is asked for.
+                    let record = data.join(REPAIR_REBOOT);
+                    let done: Option<(String, String)> = std::fs::read(&record)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    if let Some((kernel, boot)) = &done {
+                        if *kernel == now.kernel && *boot != now.boot_id {
+                            return Err(Failure::new(
+                                Code::RebootLoop,
+                                format!(
+                                    "{why}, and the VM already rebooted once for kernel {kernel}; refusing another reboot (a loop); run diagnose"
+                                ),
+                            ));
+                        }
                     }
                     if e.settings.public.reboot != RebootPolicy::IfRequired {
                         return Err(Failure::new(
                             Code::RebootRequired,
-                            format!(
-                                "the stack's modules were rebuilt for kernel {}; reboot the VM to load them (settings say reboot: never)",
-                                now.kernel
-                            ),
+                            format!("{why}; reboot the VM to load the stack's driver (settings say reboot: never)"),
                         ));
                     }
-                    cp.repair_reboot = Some(now.kernel.clone());
-                    store.save(cp)?;
-                    progress("repair: rebooting the VM to load the rebuilt drivers; enable resumes after the reboot");
+                    let bytes =
+                        serde_json::to_vec(&(&now.kernel, &now.boot_id)).expect("serializes");
+                    crate::fsutil::write_atomic(&record, &bytes)
+                        .map_err(|err| Failure::state_io(&record, err))?;
+                    progress("repair: rebooting the VM to load the stack's driver; the work resumes after the reboot");
                     logging::summary(
                         e.root,
                         &format!(
-                            "Enable seq={seq}: rebooting to load the drivers rebuilt for kernel {}",
+                            "{}: rebooting to load the stack's driver for kernel {}",
+                            e.label(),
                             now.kernel
                         ),
                     );
                     install::request_reboot()?;
                     Err(Failure::new(
                         Code::Rebooting,
-                        "rebooting to load the rebuilt drivers",
+                        "rebooting to load the stack's driver",
                     ))
                 }
                 Stage::Configure => {

@@ -80,9 +80,6 @@ pub struct Checkpoint {
     /// when the VM booted another (repair decides whether its modules drifted).
     #[serde(default)]
     pub verified_kernel: Option<String>,
-    /// The kernel for which repair rebooted the VM to load rebuilt modules (once per kernel).
-    #[serde(default)]
-    pub repair_reboot: Option<String>,
     pub updated: String,
 }
 
@@ -102,7 +99,6 @@ impl Checkpoint {
             install_stages: None,
             installer_ran: false,
             verified_kernel: None,
-            repair_reboot: None,
             updated: String::new(),
         }
     }
@@ -178,9 +174,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// The agent's checkpoint.
     pub fn new(data_dir: &Path) -> Self {
+        Store::named(data_dir, "state.json")
+    }
+
+    /// Another checkpoint in the data directory (`apply` keeps its own, so the two never reset
+    /// each other's progress).
+    pub fn named(data_dir: &Path, file: &str) -> Self {
         Store {
-            path: data_dir.join("state.json"),
+            path: data_dir.join(file),
         }
     }
 

@@ -105,11 +105,11 @@ fn apply_ends_like_enable_on_the_same_hosts() {
 fn apply_twice_does_no_work_the_second_time() {
     let w = World::new("hbv3", HB);
     assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
-    let state = fs::read_to_string(w.data_dir().join("state.json")).unwrap();
+    let state = fs::read_to_string(w.data_dir().join("apply-state.json")).unwrap();
     let again = apply(&w, json!({"ipoib": "off"}));
     assert_eq!(code(&again), 0, "{:?}", text(&again));
     let after: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("apply-state.json")).unwrap())
             .unwrap();
     let before: serde_json::Value = serde_json::from_str(&state).unwrap();
     // Same checkpoint lineage: one attempt per per-boot stage again, nothing installed.
@@ -667,6 +667,15 @@ fn uninstall_removes_the_configuration_we_own_and_keeps_the_agent_switch() {
     );
 }
 
+/// The loaded mlx5_ib's srcversion (sysfs) and `modinfo` reporting DOCA's build's.
+fn loaded_driver(w: &World, srcversion: &str) {
+    w.set_file("sys/module/mlx5_ib/srcversion", &format!("{srcversion}\n"));
+    write_exec(
+        &w.stubs.join("modinfo"),
+        "#!/bin/sh\ncase \"$3\" in */updates/dkms/mlx5_ib.ko) echo DOCA0SRCVERSION ;; *) echo INTREESRCVERSION ;; esac\n",
+    );
+}
+
 #[test]
 fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_reboots_once() {
     let w = doca_world();
@@ -686,6 +695,7 @@ fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_re
         &w.tmp.path().join("saved-infiniband"),
         &w.root.join("sys/bus/pci/devices/0101:00:00.0/infiniband"),
     );
+    loaded_driver(&w, "INTREESRCVERSION");
     let before = w.calls().len();
     assert_eq!(code(&w.run("enable", 1)), 0);
     w.wait_worker_gone(TIMEOUT);
@@ -697,11 +707,12 @@ fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_re
     assert_eq!(calls.matches("systemctl reboot").count(), 1, "{calls}");
     let v = w.status(1).unwrap();
     assert_eq!(status_value(&v), "transitioning", "{v}");
-    // The reboot: DOCA's module (updates/dkms) loads now.
+    // The reboot: DOCA's module (updates/dkms) loads now. Nothing is rebuilt or rebooted.
     w.set_file(
         "proc/sys/kernel/random/boot_id",
         "9d9c3c1e-0000-4000-8000-00000000b003\n",
     );
+    loaded_driver(&w, "DOCA0SRCVERSION");
     let before = w.calls().len();
     assert_eq!(code(&w.run("enable", 1)), 0);
     w.wait_worker_gone(TIMEOUT);
@@ -712,6 +723,58 @@ fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_re
         !calls.contains("reboot") && !calls.contains("dkms"),
         "{calls}"
     );
+}
+
+#[test]
+fn the_distribution_driver_loading_again_after_the_repair_reboot_is_a_loop_not_a_success() {
+    let w = doca_world();
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
+    w.wait_worker_gone(TIMEOUT);
+    // DOCA's module is built for K2 already, but the distribution's loads (initramfs).
+    reboot_into(&w, K2);
+    w.set_file(&format!("lib/modules/{K2}/updates/dkms/mlx5_ib.ko"), "");
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    w.set_file(
+        "proc/modules",
+        &format!("mlx5_ib 462848 0 - Live 0x0\nmlx5_core 2088960 1 mlx5_ib, Live 0x0\n{modules}"),
+    );
+    copy_tree(
+        &w.tmp.path().join("saved-infiniband"),
+        &w.root.join("sys/bus/pci/devices/0101:00:00.0/infiniband"),
+    );
+    loaded_driver(&w, "INTREESRCVERSION");
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    assert_eq!(
+        w.calls().matches("systemctl reboot").count(),
+        1,
+        "{}",
+        w.calls()
+    );
+    assert!(
+        !w.calls().contains("dkms autoinstall"),
+        "nothing to rebuild"
+    );
+    // After the reboot the distribution's driver loads again: an error, not another reboot,
+    // and never a success on the wrong driver.
+    w.set_file(
+        "proc/sys/kernel/random/boot_id",
+        "9d9c3c1e-0000-4000-8000-00000000b004\n",
+    );
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "error", "{v}");
+    assert_eq!(status_code(&v), 219, "{v}");
+    assert_eq!(w.calls().matches("systemctl reboot").count(), 1);
+    // A new sequence number does not reset the per-kernel record.
+    w.settings(2, json!({"ipoib": "off", "lockTimeoutSeconds": 60}));
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    w.wait_worker_gone(TIMEOUT);
+    assert_eq!(status_code(&w.status(2).unwrap()), 219);
+    assert_eq!(w.calls().matches("systemctl reboot").count(), 1);
 }
 
 #[test]
@@ -728,6 +791,8 @@ fn waagent_mode_restarts_an_agent_that_has_the_switch_but_not_the_addresses() {
         let out = apply(&w, json!({"ipoib": "waagent"}));
         let (stdout, _) = text(&out);
         assert_eq!(code(&out), exit, "{ip}: {stdout}");
+        // Again in the same boot: the agent is not restarted a second time.
+        assert_eq!(code(&apply(&w, json!({"ipoib": "waagent"}))), exit);
         assert_eq!(
             w.calls()
                 .matches("systemctl --no-block try-restart waagent.service")
@@ -770,7 +835,7 @@ fn diagnose_after_apply_carries_apply_log_and_configure_state() {
         .collect();
     for want in [
         "data/configure.json",
-        "data/state.json",
+        "data/apply-state.json",
         "data/log/ibdriver.log",
     ] {
         assert!(
@@ -778,4 +843,20 @@ fn diagnose_after_apply_carries_apply_log_and_configure_state() {
             "{want} not in {names:?}"
         );
     }
+}
+
+#[test]
+fn a_start_task_apply_does_not_undo_the_extensions_no_op_enable() {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
+    w.wait_worker_gone(TIMEOUT);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    // The agent restarts and runs enable with the same sequence number: nothing to do.
+    let before = w.calls();
+    let status = fs::read(w.status_path(1)).unwrap();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(w.calls(), before);
+    assert_eq!(fs::read(w.status_path(1)).unwrap(), status);
 }

@@ -65,6 +65,27 @@ pub fn enable_rdma(text: &str) -> Option<String> {
     Some(s)
 }
 
+/// The boot in which configure last restarted the agent for stale addresses (data directory).
+const RESTART_RECORD: &str = "agent-restart";
+
+/// Are some of `assignments` still missing after waiting up to `wait` for the agent?
+pub(super) fn addresses_missing_after(
+    ctx: &Ctx,
+    assignments: &[super::Assignment],
+    wait: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let missing = assignments
+            .iter()
+            .any(|a| !super::has_ip(&super::addresses_of(&a.netdev), &a.address));
+        if !missing || std::time::Instant::now() >= deadline || !(ctx.keep_going)() {
+            return missing;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// The agent's unit on this distribution (Ubuntu/Debian: walinuxagent; others: waagent).
 pub(super) fn agent_unit(root: &Root) -> Option<&'static str> {
     ["walinuxagent.service", "waagent.service"]
@@ -105,9 +126,17 @@ pub(super) fn waagent_enable(
             true
         }
     };
-    if restart && (changed || stale) {
+    // At most one restart per boot for stale addresses: an agent that does not assign them
+    // after a restart (2.9.1.1) would not after a second one, and verify says so.
+    let record = ctx.data_dir.join(RESTART_RECORD);
+    let restarted_this_boot =
+        fsutil::read_trimmed(&record).as_deref() == Some(ctx.facts.boot_id.as_str());
+    if restart && (changed || (stale && !restarted_this_boot)) {
         match (ctx.root.systemd_running(), agent_unit(ctx.root)) {
             (true, Some(unit)) => {
+                if let Err(e) = fsutil::write_atomic(&record, ctx.facts.boot_id.as_bytes()) {
+                    tracing::warn!(path = %record.display(), error = %e, "cannot record the agent restart");
+                }
                 if let Err(e) = run_cmd("systemctl", &["--no-block", "try-restart", unit], 60) {
                     state.notes.push(format!(
                         "the guest agent was not restarted ({}); it reads OS.EnableRDMA at its next start",

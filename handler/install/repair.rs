@@ -84,37 +84,81 @@ fn builtin(root: &Root, kernel: &str, module: &str) -> bool {
         .is_some_and(|t| crate::host::parse_modules_builtin(&t).contains(module))
 }
 
-/// Has the running kernel lost the stack's modules? `None`: nothing drifted.
-pub fn drift(root: &Root, facts: &HostFacts) -> Option<String> {
+/// How the running kernel's driver differs from the installed stack's.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drift {
+    /// The stack's module is not there for this kernel: rebuild or install it.
+    Missing(String),
+    /// The stack's module is there but the distribution's is the one loaded: a reboot swaps
+    /// them (a live reload detaches the VFs and loses the IPoIB netdevs).
+    WrongDriverLoaded(String),
+}
+
+/// Is the loaded `module` the stack's own build? Compares the loaded module's `srcversion`
+/// (sysfs) with those of the vendor files for this kernel (`modinfo`). `None`: cannot tell.
+fn loaded_is_vendor(root: &Root, kernel: &str, module: &str, files: &[String]) -> Option<bool> {
+    let loaded =
+        crate::fsutil::read_trimmed(&root.path(&format!("sys/module/{module}/srcversion")))?;
+    let mut known = false;
+    for f in files
+        .iter()
+        .filter(|f| present(std::slice::from_ref(*f), true))
+    {
+        let path = root.path(&format!("lib/modules/{kernel}/{f}"));
+        let path = path.to_string_lossy();
+        let out = crate::proc::run(
+            "modinfo",
+            &["-F", "srcversion", &path],
+            None,
+            Duration::from_secs(20),
+        )
+        .ok()?;
+        let theirs = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.success() || theirs.is_empty() {
+            continue;
+        }
+        known = true;
+        if theirs == loaded {
+            return Some(true);
+        }
+    }
+    known.then_some(false)
+}
+
+/// Has the running kernel lost the stack's modules, or booted the distribution's driver under a
+/// vendor stack? `None`: nothing drifted.
+pub fn drift(root: &Root, facts: &HostFacts) -> Option<Drift> {
     let module = driver_module(facts);
     let vendor = facts
         .stack
         .as_ref()
         .is_some_and(|s| s.kind != StackKind::Inbox);
     let files = module_files(root, &facts.kernel, module);
-    if facts.modules.contains(module) || builtin(root, &facts.kernel, module) {
-        // Loaded: fine, unless a vendor stack is installed and this kernel has only the
-        // distribution's module, which is then the one loaded (the vendor user space on the
-        // distribution's driver).
-        if vendor && !files.is_empty() && !present(&files, true) {
-            return Some(format!(
-                "kernel {} runs the distribution's {module}, not the installed stack's",
-                facts.kernel
-            ));
+    let kernel = &facts.kernel;
+    if facts.modules.contains(module) || builtin(root, kernel, module) {
+        if !vendor || files.is_empty() {
+            return None;
+        }
+        if !present(&files, true) {
+            return Some(Drift::Missing(format!(
+                "kernel {kernel} runs the distribution's {module}; the installed stack's is not built for it"
+            )));
+        }
+        if loaded_is_vendor(root, kernel, module, &files) == Some(false) {
+            return Some(Drift::WrongDriverLoaded(format!(
+                "kernel {kernel} loaded the distribution's {module}, not the installed stack's"
+            )));
         }
         return None;
     }
     if present(&files, vendor) {
         return None; // there, only not loaded yet: configure loads it
     }
-    Some(if files.is_empty() {
-        format!("kernel {} has no {module} module", facts.kernel)
+    Some(Drift::Missing(if files.is_empty() {
+        format!("kernel {kernel} has no {module} module")
     } else {
-        format!(
-            "kernel {} has only the distribution's {module}, not the installed stack's",
-            facts.kernel
-        )
-    })
+        format!("kernel {kernel} has only the distribution's {module}, not the installed stack's")
+    }))
 }
 
 fn wait_locks(ctx: &Ctx) -> Result<(), Failure> {
@@ -160,16 +204,23 @@ fn dkms_registered(root: &Root, family: Family) -> bool {
 pub enum Repaired {
     /// Nothing drifted, or the modules are there now and configure loads them.
     Ready,
-    /// The stack's modules were rebuilt while the distribution's driver is loaded: only a
-    /// reboot swaps them (a live reload detaches the VFs and loses the IPoIB netdevs).
-    NeedsReboot,
+    /// The distribution's driver is loaded while the stack's is built for this kernel: only a
+    /// reboot swaps them (a live reload detaches the VFs and loses the IPoIB netdevs). Says why.
+    NeedsReboot(String),
 }
 
 /// Repair the stack for the running kernel, or do nothing when nothing drifted.
 pub fn repair(ctx: &Ctx) -> Result<Repaired, Failure> {
-    let Some(why) = drift(ctx.root, ctx.facts) else {
-        tracing::info!(kernel = %ctx.facts.kernel, "the stack's modules are there for the running kernel");
-        return Ok(Repaired::Ready);
+    let why = match drift(ctx.root, ctx.facts) {
+        None => {
+            tracing::info!(kernel = %ctx.facts.kernel, "the stack's modules are there for the running kernel");
+            return Ok(Repaired::Ready);
+        }
+        Some(Drift::WrongDriverLoaded(why)) => {
+            tracing::warn!("{why}");
+            return Ok(Repaired::NeedsReboot(why));
+        }
+        Some(Drift::Missing(why)) => why,
     };
     let loaded = ctx.facts.modules.contains(driver_module(ctx.facts));
     tracing::warn!("kernel drift: {why}; repairing");
@@ -238,13 +289,16 @@ pub fn repair(ctx: &Ctx) -> Result<Repaired, Failure> {
     match drift(ctx.root, ctx.facts) {
         None if loaded => {
             tracing::info!(kernel, "rebuilt; the distribution's driver is still loaded");
-            Ok(Repaired::NeedsReboot)
+            Ok(Repaired::NeedsReboot(format!(
+                "the stack's modules were rebuilt for kernel {kernel} while the distribution's driver is loaded"
+            )))
         }
         None => {
             tracing::info!(kernel, "repaired");
             Ok(Repaired::Ready)
         }
-        Some(still) => Err(Failure::new(
+        Some(Drift::WrongDriverLoaded(why)) => Ok(Repaired::NeedsReboot(why)),
+        Some(Drift::Missing(still)) => Err(Failure::new(
             Code::RepairFailed,
             format!(
                 "repair for kernel {kernel} finished but {still}; run diagnose and check the log"
