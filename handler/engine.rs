@@ -195,7 +195,11 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                 Stage::Fetch => {
                     install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
                 }
-                Stage::Install => install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp),
+                Stage::Install => {
+                    install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp, &|c| {
+                        store.save(c)
+                    })
+                }
                 Stage::PostInstall => {
                     install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
                 }

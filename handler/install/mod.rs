@@ -276,7 +276,15 @@ fn orphan_installer(track: &Path) -> Option<u32> {
     (crate::lock::start_time(pid) == Some(start)).then_some(pid)
 }
 
-pub fn install(ctx: &Ctx, cp: &mut Checkpoint) -> Result<(), Failure> {
+/// `persist` saves the checkpoint: that this sequence number's installer ran must be on disk
+/// before it runs, or a worker killed between the installer's end and the stage's end would
+/// find the stack "already installed", forget that it replaced loaded drivers and skip the
+/// activation reboot.
+pub fn install(
+    ctx: &Ctx,
+    cp: &mut Checkpoint,
+    persist: &dyn Fn(&mut Checkpoint) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let track = ctx.data_dir.join("installer.pid");
     if let Some(pid) = orphan_installer(&track) {
         (ctx.progress)("waiting for the installer an interrupted run started");
@@ -326,6 +334,7 @@ pub fn install(ctx: &Ctx, cp: &mut Checkpoint) -> Result<(), Failure> {
         .and_then(|b| serde_json::from_slice::<stack::InstalledMarker>(&b).ok())
         .is_some_and(|m| m == mine);
     cp.installer_ran = true;
+    persist(cp)?;
     if ours_started && stack::detect(ctx.root).is_some_and(|h| h.kind == chosen) {
         tracing::info!("an interrupted run's installer completed this install");
         record(&installed)?;
