@@ -10,7 +10,7 @@
 mod ipoib;
 mod waagent;
 
-use ipoib::{addresses_of, has_ip, ipoib_native};
+use ipoib::{addresses_of, ensure_address, has_ip, ipoib_native};
 pub use ipoib::{ipoib_key, match_pairs, netdev_of, netdevs};
 pub use waagent::enable_rdma;
 use waagent::waagent_enable;
@@ -155,8 +155,8 @@ fn run_cmd(program: &str, args: &[&str], timeout_secs: u64) -> Result<proc::Outp
 
 fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
     let ib: Vec<&PciFunction> = ctx.facts.infiniband_functions().collect();
-    let loaded = crate::host::read_sysfs(ctx.root).modules;
-    let gpu = nvidia_driver(ctx.root, &loaded);
+    let loaded = &ctx.facts.modules;
+    let gpu = nvidia_driver(ctx.root, loaded);
     let ipoib = ctx.settings.ipoib != IpoibMode::Off;
     let wanted = wanted_modules(&ib, ipoib, gpu);
     let mut failed = Vec::new();
@@ -217,15 +217,19 @@ fn enable_services(ctx: &Ctx) {
     }
 }
 
+/// `rdma dev set CURRENT name WANTED`.
+fn rename_hca(current: &str, wanted: &str) -> Result<(), String> {
+    run_cmd("rdma", &["dev", "set", current, "name", wanted], 30).map(|_| ())
+}
+
 fn hca_naming(ctx: &Ctx, state: &mut State) {
     if ctx.settings.hca_naming != HcaNaming::Stable {
         return;
     }
-    let functions = crate::host::pci::scan(&ctx.root.path("sys/bus/pci/devices"));
-    for (pci, (current, wanted)) in stable_names(&functions) {
+    for (pci, (current, wanted)) in stable_names(&ctx.facts.mellanox) {
         if current != wanted {
             (ctx.progress)(&format!("renaming HCA {current} to {wanted}"));
-            if let Err(e) = run_cmd("rdma", &["dev", "set", &current, "name", &wanted], 30) {
+            if let Err(e) = rename_hca(&current, &wanted) {
                 state
                     .notes
                     .push(format!("HCA {current} not renamed to {wanted}: {e}"));
@@ -322,25 +326,40 @@ pub fn restore(root: &Root, state: &State) -> Vec<String> {
         let Some(dev) = netdev_of(&devs, &a.mac) else {
             continue;
         };
-        if has_ip(&addresses_of(dev), &a.address) {
-            continue;
-        }
-        let up = run_cmd("ip", &["link", "set", "dev", dev, "up"], 30);
-        match up.and_then(|_| run_cmd("ip", &["addr", "add", &a.address, "dev", dev], 30)) {
-            Ok(_) => done.push(format!("IPoIB {} on {dev}", a.address)),
+        match ensure_address(dev, &a.address) {
+            Ok(true) => done.push(format!("IPoIB {} on {dev}", a.address)),
+            Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),
         }
     }
     let names = stable_names(&sysfs.mellanox);
     for (pci, wanted) in &state.hca_names {
         if let Some((current, _)) = names.get(pci).filter(|(c, _)| c != wanted) {
-            match run_cmd("rdma", &["dev", "set", current, "name", wanted], 30) {
+            match rename_hca(current, wanted) {
                 Ok(_) => done.push(format!("HCA {current} renamed {wanted}")),
                 Err(e) => tracing::warn!("{e}"),
             }
         }
     }
     done
+}
+
+/// What configure recorded (if anything) and the host no longer shows. `addresses` is asked
+/// (netdev -> CIDRs) only when an IPoIB address is to be checked.
+pub fn unmet_now(
+    root: &Root,
+    sysfs: &crate::host::Sysfs,
+    addresses: impl FnOnce() -> BTreeMap<String, Vec<String>>,
+) -> Vec<(Code, String)> {
+    let Some(state) = load_state(&root.data_dir()) else {
+        return Vec::new();
+    };
+    let (addresses, devs) = if state.assignments.is_empty() {
+        (BTreeMap::new(), Vec::new())
+    } else {
+        (addresses(), netdevs(root))
+    };
+    unmet(&state, &sysfs.modules, &addresses, &devs, &sysfs.mellanox)
 }
 
 /// The expectations in `state` the host does not meet, each with its code: a module configure

@@ -153,26 +153,8 @@ fn quick_health(root: &Root, ip_timeout: Duration) -> HealthReport {
     );
     // What configure set up must still be there (after a reboot the addresses are gone until
     // something assigns them again). Asking `ip` costs a few milliseconds, only when needed.
-    match crate::configure::load_state(&root.data_dir()) {
-        Some(state) => {
-            let (addresses, devs) = if state.assignments.is_empty() {
-                (Default::default(), Vec::new())
-            } else {
-                (
-                    health::addresses_within(ip_timeout),
-                    crate::configure::netdevs(root),
-                )
-            };
-            report.with_unmet(crate::configure::unmet(
-                &state,
-                &sysfs.modules,
-                &addresses,
-                &devs,
-                &sysfs.mellanox,
-            ))
-        }
-        None => report,
-    }
+    let unmet = crate::configure::unmet_now(root, &sysfs, || health::addresses_within(ip_timeout));
+    report.with_unmet(unmet)
 }
 
 pub fn enable(inv: &Invocation) -> i32 {

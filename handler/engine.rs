@@ -119,9 +119,6 @@ impl Engine<'_> {
     }
 }
 
-/// The per-kernel record of repair's reboot, in the data directory: (kernel, boot id).
-const REPAIR_REBOOT: &str = "repair-reboot.json";
-
 /// How a run of the stages ended.
 pub struct EngineEnd {
     pub end: Result<RunEnd, Failure>,
@@ -161,6 +158,18 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
     let last_subs = std::cell::RefCell::new(Vec::new());
     let progress = |line: &str| (e.progress)(line, &last_subs.borrow());
     let family = facts.os.as_ref().and_then(install::recipe::family);
+    // Ask for the reboot a stage recorded; the work resumes after it.
+    let reboot = |stage: &str, purpose: &str| -> Result<(), Failure> {
+        progress(&format!(
+            "{stage}: rebooting the VM {purpose}; the work resumes after the reboot"
+        ));
+        logging::summary(e.root, &format!("{}: rebooting {purpose}", e.label()));
+        install::request_reboot()?;
+        Err(Failure::new(
+            Code::Rebooting,
+            format!("rebooting {purpose}"),
+        ))
+    };
     let end = runner::run(
         store,
         &mut cp,
@@ -211,16 +220,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                         install::Activation::Rebooting => {
                             // Record the reboot before asking for it: after it, enable resumes here.
                             store.save(cp)?;
-                            progress("activate: rebooting the VM to load the new drivers; enable resumes after the reboot");
-                            logging::summary(
-                                e.root,
-                                &format!("{}: rebooting to activate drivers", e.label()),
-                            );
-                            install::request_reboot()?;
-                            Err(Failure::new(
-                                Code::Rebooting,
-                                "rebooting to activate the drivers",
-                            ))
+                            reboot("activate", "to activate the drivers")
                         }
                     }
                 }
@@ -242,46 +242,16 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                         install::repair::Repaired::Ready => return Ok(()),
                         install::repair::Repaired::NeedsReboot(why) => why,
                     };
-                    // One reboot per kernel, whatever the sequence number or apply: a second
-                    // would be a loop. Recorded before it is asked for.
-                    let record = data.join(REPAIR_REBOOT);
-                    let done: Option<(String, String)> = std::fs::read(&record)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok());
-                    if let Some((kernel, boot)) = &done {
-                        if *kernel == now.kernel && *boot != now.boot_id {
-                            return Err(Failure::new(
-                                Code::RebootLoop,
-                                format!(
-                                    "{why}, and the VM already rebooted once for kernel {kernel}; refusing another reboot (a loop); run diagnose"
-                                ),
-                            ));
-                        }
-                    }
-                    if e.settings.public.reboot != RebootPolicy::IfRequired {
-                        return Err(Failure::new(
-                            Code::RebootRequired,
-                            format!("{why}; reboot the VM to load the stack's driver (settings say reboot: never)"),
-                        ));
-                    }
-                    let bytes =
-                        serde_json::to_vec(&(&now.kernel, &now.boot_id)).expect("serializes");
-                    crate::fsutil::write_atomic(&record, &bytes)
-                        .map_err(|err| Failure::state_io(&record, err))?;
-                    progress("repair: rebooting the VM to load the stack's driver; the work resumes after the reboot");
-                    logging::summary(
-                        e.root,
-                        &format!(
-                            "{}: rebooting to load the stack's driver for kernel {}",
-                            e.label(),
-                            now.kernel
-                        ),
-                    );
-                    install::request_reboot()?;
-                    Err(Failure::new(
-                        Code::Rebooting,
-                        "rebooting to load the stack's driver",
-                    ))
+                    install::repair::record_reboot(
+                        &data,
+                        &now,
+                        &why,
+                        e.settings.public.reboot == RebootPolicy::IfRequired,
+                    )?;
+                    reboot(
+                        "repair",
+                        &format!("to load the stack's driver for kernel {}", now.kernel),
+                    )
                 }
                 Stage::Configure => {
                     // Facts as they are now: an install or repair changed modules and devices.

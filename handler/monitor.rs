@@ -171,16 +171,8 @@ pub fn check(root: &Root) -> health::HealthReport {
         stack.as_ref(),
         &addresses,
     );
-    match crate::configure::load_state(&root.data_dir()) {
-        Some(state) => report.with_unmet(crate::configure::unmet(
-            &state,
-            &sysfs.modules,
-            &addresses,
-            &crate::configure::netdevs(root),
-            &sysfs.mellanox,
-        )),
-        None => report,
-    }
+    let unmet = crate::configure::unmet_now(root, &sysfs, move || addresses);
+    report.with_unmet(unmet)
 }
 
 pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) {

@@ -101,6 +101,20 @@ pub(super) fn has_ip(addresses: &[String], cidr: &str) -> bool {
     addresses.iter().any(|a| a.split('/').next() == Some(ip))
 }
 
+/// `dev` up with `cidr` on it. `Ok(true)`: added now; `Ok(false)`: it was there already, or
+/// someone (the agent) added it in between.
+pub(super) fn ensure_address(dev: &str, cidr: &str) -> Result<bool, String> {
+    run_cmd("ip", &["link", "set", "dev", dev, "up"], 30)?;
+    if has_ip(&addresses_of(dev), cidr) {
+        return Ok(false);
+    }
+    match run_cmd("ip", &["addr", "add", cidr, "dev", dev], 30) {
+        Ok(_) => Ok(true),
+        Err(_) if has_ip(&addresses_of(dev), cidr) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `native`: each `IPoIB_Data` address onto the interface whose hardware address matches.
 pub(super) fn ipoib_native(
     ctx: &Ctx,
@@ -125,20 +139,12 @@ pub(super) fn ipoib_native(
     };
     let mut errors = Vec::new();
     for a in &found {
-        if let Err(e) = run_cmd("ip", &["link", "set", "dev", &a.netdev, "up"], 30) {
-            errors.push(e);
-            continue;
-        }
-        if has_ip(&addresses_of(&a.netdev), &a.address) {
-            tracing::info!(netdev = %a.netdev, address = %a.address, "IPoIB address already set");
-            continue;
-        }
-        (ctx.progress)(&format!("IPoIB {} on {}", a.address, a.netdev));
-        if let Err(e) = run_cmd("ip", &["addr", "add", &a.address, "dev", &a.netdev], 30) {
-            // Someone (the agent) may have added it in between.
-            if !has_ip(&addresses_of(&a.netdev), &a.address) {
-                errors.push(e);
+        match ensure_address(&a.netdev, &a.address) {
+            Ok(true) => (ctx.progress)(&format!("IPoIB {} on {}", a.address, a.netdev)),
+            Ok(false) => {
+                tracing::info!(netdev = %a.netdev, address = %a.address, "IPoIB address already set")
             }
+            Err(e) => errors.push(e),
         }
     }
     state.assignments = found;

@@ -161,6 +161,43 @@ pub fn drift(root: &Root, facts: &HostFacts) -> Option<Drift> {
     }))
 }
 
+/// The per-kernel record of repair's reboot, in the data directory: (kernel, boot id).
+const REPAIR_REBOOT: &str = "repair-reboot.json";
+
+/// May repair reboot the VM for `facts.kernel` (`why`)? One reboot per kernel, whatever the
+/// sequence number or apply: a second would be a loop (219). With `may_reboot` false, 218. When
+/// allowed, the reboot is recorded here, before it is asked for; a record from this same boot
+/// is a reboot asked for that has not happened yet, asked for again.
+pub fn record_reboot(
+    data_dir: &std::path::Path,
+    facts: &HostFacts,
+    why: &str,
+    may_reboot: bool,
+) -> Result<(), Failure> {
+    let record = data_dir.join(REPAIR_REBOOT);
+    let done: Option<(String, String)> = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some((kernel, boot)) = &done {
+        if *kernel == facts.kernel && *boot != facts.boot_id {
+            return Err(Failure::new(
+                Code::RebootLoop,
+                format!(
+                    "{why}, and the VM already rebooted once for kernel {kernel}; refusing another reboot (a loop); run diagnose"
+                ),
+            ));
+        }
+    }
+    if !may_reboot {
+        return Err(Failure::new(
+            Code::RebootRequired,
+            format!("{why}; reboot the VM to load the stack's driver (settings say reboot: never)"),
+        ));
+    }
+    let bytes = serde_json::to_vec(&(&facts.kernel, &facts.boot_id)).expect("serializes");
+    crate::fsutil::write_atomic(&record, &bytes).map_err(|err| Failure::state_io(&record, err))
+}
+
 fn wait_locks(ctx: &Ctx) -> Result<(), Failure> {
     locks::wait(
         ctx.root,
