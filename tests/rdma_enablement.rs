@@ -676,16 +676,11 @@ fn loaded_driver(w: &World, srcversion: &str) {
     );
 }
 
-#[test]
-fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_reboots_once() {
-    let w = doca_world();
-    w.settings(1, json!({"ipoib": "off"}));
-    assert_eq!(code(&w.run("enable", 1)), 0);
-    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
-    w.wait_worker_gone(TIMEOUT);
-    // K2 boots with the distribution's mlx5_ib loaded and the HCA registered: it works, but
-    // on the wrong driver.
-    reboot_into(&w, K2);
+/// The VM reboots into K2 (after `before_boot` changes its files) and the distribution's
+/// mlx5_ib loads: the HCA is registered, on the wrong driver.
+fn boot_distribution_driver(w: &World, before_boot: impl Fn(&World)) {
+    reboot_into(w, K2);
+    before_boot(w);
     let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
     w.set_file(
         "proc/modules",
@@ -695,7 +690,19 @@ fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_re
         &w.tmp.path().join("saved-infiniband"),
         &w.root.join("sys/bus/pci/devices/0101:00:00.0/infiniband"),
     );
-    loaded_driver(&w, "INTREESRCVERSION");
+    loaded_driver(w, "INTREESRCVERSION");
+}
+
+#[test]
+fn a_kernel_update_that_boots_the_distribution_driver_under_doca_rebuilds_and_reboots_once() {
+    let w = doca_world();
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
+    w.wait_worker_gone(TIMEOUT);
+    // K2 boots with the distribution's mlx5_ib loaded and the HCA registered: it works, but
+    // on the wrong driver.
+    boot_distribution_driver(&w, |_| {});
     let before = w.calls().len();
     assert_eq!(code(&w.run("enable", 1)), 0);
     w.wait_worker_gone(TIMEOUT);
@@ -733,18 +740,9 @@ fn the_distribution_driver_loading_again_after_the_repair_reboot_is_a_loop_not_a
     assert_eq!(status_value(&w.wait_terminal(1, TIMEOUT)), "success");
     w.wait_worker_gone(TIMEOUT);
     // DOCA's module is built for K2 already, but the distribution's loads (initramfs).
-    reboot_into(&w, K2);
-    w.set_file(&format!("lib/modules/{K2}/updates/dkms/mlx5_ib.ko"), "");
-    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
-    w.set_file(
-        "proc/modules",
-        &format!("mlx5_ib 462848 0 - Live 0x0\nmlx5_core 2088960 1 mlx5_ib, Live 0x0\n{modules}"),
-    );
-    copy_tree(
-        &w.tmp.path().join("saved-infiniband"),
-        &w.root.join("sys/bus/pci/devices/0101:00:00.0/infiniband"),
-    );
-    loaded_driver(&w, "INTREESRCVERSION");
+    boot_distribution_driver(&w, |w| {
+        w.set_file(&format!("lib/modules/{K2}/updates/dkms/mlx5_ib.ko"), "")
+    });
     assert_eq!(code(&w.run("enable", 1)), 0);
     w.wait_worker_gone(TIMEOUT);
     assert_eq!(
