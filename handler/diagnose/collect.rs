@@ -223,23 +223,13 @@ pub(super) fn ib_ports(root: &Root) -> Option<String> {
 }
 
 pub(super) fn imds_compute() -> Result<String, String> {
-    let url = format!(
-        "{}/metadata/instance/compute?api-version=2021-02-01&format=json",
-        imds::base_url().trim_end_matches('/')
-    );
-    // ureq uses no proxy unless told to: IMDS is reached directly.
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(IMDS_TIMEOUT)
-        .timeout(IMDS_TIMEOUT)
-        .redirects(0)
-        .build();
-    match agent.get(&url).set("Metadata", "true").call() {
-        Ok(resp) => resp
-            .into_string()
-            .map_err(|e| format!("reading the IMDS answer: {e}")),
-        Err(ureq::Error::Status(code, _)) => Err(format!("IMDS answered HTTP {code}")),
-        Err(e) => Err(format!("IMDS unreachable: {}", e.kind())),
-    }
+    // One short attempt: a support bundle must not wait on a dead metadata service.
+    let once = imds::Policy {
+        attempt_timeout: IMDS_TIMEOUT,
+        pauses: Vec::new(),
+        deadline: IMDS_TIMEOUT,
+    };
+    imds::fetch_compute_body(&imds::base_url(), &once)
 }
 
 pub(super) fn collect_host(b: &mut Bundle, root: &Root) {

@@ -82,6 +82,11 @@ pub fn parse_compute(body: &str) -> Result<Compute, String> {
 
 /// GET compute metadata; the error string is for the log and the health report.
 pub fn fetch_compute(base: &str, policy: &Policy) -> Result<Compute, String> {
+    fetch_compute_body(base, policy).and_then(|body| parse_compute(&body))
+}
+
+/// The compute metadata document as IMDS sent it (for `diagnose`, which keeps all of it).
+pub fn fetch_compute_body(base: &str, policy: &Policy) -> Result<String, String> {
     let url = format!(
         "{}/metadata/instance/compute?api-version={API_VERSION}&format=json",
         base.trim_end_matches('/')
@@ -104,7 +109,7 @@ pub fn fetch_compute(base: &str, policy: &Policy) -> Result<Compute, String> {
         }
         match agent.get(&url).set("Metadata", "true").call() {
             Ok(resp) => match resp.into_string() {
-                Ok(body) => return parse_compute(&body),
+                Ok(body) => return Ok(body),
                 Err(e) => last = format!("reading IMDS answer: {e}"),
             },
             // 4xx other than 404/410/429 will not improve on retry.
