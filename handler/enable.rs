@@ -14,7 +14,7 @@ use crate::lock::WorkerLock;
 use crate::logging;
 use crate::monitor;
 use crate::plan;
-use crate::runner::{self, Checkpoint, RunEnd, Stage, Store};
+use crate::runner::{Checkpoint, RunEnd, Stage, Store};
 use crate::settings::{self, Settings};
 use crate::status::{HeartbeatState, StatusReport, StatusValue, SubStatus};
 use crate::{fsutil, status};
@@ -136,14 +136,17 @@ pub fn health_substatus(report: &HealthReport) -> SubStatus {
 }
 
 /// The cheap verdict for the no-op path: sysfs and file checks only, no IMDS, no processes.
-fn quick_health(root: &Root, ip_timeout: Duration) -> HealthReport {
+/// The stack is the one the last success verified (with the verbs library looked at again);
+/// a checkpoint from before that was recorded asks the host once (`ofed_info`, package lists).
+fn quick_health(root: &Root, cp: &Checkpoint, ip_timeout: Duration) -> HealthReport {
     let sysfs = host::read_sysfs(root);
-    let verbs = host::stack::has_verbs_library(root);
-    let stack = verbs.then_some(host::stack::InstalledStack {
-        kind: host::stack::StackKind::Inbox,
-        version: None,
-        verbs_library: true,
-    });
+    let stack = match &cp.verified_stack {
+        Some(s) => Some(host::stack::InstalledStack {
+            verbs_library: host::stack::has_verbs_library(root),
+            ..s.clone()
+        }),
+        None => host::stack::detect(root),
+    };
     let report = health::evaluate(
         &sysfs.kernel,
         &sysfs.mellanox,
@@ -155,6 +158,76 @@ fn quick_health(root: &Root, ip_timeout: Duration) -> HealthReport {
     // something assigns them again). Asking `ip` costs a few milliseconds, only when needed.
     let unmet = crate::configure::unmet_now(root, &sysfs, || health::addresses_within(ip_timeout));
     report.with_unmet(unmet)
+}
+
+/// The stages a checkpoint's run planned, for substatus rebuilt from the checkpoint alone.
+fn planned_stages(cp: &Checkpoint) -> Vec<Stage> {
+    cp.install_stages.clone().unwrap_or_else(|| {
+        vec![
+            Stage::Preflight,
+            Stage::Repair,
+            Stage::Configure,
+            Stage::Verify,
+        ]
+    })
+}
+
+/// This sequence number ended in success on this kernel and mrseq says so.
+fn finished_here(inv: &Invocation, cp: Option<&Checkpoint>) -> Option<Checkpoint> {
+    let cp = cp?;
+    let seq = inv.agent.seq;
+    // A checkpoint from before verified_kernel existed says nothing about the kernel.
+    let same_kernel = cp.verified_kernel.as_deref().is_none_or(|k| {
+        fsutil::read_trimmed(&inv.root.path("proc/sys/kernel/osrelease")).as_deref() == Some(k)
+    });
+    (cp.seq == seq
+        && cp.is_terminal_success()
+        && same_kernel
+        && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq))
+    .then(|| cp.clone())
+}
+
+/// Is the status file for this sequence number a regular file holding a `success` document?
+/// Never opens anything else (a FIFO planted there must not block enable).
+fn status_says_success(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.len() <= 256 * 1024
+        && status::read(path).is_some_and(|e| e.status.status == StatusValue::Success)
+}
+
+/// The no-op path found the status file missing, corrupt or not a file: write it again from
+/// the checkpoint's outcome, so the agent reports what the checkpoint knows.
+fn restore_success_status(inv: &Invocation, cp: &Checkpoint, report: &HealthReport) {
+    let path = inv.agent.status_path();
+    if status_says_success(&path) {
+        return;
+    }
+    tracing::warn!(path = %path.display(), "status file missing or unreadable; writing it again from the checkpoint");
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        // A directory or other non-file at our status path is garbage in our place.
+        let gone = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = gone {
+            tracing::error!(path = %path.display(), error = %e, "cannot clear the status path");
+        }
+    }
+    let message = cp
+        .outcome
+        .as_ref()
+        .map(|o| o.message.clone())
+        .unwrap_or_else(|| report.summary.clone());
+    let mut subs = stage_substatus(cp, &planned_stages(cp));
+    subs.push(health_substatus(report));
+    inv.write_status(
+        &StatusReport::new(&inv.name(), "Enable", StatusValue::Success, 0, message)
+            .with_substatus(subs),
+    );
 }
 
 pub fn enable(inv: &Invocation) -> i32 {
@@ -177,22 +250,14 @@ pub fn enable(inv: &Invocation) -> i32 {
         return 0;
     }
     // Same sequence number, finished successfully, host still verifies: no work.
-    // A checkpoint from before verified_kernel existed says nothing about the kernel.
-    let same_kernel = |cp: &Checkpoint| {
-        cp.verified_kernel.as_deref().is_none_or(|k| {
-            fsutil::read_trimmed(&inv.root.path("proc/sys/kernel/osrelease")).as_deref() == Some(k)
-        })
-    };
-    let terminal = prev
-        .as_ref()
-        .is_some_and(|cp| cp.seq == seq && cp.is_terminal_success() && same_kernel(cp));
-    if terminal && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq) {
-        let report = quick_health(&inv.root, deadline.budget(Duration::from_secs(2)));
+    if let Some(done) = finished_here(inv, prev.as_ref()) {
+        let report = quick_health(&inv.root, &done, deadline.budget(Duration::from_secs(2)));
         if report.healthy {
             tracing::info!(
                 seq,
                 "sequence number already applied and the host verifies; nothing to do"
             );
+            restore_success_status(inv, &done, &report);
             if inv.root.systemd_running()
                 && !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir)
             {
@@ -239,27 +304,24 @@ pub fn enable(inv: &Invocation) -> i32 {
     let refusal = plan::refusal(&facts);
     tracing::info!(seq, refused = refusal.is_some(), "preflight");
 
+    // Preflight judges the host as it is now, so it runs on every enable. Its verdict lives in
+    // memory only: the checkpoint is written by the worker, under the worker lock, never here
+    // (an enable racing a worker would otherwise put back a checkpoint older than the
+    // worker's).
     let mut cp = Checkpoint::resume(prev, seq, &settings.fingerprint, &facts.boot_id);
-    // Preflight judges the host as it is now, so it runs on every enable.
     cp.completed.retain(|s| *s != Stage::Preflight);
-    let end = runner::run(
-        &store,
-        &mut cp,
-        &[Stage::Preflight],
-        |_, _| refusal.clone().map_or(Ok(()), Err),
-        || false,
-    );
+    cp.begin(Stage::Preflight);
     let stages = [
         Stage::Preflight,
         Stage::Repair,
         Stage::Configure,
         Stage::Verify,
     ];
-    match end {
-        Err(f) => return inv.fail("Enable", &f, vec![]),
-        Ok(RunEnd::Failed(f)) => return finish_failed(&f, stage_substatus(&cp, &stages)),
-        Ok(_) => {}
+    if let Some(f) = refusal {
+        cp.fail(f.clone());
+        return finish_failed(&f, stage_substatus(&cp, &stages));
     }
+    cp.complete(Stage::Preflight);
     inv.write_status(
         &StatusReport::new(
             &inv.name(),
@@ -322,6 +384,28 @@ pub fn worker(inv: &Invocation) -> i32 {
         },
     };
     let _held = held;
+    // Checked again under the lock: a disable or a newer sequence number that came while this
+    // worker was starting has the last word, so its heartbeat and status stay as it wrote them.
+    if !wanted() {
+        tracing::info!(
+            seq,
+            "no longer wanted (disabled or superseded) before starting"
+        );
+        return 0;
+    }
+    // Another worker of this sequence number finished while this one waited for the lock
+    // (concurrent enables): the work is done, each stage ran once.
+    if let Some(done) = finished_here(inv, Store::new(&data).load().as_ref()) {
+        let report = quick_health(&inv.root, &done, Duration::from_secs(2));
+        if report.healthy {
+            tracing::info!(
+                seq,
+                "another worker completed this sequence number; nothing to do"
+            );
+            restore_success_status(inv, &done, &report);
+            return 0;
+        }
+    }
     let beat = crate::worker::Heartbeat::start(inv.agent.env.heartbeat_file.clone());
 
     let settings: Settings = match settings::load(&inv.agent, Duration::from_secs(30)) {

@@ -287,6 +287,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
     let report = last_report.unwrap_or_else(|| monitor::check(e.root));
     if matches!(end, Ok(RunEnd::Completed)) {
         cp.verified_kernel = Some(facts.kernel.clone());
+        cp.verified_stack = report.stack.clone();
     }
     EngineEnd {
         end,

@@ -80,6 +80,10 @@ pub struct Checkpoint {
     /// when the VM booted another (repair decides whether its modules drifted).
     #[serde(default)]
     pub verified_kernel: Option<String>,
+    /// The stack the last success verified, so the no-op enable reports it without running
+    /// `ofed_info` (and never guesses).
+    #[serde(default)]
+    pub verified_stack: Option<crate::host::stack::InstalledStack>,
     pub updated: String,
 }
 
@@ -99,6 +103,7 @@ impl Checkpoint {
             install_stages: None,
             installer_ran: false,
             verified_kernel: None,
+            verified_stack: None,
             updated: String::new(),
         }
     }

@@ -575,9 +575,12 @@ fn same_seq_while_worker_runs_is_a_noop_and_newer_seq_supersedes() {
     w.settings(1, json!({}));
     assert_eq!(code(&w.run("enable", 1)), 0);
     // Wait until the worker is in verify (it polls for the port).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !worker_running(&w.handler_dir) {
-        assert!(Instant::now() < deadline, "worker did not start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w
+        .status(1)
+        .is_some_and(|v| message(&v).contains("verify: running"))
+    {
+        assert!(Instant::now() < deadline, "worker did not reach verify");
         std::thread::sleep(Duration::from_millis(20));
     }
     let pids = || -> usize {
@@ -594,8 +597,22 @@ fn same_seq_while_worker_runs_is_a_noop_and_newer_seq_supersedes() {
             })
             .count()
     };
-    assert_eq!(code(&w.run("enable", 1)), 0);
-    std::thread::sleep(Duration::from_millis(300));
+    // The worker is in verify and writes no status while it waits for the port, so a second
+    // enable that did anything (a status of its own, a second worker) changes what is seen here.
+    let status_before = fs::read(w.status_path(1)).unwrap();
+    let out = w.run("enable", 1);
+    assert_eq!(code(&out), 0);
+    assert_eq!(
+        fs::read(w.status_path(1)).unwrap(),
+        status_before,
+        "a second enable with the same N wrote a status"
+    );
+    assert!(
+        fs::read_to_string(w.log_dir.join("ibdriver.log"))
+            .unwrap_or_default()
+            .contains("a worker is already running for this sequence number"),
+        "the second enable did not see the running worker"
+    );
     assert_eq!(
         pids(),
         1,
@@ -606,8 +623,15 @@ fn same_seq_while_worker_runs_is_a_noop_and_newer_seq_supersedes() {
     // A newer N takes over at the next safe point; then the port comes up.
     w.settings(2, json!({}));
     assert_eq!(code(&w.run("enable", 2)), 0);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(pids(), 1, "the old worker leaves, the new one runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids() != 1 || w.status(2).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the old worker did not leave for the new one: {} workers",
+            pids()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(status_value(&w.status(2).unwrap()), "transitioning");
     w.set_file(
         "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1/state",

@@ -711,3 +711,51 @@ fn the_same_choice_under_a_new_sequence_number_neither_reinstalls_nor_reboots() 
     assert_eq!(count(&lines, " doca-ofed"), 1, "{lines:#?}");
     assert_eq!(count(&lines, "systemctl reboot"), 1, "{lines:#?}");
 }
+
+#[test]
+fn twenty_enables_of_one_sequence_number_at_once_run_each_stage_once() {
+    let w = World::new("hbv3-noverbs", HB);
+    w.as_distro("debian-12", "6.1.0-28-cloud-amd64");
+    apt_stubs(&w, "6.1.0-28-cloud-amd64");
+    w.settings(1, json!({}));
+    let enables: Vec<_> = (0..20)
+        .map(|_| {
+            w.command(&["enable"], 1)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for e in enables {
+        let out = e.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v = w.wait_terminal(1, Duration::from_secs(60));
+    assert_eq!(status_value(&v), "success", "{v}");
+    w.wait_worker_gone(Duration::from_secs(60));
+    let lines = call_lines(&w);
+    assert_eq!(count(&lines, "apt-get install"), 1, "{lines:#?}");
+    // One begin per planned stage: no stage ran twice, and no enable put back an older
+    // checkpoint over the worker's.
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(w.data_dir().join("state.json")).unwrap()).unwrap();
+    let planned = state["install_stages"].as_array().unwrap().len();
+    assert_eq!(
+        state["attempts"].as_u64().unwrap() as usize,
+        planned,
+        "{state:#}"
+    );
+    assert_eq!(state["completed"].as_array().unwrap().len(), planned);
+    assert_eq!(status_value(&w.status(1).unwrap()), "success");
+}
+
+#[test]
+fn enable_never_writes_the_checkpoint_itself() {
+    // Refused in preflight: enable's own verdict; only a worker (under its lock) writes state.json.
+    let w = World::new("dseries", "Standard_D4s_v5");
+    w.settings(1, json!({}));
+    assert_eq!(code(&w.run("enable", 1)), 11);
+    assert_eq!(status_code(&w.status(1).unwrap()), 11);
+    assert!(!w.data_dir().join("state.json").exists());
+}
