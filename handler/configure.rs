@@ -433,19 +433,59 @@ pub fn unmet(
 mod tests {
     use super::*;
 
+    /// The InfiniBand functions of a fixture host, as configure sees them.
+    fn ib_functions(host: &str) -> Vec<PciFunction> {
+        let root = Root::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/hosts")
+                .join(host),
+        );
+        crate::host::read_sysfs(&root)
+            .mellanox
+            .into_iter()
+            .filter(|f| f.is_infiniband())
+            .collect()
+    }
+
+    fn refs(v: &[PciFunction]) -> Vec<&PciFunction> {
+        v.iter().collect()
+    }
+
     #[test]
     fn modules_by_nic_and_options() {
+        let cx6 = ib_functions("hbv3");
+        let cx3 = ib_functions("nc24rsv3");
+        let ndv4 = ib_functions("ndv4");
+        assert_eq!((cx6.len(), cx3.len(), ndv4.len()), (1, 1, 8));
         assert_eq!(
-            wanted_modules(&[], true, true),
+            wanted_modules(&refs(&cx6), true, true),
             vec![
                 "ib_ipoib",
                 "ib_umad",
                 "ib_uverbs",
+                "mlx5_ib",
                 "nvidia_peermem",
                 "rdma_ucm"
             ]
         );
-        assert!(!wanted_modules(&[], false, false).contains(&"ib_ipoib".to_string()));
+        assert_eq!(
+            wanted_modules(&refs(&cx3), false, false),
+            vec!["ib_umad", "ib_uverbs", "mlx4_ib", "rdma_ucm"]
+        );
+        // Eight HCAs of one generation need their driver once.
+        assert_eq!(
+            wanted_modules(&refs(&ndv4), true, false),
+            vec!["ib_ipoib", "ib_umad", "ib_uverbs", "mlx5_ib", "rdma_ucm"]
+        );
+        // Both generations in one VM: both drivers.
+        let both: Vec<&PciFunction> = cx6.iter().chain(cx3.iter()).collect();
+        let m = wanted_modules(&both, false, false);
+        assert!(m.contains(&"mlx4_ib".to_string()) && m.contains(&"mlx5_ib".to_string()));
+        // No InfiniBand function: no HCA driver is loaded for nothing.
+        assert_eq!(
+            wanted_modules(&[], false, false),
+            vec!["ib_umad", "ib_uverbs", "rdma_ucm"]
+        );
     }
 
     #[test]

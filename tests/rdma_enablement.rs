@@ -115,6 +115,17 @@ fn apply_twice_does_no_work_the_second_time() {
     // Same checkpoint lineage: one attempt per per-boot stage again, nothing installed.
     assert_eq!(after["settings"], before["settings"]);
     assert_eq!(after["installer_ran"], false);
+    let per_boot = ["preflight", "repair", "configure", "verify"];
+    assert_eq!(before["completed"], json!(per_boot), "{before:#}");
+    assert_eq!(after["completed"], json!(per_boot), "{after:#}");
+    assert_eq!(before["attempts"], 4, "{before:#}");
+    assert_eq!(
+        after["attempts"], 8,
+        "the second apply did not resume the first one's checkpoint: {after:#}"
+    );
+    assert_eq!(after["outcome"]["status"], "success");
+    // The agent's checkpoint is not apply's.
+    assert!(!w.data_dir().join("state.json").exists());
     assert!(!w.calls().contains("apt-get"), "{}", w.calls());
 }
 
