@@ -280,6 +280,44 @@ pub fn cases() -> Vec<Case> {
         );
         clean(&w, &[&d])
     }));
+    for after_success in [false, true] {
+        let name = if after_success {
+            "late_worker_after_success_and_disable_keeps_not_ready"
+        } else {
+            "late_worker_after_disable_keeps_not_ready"
+        };
+        v.push(case(name, move || {
+            // What a transient unit slow to start runs after disable has returned.
+            let w = hbv3();
+            if after_success {
+                succeed(&w, 1, json!({}))?;
+            } else {
+                w.settings(1, json!({}));
+                verb(&w, "install", 1).expect_exit(0)?;
+            }
+            let status_before = fs::read(w.status_path(1)).ok();
+            let d = verb(&w, "disable", 1);
+            d.expect_exit(0)?;
+            ensure!(
+                heartbeat_state(&w).as_deref() == Some("NotReady"),
+                "disable writes NotReady"
+            );
+            let mut c = w.command(&["worker", "--handler-dir"], 1);
+            c.arg(&w.handler_dir).args(["--seq", "1"]);
+            let late = run_bounded(&w, c, SETTLE);
+            late.expect_exit(0)?;
+            let hb = fs::read_to_string(w.handler_dir.join("heartbeat.log")).unwrap_or_default();
+            ensure!(
+                heartbeat_state(&w).as_deref() == Some("NotReady"),
+                "the late worker overwrote disable's heartbeat: {hb}"
+            );
+            ensure!(
+                fs::read(w.status_path(1)).ok() == status_before,
+                "the late worker wrote a status"
+            );
+            clean(&w, &[&d, &late])
+        }));
+    }
     v.push(case("two_disables_at_once", || {
         let w = hbv3();
         succeed(&w, 1, json!({}))?;
@@ -368,6 +406,59 @@ pub fn cases() -> Vec<Case> {
             stays_put(&w, 1)
         }));
     }
+    v.push(case(
+        "enable_writes_no_checkpoint_while_another_holds_the_lock",
+        || {
+            let w = hbv3();
+            succeed(&w, 1, json!({}))?;
+            let state = w.data_dir().join("state.json");
+            let before = fs::read(&state).unwrap();
+            let held = hold_lock(&w);
+            w.settings(2, json!({"ipoib": "off"}));
+            let r = enable(&w, 2);
+            r.expect_exit(0)?;
+            // The worker waits for the lock; nothing may touch the checkpoint meanwhile.
+            let deadline = Instant::now() + Duration::from_millis(800);
+            while Instant::now() < deadline {
+                ensure!(
+                    fs::read(&state).unwrap() == before,
+                    "state.json written while another process holds the worker lock"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(held);
+            expect_status(&w, 2, "success", 0)?;
+            clean(&w, &[&r])
+        },
+    ));
+    v.push(case(
+        "apply_waits_for_the_lock_and_writes_nothing_before_it",
+        || {
+            let w = hbv3();
+            let held = hold_lock(&w);
+            let file = w.tmp.path().join("apply.json");
+            write(&file, "{}");
+            let c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
+            let cp = w.data_dir().join("apply-state.json");
+            let r = std::thread::scope(|s| -> Result<Run, String> {
+                let h = s.spawn(|| run_bounded(&w, c, SETTLE));
+                let deadline = Instant::now() + Duration::from_millis(800);
+                while Instant::now() < deadline {
+                    if cp.exists() {
+                        drop(held);
+                        let _ = h.join();
+                        return Err("apply-state.json written before apply held the lock".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                drop(held);
+                Ok(h.join().unwrap())
+            })?;
+            r.expect_exit(0)?;
+            ensure!(r.stdout.starts_with("success:"), "{}", r.text());
+            clean(&w, &[&r])
+        },
+    ));
     v.push(case("apply_while_the_worker_waits", || {
         let mut w = World::new("hbv3-portdown", HB);
         w.verify_timeout = 30;
@@ -389,6 +480,21 @@ pub fn cases() -> Vec<Case> {
         clean(&w, &[&waiter])
     }));
     v
+}
+
+/// Take the worker lock from the test process, as a worker (or apply) would hold it.
+fn hold_lock(w: &World) -> nix::fcntl::Flock<fs::File> {
+    fs::create_dir_all(w.data_dir()).unwrap();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(w.data_dir().join("worker.lock"))
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("the lock is free")
 }
 
 #[test]

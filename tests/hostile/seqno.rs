@@ -433,6 +433,44 @@ pub fn cases() -> Vec<Case> {
             },
         ));
     }
+    v.push(case("noop_heartbeat_names_the_installed_stack", || {
+        // DOCA-OFED installed (what `ofed_info` and /opt/mellanox/doca say): the no-op's
+        // heartbeat must name the stack the worker found, never invent the inbox one.
+        let w = hbv3();
+        write_exec(
+            &w.stubs.join("ofed_info"),
+            "#!/bin/sh\necho 'OFED-internal-25.10-1.2.8:'\n",
+        );
+        w.set_file("usr/bin/ofed_info", "");
+        fs::create_dir_all(w.root.join("opt/mellanox/doca")).unwrap();
+        succeed(&w, 1, json!({}))?;
+        let worker_says = heartbeat_message(&w);
+        let r = enable(&w, 1);
+        r.expect_exit(0)?;
+        let noop_says = heartbeat_message(&w);
+        ensure!(
+            worker_says.contains("doca 25.10-1.2.8"),
+            "the worker's heartbeat {worker_says:?}"
+        );
+        ensure!(
+            noop_says.contains("doca 25.10-1.2.8") && !noop_says.contains("inbox"),
+            "no-op heartbeat {noop_says:?}, the worker's {worker_says:?}"
+        );
+        clean(&w, &[&r])
+    }));
+    v.push(case("noop_heartbeat_on_the_inbox_stack", || {
+        let w = hbv3();
+        succeed(&w, 1, json!({}))?;
+        let r = enable(&w, 1);
+        r.expect_exit(0)?;
+        let says = heartbeat_message(&w);
+        ensure!(
+            says.starts_with("RDMA ready") && says.contains("inbox"),
+            "no-op heartbeat {says:?}"
+        );
+        ensure!(heartbeat_state(&w).as_deref() == Some("Ready"), "Ready");
+        clean(&w, &[&r])
+    }));
     v.push(case("stale_transitioning_status_without_checkpoint_runs", || {
         let w = hbv3();
         write(
@@ -448,6 +486,18 @@ pub fn cases() -> Vec<Case> {
 fn checkpoint(w: &World) -> Result<serde_json::Value, String> {
     let t = fs::read_to_string(w.data_dir().join("state.json")).map_err(|e| e.to_string())?;
     serde_json::from_str(&t).map_err(|e| format!("checkpoint not JSON: {e}"))
+}
+
+fn heartbeat_message(w: &World) -> String {
+    let t = fs::read_to_string(w.handler_dir.join("heartbeat.log")).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&t)
+        .ok()
+        .and_then(|v| {
+            v[0]["heartbeat"]["formattedMessage"]["message"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
 }
 
 pub fn wait_for_worker(w: &World) -> CaseResult {

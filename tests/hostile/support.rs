@@ -236,12 +236,19 @@ pub fn settle(w: &World, seq: u64) -> Result<Value, String> {
 
 pub fn worker_gone(w: &World) -> CaseResult {
     let deadline = Instant::now() + SETTLE;
-    while worker_running(&w.handler_dir) {
+    // Three quiet looks in a row: one scan of /proc can miss a process under load.
+    let mut quiet = 0;
+    while quiet < 3 {
+        if worker_running(&w.handler_dir) {
+            quiet = 0;
+        } else {
+            quiet += 1;
+        }
         ensure!(
             Instant::now() < deadline,
             "a worker still runs after {SETTLE:?}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(30));
     }
     Ok(())
 }
@@ -333,6 +340,17 @@ pub fn succeed(w: &World, seq: u64, public: Value) -> Result<Value, String> {
     let r = enable(w, seq);
     r.expect_exit(0)?;
     let v = expect_status(w, seq, "success", 0)?;
+    // The worker writes mrseq after the status; the case goes on once it is there.
+    let deadline = Instant::now() + SETTLE;
+    while w.mrseq() != Some(seq.to_string()) {
+        ensure!(
+            Instant::now() < deadline,
+            "mrseq {:?} after success of {seq}",
+            w.mrseq()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    worker_gone(w)?;
     clean(w, &[&r])?;
     Ok(v)
 }
