@@ -649,6 +649,37 @@ fn diagnose_case(via: Via) -> Case {
     })
 }
 
+/// Under systemd the worker starts through `systemd-run`: its argv (recorded by the stub, then
+/// started as systemd would) and the units we write carry no secret.
+fn systemd_case(p: Path_) -> Case {
+    case(
+        format!("under_systemd_{}_protected_settings", path_name(p)),
+        move || {
+            let w = doca_world();
+            w.set_file("run/systemd/system/.keep", "");
+            write_exec(
+                &w.stubs.join("systemd-run"),
+                &format!(
+                "#!/bin/sh\n{{ echo \"systemd-run $*\"; env | sed 's/^/  env: /'; }} >> '{c}'\n\
+                 while [ $# -gt 0 ]; do case \"$1\" in --*) shift;; *) break;; esac; done\n\
+                 setsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+                c = w.tmp.path().join("calls.log").display()
+            ),
+            );
+            let s = setup(p);
+            let runs = via_protected(&w, &s, &[])?;
+            ensure!(
+                w.calls().contains("systemd-run --unit=ibdriver-worker-1-"),
+                "the worker went through systemd-run: {}",
+                w.calls()
+            );
+            let refs: Vec<&Run> = runs.iter().collect();
+            clean(&w, &refs)?;
+            scan(&w, &refs, &[])
+        },
+    )
+}
+
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for p in PATHS {
@@ -735,6 +766,9 @@ pub fn cases() -> Vec<Case> {
         || vec![("IBDRIVER_PROXY", format!("{PROXY_USER}:{PROXY_PW}"))],
         103,
     ));
+    v.push(systemd_case(Path_::NotFound));
+    v.push(systemd_case(Path_::Proxy407));
+    v.push(systemd_case(Path_::InstallerFails));
     v.push(diagnose_case(Via::Protected));
     v.push(diagnose_case(Via::ApplyEnv));
     v.push(case("success_then_noop_with_protected_settings", || {
