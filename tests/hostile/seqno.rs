@@ -108,8 +108,12 @@ pub fn cases() -> Vec<Case> {
     v.push(case("agent_number_wins_over_newer_settings_file", || {
         let w = hbv3();
         w.settings(2, json!({}));
-        std::thread::sleep(Duration::from_millis(20));
         w.settings(5, json!({"bogus": true}));
+        set_mtime(
+            &w,
+            2,
+            std::time::SystemTime::now() - Duration::from_secs(60),
+        );
         let r = enable(&w, 2);
         r.expect_exit(0)?;
         expect_status(&w, 2, "success", 0)?;
@@ -120,7 +124,6 @@ pub fn cases() -> Vec<Case> {
     v.push(case("inferred_number_ignores_odd_file_names", || {
         let w = hbv3();
         w.settings(3, json!({}));
-        std::thread::sleep(Duration::from_millis(20));
         for odd in [
             "x.settings",
             "9.settings.bak",
@@ -486,6 +489,15 @@ pub fn cases() -> Vec<Case> {
 fn checkpoint(w: &World) -> Result<serde_json::Value, String> {
     let t = fs::read_to_string(w.data_dir().join("state.json")).map_err(|e| e.to_string())?;
     serde_json::from_str(&t).map_err(|e| format!("checkpoint not JSON: {e}"))
+}
+
+fn set_mtime(w: &World, seq: u64, t: std::time::SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(w.handler_dir.join(format!("config/{seq}.settings")))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
 }
 
 fn heartbeat_message(w: &World) -> String {
