@@ -97,7 +97,7 @@ pub fn run_table(class: &str, mut cases: Vec<Case>) {
         match (r, pending) {
             (Ok(()), false) => println!("{class}/{name}: ok ({} ms)", took.as_millis()),
             (Ok(()), true) => println!(
-                "{class}/{name}: PENDING but passes now; remove it from PENDING ({} ms)",
+                "{class}/{name}: PENDING, passed this run; remove it from PENDING once its fix is merged (a race may pass by luck) ({} ms)",
                 took.as_millis()
             ),
             (Err(e), true) => println!("{class}/{name}: pending: {e}"),
