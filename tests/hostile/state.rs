@@ -305,11 +305,11 @@ fn full_disk(name: &'static str, where_: fn(&World) -> PathBuf, want: Want, afte
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for b in ALL {
-        v.push(after_success("state.json", b, Some(Want::Fails(201))));
+        v.push(after_success("state.json", b, Some(Want::WorkerFails(201))));
         v.push(after_success("configure.json", b, None));
     }
     for b in [Bad::NotJson, Bad::Dir, Bad::Fifo, Bad::Huge] {
-        v.push(before_first("state.json", b, Some(Want::Fails(201))));
+        v.push(before_first("state.json", b, Some(Want::WorkerFails(201))));
     }
     for b in ALL {
         v.push(before_first("request.json", b, Some(Want::Fails(201))));
