@@ -22,20 +22,29 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Rounds of enable one sequence must converge in (a crash, the reboot, what follows).
 const ROUNDS: usize = 8;
 /// Worlds run at once: each is independent and mostly waits on its stubs.
-const THREADS: usize = 3;
+const THREADS: usize = 4;
 
 /// The artifact: 5 MiB, so that no read (at most 256 KiB) spans two of the 5 % progress steps
 /// and the download always writes the same progress statuses, whatever the timing.
-fn artifact() -> Vec<u8> {
-    let mut deb = b"!<arch>\ndebian-binary   crash campaign package ".repeat(5 * 1024 * 1024 / 46);
-    deb.resize(5 * 1024 * 1024, b'.');
-    deb
+/// Made once (with its SHA-256) for every world.
+fn artifact() -> &'static (Vec<u8>, String) {
+    static ARTIFACT: OnceLock<(Vec<u8>, String)> = OnceLock::new();
+    ARTIFACT.get_or_init(|| {
+        let mut deb =
+            b"!<arch>\ndebian-binary   crash campaign package ".repeat(5 * 1024 * 1024 / 46);
+        deb.resize(5 * 1024 * 1024, b'.');
+        let sha = Sha256::digest(&deb)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (deb, sha)
+    })
 }
 
 struct Case {
@@ -66,7 +75,7 @@ fn worker_pids(handler_dir: &Path) -> Vec<i32> {
 /// right after starting it. The simulated reboot ends every worker of this handler, loads the
 /// new drivers and changes the boot id.
 fn case() -> Case {
-    let deb = artifact();
+    let (deb, sha) = artifact();
     let server = Server::start(deb.clone());
     let w = World::new("hbv3-noverbs", "Standard_HB120rs_v3");
     let c = w.tmp.path().join("calls.log");
@@ -108,9 +117,7 @@ fn case() -> Case {
                mkdir -p \"$R/run\"\n\
                mkdir \"$R/run/rebooting\" 2>/dev/null || exit 0\n\
                echo \"reboot requested from $(cat \"$R/proc/sys/kernel/random/boot_id\")\" >> '{c}'\n\
-               for p in /proc/[0-9]*; do\n\
-                 if tr '\\0' ' ' < \"$p/cmdline\" 2>/dev/null | grep -qF -- 'worker --handler-dir {hd} '; then kill -9 \"${{p#/proc/}}\" 2>/dev/null; fi\n\
-               done\n\
+               for p in $(pgrep -f -- 'worker --handler-dir {hd} '); do kill -9 \"$p\" 2>/dev/null; done\n\
                {load}\n\
                cat /proc/sys/kernel/random/uuid > \"$R/proc/sys/kernel/random/boot_id\"\n\
                rmdir \"$R/run/rebooting\"\n\
@@ -118,10 +125,6 @@ fn case() -> Case {
             hd = w.handler_dir.display()
         ),
     );
-    let sha: String = Sha256::digest(&deb)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     w.settings(1, json!({"stack": "doca", "lockTimeoutSeconds": 5,
         "package": {"url": format!("{}/doca-host_3.2.1-044000-25.10-ubuntu2204_amd64.deb", server.base), "sha256": sha}}));
     let fault_log = w.tmp.path().join("effects.log");
@@ -153,16 +156,37 @@ fn effects(log: &Path) -> Vec<Effect> {
                 Some(r) => (r.to_string(), true),
                 None => (rest.to_string(), false),
             };
-            Some(Effect { pid, label, crash })
+            Some(Effect {
+                pid,
+                label: timeless(&label),
+                crash,
+            })
         })
         .collect()
+}
+
+/// Event files are named by their timestamp: one name for all of them, so runs compare.
+fn timeless(label: &str) -> String {
+    label
+        .split(' ')
+        .map(|w| match w.split_once('.') {
+            Some((stem, ext)) if stem.len() >= 10 && stem.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("<time>.{ext}")
+            }
+            _ => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Run enable until the sequence number is terminal, as the agent would (after each worker
 /// exit, the reboot included, it runs enable again). The worker started by enable number
 /// `fault.0` (from 1) dies at its effect number `fault.1`. Returns the final status and the
 /// number of enables it took.
-fn converge(case: &Case, fault: Option<(usize, u64)>) -> Result<(serde_json::Value, usize), String> {
+fn converge(
+    case: &Case,
+    fault: Option<(usize, u64)>,
+) -> Result<(serde_json::Value, usize), String> {
     let w = &case.w;
     for round in 1..=ROUNDS {
         // The agent starts again only once the reboot is over.
@@ -237,7 +261,10 @@ fn check(case: &Case, status: &serde_json::Value) -> Result<(), String> {
         .filter_map(|l| l.strip_prefix("reboot requested from "))
         .collect();
     if boots.len() != 1 {
-        return Err(format!("reboots requested from {} boots\n{calls}", boots.len()));
+        return Err(format!(
+            "reboots requested from {} boots\n{calls}",
+            boots.len()
+        ));
     }
     let state: serde_json::Value = fs::read_to_string(w.data_dir().join("state.json"))
         .ok()
@@ -247,8 +274,7 @@ fn check(case: &Case, status: &serde_json::Value) -> Result<(), String> {
     if completed != 10 {
         return Err(format!("{completed} stages completed: {state}"));
     }
-    if w
-        .data_dir()
+    if w.data_dir()
         .join("staging")
         .read_dir()
         .is_ok_and(|mut d| d.next().is_some())
