@@ -186,7 +186,11 @@ pub fn enable(inv: &Invocation) -> i32 {
     let terminal = prev
         .as_ref()
         .is_some_and(|cp| cp.seq == seq && cp.is_terminal_success() && same_kernel(cp));
-    if terminal && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq) {
+    // The success status is the worker's last record: a worker that died just before it
+    // leaves a status that must be written again, so that case is not a no-op.
+    let reported = status::read(&inv.agent.status_path())
+        .is_some_and(|s| s.status.status == StatusValue::Success);
+    if terminal && reported && agent::read_mrseq(&inv.agent.mrseq_path()) == Some(seq) {
         let report = quick_health(&inv.root, deadline.budget(Duration::from_secs(2)));
         if report.healthy {
             tracing::info!(
@@ -389,6 +393,8 @@ pub fn worker(inv: &Invocation) -> i32 {
                 return inv.fail("Enable", &f, subs);
             }
             remove_downloads(&data);
+            // mrseq before the success status: a status that says success always has it.
+            inv.write_mrseq();
             inv.write_status(
                 &StatusReport::new(
                     &status_name,
@@ -399,7 +405,6 @@ pub fn worker(inv: &Invocation) -> i32 {
                 )
                 .with_substatus(subs),
             );
-            inv.write_mrseq();
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &summary);
             monitor::install(
                 &inv.root,
