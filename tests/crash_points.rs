@@ -2,7 +2,7 @@
 //! each of its effects in turn (every file write before and after its rename, every append,
 //! every child started, every stage boundary; `handler/faultpoint.rs`), then enable runs again,
 //! as the agent would, until the sequence number is done. Every run must converge to the same
-//! final state: success, the installer never started again once it finished, one reboot, every
+//! final state: success, the installer started once and never again, one reboot, every
 //! stage completed, staging cleaned, and a status file that parses at every moment.
 //!
 //! A clean run first learns the effects of each worker (the first one ends in the activation
@@ -91,7 +91,7 @@ fn case() -> Case {
         &format!(
             "#!/bin/sh\nR=\"$IBDRIVER_ROOT\"\necho \"apt-get $*\" >> '{c}'\n\
              case \"$*\" in *linux-headers-*) mkdir -p \"$R/usr/src/linux-headers-5.15.0-1073-azure\";; esac\n\
-             case \"$*\" in *' doca-ofed'*) echo 'installer start' >> '{c}'; sleep 0.3; mkdir -p \"$R/usr/bin\" \"$R/opt/mellanox/doca\" \"$R/usr/lib/x86_64-linux-gnu\"; : > \"$R/usr/bin/ofed_info\"; : > \"$R/usr/lib/x86_64-linux-gnu/libibverbs.so.1\"; echo 'installer done' >> '{c}';; esac\nexit 0\n"
+             case \"$*\" in *' doca-ofed'*) echo 'installer start' >> '{c}'; sleep 0.8; mkdir -p \"$R/usr/bin\" \"$R/opt/mellanox/doca\" \"$R/usr/lib/x86_64-linux-gnu\"; : > \"$R/usr/bin/ofed_info\"; : > \"$R/usr/lib/x86_64-linux-gnu/libibverbs.so.1\"; echo 'installer done' >> '{c}';; esac\nexit 0\n"
         ),
     );
     write_exec(
@@ -253,6 +253,10 @@ fn check(case: &Case, status: &serde_json::Value) -> Result<(), String> {
     if calls[done_at..].contains("installer start") {
         return Err(format!("the installer ran again after finishing\n{calls}"));
     }
+    // Nor while it still runs: an installer that outlived a crashed worker is waited for.
+    if calls.matches("installer start").count() > 1 {
+        return Err(format!("the installer was started twice\n{calls}"));
+    }
     // One reboot for the sequence number: every request came from the first boot (a request
     // repeated by a worker that replaced a crashed one, before the reboot happened, is the
     // same reboot).
@@ -321,7 +325,28 @@ impl Reader {
 }
 
 /// One crash run: `Err` names what went wrong.
-fn crash_run(worker: usize, k: u64, label: &str) -> Result<(), String> {
+/// What a converged run may show without being wrong, to report: temp files a crash left
+/// before their rename.
+fn notes(case: &Case) -> Vec<String> {
+    fn temps(dir: &Path, out: &mut Vec<String>, base: &Path) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                temps(&p, out, base);
+            } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let rel = p.parent().unwrap().strip_prefix(base).unwrap_or(&p);
+                out.push(format!("temp file left in {}", rel.display()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    temps(case.w.tmp.path(), &mut out, case.w.tmp.path());
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn crash_run(worker: usize, k: u64, label: &str) -> Result<Vec<String>, String> {
     let case = case();
     let reader = Reader::start(case.w.status_path(1));
     let result = converge(&case, Some((worker, k)));
@@ -338,7 +363,8 @@ fn crash_run(worker: usize, k: u64, label: &str) -> Result<(), String> {
     if bad > 0 {
         return Err(format!("a reader saw a half-written status {bad} times"));
     }
-    check(&case, &status)
+    check(&case, &status)?;
+    Ok(notes(&case))
 }
 
 #[test]
@@ -399,6 +425,7 @@ fn a_crash_at_every_effect_converges() {
 
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::<String>::new());
+    let noted = Mutex::new(std::collections::BTreeMap::<String, Vec<String>>::new());
     std::thread::scope(|s| {
         for _ in 0..THREADS {
             s.spawn(|| loop {
@@ -406,16 +433,28 @@ fn a_crash_at_every_effect_converges() {
                 let Some((worker, k, label)) = targets.get(i) else {
                     break;
                 };
-                if let Err(e) = crash_run(*worker, *k, label) {
-                    failures
+                match crash_run(*worker, *k, label) {
+                    Ok(notes) => {
+                        let mut m = noted.lock().unwrap();
+                        for note in notes {
+                            m.entry(note).or_default().push(format!("{worker}/{k}"));
+                        }
+                    }
+                    Err(e) => failures
                         .lock()
                         .unwrap()
-                        .push(format!("worker {worker} effect k={k} ({label}): {e}"));
+                        .push(format!("worker {worker} effect k={k} ({label}): {e}")),
                 }
             });
         }
     });
     let failures = failures.into_inner().unwrap();
+    for (note, at) in noted.into_inner().unwrap() {
+        eprintln!(
+            "note: {note}: after crashes at worker/effect {}",
+            at.join(" ")
+        );
+    }
     eprintln!(
         "crash points: {n} ({} per worker), clean run {:.1} s, campaign {:.1} s",
         per_worker
