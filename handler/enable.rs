@@ -473,6 +473,8 @@ pub fn worker(inv: &Invocation) -> i32 {
                 return inv.fail("Enable", &f, subs);
             }
             remove_downloads(&data);
+            // mrseq before the success status: a status that says success always has it.
+            inv.write_mrseq();
             inv.write_status(
                 &StatusReport::new(
                     &status_name,
@@ -483,7 +485,6 @@ pub fn worker(inv: &Invocation) -> i32 {
                 )
                 .with_substatus(subs),
             );
-            inv.write_mrseq();
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &summary);
             monitor::install(
                 &inv.root,

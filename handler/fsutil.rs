@@ -16,7 +16,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
+    crate::faultpoint::hit("write before rename", path);
     tmp.persist(path).map_err(|e| e.error)?;
+    crate::faultpoint::hit("write after rename", path);
     if let Ok(d) = File::open(dir) {
         // Some filesystems refuse fsync on directories; the rename is still atomic.
         let _ = d.sync_all();
@@ -46,6 +48,7 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
 
 /// Open a file for appending, created with mode 0600.
 pub fn open_append_private(path: &Path) -> io::Result<File> {
+    crate::faultpoint::hit("append", path);
     OpenOptions::new()
         .create(true)
         .append(true)

@@ -19,6 +19,7 @@ pub mod enable;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod faultpoint;
 pub mod fetch;
 pub mod fsutil;
 pub mod health;

@@ -136,6 +136,7 @@ fn spawn_wait(
             }
         }
     })?;
+    crate::faultpoint::hit("child started", program);
     on_spawn(child.id());
     let out = drain(child.stdout.take().expect("piped stdout"));
     let err = drain(child.stderr.take().expect("piped stderr"));

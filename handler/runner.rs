@@ -237,13 +237,16 @@ pub fn run(
         if stop() {
             return Ok(RunEnd::Stopped);
         }
+        crate::faultpoint::hit("stage begin", stage.name());
         cp.begin(stage);
         store.save(cp)?;
         tracing::info!(stage = stage.name(), attempt = cp.attempts, "stage started");
         match exec(stage, &mut *cp) {
             Ok(()) => {
+                crate::faultpoint::hit("stage executed", stage.name());
                 cp.complete(stage);
                 store.save(cp)?;
+                crate::faultpoint::hit("stage completed", stage.name());
                 tracing::info!(stage = stage.name(), "stage completed");
             }
             Err(f) => {

@@ -43,6 +43,9 @@ if [ "$(printf '%s\n%s\n' "$newest" "$MAX_GLIBC" | sort -t. -k1,1n -k2,2n | tail
 fi
 if file "$bin" 2>/dev/null | grep -q 'not stripped'; then log "$bin is not stripped"; exit 1; fi
 log "glibc check ok: newest symbol version GLIBC_$newest"
+# The crash points (cargo feature fault-injection) are for tests only; their variable's name is
+# in a binary exactly when they are compiled in.
+if grep -qa IBDRIVER_FAULT_AT "$bin"; then log "$bin contains the test-only crash points (fault-injection)"; exit 1; fi
 
 mkdir -p dist
 zip="dist/$ns.$type-$version.zip"

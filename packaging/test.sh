@@ -17,7 +17,7 @@ command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y
 counts=$(mktemp)
 trap 'rm -f "$counts"' EXIT
 log "tiers 1-2: cargo test"
-cargo test --locked 2>&1 | tee -a "$counts"
+cargo test --locked --features fault-injection 2>&1 | tee -a "$counts"
 
 manifest=manifest/manifest.xml
 field() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" "$manifest" | head -n1; }

@@ -442,6 +442,7 @@ fn finish(req: &Request, st: &Staging, dest: &Path, got: Got) -> Result<Outcome,
         });
     }
     // Verified: move into place, replacing what was there.
+    crate::faultpoint::hit("fetch moves into place", dest);
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(io_at(parent))?;
     }

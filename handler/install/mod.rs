@@ -60,7 +60,13 @@ fn run_tracked(
             }
         }
     };
-    let result = proc::run_env(&cmd.argv[0], &args, &cmd.env, cmd.timeout, &record);
+    // The installer and everything it starts carry this mark in their environment, so a worker
+    // that died before it recorded the pid (or after the installer forked) still finds them.
+    let mut env = cmd.env.clone();
+    if let Some(t) = track {
+        env.push((INSTALLER_MARK.into(), t.to_string_lossy().into_owned()));
+    }
+    let result = proc::run_env(&cmd.argv[0], &args, &env, cmd.timeout, &record);
     if let Some(t) = track {
         let _ = std::fs::remove_file(t);
     }
@@ -267,13 +273,37 @@ fn already_installed(ctx: &Ctx) -> bool {
     }
 }
 
-/// An installer a killed worker left running: its pid, while that process lives.
+/// The environment variable that marks an installer we started (its value: the track file).
+const INSTALLER_MARK: &str = "IBDRIVER_INSTALLER_OF";
+
+/// An installer a killed worker left running: its pid, while that process lives. The pid
+/// record is the quick answer; the environment mark finds an installer whose worker died
+/// before recording it, and the children of one whose main process already ended.
 fn orphan_installer(track: &Path) -> Option<u32> {
-    let text = crate::fsutil::read_trimmed(track)?;
-    let mut it = text.split_whitespace();
-    let pid: u32 = it.next()?.parse().ok()?;
-    let start: u64 = it.next()?.parse().ok()?;
-    (crate::lock::start_time(pid) == Some(start)).then_some(pid)
+    let recorded = crate::fsutil::read_trimmed(track).and_then(|text| {
+        let mut it = text.split_whitespace();
+        let pid: u32 = it.next()?.parse().ok()?;
+        let start: u64 = it.next()?.parse().ok()?;
+        (crate::lock::start_time(pid) == Some(start)).then_some(pid)
+    });
+    recorded.or_else(|| marked_process(&format!("{INSTALLER_MARK}={}", track.display())))
+}
+
+/// A live process (not this one) whose environment holds exactly `entry`. Real /proc: the
+/// processes are real, whatever the host root.
+fn marked_process(entry: &str) -> Option<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        if pid == me || crate::lock::start_time(pid).is_none() {
+            return None;
+        }
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == entry.as_bytes())
+            .then_some(pid)
+    })
 }
 
 /// `persist` saves the checkpoint: that this sequence number's installer ran must be on disk
@@ -293,7 +323,7 @@ pub fn install(
             "an installer from an interrupted run is still running; waiting for it"
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(3600);
-        while orphan_installer(&track) == Some(pid) && std::time::Instant::now() < deadline {
+        while orphan_installer(&track).is_some() && std::time::Instant::now() < deadline {
             if !(ctx.keep_going)() {
                 return Err(Failure::new(
                     Code::Superseded,
