@@ -38,10 +38,13 @@ impl Invocation {
         }
     }
 
-    pub fn write_status(&self, report: &StatusReport) {
-        if let Err(f) = report.write(&self.agent.status_path()) {
+    /// Write this sequence number's status file. A status that cannot be written is a
+    /// failure (code 201): the agent would go on showing whatever the old file said.
+    #[must_use = "a status that cannot be written is a failure to report"]
+    pub fn write_status(&self, report: &StatusReport) -> Result<(), Failure> {
+        report.write(&self.agent.status_path()).inspect_err(|f| {
             tracing::error!("cannot write status: {f}");
-        }
+        })
     }
 
     pub fn heartbeat(&self, state: HeartbeatState, code: Code, message: &str) {
@@ -52,12 +55,22 @@ impl Invocation {
         }
     }
 
-    /// Record a terminal failure everywhere a user may look; returns the exit code.
+    /// Record a terminal failure everywhere a user may look; returns the exit code. When the
+    /// status file cannot take it, that is the failure the exit code reports (14, 201): the
+    /// agent then shows our exit code instead of a stale status.
     pub fn fail(&self, operation: &str, f: &Failure, subs: Vec<SubStatus>) -> i32 {
-        self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
+        let written =
+            self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
         self.heartbeat(HeartbeatState::NotReady, f.code, &f.message);
         self.log_failure(operation, f);
-        f.code.exit_code()
+        match written {
+            Ok(()) => f.code.exit_code(),
+            Err(io) => {
+                eprintln!("ibdriver: {f}; and {io}");
+                self.log_failure(operation, &io);
+                io.code.exit_code()
+            }
+        }
     }
 
     /// A failure into our log, the summary log and a telemetry event (not the status file).
@@ -260,7 +273,8 @@ pub fn enable(inv: &Invocation) -> i32 {
         Ok(RunEnd::Failed(f)) => return finish_failed(&f, stage_substatus(&cp, &stages)),
         Ok(_) => {}
     }
-    inv.write_status(
+    // lead: propagate
+    let _ = inv.write_status(
         &StatusReport::new(
             &inv.name(),
             "Enable",
@@ -330,7 +344,8 @@ pub fn worker(inv: &Invocation) -> i32 {
     };
     let status_name = inv.name();
     let progress = |line: &str, subs: &[SubStatus]| {
-        inv.write_status(
+        // lead: propagate
+        let _ = inv.write_status(
             &StatusReport::new(&status_name, "Enable", StatusValue::Transitioning, 0, line)
                 .with_substatus(subs.to_vec()),
         );
@@ -389,7 +404,8 @@ pub fn worker(inv: &Invocation) -> i32 {
                 return inv.fail("Enable", &f, subs);
             }
             remove_downloads(&data);
-            inv.write_status(
+            // lead: propagate
+            let _ = inv.write_status(
                 &StatusReport::new(
                     &status_name,
                     "Enable",
