@@ -338,9 +338,8 @@ pub const MAX_EXTENSION_NAME: usize = 200;
 /// (except "0" itself), within u64. Anything else would name another file than the one the
 /// number formats back to (`01.settings` is not `1.settings`).
 pub fn parse_seq(s: &str) -> Option<u64> {
-    let canonical = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 
@@ -709,7 +708,13 @@ mod tests {
             .set_modified(old)
             .unwrap();
         // Newer, but none of these is what settings_file_name() would give for its number.
-        for odd in ["01.settings", "+2.settings", "3 .settings", "-4.settings", ".settings"] {
+        for odd in [
+            "01.settings",
+            "+2.settings",
+            "3 .settings",
+            "-4.settings",
+            ".settings",
+        ] {
             fs::write(dir.path().join(odd), "").unwrap();
         }
         assert_eq!(infer_sequence(dir.path(), None), 1);
@@ -720,7 +725,13 @@ mod tests {
     fn garbage_mrseq_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("mrseq");
-        for (text, want) in [("3\n", Some(3)), ("03", None), ("+3", None), ("x", None), ("", None)] {
+        for (text, want) in [
+            ("3\n", Some(3)),
+            ("03", None),
+            ("+3", None),
+            ("x", None),
+            ("", None),
+        ] {
             fs::write(&p, text).unwrap();
             assert_eq!(read_mrseq(&p), want, "{text:?}");
         }

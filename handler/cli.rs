@@ -239,11 +239,17 @@ mod tests {
     #[test]
     fn non_utf8_arguments_are_a_usage_error() {
         use std::os::unix::ffi::OsStringExt;
-        let args = vec!["enable".into(), std::ffi::OsString::from_vec(vec![b'a', 0xff])];
+        let args = vec![
+            "enable".into(),
+            std::ffi::OsString::from_vec(vec![b'a', 0xff]),
+        ];
         assert_eq!(
             utf8_args(args),
             Err("argument 2 is not valid UTF-8".to_string())
         );
-        assert_eq!(utf8_args(vec!["enable".into()]), Ok(vec!["enable".to_string()]));
+        assert_eq!(
+            utf8_args(vec!["enable".into()]),
+            Ok(vec!["enable".to_string()])
+        );
     }
 }

@@ -59,8 +59,8 @@ impl Invocation {
     /// status file cannot take it, that is the failure the exit code reports (14, 201): the
     /// agent then shows our exit code instead of a stale status.
     pub fn fail(&self, operation: &str, f: &Failure, subs: Vec<SubStatus>) -> i32 {
-        let written =
-            self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
+        let written = self
+            .write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
         self.heartbeat(HeartbeatState::NotReady, f.code, &f.message);
         self.log_failure(operation, f);
         match written {

@@ -264,7 +264,10 @@ mod tests {
         let status = dir.path().join("0.status");
         symlink(&victim, &status).unwrap();
         write_atomic(&status, b"new").unwrap();
-        assert!(!fs::symlink_metadata(&status).unwrap().file_type().is_symlink());
+        assert!(!fs::symlink_metadata(&status)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(fs::read(&status).unwrap(), b"new");
 
         let log = dir.path().join("ibdriver.log");

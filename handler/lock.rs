@@ -160,7 +160,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let victim = d.path().join("victim");
         std::os::unix::fs::symlink(&victim, d.path().join("worker.lock")).unwrap();
-        let e = WorkerLock::new(d.path()).try_acquire(1).err().expect("refused");
+        let e = WorkerLock::new(d.path())
+            .try_acquire(1)
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(!victim.exists());
         assert!(!d.path().join("worker.pid").exists());

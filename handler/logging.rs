@@ -227,8 +227,13 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         symlink(&victim, &path).unwrap();
         summary(&root, "Install version 1");
-        assert!(fs::read_to_string(&path).unwrap().ends_with("Install version 1\n"));
-        assert!(!fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .ends_with("Install version 1\n"));
+        assert!(!fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
 
         let d2 = tempfile::tempdir().unwrap();
         let root2 = crate::host::Root::new(d2.path());

@@ -236,7 +236,12 @@ pub fn report_panic(location: &str) -> bool {
     let message = panic_message(location);
     let f = Failure::new(Code::Internal, message);
     let status = StatusReport::failure(&t.name, &t.operation, &f).write(&t.status_path);
-    let beat = write_heartbeat(&t.heartbeat_path, HeartbeatState::NotReady, f.code, &f.message);
+    let beat = write_heartbeat(
+        &t.heartbeat_path,
+        HeartbeatState::NotReady,
+        f.code,
+        &f.message,
+    );
     status.is_ok() && beat.is_ok()
 }
 

@@ -834,12 +834,21 @@ fn panics_in(verb: &str, args: &[&str]) {
     assert_eq!(status_value(&v), "error", "{v}");
     assert_eq!(status_code(&v), 200);
     let m = message(&v);
-    assert!(m.contains("internal error (panic at handler/lib.rs:"), "{m}");
-    assert!(!m.contains('\n') && !m.contains("IBDRIVER_TEST_PANIC"), "{m}");
+    assert!(
+        m.contains("internal error (panic at handler/lib.rs:"),
+        "{m}"
+    );
+    assert!(
+        !m.contains('\n') && !m.contains("IBDRIVER_TEST_PANIC"),
+        "{m}"
+    );
     assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
     assert_eq!(w.heartbeat()[0]["heartbeat"]["code"], 200);
     let log = fs::read_to_string(w.log_dir.join("ibdriver.log")).unwrap();
-    assert!(log.contains("internal error: panic: IBDRIVER_TEST_PANIC"), "{log}");
+    assert!(
+        log.contains("internal error: panic: IBDRIVER_TEST_PANIC"),
+        "{log}"
+    );
 }
 
 #[cfg(feature = "fault-injection")]
