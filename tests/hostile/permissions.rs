@@ -669,3 +669,22 @@ fn full_disk_removes_the_stale_status_and_exits_14() {
     assert!(err.contains("3.status"), "{err}");
     assert!(!w.status_path(3).exists());
 }
+
+/// The same on enable's main path: the `transitioning` status cannot be written, so enable
+/// must not start a worker that reports nowhere. Needs enable() to propagate write_status.
+#[test]
+#[ignore = "lead: enable() must propagate Invocation::write_status (the `// lead: propagate` sites)"]
+fn status_folder_is_a_file_on_the_main_path() {
+    let w = World::new("hbv3", HB);
+    let status = w.handler_dir.join("status");
+    fs::remove_dir(&status).unwrap();
+    fs::write(&status, PRECIOUS).unwrap();
+    w.settings(1, json!({}));
+    let out = w.run("enable", 1);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 14, "{err}");
+    assert!(!worker_running(&w.handler_dir));
+    assert_eq!(fs::read_to_string(&status).unwrap(), PRECIOUS);
+    let log = fs::read_to_string(w.log_dir.join("ibdriver.log")).unwrap();
+    assert!(log.contains("cannot write status"), "{log}");
+}
