@@ -127,6 +127,22 @@ pub fn parse_handler_environment(
     };
     let raw: RawEnvEntry = serde_json::from_value(entry).map_err(|e| malformed(e.to_string()))?;
     let h = raw.handler_environment;
+    // The agent writes absolute paths; a relative one would depend on our working directory,
+    // and a NUL cannot be a path at all.
+    for (key, p) in [
+        ("logFolder", Some(&h.log_folder)),
+        ("configFolder", Some(&h.config_folder)),
+        ("statusFolder", Some(&h.status_folder)),
+        ("heartbeatFile", Some(&h.heartbeat_file)),
+        ("eventsFolder", h.events_folder.as_ref()),
+        ("eventsFolder_preview", h.events_folder_preview.as_ref()),
+    ] {
+        let Some(p) = p else { continue };
+        use std::os::unix::ffi::OsStrExt;
+        if !p.is_absolute() || p.as_os_str().as_bytes().contains(&0) {
+            return Err(malformed(format!("{key} is not an absolute path")));
+        }
+    }
     Ok(HandlerEnvironment {
         name: raw.name.unwrap_or_default(),
         log_folder: h.log_folder,
@@ -157,8 +173,14 @@ pub fn load_handler_environment(
     candidates: &[PathBuf],
 ) -> Result<(PathBuf, HandlerEnvironment), AgentError> {
     for path in candidates {
-        match fs::read_to_string(path) {
-            Ok(text) => {
+        match read_bounded(path) {
+            Ok(Err(detail)) => {
+                return Err(AgentError::Malformed {
+                    path: path.clone(),
+                    detail,
+                })
+            }
+            Ok(Ok(text)) => {
                 let env = parse_handler_environment(&text, path)?;
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 return Ok((dir, env));
@@ -179,6 +201,30 @@ pub fn load_handler_environment(
     Err(AgentError::NotFound(dirs.join(", ")))
 }
 
+/// The agent's file is well under 1 KiB; anything this large is not one.
+pub const MAX_HANDLER_ENVIRONMENT_BYTES: u64 = 64 * 1024;
+
+/// Read HandlerEnvironment.json without trusting its size or kind: `Ok(Err(why))` when it is
+/// too large or not UTF-8. Opened non-blocking so a FIFO there cannot hang us.
+fn read_bounded(path: &Path) -> std::io::Result<Result<String, String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_HANDLER_ENVIRONMENT_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_HANDLER_ENVIRONMENT_BYTES {
+        return Ok(Err(format!(
+            "larger than {} KiB",
+            MAX_HANDLER_ENVIRONMENT_BYTES / 1024
+        )));
+    }
+    Ok(String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()))
+}
+
 fn parse_prior_exit(v: &str) -> Option<PriorExit> {
     match v.trim() {
         "NOT_RUN" => Some(PriorExit::NotRun),
@@ -191,10 +237,9 @@ fn parse_prior_exit(v: &str) -> Option<PriorExit> {
 pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, AgentError> {
     let mut vars = AgentVars::default();
     if let Some(v) = get("ConfigSequenceNumber") {
-        vars.config_sequence_number =
-            Some(v.trim().parse().map_err(|_| AgentError::BadVariable {
-                name: "ConfigSequenceNumber",
-            })?);
+        vars.config_sequence_number = Some(parse_seq(&v).ok_or(AgentError::BadVariable {
+            name: "ConfigSequenceNumber",
+        })?);
     }
     vars.extension_path = get("AZURE_GUEST_AGENT_EXTENSION_PATH").map(PathBuf::from);
     vars.extension_version = get("AZURE_GUEST_AGENT_EXTENSION_VERSION");
@@ -217,7 +262,18 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
                 .push("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES is not a JSON array".into()),
         }
     }
-    vars.extension_name = get("ConfigExtensionName").filter(|s| !s.is_empty());
+    vars.extension_name = match get("ConfigExtensionName").filter(|s| !s.is_empty()) {
+        Some(n) if valid_extension_name(&n) => Some(n),
+        Some(_) => {
+            // The value itself is not logged: it failed the checks that make it safe to show.
+            vars.warnings.push(format!(
+                "ConfigExtensionName is not a plain name (1-{MAX_EXTENSION_NAME} characters, \
+                 no '/', no '..', no control characters)"
+            ));
+            None
+        }
+        None => None,
+    };
     for (name, slot) in [
         (
             "AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE",
@@ -274,6 +330,30 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
     Ok(vars)
 }
 
+/// The longest `ConfigExtensionName` we accept; it becomes part of a file name (with
+/// `.<seq>.settings`, within the usual 255-byte limit).
+pub const MAX_EXTENSION_NAME: usize = 200;
+
+/// A sequence number as the agent writes it: plain decimal digits, no sign, no leading zero
+/// (except "0" itself), within u64. Anything else would name another file than the one the
+/// number formats back to (`01.settings` is not `1.settings`).
+pub fn parse_seq(s: &str) -> Option<u64> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
+/// `ConfigExtensionName` becomes part of our settings and status file names: one plain path
+/// component, nothing that climbs out of the folder or hides in a terminal.
+pub fn valid_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EXTENSION_NAME
+        && name != "."
+        && !name.contains("..")
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
+}
+
 /// Settings file name for sequence number `seq` (multi-config prefixes the extension name).
 pub fn settings_file_name(seq: u64, extension: Option<&str>) -> String {
     match extension {
@@ -299,7 +379,8 @@ pub fn infer_sequence(config_folder: &Path, extension: Option<&str>) -> u64 {
             Some(e) => stem.strip_prefix(e).and_then(|s| s.strip_prefix('.')),
             None => Some(stem),
         };
-        let Some(n) = num.and_then(|s| s.parse::<u64>().ok()) else {
+        // Only names that are exactly what settings_file_name() gives for that number.
+        let Some(n) = num.and_then(parse_seq) else {
             continue;
         };
         let mtime = entry
@@ -386,8 +467,10 @@ impl AgentContext {
     }
 }
 
+/// The last sequence number we finished; anything but one canonical number reads as none
+/// (so the no-op check runs the work again rather than skip it on garbage).
 pub fn read_mrseq(path: &Path) -> Option<u64> {
-    crate::fsutil::read_trimmed(path).and_then(|s| s.parse().ok())
+    crate::fsutil::read_trimmed(path).and_then(|s| parse_seq(&s))
 }
 
 #[cfg(test)]
@@ -416,10 +499,10 @@ mod tests {
 
     #[test]
     fn preview_events_key_and_object_form_are_accepted() {
-        let text = r#"{"handlerEnvironment":{"logFolder":"l","configFolder":"c","statusFolder":"s",
-            "heartbeatFile":"h","eventsFolder_preview":"e"}}"#;
+        let text = r#"{"handlerEnvironment":{"logFolder":"/l","configFolder":"/c","statusFolder":"/s",
+            "heartbeatFile":"/h","eventsFolder_preview":"/e"}}"#;
         let env = parse_handler_environment(text, Path::new("x")).unwrap();
-        assert_eq!(env.events_folder, Some(PathBuf::from("e")));
+        assert_eq!(env.events_folder, Some(PathBuf::from("/e")));
         assert_eq!(env.name, "");
     }
 
@@ -431,6 +514,10 @@ mod tests {
             "42",
             "[{}]",
             r#"[{"handlerEnvironment":{"logFolder":"l"}}]"#,
+            r#"[{"handlerEnvironment":{"logFolder":"rel","configFolder":"/c","statusFolder":"/s","heartbeatFile":"/h"}}]"#,
+            r#"[{"handlerEnvironment":{"logFolder":"/l","configFolder":"/c","statusFolder":"/s\u0000x","heartbeatFile":"/h"}}]"#,
+            r#"[{"handlerEnvironment":{"logFolder":"/l","configFolder":"/c","statusFolder":"/s","heartbeatFile":"/h","eventsFolder":"e"}}]"#,
+            r#"[{"handlerEnvironment":{"logFolder":42,"configFolder":"/c","statusFolder":"/s","heartbeatFile":"/h"}}]"#,
         ] {
             assert!(
                 matches!(
@@ -538,6 +625,116 @@ mod tests {
         assert_eq!(v.disable_cmd_exit_code, None);
         assert_eq!(v.supported_features.get("X").map(String::as_str), Some("1"));
         assert_eq!(v.warnings.len(), 2);
+    }
+
+    #[test]
+    fn sequence_numbers_are_canonical_decimal_only() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("+1", None),
+            ("01", None),
+            ("00", None),
+            ("-1", None),
+            ("1e3", None),
+            ("", None),
+            (" 1", None),
+            ("1\n", None),
+            ("١", None),
+        ] {
+            assert_eq!(parse_seq(text), want, "{text:?}");
+        }
+        for bad in ["+1", "01", "-1", "1e3", "", "99999999999999999999999"] {
+            assert!(
+                matches!(
+                    vars_from(&[("ConfigSequenceNumber", bad)]),
+                    Err(AgentError::BadVariable { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_extension_names_are_ignored_with_a_warning() {
+        for bad in [
+            "../x",
+            "..",
+            ".",
+            "a/b",
+            "/abs",
+            "a\u{0}b",
+            "a\nb",
+            "a\u{1b}[31m",
+            &"n".repeat(MAX_EXTENSION_NAME + 1),
+        ] {
+            let v = vars_from(&[("ConfigExtensionName", bad)]).unwrap();
+            assert_eq!(v.extension_name, None, "{bad:?}");
+            assert_eq!(v.warnings.len(), 1, "{bad:?}");
+            // The warning names the rule, never the value (short ones like ".." occur in it).
+            assert!(bad.len() < 3 || !v.warnings[0].contains(bad), "{bad:?}");
+        }
+        let long = "n".repeat(MAX_EXTENSION_NAME);
+        for good in ["ib", "Microsoft.HpcCompute.IB-1", long.as_str()] {
+            let v = vars_from(&[("ConfigExtensionName", good)]).unwrap();
+            assert_eq!(v.extension_name.as_deref(), Some(good));
+            assert!(v.warnings.is_empty());
+        }
+    }
+
+    #[test]
+    fn huge_or_binary_environment_files_are_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(HANDLER_ENVIRONMENT);
+        fs::write(&p, vec![b' '; MAX_HANDLER_ENVIRONMENT_BYTES as usize + 1]).unwrap();
+        let e = load_handler_environment(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
+        fs::write(&p, b"[\xff]").unwrap();
+        let e = load_handler_environment(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn inference_only_takes_names_that_format_back_to_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("1.settings"), "").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        fs::File::options()
+            .write(true)
+            .open(dir.path().join("1.settings"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // Newer, but none of these is what settings_file_name() would give for its number.
+        for odd in [
+            "01.settings",
+            "+2.settings",
+            "3 .settings",
+            "-4.settings",
+            ".settings",
+        ] {
+            fs::write(dir.path().join(odd), "").unwrap();
+        }
+        assert_eq!(infer_sequence(dir.path(), None), 1);
+        assert_eq!(settings_file_name(1, None), "1.settings");
+    }
+
+    #[test]
+    fn garbage_mrseq_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mrseq");
+        for (text, want) in [
+            ("3\n", Some(3)),
+            ("03", None),
+            ("+3", None),
+            ("x", None),
+            ("", None),
+        ] {
+            fs::write(&p, text).unwrap();
+            assert_eq!(read_mrseq(&p), want, "{text:?}");
+        }
     }
 
     #[test]

@@ -65,6 +65,18 @@ fn value(args: &[String], i: &mut usize, flag: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{flag} needs a value"))
 }
 
+/// The command line as the process got it: every argument must be UTF-8 (ours are; a path
+/// that is not could not be shown in a status message either).
+pub fn utf8_args(args: Vec<std::ffi::OsString>) -> Result<Vec<String>, String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.into_string()
+                .map_err(|_| format!("argument {} is not valid UTF-8", i + 1))
+        })
+        .collect()
+}
+
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let Some(verb) = args.first() else {
         return Err("no verb given".into());
@@ -116,9 +128,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     }
                     "--seq" if verb == "worker" => {
                         seq = Some(
-                            value(rest, &mut i, "--seq")?
-                                .parse::<u64>()
-                                .map_err(|_| "--seq needs a number")?,
+                            crate::agent::parse_seq(&value(rest, &mut i, "--seq")?)
+                                .ok_or("--seq needs a sequence number (decimal digits)")?,
                         )
                     }
                     other => return Err(format!("{verb}: unknown option {other}")),
@@ -216,10 +227,29 @@ mod tests {
             "plan --bogus",
             "worker --seq x --handler-dir /h",
             "worker --seq 1",
+            "worker --handler-dir /h --seq +1",
+            "worker --handler-dir /h --seq 01",
             "frobnicate",
             "health --settings f",
         ] {
             assert!(p(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn non_utf8_arguments_are_a_usage_error() {
+        use std::os::unix::ffi::OsStringExt;
+        let args = vec![
+            "enable".into(),
+            std::ffi::OsString::from_vec(vec![b'a', 0xff]),
+        ];
+        assert_eq!(
+            utf8_args(args),
+            Err("argument 2 is not valid UTF-8".to_string())
+        );
+        assert_eq!(
+            utf8_args(vec!["enable".into()]),
+            Ok(vec!["enable".to_string()])
+        );
     }
 }

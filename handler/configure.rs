@@ -199,7 +199,7 @@ fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
     let path = ctx.root.path(MODULES_LOAD_FILE);
     if fsutil::read_trimmed(&path).as_deref() != Some(text.trim()) {
         if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = fsutil::ensure_system_dir(dir);
         }
         fsutil::write_system_file(&path, text.as_bytes())
             .map_err(|e| Failure::state_io(&path, e))?;

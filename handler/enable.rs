@@ -38,10 +38,13 @@ impl Invocation {
         }
     }
 
-    pub fn write_status(&self, report: &StatusReport) {
-        if let Err(f) = report.write(&self.agent.status_path()) {
+    /// Write this sequence number's status file. A status that cannot be written is a
+    /// failure (code 201): the agent would go on showing whatever the old file said.
+    #[must_use = "a status that cannot be written is a failure to report"]
+    pub fn write_status(&self, report: &StatusReport) -> Result<(), Failure> {
+        report.write(&self.agent.status_path()).inspect_err(|f| {
             tracing::error!("cannot write status: {f}");
-        }
+        })
     }
 
     pub fn heartbeat(&self, state: HeartbeatState, code: Code, message: &str) {
@@ -52,12 +55,22 @@ impl Invocation {
         }
     }
 
-    /// Record a terminal failure everywhere a user may look; returns the exit code.
+    /// Record a terminal failure everywhere a user may look; returns the exit code. When the
+    /// status file cannot take it, that is the failure the exit code reports (14, 201): the
+    /// agent then shows our exit code instead of a stale status.
     pub fn fail(&self, operation: &str, f: &Failure, subs: Vec<SubStatus>) -> i32 {
-        self.write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
+        let written = self
+            .write_status(&StatusReport::failure(&self.name(), operation, f).with_substatus(subs));
         self.heartbeat(HeartbeatState::NotReady, f.code, &f.message);
         self.log_failure(operation, f);
-        f.code.exit_code()
+        match written {
+            Ok(()) => f.code.exit_code(),
+            Err(io) => {
+                eprintln!("ibdriver: {f}; and {io}");
+                self.log_failure(operation, &io);
+                io.code.exit_code()
+            }
+        }
     }
 
     /// A failure into our log, the summary log and a telemetry event (not the status file).
@@ -200,10 +213,14 @@ fn status_says_success(path: &Path) -> bool {
 
 /// The no-op path found the status file missing, corrupt or not a file: write it again from
 /// the checkpoint's outcome, so the agent reports what the checkpoint knows.
-fn restore_success_status(inv: &Invocation, cp: &Checkpoint, report: &HealthReport) {
+fn restore_success_status(
+    inv: &Invocation,
+    cp: &Checkpoint,
+    report: &HealthReport,
+) -> Result<(), Failure> {
     let path = inv.agent.status_path();
     if status_says_success(&path) {
-        return;
+        return Ok(());
     }
     tracing::warn!(path = %path.display(), "status file missing or unreadable; writing it again from the checkpoint");
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -227,7 +244,7 @@ fn restore_success_status(inv: &Invocation, cp: &Checkpoint, report: &HealthRepo
     inv.write_status(
         &StatusReport::new(&inv.name(), "Enable", StatusValue::Success, 0, message)
             .with_substatus(subs),
-    );
+    )
 }
 
 pub fn enable(inv: &Invocation) -> i32 {
@@ -257,7 +274,9 @@ pub fn enable(inv: &Invocation) -> i32 {
                 seq,
                 "sequence number already applied and the host verifies; nothing to do"
             );
-            restore_success_status(inv, &done, &report);
+            if let Err(f) = restore_success_status(inv, &done, &report) {
+                return inv.fail("Enable", &f, vec![]);
+            }
             if inv.root.systemd_running()
                 && !monitor::is_current(&inv.root, &inv.exe, &inv.agent.handler_dir)
             {
@@ -322,7 +341,8 @@ pub fn enable(inv: &Invocation) -> i32 {
         return finish_failed(&f, stage_substatus(&cp, &stages));
     }
     cp.complete(Stage::Preflight);
-    inv.write_status(
+    // A status the agent cannot read is a failure (201): no worker starts behind it.
+    if let Err(f) = inv.write_status(
         &StatusReport::new(
             &inv.name(),
             "Enable",
@@ -331,7 +351,9 @@ pub fn enable(inv: &Invocation) -> i32 {
             "preflight passed; worker starting",
         )
         .with_substatus(stage_substatus(&cp, &stages)),
-    );
+    ) {
+        return inv.fail("Enable", &f, vec![]);
+    }
     inv.heartbeat(HeartbeatState::Ready, Code::Success, "enable in progress");
     if let Err(f) = crate::worker::spawn(inv, deadline.budget(Duration::from_secs(4))) {
         return inv.fail("Enable", &f, vec![]);
@@ -402,8 +424,10 @@ pub fn worker(inv: &Invocation) -> i32 {
                 seq,
                 "another worker completed this sequence number; nothing to do"
             );
-            restore_success_status(inv, &done, &report);
-            return 0;
+            return match restore_success_status(inv, &done, &report) {
+                Ok(()) => 0,
+                Err(f) => inv.fail("Enable", &f, vec![]),
+            };
         }
     }
     let beat = crate::worker::Heartbeat::start(inv.agent.env.heartbeat_file.clone());
@@ -414,7 +438,9 @@ pub fn worker(inv: &Invocation) -> i32 {
     };
     let status_name = inv.name();
     let progress = |line: &str, subs: &[SubStatus]| {
-        inv.write_status(
+        // A progress line that cannot be written is logged (status.rs); the final status
+        // decides the exit code.
+        let _ = inv.write_status(
             &StatusReport::new(&status_name, "Enable", StatusValue::Transitioning, 0, line)
                 .with_substatus(subs.to_vec()),
         );
@@ -475,7 +501,9 @@ pub fn worker(inv: &Invocation) -> i32 {
             remove_downloads(&data);
             // mrseq before the success status: a status that says success always has it.
             inv.write_mrseq();
-            inv.write_status(
+            // The checkpoint says success; a status that cannot say so is this run's failure
+            // (exit 14, 201), and the next enable writes it again from the checkpoint.
+            if let Err(f) = inv.write_status(
                 &StatusReport::new(
                     &status_name,
                     "Enable",
@@ -483,8 +511,10 @@ pub fn worker(inv: &Invocation) -> i32 {
                     0,
                     summary.clone(),
                 )
-                .with_substatus(subs),
-            );
+                .with_substatus(subs.clone()),
+            ) {
+                return inv.fail("Enable", &f, subs);
+            }
             inv.heartbeat(HeartbeatState::Ready, Code::Success, &summary);
             monitor::install(
                 &inv.root,

@@ -76,7 +76,8 @@ pub fn emit(
     message: &str,
     operation_id: &str,
 ) {
-    let Some(folder) = folder.filter(|f| f.is_dir()) else {
+    // Only a real folder: events written through a symlinked one would land wherever it points.
+    let Some(folder) = folder.filter(|f| fsutil::is_real_dir(f)) else {
         return;
     };
     if fsutil::dir_names(folder).len() >= MAX_PENDING_FILES {
@@ -149,6 +150,11 @@ mod tests {
         }
         let names = fsutil::dir_names(d.path());
         assert_eq!(names.len(), MAX_PENDING_FILES);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let link = d.path().join("linked");
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+        emit(Some(&link), "1", "t", Level::Informational, "m", "0");
+        assert!(fsutil::dir_names(elsewhere.path()).is_empty());
         assert!(names
             .iter()
             .all(|n| n.ends_with(".json") && n[..n.len() - 5].chars().all(|c| c.is_ascii_digit())));

@@ -44,26 +44,81 @@ use enable::Invocation;
 use error::{Code, Failure};
 use host::Root;
 
-/// Run one command line; returns the process exit code. Never panics outward.
-pub fn run(args: Vec<String>) -> i32 {
-    let cmd = match cli::parse(&args) {
+/// Run one command line (the arguments after the program name); returns the process exit
+/// code. Never panics outward: a panic anywhere, in any thread, ends the process with exit 14
+/// after it is logged and reported in the status (see [`panic_hook`]).
+pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
+    let cmd = match cli::utf8_args(args).and_then(|a| cli::parse(&a)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ibdriver: {e}\n{}", cli::USAGE);
             return Code::Usage.exit_code();
         }
     };
+    std::panic::set_hook(Box::new(panic_hook));
     match std::panic::catch_unwind(|| dispatch(cmd)) {
         Ok(code) => code,
-        Err(_) => {
-            // The panic hook already printed the location; keep the exit code honest.
-            tracing::error!("internal error (panic); see stderr");
-            Code::Internal.exit_code()
-        }
+        // The hook exits first; this only keeps the exit code honest should it return.
+        Err(_) => Code::Internal.exit_code(),
     }
 }
 
-fn agent_invocation(ctx: Result<AgentContext, agent::AgentError>) -> Result<Invocation, i32> {
+/// A panic is a bug: log where it happened, tell the user through the status and heartbeat
+/// (code 200, no panic text: it may quote any value), and exit 14 at once, whichever thread
+/// panicked, so a half-dead worker never goes on holding the lock.
+fn panic_hook(info: &std::panic::PanicHookInfo) {
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_else(|| "an unknown place".into());
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    // URLs lose their query strings and user info, as everywhere we log.
+    let payload: String = payload
+        .split_whitespace()
+        .map(|w| {
+            if w.contains("://") {
+                logging::redact_url(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(500)
+        .collect();
+    tracing::error!(location = %location, "internal error: panic: {payload}");
+    eprintln!("ibdriver: internal error: panic at {location}");
+    let reported = status::report_panic(&location);
+    tracing::error!(reported, "exiting after the panic");
+    std::process::exit(Code::Internal.exit_code());
+}
+
+/// Test-only: built with the `fault-injection` feature, `IBDRIVER_TEST_PANIC=<verb>` panics
+/// in that verb once its invocation is set up, so tests can drive the panic path with a real
+/// panic. Release builds have no such feature, so no variable can trigger it.
+#[cfg(feature = "fault-injection")]
+fn test_panic(verb: &str) {
+    if std::env::var("IBDRIVER_TEST_PANIC").is_ok_and(|v| v == verb) {
+        panic!("IBDRIVER_TEST_PANIC={verb}");
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn test_panic(_verb: &str) {}
+
+/// Set up logging and the invocation for an agent verb (`operation` as the status names it).
+/// A log folder that is not a real directory is refused (code 201), reported in the status for
+/// enable and on stderr for every verb.
+fn agent_invocation(
+    ctx: Result<AgentContext, agent::AgentError>,
+    operation: &str,
+) -> Result<Invocation, i32> {
     let ctx = match ctx {
         Ok(c) => c,
         Err(e) => {
@@ -75,23 +130,42 @@ fn agent_invocation(ctx: Result<AgentContext, agent::AgentError>) -> Result<Invo
             return Err(f.code.exit_code());
         }
     };
-    logging::init(Some(&ctx.env.log_folder), false);
+    let log_refused = logging::init_agent(&ctx.env.log_folder).err();
     for w in &ctx.vars.warnings {
         tracing::warn!("agent variable ignored: {w}");
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| ctx.handler_dir.join("bin/ibdriver"));
-    Ok(Invocation {
+    let inv = Invocation {
         agent: ctx,
         root: Root::from_env(),
         exe,
-    })
+    };
+    status::set_panic_target(status::PanicTarget {
+        status_path: inv.agent.status_path(),
+        heartbeat_path: inv.agent.env.heartbeat_file.clone(),
+        name: inv.name(),
+        operation: operation.to_string(),
+    });
+    if let Some(e) = log_refused {
+        let f = Failure::state_io(&inv.agent.env.log_folder, e);
+        eprintln!("ibdriver: {f}");
+        let code = if operation == "Enable" {
+            inv.fail(operation, &f, vec![])
+        } else {
+            inv.log_failure(operation, &f);
+            f.code.exit_code()
+        };
+        return Err(code);
+    }
+    Ok(inv)
 }
 
 fn dispatch(cmd: Command) -> i32 {
-    let agent_verb = |f: fn(&Invocation) -> i32, name: &str| -> i32 {
-        match agent_invocation(AgentContext::discover()) {
+    let agent_verb = |f: fn(&Invocation) -> i32, name: &str, operation: &str| -> i32 {
+        match agent_invocation(AgentContext::discover(), operation) {
             Ok(inv) => {
                 tracing::info!(verb = name, seq = inv.agent.seq, version = %inv.agent.version(), "start");
+                test_panic(name);
                 let code = f(&inv);
                 tracing::info!(verb = name, exit = code, "end");
                 code
@@ -100,19 +174,20 @@ fn dispatch(cmd: Command) -> i32 {
         }
     };
     match cmd {
-        Command::Install => agent_verb(lifecycle::install, "install"),
-        Command::Enable => agent_verb(enable::enable, "enable"),
-        Command::Disable => agent_verb(lifecycle::disable, "disable"),
-        Command::Uninstall => agent_verb(lifecycle::uninstall, "uninstall"),
-        Command::Update => agent_verb(lifecycle::update, "update"),
+        Command::Install => agent_verb(lifecycle::install, "install", "Install"),
+        Command::Enable => agent_verb(enable::enable, "enable", "Enable"),
+        Command::Disable => agent_verb(lifecycle::disable, "disable", "Disable"),
+        Command::Uninstall => agent_verb(lifecycle::uninstall, "uninstall", "Uninstall"),
+        Command::Update => agent_verb(lifecycle::update, "update", "Update"),
         Command::Worker { handler_dir, seq } => {
             let mut ctx = AgentContext::from_handler_dir(&handler_dir);
             if let Ok(c) = &mut ctx {
                 c.seq = seq;
             }
-            match agent_invocation(ctx) {
+            match agent_invocation(ctx, "Enable") {
                 Ok(inv) => {
                     tracing::info!(seq, pid = std::process::id(), "worker start");
+                    test_panic("worker");
                     let code = enable::worker(&inv);
                     tracing::info!(seq, exit = code, "worker end");
                     code
@@ -125,7 +200,7 @@ fn dispatch(cmd: Command) -> i32 {
                 // The handler directory is gone (removed without uninstall): nothing to report to.
                 return 0;
             };
-            let Ok(inv) = agent_invocation(Ok(ctx)) else {
+            let Ok(inv) = agent_invocation(Ok(ctx), "Monitor") else {
                 return 0;
             };
             if lock::WorkerLock::new(&inv.root.data_dir())

@@ -116,7 +116,8 @@ const UNINSTALL_WAITS: StopWaits = StopWaits {
 /// (for example stuck in the kernel).
 pub fn stop_worker(data: &Path, waits: StopWaits) -> Result<(), Failure> {
     let seq = enable::read_request(data).map(|r| r.seq).unwrap_or(0);
-    if data.is_dir() {
+    // Never through a symlinked data directory: the request would land where it points.
+    if fsutil::is_real_dir(data) {
         if let Err(f) = enable::write_request(data, &Request { seq, stop: true }) {
             tracing::warn!("cannot ask the worker to stop: {f}");
         }

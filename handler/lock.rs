@@ -36,12 +36,8 @@ impl WorkerLock {
 
     /// Take the lock now for sequence number `seq`, or `Ok(None)` when someone holds it.
     pub fn try_acquire(&self, seq: u64) -> std::io::Result<Option<Held>> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&self.path)?;
+        // Never through a link planted at the lock's path: that would create or lock its target.
+        let file = fsutil::open_private_rw(&self.path)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
                 let pid = std::process::id();
@@ -157,6 +153,20 @@ mod tests {
         assert_eq!(l.holder(), None);
         std::fs::write(d.path().join("worker.pid"), "garbage").unwrap();
         assert_eq!(l.holder(), None);
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::os::unix::fs::symlink(&victim, d.path().join("worker.lock")).unwrap();
+        let e = WorkerLock::new(d.path())
+            .try_acquire(1)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!victim.exists());
+        assert!(!d.path().join("worker.pid").exists());
     }
 
     #[test]

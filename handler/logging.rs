@@ -34,9 +34,10 @@ impl RotatingFile {
     }
 
     fn rotate(&self) -> io::Result<()> {
+        // Renames move whatever is there (a planted link included) without following it.
         for i in (1..self.keep).rev() {
             let from = rotated(&self.path, i);
-            if from.exists() {
+            if fs::symlink_metadata(&from).is_ok() {
                 fs::rename(&from, rotated(&self.path, i + 1))?;
             }
         }
@@ -95,18 +96,47 @@ impl Write for LogWriter {
 /// Send `tracing` output to `<log_folder>/ibdriver.log`, or to stderr for operator verbs.
 /// Logging must never stop the handler, so failures fall back to stderr.
 pub fn init(log_folder: Option<&Path>, verbose: bool) {
+    let file = log_folder.and_then(|dir| open_log(dir, fsutil::create_private_dir).ok());
+    install(file, verbose);
+}
+
+/// [`init`] for the agent's `logFolder`: a folder that is not a real directory (a symlink, a
+/// file) is refused with the reason, and the caller reports it (code 201) with the log on
+/// stderr. A log file that cannot be opened (a FIFO or a hard link planted there) leaves the
+/// log on stderr with a warning; a symlink there is replaced.
+pub fn init_agent(log_folder: &Path) -> io::Result<()> {
+    if let Err(e) = fsutil::ensure_dir(log_folder, fsutil::PRIVATE_DIR_MODE) {
+        install(None, false);
+        return Err(e);
+    }
+    let file = match open_log(log_folder, |_| Ok(())) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!(
+                "ibdriver: logging to stderr: cannot open {}: {e}",
+                log_folder.join(LOG_FILE).display()
+            );
+            None
+        }
+    };
+    install(file, false);
+    Ok(())
+}
+
+fn open_log(dir: &Path, prepare: impl Fn(&Path) -> io::Result<()>) -> io::Result<LogWriter> {
+    prepare(dir)?;
+    let rf = RotatingFile::new(dir.join(LOG_FILE), MAX_LOG_BYTES, KEEP_ROTATED);
+    rf.append(b"")?;
+    Ok(LogWriter(Arc::new(rf)))
+}
+
+fn install(file: Option<LogWriter>, verbose: bool) {
     use tracing_subscriber::fmt;
     let level = if verbose {
         tracing::Level::DEBUG
     } else {
         tracing::Level::INFO
     };
-    let file = log_folder.and_then(|dir| {
-        fsutil::create_private_dir(dir).ok()?;
-        let rf = RotatingFile::new(dir.join(LOG_FILE), MAX_LOG_BYTES, KEEP_ROTATED);
-        rf.append(b"").ok()?;
-        Some(LogWriter(Arc::new(rf)))
-    });
     let builder = fmt()
         .with_max_level(level)
         .with_ansi(false)
@@ -139,26 +169,27 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Append one line to the compatible summary log under `root`.
+/// Append one line to the compatible summary log under `root`. Best effort: a summary log that
+/// cannot be written is a warning in our own log.
 pub fn summary(root: &crate::host::Root, line: &str) {
-    let path = root.path(SUMMARY_LOG);
-    if let Some(dir) = path.parent() {
-        let _ = fs::create_dir_all(dir);
+    if let Err(e) = append_summary(&root.path(SUMMARY_LOG), line) {
+        tracing::warn!(error = %e, "cannot append to the summary log");
     }
-    if fs::metadata(&path)
-        .map(|m| m.len() > MAX_SUMMARY_BYTES)
-        .unwrap_or(false)
-    {
-        let _ = fs::rename(&path, rotated(&path, 1));
+}
+
+fn append_summary(path: &Path, line: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fsutil::ensure_dir(dir, fsutil::SYSTEM_DIR_MODE)?;
+    }
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() > MAX_SUMMARY_BYTES) {
+        fs::rename(path, rotated(path, 1))?;
     }
     let text = format!(
         "{} {}\n",
         crate::clock::now_rfc3339(),
         line.replace('\n', " ")
     );
-    if let Ok(mut f) = fsutil::open_append_private(&path) {
-        let _ = f.write_all(text.as_bytes());
-    }
+    fsutil::open_append_private(path)?.write_all(text.as_bytes())
 }
 
 #[cfg(test)]
@@ -182,6 +213,59 @@ mod tests {
             vec!["x.log", "x.log.1", "x.log.2"]
         );
         assert!(total <= 300, "{total}");
+        assert!(fs::metadata(&p).unwrap().len() <= 100);
+    }
+
+    #[test]
+    fn summary_log_replaces_a_planted_link_and_refuses_a_linked_folder() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let root = crate::host::Root::new(d.path());
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let path = root.path(SUMMARY_LOG);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        symlink(&victim, &path).unwrap();
+        summary(&root, "Install version 1");
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .ends_with("Install version 1\n"));
+        assert!(!fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+
+        let d2 = tempfile::tempdir().unwrap();
+        let root2 = crate::host::Root::new(d2.path());
+        fs::create_dir_all(d2.path().join("var/log")).unwrap();
+        symlink(d.path(), d2.path().join("var/log/azure")).unwrap();
+        summary(&root2, "x");
+        assert!(!d.path().join("ib-vmext-status").exists());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn agent_log_folder_must_be_a_real_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("log");
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        let e = init_agent(&link).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!d.path().join(LOG_FILE).exists());
+    }
+
+    #[test]
+    fn rotation_moves_planted_links_without_following_them() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let p = d.path().join("x.log");
+        std::os::unix::fs::symlink(&victim, rotated(&p, 1)).unwrap();
+        let rf = RotatingFile::new(p.clone(), 100, 2);
+        for _ in 0..10 {
+            rf.append(&[b'a'; 40]).unwrap();
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert!(fs::metadata(&p).unwrap().len() <= 100);
     }
 

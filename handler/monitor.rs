@@ -84,7 +84,7 @@ pub fn install(root: &Root, exe: &Path, handler_dir: &Path, timeout: Duration) {
     }
     let (svc, timer) = unit_paths(root);
     if let Some(dir) = svc.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::fsutil::ensure_system_dir(dir);
     }
     let write = |p: &Path, text: &str| {
         if let Err(e) = crate::fsutil::write_atomic(p, text.as_bytes()) {

@@ -5,7 +5,8 @@ use crate::clock;
 use crate::error::{Code, Failure};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub const MAX_STATUS_BYTES: usize = 128 * 1024;
 const TRUNCATED: &str = " ... [TRUNCATED]";
@@ -168,10 +169,80 @@ impl StatusReport {
         }
     }
 
+    /// Write the status file; `Err` (code 201, logged) when it cannot be written even after
+    /// the old one was removed.
     pub fn write(&self, path: &Path) -> Result<(), Failure> {
         let bytes = self.to_json(&clock::now_rfc3339());
-        fsutil::write_atomic(path, &bytes).map_err(|e| Failure::state_io(path, e))
+        write_replacing(path, &bytes, fsutil::write_atomic)
     }
+}
+
+/// Write `bytes` to `path` with `write`; when that fails, remove the old file and try once
+/// more. On a disk with no room for the temp file beside the old one, removing the old file
+/// frees its blocks. Even when that does not help, no old document stays behind to tell the
+/// agent something that is no longer true: a missing status reads as "not reported yet".
+fn write_replacing(
+    path: &Path,
+    bytes: &[u8],
+    write: impl Fn(&Path, &[u8]) -> std::io::Result<()>,
+) -> Result<(), Failure> {
+    let first = match write(path, bytes) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    tracing::warn!(path = %path.display(), error = %first, "write failed; removing the old file and trying again");
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        let _ = std::fs::remove_file(path);
+    }
+    write(path, bytes).map_err(|e| {
+        let f = Failure::state_io(path, e);
+        tracing::error!("{f}");
+        f
+    })
+}
+
+/// Where a panic is reported: the status and heartbeat of the invocation that panicked. Set
+/// once, when the invocation is built; a panic before that (no agent environment yet) is only
+/// logged.
+#[derive(Debug, Clone)]
+pub struct PanicTarget {
+    pub status_path: PathBuf,
+    pub heartbeat_path: PathBuf,
+    pub name: String,
+    pub operation: String,
+}
+
+static PANIC_TARGET: OnceLock<PanicTarget> = OnceLock::new();
+
+pub fn set_panic_target(target: PanicTarget) {
+    let _ = PANIC_TARGET.set(target);
+}
+
+/// The one-line status message for a panic at `location` (file:line). The panic's own text is
+/// left out: it can quote any value the code held.
+pub fn panic_message(location: &str) -> String {
+    format!(
+        "internal error (panic at {location}); run the operation again, and if it repeats \
+         collect 'ibdriver diagnose --out FILE' for a support case"
+    )
+}
+
+/// Report a panic at `location` where the user looks: an error status (code 200) and a
+/// NotReady heartbeat, when an invocation has set its [`PanicTarget`]. Returns whether it did.
+pub fn report_panic(location: &str) -> bool {
+    let Some(t) = PANIC_TARGET.get() else {
+        return false;
+    };
+    let message = panic_message(location);
+    let f = Failure::new(Code::Internal, message);
+    let status = StatusReport::failure(&t.name, &t.operation, &f).write(&t.status_path);
+    let beat = write_heartbeat(
+        &t.heartbeat_path,
+        HeartbeatState::NotReady,
+        f.code,
+        &f.message,
+    );
+    status.is_ok() && beat.is_ok()
 }
 
 fn truncate(s: &mut String, max_chars: usize) {
@@ -228,8 +299,11 @@ pub fn write_heartbeat(
     code: Code,
     message: &str,
 ) -> Result<(), Failure> {
-    fsutil::write_atomic(path, &heartbeat_json(state, code, message))
-        .map_err(|e| Failure::state_io(path, e))
+    write_replacing(
+        path,
+        &heartbeat_json(state, code, message),
+        fsutil::write_atomic,
+    )
 }
 
 #[cfg(test)]
@@ -307,5 +381,58 @@ mod tests {
             .write(&p)
             .unwrap();
         assert_eq!(read(&p).unwrap().status.status, StatusValue::Transitioning);
+    }
+
+    #[test]
+    fn a_full_disk_is_retried_after_removing_the_old_file() {
+        use std::cell::Cell;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("3.status");
+        std::fs::write(&p, b"old success").unwrap();
+        // No room for a second copy while the old one exists.
+        let calls = Cell::new(0);
+        let full_beside_old = |path: &Path, bytes: &[u8]| {
+            calls.set(calls.get() + 1);
+            if path.exists() {
+                Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC))
+            } else {
+                fsutil::write_atomic(path, bytes)
+            }
+        };
+        write_replacing(&p, b"new", full_beside_old).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(calls.get(), 2);
+
+        // Still failing: an error with code 201, and the old (now untrue) document is gone.
+        let never = |_: &Path, _: &[u8]| Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        let f = write_replacing(&p, b"newer", never).unwrap_err();
+        assert_eq!(f.code, Code::StateIo);
+        assert!(f.message.contains("3.status"), "{}", f.message);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_written_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let r = StatusReport::new("H", "Enable", StatusValue::Transitioning, 0, "working");
+        let f = r.write(&file.join("0.status")).unwrap_err();
+        assert_eq!(f.code, Code::StateIo);
+        let f = write_heartbeat(
+            &file.join("heartbeat.log"),
+            HeartbeatState::Ready,
+            Code::Success,
+            "m",
+        )
+        .unwrap_err();
+        assert_eq!(f.code, Code::StateIo);
+    }
+
+    #[test]
+    fn panic_message_is_one_line_without_the_payload() {
+        let m = panic_message("handler/x.rs:3");
+        assert!(!m.contains('\n'));
+        assert!(m.contains("handler/x.rs:3"));
     }
 }

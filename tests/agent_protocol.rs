@@ -808,3 +808,96 @@ fn a_rerun_after_success_verifies_again() {
     };
     assert_eq!(status_code(&v), 220, "{}", message(&v));
 }
+
+#[test]
+fn non_utf8_arguments_are_a_usage_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = World::new("hbv3", HB);
+    let out = w
+        .command(&["fetch"], 0)
+        .arg(std::ffi::OsStr::from_bytes(b"http://127.0.0.1/\xff"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(stderr.contains("argument 2 is not valid UTF-8"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Without the `fault-injection` feature (every release build) the test trigger does nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+fn the_test_panic_trigger_is_absent_from_normal_builds() {
+    let w = World::new("hbv3", HB);
+    let out = w
+        .command(&["install"], 0)
+        .env("IBDRIVER_TEST_PANIC", "install")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A real panic in `verb`: exit 14, an error status with code 200 and a one-line message
+/// naming where, a NotReady heartbeat, and the panic in our log.
+#[cfg(feature = "fault-injection")]
+fn panics_in(verb: &str, args: &[&str]) {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({}));
+    let out = w
+        .command(args, 1)
+        .env("IBDRIVER_TEST_PANIC", verb)
+        .output()
+        .unwrap();
+    let v = if verb == "worker" {
+        assert_eq!(code(&out), 0, "enable itself does not panic");
+        w.wait_terminal(1, Duration::from_secs(20))
+    } else {
+        assert_eq!(code(&out), 14, "{}", String::from_utf8_lossy(&out.stderr));
+        w.status(1).expect("a status for the panic")
+    };
+    assert_eq!(status_value(&v), "error", "{v}");
+    assert_eq!(status_code(&v), 200);
+    let m = message(&v);
+    assert!(
+        m.contains("internal error (panic at handler/lib.rs:"),
+        "{m}"
+    );
+    assert!(
+        !m.contains('\n') && !m.contains("IBDRIVER_TEST_PANIC"),
+        "{m}"
+    );
+    assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
+    assert_eq!(w.heartbeat()[0]["heartbeat"]["code"], 200);
+    let log = fs::read_to_string(w.log_dir.join("ibdriver.log")).unwrap();
+    assert!(
+        log.contains("internal error: panic: IBDRIVER_TEST_PANIC"),
+        "{log}"
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panic_in_enable_is_reported_and_exits_14() {
+    panics_in("enable", &["enable"]);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panic_in_the_worker_is_reported() {
+    panics_in("worker", &["enable"]);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panic_in_the_worker_process_exits_14() {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({}));
+    let hd = w.handler_dir.display().to_string();
+    let out = w
+        .command(&["worker", "--handler-dir", &hd, "--seq", "1"], 1)
+        .env("IBDRIVER_TEST_PANIC", "worker")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 14);
+    assert_eq!(status_code(&w.status(1).unwrap()), 200);
+}

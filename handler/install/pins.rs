@@ -167,7 +167,7 @@ pub fn before_doca(root: &Root, f: Family) -> std::io::Result<()> {
         let path = root.path(&format!("etc/dkms/{m}.conf"));
         let existing = std::fs::read_to_string(&path).ok();
         if let Some(text) = build_depends(existing.as_deref(), "mlnx-ofed-kernel") {
-            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            crate::fsutil::ensure_system_dir(path.parent().expect("has a parent"))?;
             crate::fsutil::write_system_file(&path, text.as_bytes())?;
         }
     }

@@ -101,9 +101,12 @@ pub fn cases() -> Vec<Case> {
     ] {
         v.push(bad_variable(name, bad));
     }
-    v.push(accepted_variable("padded", " 3 \n", 3));
-    v.push(accepted_variable("leading_zero", "007", 7));
-    v.push(accepted_variable("plus_sign", "+4", 4));
+    // Only the canonical spelling names a sequence number: "007", "+4" and " 3 " could name
+    // other files than the agent meant.
+    v.push(bad_variable("padded", " 3 \n"));
+    v.push(bad_variable("leading_zero", "007"));
+    v.push(bad_variable("plus_sign", "+4"));
+    v.push(accepted_variable("zero", "0", 0));
 
     v.push(case("agent_number_wins_over_newer_settings_file", || {
         let w = hbv3();

@@ -167,13 +167,22 @@ fn after_success(file: &'static str, bad: Bad, dir_code: Option<Want>) -> Case {
 
 /// The file is there, bad, before the first enable.
 fn before_first(file: &'static str, bad: Bad, dir_code: Option<Want>) -> Case {
+    before_first_as(file, bad, dir_code, false)
+}
+
+/// [`before_first`]; `refused` makes `dir_code` the outcome for this kind of bad file too.
+fn before_first_as(file: &'static str, bad: Bad, dir_code: Option<Want>, refused: bool) -> Case {
     case(
         format!("{file}_{}_before_first_enable", bad_name(bad)),
         move || {
             let w = hbv3();
             plant(&data(&w, file), bad);
             w.settings(1, json!({}));
-            check_enable(&w, want_for(bad, dir_code))
+            let want = match (refused, dir_code) {
+                (true, Some(code)) => code,
+                _ => want_for(bad, dir_code),
+            };
+            check_enable(&w, want)
         },
     )
 }
@@ -316,7 +325,14 @@ pub fn cases() -> Vec<Case> {
     }
     for b in [Bad::Empty, Bad::NotJson, Bad::Binary, Bad::Dir, Bad::Fifo] {
         v.push(before_first("worker.pid", b, Some(Want::WorkerFails(201))));
-        v.push(before_first("worker.lock", b, Some(Want::WorkerFails(201))));
+        // A lock that is not a plain file is refused rather than replaced: two workers must
+        // never hold locks on different files.
+        v.push(before_first_as(
+            "worker.lock",
+            b,
+            Some(Want::WorkerFails(201)),
+            matches!(b, Bad::Fifo),
+        ));
     }
     for b in ALL {
         v.push(apply_case(b));
