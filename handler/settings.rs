@@ -202,17 +202,33 @@ pub fn parse_settings_file(text: &str, path: &Path) -> Result<RawHandlerSettings
             ..Default::default()
         });
     }
-    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        // serde_json's message names a line and column, never the content.
+    // Duplicate keys first: serde_json keeps the last of them silently, and which of two
+    // values the agent meant is anybody's guess.
+    serde_json::from_str::<NoDuplicates>(text).map_err(|e| {
+        // serde_json's message names a line and column, never the content; ours a shown key.
         malformed(format!("not JSON ({e})"))
     })?;
-    let rs = doc
-        .get("runtimeSettings")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| malformed("no runtimeSettings array".into()))?;
-    let first = rs
-        .first()
-        .ok_or_else(|| malformed("runtimeSettings is empty".into()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| malformed(format!("not JSON ({e})")))?;
+    if !doc.is_object() {
+        return Err(malformed("it is not a JSON object".into()));
+    }
+    let rs = match doc.get("runtimeSettings") {
+        None => return Err(malformed("no runtimeSettings array".into())),
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| malformed("runtimeSettings must be an array".into()))?,
+    };
+    let first = match rs.as_slice() {
+        [] => return Err(malformed("runtimeSettings is empty".into())),
+        [one] => one,
+        more => {
+            return Err(malformed(format!(
+                "the settings file has {} runtimeSettings entries; the agent writes one — remove the extra",
+                more.len()
+            )))
+        }
+    };
     let hs = first
         .get("handlerSettings")
         .ok_or_else(|| malformed("runtimeSettings[0] has no handlerSettings".into()))?;
@@ -239,6 +255,91 @@ pub fn parse_settings_file(text: &str, path: &Path) -> Result<RawHandlerSettings
     })
 }
 
+/// Walks a JSON document, failing on an object with a key twice.
+struct NoDuplicates;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key `{}` appears twice",
+                    shown_key(&key)
+                )));
+            }
+            map.next_value::<NoDuplicates>()?;
+        }
+        Ok(NoDuplicates)
+    }
+}
+
+/// How long a shown key may be before it is cut.
+pub const SHOWN_KEY_CHARS: usize = 64;
+
+/// A key name as messages show it. Keys are user text too: a SAS URL pasted as a key keeps no
+/// query or credentials, and control and bidirectional characters, which could disguise a
+/// status line, are dropped.
+pub fn shown_key(key: &str) -> String {
+    let mut k = key;
+    if let Some(q) = k.find(['?', '#']) {
+        k = &k[..q];
+    }
+    let mut owned;
+    if let Some(scheme) = k.find("://") {
+        let rest = &k[scheme + 3..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            owned = format!("{}{}", &k[..scheme + 3], &rest[at + 1..]);
+            k = &owned;
+        }
+    }
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+    };
+    owned = k.chars().filter(|c| !hidden(*c)).collect();
+    if owned.chars().count() > SHOWN_KEY_CHARS {
+        owned = owned.chars().take(SHOWN_KEY_CHARS).collect::<String>() + "...";
+    }
+    owned
+}
+
 fn fingerprint(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -262,7 +363,7 @@ pub const PUBLIC_KEYS: [(&str, &str); 9] = [
     ("mirror", "an https URL"),
     ("ipoib", "one of auto, native, waagent, off"),
     ("reboot", "one of ifRequired, never"),
-    ("lockTimeoutSeconds", "an integer"),
+    ("lockTimeoutSeconds", "an integer between 1 and 86400"),
     ("hcaNaming", "one of kernel, stable"),
     ("removeDriversOnUninstall", "true or false"),
 ];
@@ -273,7 +374,7 @@ fn deserialize_public(value: &serde_json::Value) -> Result<PublicSettings, Setti
         .ok_or_else(|| SettingsError::Invalid("publicSettings must be a JSON object".into()))?;
     for key in obj.keys() {
         if !PUBLIC_KEYS.iter().any(|(k, _)| k == key) {
-            let shown: String = key.chars().take(64).collect();
+            let shown = shown_key(key);
             let known: Vec<&str> = PUBLIC_KEYS.iter().map(|(k, _)| *k).collect();
             return Err(SettingsError::Invalid(format!(
                 "unknown setting `{shown}`; known settings: {}",
@@ -360,7 +461,8 @@ pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsEr
             serde_json::Value::Null => continue,
             _ => {
                 return Err(SettingsError::ProtectedInvalid(format!(
-                    "protected setting {key} must be a string"
+                    "protected setting {} must be a string",
+                    shown_key(key)
                 )))
             }
         };
@@ -384,7 +486,7 @@ pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsEr
             other => {
                 return Err(SettingsError::ProtectedInvalid(format!(
                     "unknown protected setting `{}`, expected one of {}",
-                    other.chars().take(64).collect::<String>(),
+                    shown_key(other),
                     PROTECTED_KEYS.join(", ")
                 )))
             }
@@ -503,6 +605,82 @@ mod tests {
             assert!(matches!(e, SettingsError::Malformed { .. }), "{bad}");
             assert_eq!(Failure::from(e).code, Code::SettingsMalformed);
         }
+    }
+
+    #[test]
+    fn a_second_runtime_settings_entry_is_malformed() {
+        let text = r#"{"runtimeSettings":[{"handlerSettings":{}},{"handlerSettings":{"publicSettings":{"stack":"doca"}}}]}"#;
+        let f = Failure::from(parse_settings_file(text, Path::new("1.settings")).unwrap_err());
+        assert_eq!(f.code, Code::SettingsMalformed);
+        assert!(
+            f.message.contains("the settings file has 2 runtimeSettings entries; the agent writes one — remove the extra"),
+            "{}",
+            f.message
+        );
+        let e = parse_settings_file(r#"{"runtimeSettings":{}}"#, Path::new("x")).unwrap_err();
+        assert!(
+            e.to_string().contains("runtimeSettings must be an array"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_malformed() {
+        for text in [
+            r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"stack":"doca","stack":"inbox"}}}]}"#,
+            r#"{"runtimeSettings":[],"runtimeSettings":[{"handlerSettings":{}}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":"A","protectedSettings":"B"}}]}"#,
+        ] {
+            let f = Failure::from(parse_settings_file(text, Path::new("x")).unwrap_err());
+            assert_eq!(f.code, Code::SettingsMalformed, "{text}");
+            assert!(f.message.contains("appears twice"), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_say_the_range() {
+        for bad in [
+            json!({"lockTimeoutSeconds": 0}),
+            json!({"lockTimeoutSeconds": 86401}),
+            json!({"lockTimeoutSeconds": -1}),
+            json!({"lockTimeoutSeconds": 1.5}),
+            json!({"lockTimeoutSeconds": 1e30}),
+        ] {
+            let e = public(bad.clone()).unwrap_err();
+            assert!(
+                e.to_string().contains("lockTimeoutSeconds")
+                    && e.to_string().contains("between 1 and 86400"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_shown_sanitized() {
+        let e = public(
+            json!({"https://u:PASSWD@acct.blob.core.windows.net/c/x.tgz?sv=1&sig=SECRETSIG": 1}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`https://acct.blob.core.windows.net/c/x.tgz`"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("SECRETSIG") && !e.contains("PASSWD") && !e.contains('?'),
+            "{e}"
+        );
+        let e = public(json!({"st\u{202e}ack\u{0007}\u{0085}\u{2066}x\u{200f}": 1}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`stackx`"), "{e}");
+        let e = public(json!({ "k".repeat(5000): 1 }))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("`{}...`", "k".repeat(64))), "{e}");
+        assert!(!e.contains(&"k".repeat(65)));
+        let e = parse_protected(b"{\"pass\\u202eword?sig=SECRET\":\"x\"}").unwrap_err();
+        assert!(e.to_string().contains("`password`"), "{e}");
     }
 
     #[test]
