@@ -119,8 +119,17 @@ fn take_secrets() -> Result<serde_json::Map<String, serde_json::Value>, Failure>
     }
 }
 
+/// Progress to stderr, the result line to stdout: a closed or full stream loses the line but
+/// never the work or the exit code.
 fn say(line: &str) {
-    eprintln!("ibdriver apply: {line}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ibdriver apply: {line}");
+}
+
+fn result_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
 /// Public settings from the file (or defaults), protected ones from the environment.
@@ -159,7 +168,12 @@ pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
 
 fn fail(f: &Failure) -> i32 {
     tracing::error!(code = f.code.number(), "apply failed: {}", f.message);
-    println!("error {} {}: {}", f.code.number(), f.code.name(), f.message);
+    result_line(&format!(
+        "error {} {}: {}",
+        f.code.number(),
+        f.code.name(),
+        f.message
+    ));
     f.code.exit_code()
 }
 
@@ -231,7 +245,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         Err(f) => fail(&f),
         Ok(RunEnd::Failed(f)) if f.code == Code::Rebooting => {
             say("the VM reboots to activate the drivers; run apply again after the boot (a Batch start task does) and it resumes");
-            println!("rebooting: {}", f.message);
+            result_line(&format!("rebooting: {}", f.message));
             0
         }
         Ok(RunEnd::Stopped) => fail(&Failure::new(
@@ -253,7 +267,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
             remove_downloads(&data);
             logging::summary(root, &format!("Apply: success {summary}"));
             tracing::info!("apply succeeded: {summary}");
-            println!("success: {summary}");
+            result_line(&format!("success: {summary}"));
             0
         }
     }

@@ -232,6 +232,11 @@ pub fn parse_settings_file(text: &str, path: &Path) -> Result<RawHandlerSettings
     let hs = first
         .get("handlerSettings")
         .ok_or_else(|| malformed("runtimeSettings[0] has no handlerSettings".into()))?;
+    if !hs.is_object() && !hs.is_null() {
+        return Err(malformed(
+            "runtimeSettings[0].handlerSettings must be an object".into(),
+        ));
+    }
     let public = match hs.get("publicSettings") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(v.clone()),
@@ -409,7 +414,10 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
     }
     let s = deserialize_public(value)?;
     if let Some(v) = &s.version {
-        if v.trim().is_empty() || v.len() > 64 || v.chars().any(|c| c.is_whitespace() || c == '/') {
+        // Versions name catalog entries and paths: letters, digits and . _ - + ~ : only, so
+        // no control or bidirectional character can reach a message or a file name.
+        let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_+~:".contains(c);
+        if v.is_empty() || v.len() > 64 || !v.chars().all(allowed) {
             return Err(SettingsError::Invalid(
                 "version must be a short version string such as 24.10-1.1.4.0".into(),
             ));
@@ -451,45 +459,45 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
 
 /// Validate decrypted protected settings. Messages name keys, never values.
 pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsError> {
+    if let Err(e) = serde_json::from_slice::<NoDuplicates>(plaintext) {
+        // Only our own error is about data (a repeated key, named sanitized); the others are
+        // syntax, and serde_json's syntax errors name positions, never content.
+        return Err(if e.is_data() {
+            SettingsError::ProtectedInvalid(format!("the decrypted protected settings: {e}"))
+        } else {
+            SettingsError::ProtectedNotJson
+        });
+    }
     let value: serde_json::Value =
         serde_json::from_slice(plaintext).map_err(|_| SettingsError::ProtectedNotJson)?;
     let obj = value.as_object().ok_or(SettingsError::ProtectedNotJson)?;
     let mut out = ProtectedSettings::default();
     for (key, v) in obj {
+        // The key first: an unknown one is named (sanitized) whatever its value.
+        if !PROTECTED_KEYS.contains(&key.as_str()) {
+            return Err(SettingsError::ProtectedInvalid(format!(
+                "unknown protected setting `{}`, expected one of {}",
+                shown_key(key),
+                PROTECTED_KEYS.join(", ")
+            )));
+        }
         let s = match v {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => continue,
             _ => {
                 return Err(SettingsError::ProtectedInvalid(format!(
-                    "protected setting {} must be a string",
-                    shown_key(key)
+                    "protected setting {key} must be a string"
                 )))
             }
         };
+        if !is_http_url(&s) {
+            return Err(SettingsError::ProtectedInvalid(format!(
+                "protected setting {key} must be an http or https URL"
+            )));
+        }
         match key.as_str() {
-            "packageUrl" => {
-                if !is_http_url(&s) {
-                    return Err(SettingsError::ProtectedInvalid(
-                        "protected setting packageUrl must be an http or https URL".into(),
-                    ));
-                }
-                out.package_url = Some(Secret::new(s));
-            }
-            "proxy" => {
-                if !is_http_url(&s) {
-                    return Err(SettingsError::ProtectedInvalid(
-                        "protected setting proxy must be an http or https URL".into(),
-                    ));
-                }
-                out.proxy = Some(Secret::new(s));
-            }
-            other => {
-                return Err(SettingsError::ProtectedInvalid(format!(
-                    "unknown protected setting `{}`, expected one of {}",
-                    shown_key(other),
-                    PROTECTED_KEYS.join(", ")
-                )))
-            }
+            "packageUrl" => out.package_url = Some(Secret::new(s)),
+            _ => out.proxy = Some(Secret::new(s)),
         }
     }
     Ok(out)
@@ -600,6 +608,8 @@ mod tests {
             r#"{"runtimeSettings":[]}"#,
             r#"{"runtimeSettings":[{}]}"#,
             r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":5}}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":"x"}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":5}]}"#,
         ] {
             let e = parse_settings_file(bad, Path::new("x")).unwrap_err();
             assert!(matches!(e, SettingsError::Malformed { .. }), "{bad}");
@@ -718,6 +728,8 @@ mod tests {
             json!({"lockTimeoutSeconds": 0}),
             json!({"lockTimeoutSeconds": "10"}),
             json!({"version": ""}),
+            json!({"version": "1.0\u{202e}"}),
+            json!({"version": "1.0\n"}),
             json!({"package": {"url": "ftp://x/y", "sha256": "00"}}),
             json!({"package": {"url": "https://x/y.tgz"}}),
             json!({"package": {}}),
