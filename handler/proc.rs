@@ -1,5 +1,6 @@
 //! Running external programs: by argv (never a shell), with a timeout, optional stdin, and
-//! bounded capture of stdout/stderr.
+//! bounded capture of stdout/stderr. The timeout is a promise about the whole process group
+//! the program starts, and about our reads of its pipes, not just about the program itself.
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
