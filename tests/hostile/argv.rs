@@ -26,6 +26,21 @@ fn run_with(w: &World, args: &[&str], redirect: &str) -> Output {
     sh.output().unwrap()
 }
 
+/// `ibdriver args...` with stdout a pipe whose reader is already gone.
+fn run_broken_pipe(w: &World, args: &[&str]) -> Output {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let mut c = w.command(args, 0);
+    c.stdout(Stdio::from(write)).stderr(Stdio::piped());
+    c.output().unwrap()
+}
+
+fn check_out(out: &Output, what: &str, exit: i32) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked at"), "{what}: {stderr}");
+    assert_eq!(code(out), exit, "{what}: {stderr}");
+}
+
 fn check(w: &World, args: &[&str], redirect: &str, exit: i32, says: &str) {
     let out = run_with(w, args, redirect);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -241,8 +256,12 @@ fn unwritable_stdout_and_stderr_are_not_panics() {
     check(&w, &["version"], ">/dev/full", 1, "");
     check(&w, &["plan", "--json"], ">/dev/full", 1, "");
     check(&w, &["frobnicate"], "2>/dev/full", 1, "");
-    // stdout a pipe whose reader is gone.
-    check(&w, &["plan", "--json"], "| true", 1, "");
+    check_out(
+        &run_broken_pipe(&w, &["plan", "--json"]),
+        "plan --json | (gone)",
+        1,
+    );
+    check_out(&run_broken_pipe(&w, &["version"]), "version | (gone)", 1);
 }
 
 #[test]
