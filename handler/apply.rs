@@ -29,8 +29,107 @@ pub const SEQ: u64 = u64::MAX;
 /// and the agent's no-op enable is not undone by a start task's apply.
 pub const CHECKPOINT: &str = "apply-state.json";
 
+/// Where apply takes its secrets from, and the protected setting each one is.
+const SECRET_VARS: [(&str, &str); 2] = [
+    ("IBDRIVER_PACKAGE_URL", "packageUrl"),
+    ("IBDRIVER_PROXY", "proxy"),
+];
+/// Names (by number only) the memfd through which apply hands the secrets to itself across
+/// its re-exec.
+pub const SECRETS_FD_VAR: &str = "IBDRIVER_APPLY_SECRETS_FD";
+
+/// The kernel keeps a process's initial environment in `/proc/<pid>/environ` for its whole
+/// life (`remove_var` only changes our copy), readable by every process of the same user. So
+/// when a secret arrives in the environment, apply moves the secrets into an unnamed memfd and
+/// execs itself again without them. Returns only if there was nothing to move, or on failure.
+fn reexec_without_secrets() -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::process::CommandExt;
+    if SECRET_VARS
+        .iter()
+        .all(|(var, _)| std::env::var_os(var).is_none())
+    {
+        return Ok(());
+    }
+    let mut secrets = serde_json::Map::new();
+    for (var, key) in SECRET_VARS {
+        if let Some(v) = std::env::var_os(var) {
+            let v = v.to_string_lossy();
+            if !v.trim().is_empty() {
+                secrets.insert(key.into(), serde_json::Value::String(v.into_owned()));
+            }
+        }
+    }
+    let cannot = |e: &dyn std::fmt::Display| {
+        Failure::new(
+            Code::Internal,
+            format!("cannot restart apply without the secrets in its environment ({e}); check that /proc is mounted"),
+        )
+    };
+    // Without MFD_CLOEXEC: the new image inherits it.
+    let fd =
+        nix::sys::memfd::memfd_create(c"ibdriver-apply", nix::sys::memfd::MemFdCreateFlag::empty())
+            .map_err(|e| cannot(&e))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(serde_json::Value::Object(secrets).to_string().as_bytes())
+        .map_err(|e| cannot(&e))?;
+    let mut argv = std::env::args_os();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = argv.next() {
+        cmd.arg0(arg0);
+    }
+    cmd.args(argv);
+    for (var, _) in SECRET_VARS {
+        cmd.env_remove(var);
+    }
+    let raw = file.into_raw_fd();
+    cmd.env(SECRETS_FD_VAR, raw.to_string());
+    let err = cmd.exec();
+    let _ = nix::unistd::close(raw);
+    Err(cannot(&err))
+}
+
+/// The secrets as a protected-settings object: from the memfd the re-exec left, which is
+/// closed at once so no child inherits it.
+fn take_secrets() -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
+    let Some(fd) = std::env::var_os(SECRETS_FD_VAR) else {
+        return Ok(serde_json::Map::new());
+    };
+    std::env::remove_var(SECRETS_FD_VAR);
+    let lost = || {
+        Failure::new(
+            Code::Internal,
+            format!("{SECRETS_FD_VAR} does not name apply's secrets; unset it and run apply again"),
+        )
+    };
+    let fd: i32 = fd
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 2)
+        .ok_or_else(lost)?;
+    // A fresh open of the memfd reads from its start whatever the inherited offset.
+    let text = std::fs::read(format!("/proc/self/fd/{fd}"));
+    let _ = nix::unistd::close(fd);
+    let value: serde_json::Value =
+        serde_json::from_slice(&text.map_err(|_| lost())?).map_err(|_| lost())?;
+    match value {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => Err(lost()),
+    }
+}
+
+/// Progress to stderr, the result line to stdout: a closed or full stream loses the line but
+/// never the work or the exit code.
 fn say(line: &str) {
-    eprintln!("ibdriver apply: {line}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "ibdriver apply: {line}");
+}
+
+fn result_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
 /// Public settings from the file (or defaults), protected ones from the environment.
@@ -41,18 +140,7 @@ pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
             Failure::new(Code::SettingsInvalid, format!("{e}; fix the settings file"))
         })?,
     };
-    let mut protected = serde_json::Map::new();
-    for (var, key) in [
-        ("IBDRIVER_PACKAGE_URL", "packageUrl"),
-        ("IBDRIVER_PROXY", "proxy"),
-    ] {
-        if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
-            protected.insert(key.into(), serde_json::Value::String(v));
-        }
-        // Read once: no child (apt-get and its maintainer scripts, installers, dkms) inherits
-        // them.
-        std::env::remove_var(var);
-    }
+    let protected = take_secrets()?;
     let present: Vec<String> = protected.keys().cloned().collect();
     let protected_json = serde_json::Value::Object(protected).to_string();
     let protected = settings::parse_protected(protected_json.as_bytes()).map_err(|e| {
@@ -80,11 +168,20 @@ pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
 
 fn fail(f: &Failure) -> i32 {
     tracing::error!(code = f.code.number(), "apply failed: {}", f.message);
-    println!("error {} {}: {}", f.code.number(), f.code.name(), f.message);
+    result_line(&format!(
+        "error {} {}: {}",
+        f.code.number(),
+        f.code.name(),
+        f.message
+    ));
     f.code.exit_code()
 }
 
 pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
+    if let Err(f) = reexec_without_secrets() {
+        logging::init(None, false);
+        return fail(&f);
+    }
     let data = root.data_dir();
     if let Err(e) = fsutil::create_private_dir(&data) {
         logging::init(None, false);
@@ -148,7 +245,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         Err(f) => fail(&f),
         Ok(RunEnd::Failed(f)) if f.code == Code::Rebooting => {
             say("the VM reboots to activate the drivers; run apply again after the boot (a Batch start task does) and it resumes");
-            println!("rebooting: {}", f.message);
+            result_line(&format!("rebooting: {}", f.message));
             0
         }
         Ok(RunEnd::Stopped) => fail(&Failure::new(
@@ -170,7 +267,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
             remove_downloads(&data);
             logging::summary(root, &format!("Apply: success {summary}"));
             tracing::info!("apply succeeded: {summary}");
-            println!("success: {summary}");
+            result_line(&format!("success: {summary}"));
             0
         }
     }

@@ -360,7 +360,7 @@ pub fn run(root: &Root, out: &Path) -> i32 {
     let tmp = match tmp {
         Ok(t) => t,
         Err(e) => {
-            eprintln!(
+            crate::tell!(
                 "ibdriver: cannot write the bundle to {}: {e}",
                 out.display()
             );
@@ -370,14 +370,14 @@ pub fn run(root: &Root, out: &Path) -> i32 {
     let (members, collected, missing) = gather(root);
     match write_bundle(tmp, out, &members) {
         Ok(size) => {
-            println!("{}", out.display());
-            println!(
+            crate::say!("{}", out.display());
+            crate::say!(
                 "diagnose: {collected} parts collected, {missing} missing or failed (listed in MANIFEST.json), {size} bytes compressed, secrets redacted"
             );
             0
         }
         Err(e) => {
-            eprintln!(
+            crate::tell!(
                 "ibdriver: cannot write the bundle to {}: {e}",
                 out.display()
             );

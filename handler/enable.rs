@@ -66,7 +66,7 @@ impl Invocation {
         match written {
             Ok(()) => f.code.exit_code(),
             Err(io) => {
-                eprintln!("ibdriver: {f}; and {io}");
+                crate::tell!("ibdriver: {f}; and {io}");
                 self.log_failure(operation, &io);
                 io.code.exit_code()
             }

@@ -38,6 +38,39 @@ pub mod settings;
 pub mod status;
 pub mod worker;
 
+/// A line to stdout that never panics: a full disk, a closed pipe or a reader that went away
+/// is remembered ([`output_lost`]) so a verb whose product is its output can fail for it.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::write_line(false, format_args!($($arg)*)) };
+}
+
+/// A line to stderr that never panics; a lost message there cannot be reported anywhere.
+#[macro_export]
+macro_rules! tell {
+    ($($arg:tt)*) => { $crate::write_line(true, format_args!($($arg)*)) };
+}
+
+static OUTPUT_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[doc(hidden)]
+pub fn write_line(to_stderr: bool, args: std::fmt::Arguments) {
+    use std::io::Write;
+    if to_stderr {
+        let _ = writeln!(std::io::stderr(), "{args}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{args}").and_then(|_| out.flush()).is_err() {
+            OUTPUT_LOST.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Some of what this process printed to stdout could not be written.
+pub fn output_lost() -> bool {
+    OUTPUT_LOST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 use agent::AgentContext;
 use cli::Command;
 use enable::Invocation;
@@ -51,12 +84,27 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
     let cmd = match cli::utf8_args(args).and_then(|a| cli::parse(&a)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ibdriver: {e}\n{}", cli::USAGE);
+            crate::tell!("ibdriver: {e}\n{}", cli::USAGE);
             return Code::Usage.exit_code();
         }
     };
     std::panic::set_hook(Box::new(panic_hook));
+    // A write past a file-size limit fails with EFBIG (reported like any write error) instead
+    // of killing us with SIGXFSZ half-way through.
+    // SAFETY: SIG_IGN installs no handler code; nothing else in the process sets this signal.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    };
+    // The verbs whose product is what they print fail when it cannot be written.
+    let reports = matches!(
+        cmd,
+        Command::Plan { .. } | Command::Health { .. } | Command::Version | Command::Help
+    );
     match std::panic::catch_unwind(|| dispatch(cmd)) {
+        Ok(0) if reports && output_lost() => Code::Internal.exit_code(),
         Ok(code) => code,
         // The hook exits first; this only keeps the exit code honest should it return.
         Err(_) => Code::Internal.exit_code(),
@@ -93,7 +141,7 @@ fn panic_hook(info: &std::panic::PanicHookInfo) {
         .take(500)
         .collect();
     tracing::error!(location = %location, "internal error: panic: {payload}");
-    eprintln!("ibdriver: internal error: panic at {location}");
+    crate::tell!("ibdriver: internal error: panic at {location}");
     let reported = status::report_panic(&location);
     tracing::error!(reported, "exiting after the panic");
     std::process::exit(Code::Internal.exit_code());
@@ -125,7 +173,7 @@ fn agent_invocation(
             // Without HandlerEnvironment.json there is no status folder to write to.
             let f: Failure = e.into();
             logging::init(None, false);
-            eprintln!("ibdriver: {f}");
+            crate::tell!("ibdriver: {f}");
             tracing::error!("{f}");
             return Err(f.code.exit_code());
         }
@@ -148,7 +196,7 @@ fn agent_invocation(
     });
     if let Some(e) = log_refused {
         let f = Failure::state_io(&inv.agent.env.log_folder, e);
-        eprintln!("ibdriver: {f}");
+        crate::tell!("ibdriver: {f}");
         let code = if operation == "Enable" {
             inv.fail(operation, &f, vec![])
         } else {
@@ -234,7 +282,7 @@ fn dispatch(cmd: Command) -> i32 {
                 Some(p) => match operator::read_public_settings(&p) {
                     Ok(s) => s,
                     Err(e) => {
-                        eprintln!("ibdriver: {e}");
+                        crate::tell!("ibdriver: {e}");
                         return Code::SettingsInvalid.exit_code();
                     }
                 },
@@ -267,11 +315,11 @@ fn dispatch(cmd: Command) -> i32 {
             operator::health(&Root::from_env(), json)
         }
         Command::Version => {
-            println!("ibdriver {}", env!("IBDRIVER_VERSION"));
+            crate::say!("ibdriver {}", env!("IBDRIVER_VERSION"));
             0
         }
         Command::Help => {
-            println!("{}", cli::USAGE);
+            crate::say!("{}", cli::USAGE);
             0
         }
     }

@@ -168,7 +168,7 @@ pub fn stop_worker(data: &Path, waits: StopWaits) -> Result<(), Failure> {
 /// status message), our log, the summary log and a telemetry event. The settings status is
 /// left alone: it describes the last enable, which this failure does not change.
 fn report(inv: &Invocation, verb: &str, f: &Failure) {
-    eprintln!("ibdriver {verb}: {f}");
+    crate::tell!("ibdriver {verb}: {f}");
     inv.log_failure(verb, f);
 }
 

@@ -112,7 +112,7 @@ pub fn init_agent(log_folder: &Path) -> io::Result<()> {
     let file = match open_log(log_folder, |_| Ok(())) {
         Ok(w) => Some(w),
         Err(e) => {
-            eprintln!(
+            crate::tell!(
                 "ibdriver: logging to stderr: cannot open {}: {e}",
                 log_folder.join(LOG_FILE).display()
             );

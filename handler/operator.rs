@@ -38,7 +38,7 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
             settings: public,
             plan: &plan,
         };
-        println!(
+        crate::say!(
             "{}",
             serde_json::to_string_pretty(&out).expect("plan serializes")
         );
@@ -48,13 +48,13 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
             .as_ref()
             .map(|o| o.pretty_name.clone())
             .unwrap_or_else(|| "unknown OS".into());
-        println!(
+        crate::say!(
             "host:   {os}, kernel {}, {}",
             facts.kernel,
             facts.vm_size().unwrap_or("size unknown (no IMDS)")
         );
         for f in facts.infiniband_functions() {
-            println!(
+            crate::say!(
                 "ib:     {} {:?} {}",
                 f.address,
                 f.generation,
@@ -66,14 +66,14 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
             );
         }
         match &facts.stack {
-            Some(s) => println!(
+            Some(s) => crate::say!(
                 "stack:  {} {}",
                 s.kind.as_str(),
                 s.version.as_deref().unwrap_or("")
             ),
-            None => println!("stack:  none installed"),
+            None => crate::say!("stack:  none installed"),
         }
-        println!("plan:   {}", plan.summary);
+        crate::say!("plan:   {}", plan.summary);
     }
     match plan.action {
         plan::Action::Refuse { failure } => failure.code.exit_code(),
@@ -84,25 +84,29 @@ pub fn plan(root: &Root, public: &PublicSettings, json: bool) -> i32 {
 pub fn health(root: &Root, json: bool) -> i32 {
     let report: health::HealthReport = monitor::check(root);
     if json {
-        println!(
+        crate::say!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
-        println!("{}", report.summary);
+        crate::say!("{}", report.summary);
         for h in &report.hcas {
             for p in &h.ports {
-                println!(
+                crate::say!(
                     "  {} port {}: {} {} {}",
-                    h.name, p.port, p.state, p.phys_state, p.rate
+                    h.name,
+                    p.port,
+                    p.state,
+                    p.phys_state,
+                    p.rate
                 );
             }
             for n in &h.netdevs {
-                println!("    -> {} {}", n.name, n.addresses.join(" "));
+                crate::say!("    -> {} {}", n.name, n.addresses.join(" "));
             }
         }
         for p in &report.problems {
-            println!("  problem: {p}");
+            crate::say!("  problem: {p}");
         }
     }
     if report.healthy {
@@ -126,7 +130,7 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let waagent_conf = std::fs::read_to_string(Root::from_env().path("etc/waagent.conf")).ok();
     let progress = fetch::progress_every(10, |pct, done, total| {
-        eprintln!("fetch: {pct}% ({done} of {total} bytes)")
+        crate::tell!("fetch: {pct}% ({done} of {total} bytes)")
     });
     let opts = fetch::Options {
         proxy: fetch::proxy::choose(&req.url, None, &env, waagent_conf.as_deref()),
@@ -138,7 +142,7 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
     match fetch::fetch(req, &staging, into, &opts) {
         Ok(out) => {
             let _ = std::fs::remove_dir(&staging);
-            eprintln!(
+            crate::tell!(
                 "fetch: verified {} bytes (sha256 {}), {} files -> {}",
                 out.size,
                 req.sha256.to_ascii_lowercase(),
@@ -149,7 +153,7 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
         }
         Err(e) => {
             let f = e.failure();
-            eprintln!("ibdriver: {f}");
+            crate::tell!("ibdriver: {f}");
             f.code.exit_code()
         }
     }

@@ -1,8 +1,15 @@
 //! Running external programs: by argv (never a shell), with a timeout, optional stdin, and
-//! bounded capture of stdout/stderr.
+//! bounded capture of stdout/stderr. The timeout is a promise about the whole process group
+//! the program starts, and about our reads of its pipes, not just about the program itself.
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -61,21 +68,125 @@ pub fn tail_line(text: &str, max: usize) -> String {
     }
 }
 
-fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = CAPTURE_LIMIT.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
-                }
+/// After the program exits, how long we keep reading its pipes: a daemon it started (an
+/// installer may legitimately leave one) can hold them open for ever, and must not hold us.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// On its time budget the program's process group gets SIGTERM, and SIGKILL this much later.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// The parent's ends of the child's pipes, served by one poll loop in the calling thread, so
+/// the time budget bounds the reads and the stdin write alike and nothing is left blocked.
+struct Pipes {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    stdin: Option<(ChildStdin, Vec<u8>, usize)>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+fn keep(kept: &mut Vec<u8>, data: &[u8]) {
+    let room = CAPTURE_LIMIT.saturating_sub(kept.len());
+    kept.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+/// One read from a pipe poll called ready; `false` at end of file or on an error.
+fn read_some(r: &mut impl Read, kept: &mut Vec<u8>, buf: &mut [u8]) -> bool {
+    match r.read(buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            keep(kept, &buf[..n]);
+            true
+        }
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+        ),
+    }
+}
+
+impl Pipes {
+    fn reading(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    /// Wait at most `limit` for any pipe to be ready, then move what is ready.
+    fn step(&mut self, limit: Duration) {
+        let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+        let (o, e, i) = {
+            let mut fds = Vec::with_capacity(3);
+            let mut at = [usize::MAX; 3];
+            if let Some(p) = &self.stdout {
+                at[0] = fds.len();
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(p) = &self.stderr {
+                at[1] = fds.len();
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some((p, _, _)) = &self.stdin {
+                at[2] = fds.len();
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLOUT));
+            }
+            if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) <= 0 {
+                return;
+            }
+            let ready = |k: usize| {
+                at[k] != usize::MAX && fds[at[k]].revents().is_some_and(|r| !r.is_empty())
+            };
+            (ready(0), ready(1), ready(2))
+        };
+        let mut buf = [0u8; 65536];
+        if o && !read_some(
+            self.stdout.as_mut().expect("polled"),
+            &mut self.out,
+            &mut buf,
+        ) {
+            self.stdout = None;
+        }
+        if e && !read_some(
+            self.stderr.as_mut().expect("polled"),
+            &mut self.err,
+            &mut buf,
+        ) {
+            self.stderr = None;
+        }
+        if i {
+            let (pipe, data, pos) = self.stdin.as_mut().expect("polled");
+            match pipe.write(&data[*pos..]) {
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // The program closed its stdin: it does not want the rest.
+                Err(_) => *pos = data.len(),
+            }
+            if *pos >= data.len() {
+                // Closing is the end of file the program waits for.
+                self.stdin = None;
             }
         }
-        kept
-    })
+    }
+}
+
+/// The budget ran out: stop the program and everything it started in its group.
+fn stop_group(child: &mut Child, program: &str, timeout: Duration) -> ProcError {
+    let group = Pid::from_raw(child.id() as i32);
+    // The child is not reaped yet, so its pid still names its group.
+    let _ = killpg(group, Signal::SIGTERM);
+    let until = Instant::now() + TERM_GRACE;
+    let mut pause = Duration::from_millis(1);
+    while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    // Grandchildren that ignored SIGTERM or outlived the leader go too; the group lives on
+    // while any of them does, so its id cannot have been reused.
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+    ProcError::Timeout {
+        program: program.to_string(),
+        secs: timeout.as_secs(),
+    }
 }
 
 /// Run `program args...`, feeding `stdin` if given, waiting at most `timeout`.
@@ -108,6 +219,9 @@ pub fn run_env(
     spawn_wait(cmd, program, args, None, timeout, on_spawn)
 }
 
+/// The one place a program is started. It leads its own process group, so a time budget
+/// stops everything it started, and our pipes are closed when it has exited (after
+/// [`EXIT_GRACE`]) even if a process it left behind still holds them.
 fn spawn_wait(
     mut cmd: Command,
     program: &str,
@@ -123,7 +237,8 @@ fn spawn_wait(
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .process_group(0);
     let mut child = cmd.spawn().map_err(|err| {
         if err.kind() == std::io::ErrorKind::NotFound {
             ProcError::NotFound {
@@ -138,48 +253,79 @@ fn spawn_wait(
     })?;
     crate::faultpoint::hit("child started", program);
     on_spawn(child.id());
-    let out = drain(child.stdout.take().expect("piped stdout"));
-    let err = drain(child.stderr.take().expect("piped stderr"));
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let data = data.to_vec();
-        // A writer thread, so a program that never reads stdin cannot block us.
-        thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
     let deadline = Instant::now() + timeout;
-    // Short programs (ip, systemctl) end within a millisecond or two: poll often at first,
-    // then every 5 ms for the long ones.
+    let stdin = match (stdin, child.stdin.take()) {
+        (Some(data), Some(pipe)) => {
+            // Non-blocking, so a program that never reads its stdin cannot hold the loop.
+            let _ = fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+            Some((pipe, data.to_vec(), 0))
+        }
+        _ => None,
+    };
+    let mut pipes = Pipes {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        stdin,
+        out: Vec::new(),
+        err: Vec::new(),
+    };
+    if pipes.stdin.as_ref().is_some_and(|(_, d, _)| d.is_empty()) {
+        pipes.stdin = None;
+    }
+    let spawn_error = |err| ProcError::Spawn {
+        program: program.to_string(),
+        err,
+    };
+    // While the pipes are open, poll them; the poll's wait is also how soon we notice that
+    // the program exited with its pipes still held, so it starts short.
+    let mut exited = None;
+    let mut grace_end = deadline;
+    let mut tick = Duration::from_millis(1);
+    while pipes.reading() {
+        let now = Instant::now();
+        if now >= grace_end {
+            if exited.is_some() {
+                break;
+            }
+            return Err(stop_group(&mut child, program, timeout));
+        }
+        pipes.step(tick.min(grace_end - now));
+        if exited.is_none() {
+            if let Some(st) = child.try_wait().map_err(spawn_error)? {
+                exited = Some(st);
+                pipes.stdin = None;
+                grace_end = Instant::now() + EXIT_GRACE;
+            }
+        }
+        tick = (tick * 2).min(Duration::from_millis(20));
+    }
+    // Short programs (ip, systemctl) end within a millisecond or two of closing their
+    // output: poll often at first, then every 5 ms for the long ones.
     let mut pause = Duration::from_micros(100);
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ProcError::Timeout {
-                    program: program.to_string(),
-                    secs: timeout.as_secs(),
-                });
+        if let Some(st) = exited {
+            break st;
+        }
+        match child.try_wait().map_err(spawn_error)? {
+            Some(st) => break st,
+            None if Instant::now() >= deadline => {
+                return Err(stop_group(&mut child, program, timeout));
             }
-            Ok(None) => {
-                thread::sleep(pause);
+            None => {
+                // A program still writing its stdin after closing stdout and stderr.
+                if pipes.stdin.is_some() {
+                    pipes.step(pause);
+                } else {
+                    thread::sleep(pause);
+                }
                 pause = (pause * 2).min(Duration::from_millis(5));
-            }
-            Err(e) => {
-                return Err(ProcError::Spawn {
-                    program: program.to_string(),
-                    err: e,
-                })
             }
         }
     };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
     Ok(Output {
         code: status.code(),
-        stdout,
-        stderr,
+        stdout: pipes.out,
+        stderr: pipes.err,
     })
 }
 
@@ -224,6 +370,112 @@ mod tests {
     fn times_out() {
         let e = run("sleep", &["5"], None, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(e, ProcError::Timeout { .. }));
+    }
+
+    /// Is `pid` a live process (a zombie counts as gone)?
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                let state = s.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z') && !state.starts_with('X')
+            })
+            .unwrap_or(false)
+    }
+
+    fn wait_gone(pid: i32) -> bool {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if !alive(pid) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn pid_in(file: &std::path::Path) -> i32 {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(p) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return p;
+            }
+            assert!(Instant::now() < until, "no pid in {}", file.display());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn returns_after_exit_when_a_grandchild_holds_stdout() {
+        let start = Instant::now();
+        let o = run(
+            "sh",
+            &["-c", "sleep 1000 & echo $!; echo bye >&2"],
+            None,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        assert!(o.success());
+        let daemon: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+        assert_eq!(o.stderr, b"bye\n");
+        // Well before the grandchild's sleep ends, or the budget: the exit grace bounds it.
+        assert!(start.elapsed() < Duration::from_secs(300));
+        // A normal exit leaves what the program started alone (an installer's daemon).
+        assert!(alive(daemon), "the daemon was killed");
+        let _ = nix::sys::signal::kill(Pid::from_raw(daemon), Signal::SIGKILL);
+    }
+
+    #[test]
+    fn budget_stops_the_whole_group() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("pid");
+        // The grandchild ignores SIGTERM and holds stdout; the child waits for ever.
+        let script = format!(
+            "trap '' TERM; sleep 1000 & echo $! > '{}'; echo started; wait",
+            file.display()
+        );
+        let start = Instant::now();
+        let e = run("sh", &["-c", &script], None, Duration::from_millis(500)).unwrap_err();
+        assert!(matches!(e, ProcError::Timeout { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(300));
+        let grandchild = pid_in(&file);
+        assert!(wait_gone(grandchild), "grandchild {grandchild} survived");
+    }
+
+    #[test]
+    fn budget_holds_for_a_program_that_never_reads_stdin() {
+        let big = vec![b'x'; 4 << 20];
+        let start = Instant::now();
+        let e = run(
+            "sh",
+            &["-c", "sleep 1000 <&0 & wait"],
+            Some(&big),
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ProcError::Timeout { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(300));
+    }
+
+    #[test]
+    fn large_output_and_input_pass_through() {
+        let data: Vec<u8> = (0..(200 * 1024)).map(|i| (i % 251) as u8).collect();
+        let o = run("cat", &[], Some(&data), Duration::from_secs(60)).unwrap();
+        assert_eq!(o.stdout, data);
+        let o = run(
+            "sh",
+            &[
+                "-c",
+                "head -c 400000 /dev/zero; head -c 300000 /dev/zero >&2",
+            ],
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(o.stdout.len(), CAPTURE_LIMIT);
+        assert_eq!(o.stderr.len(), CAPTURE_LIMIT);
     }
 
     #[test]

@@ -202,20 +202,41 @@ pub fn parse_settings_file(text: &str, path: &Path) -> Result<RawHandlerSettings
             ..Default::default()
         });
     }
-    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        // serde_json's message names a line and column, never the content.
+    // Duplicate keys first: serde_json keeps the last of them silently, and which of two
+    // values the agent meant is anybody's guess.
+    serde_json::from_str::<NoDuplicates>(text).map_err(|e| {
+        // serde_json's message names a line and column, never the content; ours a shown key.
         malformed(format!("not JSON ({e})"))
     })?;
-    let rs = doc
-        .get("runtimeSettings")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| malformed("no runtimeSettings array".into()))?;
-    let first = rs
-        .first()
-        .ok_or_else(|| malformed("runtimeSettings is empty".into()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| malformed(format!("not JSON ({e})")))?;
+    if !doc.is_object() {
+        return Err(malformed("it is not a JSON object".into()));
+    }
+    let rs = match doc.get("runtimeSettings") {
+        None => return Err(malformed("no runtimeSettings array".into())),
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| malformed("runtimeSettings must be an array".into()))?,
+    };
+    let first = match rs.as_slice() {
+        [] => return Err(malformed("runtimeSettings is empty".into())),
+        [one] => one,
+        more => {
+            return Err(malformed(format!(
+                "the settings file has {} runtimeSettings entries; the agent writes one — remove the extra",
+                more.len()
+            )))
+        }
+    };
     let hs = first
         .get("handlerSettings")
         .ok_or_else(|| malformed("runtimeSettings[0] has no handlerSettings".into()))?;
+    if !hs.is_object() && !hs.is_null() {
+        return Err(malformed(
+            "runtimeSettings[0].handlerSettings must be an object".into(),
+        ));
+    }
     let public = match hs.get("publicSettings") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(v.clone()),
@@ -237,6 +258,91 @@ pub fn parse_settings_file(text: &str, path: &Path) -> Result<RawHandlerSettings
         thumbprint,
         fingerprint: fingerprint(&canonical),
     })
+}
+
+/// Walks a JSON document, failing on an object with a key twice.
+struct NoDuplicates;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key `{}` appears twice",
+                    shown_key(&key)
+                )));
+            }
+            map.next_value::<NoDuplicates>()?;
+        }
+        Ok(NoDuplicates)
+    }
+}
+
+/// How long a shown key may be before it is cut.
+pub const SHOWN_KEY_CHARS: usize = 64;
+
+/// A key name as messages show it. Keys are user text too: a SAS URL pasted as a key keeps no
+/// query or credentials, and control and bidirectional characters, which could disguise a
+/// status line, are dropped.
+pub fn shown_key(key: &str) -> String {
+    let mut k = key;
+    if let Some(q) = k.find(['?', '#']) {
+        k = &k[..q];
+    }
+    let mut owned;
+    if let Some(scheme) = k.find("://") {
+        let rest = &k[scheme + 3..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            owned = format!("{}{}", &k[..scheme + 3], &rest[at + 1..]);
+            k = &owned;
+        }
+    }
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+    };
+    owned = k.chars().filter(|c| !hidden(*c)).collect();
+    if owned.chars().count() > SHOWN_KEY_CHARS {
+        owned = owned.chars().take(SHOWN_KEY_CHARS).collect::<String>() + "...";
+    }
+    owned
 }
 
 fn fingerprint(bytes: &[u8]) -> String {
@@ -262,7 +368,7 @@ pub const PUBLIC_KEYS: [(&str, &str); 9] = [
     ("mirror", "an https URL"),
     ("ipoib", "one of auto, native, waagent, off"),
     ("reboot", "one of ifRequired, never"),
-    ("lockTimeoutSeconds", "an integer"),
+    ("lockTimeoutSeconds", "an integer between 1 and 86400"),
     ("hcaNaming", "one of kernel, stable"),
     ("removeDriversOnUninstall", "true or false"),
 ];
@@ -273,7 +379,7 @@ fn deserialize_public(value: &serde_json::Value) -> Result<PublicSettings, Setti
         .ok_or_else(|| SettingsError::Invalid("publicSettings must be a JSON object".into()))?;
     for key in obj.keys() {
         if !PUBLIC_KEYS.iter().any(|(k, _)| k == key) {
-            let shown: String = key.chars().take(64).collect();
+            let shown = shown_key(key);
             let known: Vec<&str> = PUBLIC_KEYS.iter().map(|(k, _)| *k).collect();
             return Err(SettingsError::Invalid(format!(
                 "unknown setting `{shown}`; known settings: {}",
@@ -308,7 +414,10 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
     }
     let s = deserialize_public(value)?;
     if let Some(v) = &s.version {
-        if v.trim().is_empty() || v.len() > 64 || v.chars().any(|c| c.is_whitespace() || c == '/') {
+        // Versions name catalog entries and paths: letters, digits and . _ - + ~ : only, so
+        // no control or bidirectional character can reach a message or a file name.
+        let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_+~:".contains(c);
+        if v.is_empty() || v.len() > 64 || !v.chars().all(allowed) {
             return Err(SettingsError::Invalid(
                 "version must be a short version string such as 24.10-1.1.4.0".into(),
             ));
@@ -350,11 +459,28 @@ pub fn parse_public(value: Option<&serde_json::Value>) -> Result<PublicSettings,
 
 /// Validate decrypted protected settings. Messages name keys, never values.
 pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsError> {
+    if let Err(e) = serde_json::from_slice::<NoDuplicates>(plaintext) {
+        // Only our own error is about data (a repeated key, named sanitized); the others are
+        // syntax, and serde_json's syntax errors name positions, never content.
+        return Err(if e.is_data() {
+            SettingsError::ProtectedInvalid(format!("the decrypted protected settings: {e}"))
+        } else {
+            SettingsError::ProtectedNotJson
+        });
+    }
     let value: serde_json::Value =
         serde_json::from_slice(plaintext).map_err(|_| SettingsError::ProtectedNotJson)?;
     let obj = value.as_object().ok_or(SettingsError::ProtectedNotJson)?;
     let mut out = ProtectedSettings::default();
     for (key, v) in obj {
+        // The key first: an unknown one is named (sanitized) whatever its value.
+        if !PROTECTED_KEYS.contains(&key.as_str()) {
+            return Err(SettingsError::ProtectedInvalid(format!(
+                "unknown protected setting `{}`, expected one of {}",
+                shown_key(key),
+                PROTECTED_KEYS.join(", ")
+            )));
+        }
         let s = match v {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => continue,
@@ -364,30 +490,14 @@ pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsEr
                 )))
             }
         };
+        if !is_http_url(&s) {
+            return Err(SettingsError::ProtectedInvalid(format!(
+                "protected setting {key} must be an http or https URL"
+            )));
+        }
         match key.as_str() {
-            "packageUrl" => {
-                if !is_http_url(&s) {
-                    return Err(SettingsError::ProtectedInvalid(
-                        "protected setting packageUrl must be an http or https URL".into(),
-                    ));
-                }
-                out.package_url = Some(Secret::new(s));
-            }
-            "proxy" => {
-                if !is_http_url(&s) {
-                    return Err(SettingsError::ProtectedInvalid(
-                        "protected setting proxy must be an http or https URL".into(),
-                    ));
-                }
-                out.proxy = Some(Secret::new(s));
-            }
-            other => {
-                return Err(SettingsError::ProtectedInvalid(format!(
-                    "unknown protected setting `{}`, expected one of {}",
-                    other.chars().take(64).collect::<String>(),
-                    PROTECTED_KEYS.join(", ")
-                )))
-            }
+            "packageUrl" => out.package_url = Some(Secret::new(s)),
+            _ => out.proxy = Some(Secret::new(s)),
         }
     }
     Ok(out)
@@ -498,11 +608,89 @@ mod tests {
             r#"{"runtimeSettings":[]}"#,
             r#"{"runtimeSettings":[{}]}"#,
             r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":5}}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":"x"}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":5}]}"#,
         ] {
             let e = parse_settings_file(bad, Path::new("x")).unwrap_err();
             assert!(matches!(e, SettingsError::Malformed { .. }), "{bad}");
             assert_eq!(Failure::from(e).code, Code::SettingsMalformed);
         }
+    }
+
+    #[test]
+    fn a_second_runtime_settings_entry_is_malformed() {
+        let text = r#"{"runtimeSettings":[{"handlerSettings":{}},{"handlerSettings":{"publicSettings":{"stack":"doca"}}}]}"#;
+        let f = Failure::from(parse_settings_file(text, Path::new("1.settings")).unwrap_err());
+        assert_eq!(f.code, Code::SettingsMalformed);
+        assert!(
+            f.message.contains("the settings file has 2 runtimeSettings entries; the agent writes one — remove the extra"),
+            "{}",
+            f.message
+        );
+        let e = parse_settings_file(r#"{"runtimeSettings":{}}"#, Path::new("x")).unwrap_err();
+        assert!(
+            e.to_string().contains("runtimeSettings must be an array"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_malformed() {
+        for text in [
+            r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"stack":"doca","stack":"inbox"}}}]}"#,
+            r#"{"runtimeSettings":[],"runtimeSettings":[{"handlerSettings":{}}]}"#,
+            r#"{"runtimeSettings":[{"handlerSettings":{"protectedSettings":"A","protectedSettings":"B"}}]}"#,
+        ] {
+            let f = Failure::from(parse_settings_file(text, Path::new("x")).unwrap_err());
+            assert_eq!(f.code, Code::SettingsMalformed, "{text}");
+            assert!(f.message.contains("appears twice"), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_say_the_range() {
+        for bad in [
+            json!({"lockTimeoutSeconds": 0}),
+            json!({"lockTimeoutSeconds": 86401}),
+            json!({"lockTimeoutSeconds": -1}),
+            json!({"lockTimeoutSeconds": 1.5}),
+            json!({"lockTimeoutSeconds": 1e30}),
+        ] {
+            let e = public(bad.clone()).unwrap_err();
+            assert!(
+                e.to_string().contains("lockTimeoutSeconds")
+                    && e.to_string().contains("between 1 and 86400"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_shown_sanitized() {
+        let e = public(
+            json!({"https://u:PASSWD@acct.blob.core.windows.net/c/x.tgz?sv=1&sig=SECRETSIG": 1}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`https://acct.blob.core.windows.net/c/x.tgz`"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("SECRETSIG") && !e.contains("PASSWD") && !e.contains('?'),
+            "{e}"
+        );
+        let e = public(json!({"st\u{202e}ack\u{0007}\u{0085}\u{2066}x\u{200f}": 1}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`stackx`"), "{e}");
+        let e = public(json!({ "k".repeat(5000): 1 }))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("`{}...`", "k".repeat(64))), "{e}");
+        assert!(!e.contains(&"k".repeat(65)));
+        let e = parse_protected(b"{\"pass\\u202eword?sig=SECRET\":\"x\"}").unwrap_err();
+        assert!(e.to_string().contains("`password`"), "{e}");
     }
 
     #[test]
@@ -540,6 +728,8 @@ mod tests {
             json!({"lockTimeoutSeconds": 0}),
             json!({"lockTimeoutSeconds": "10"}),
             json!({"version": ""}),
+            json!({"version": "1.0\u{202e}"}),
+            json!({"version": "1.0\n"}),
             json!({"package": {"url": "ftp://x/y", "sha256": "00"}}),
             json!({"package": {"url": "https://x/y.tgz"}}),
             json!({"package": {}}),

@@ -133,3 +133,91 @@ fn connectx3_pro_on_a_new_kernel_is_refused_before_anything_changes() {
         .unwrap()
         .contains("MLNX_OFED 4.9"));
 }
+
+/// apply takes its secrets from the environment, but no process (apply itself included) keeps
+/// them in /proc/<pid>/environ or cmdline while it runs, and no output or file repeats them.
+#[test]
+fn apply_keeps_its_secrets_out_of_every_environ() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let w = World::new("hbv3", "Standard_HB120rs_v3");
+    let sas = "SAS1SECRETb64";
+    let pass = "PROXYPASS9";
+    let package_url = format!("https://acct.blob.core.windows.net/c/pkg.tgz?sv=2024&sig={sas}");
+    let proxy = format!("http://user:{pass}@127.0.0.1:3128");
+    let dir = w.tmp.path();
+    let (pid_file, go) = (dir.join("ip.pid"), dir.join("go"));
+    // `ip` (the health check's) holds apply mid-run until the test has looked.
+    write_exec(
+        &w.stubs.join("ip"),
+        &format!(
+            "#!/bin/sh\necho \"$$ $PPID\" > '{pid}.tmp' && mv '{pid}.tmp' '{pid}'\ni=0\nwhile [ ! -e '{go}' ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done\necho '[{{\"ifname\":\"ib0\",\"addr_info\":[{{\"family\":\"inet\",\"local\":\"172.16.1.4\",\"prefixlen\":16}}]}}]'\n",
+            pid = pid_file.display(),
+            go = go.display()
+        ),
+    );
+    let child = w
+        .command(&["apply"], 0)
+        .env("IBDRIVER_PACKAGE_URL", &package_url)
+        .env("IBDRIVER_PROXY", &proxy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let apply_pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (stub_pid, stub_parent) = loop {
+        if let Ok(t) = std::fs::read_to_string(&pid_file) {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u32>().unwrap());
+            break (it.next().unwrap(), it.next().unwrap());
+        }
+        assert!(Instant::now() < deadline, "apply never ran ip");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(stub_parent, apply_pid, "ip is apply's own child");
+    let mut seen = Vec::new();
+    for pid in [apply_pid, stub_pid] {
+        for part in ["environ", "cmdline"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{part}")).unwrap();
+            assert!(!bytes.is_empty() || part == "cmdline", "{pid}/{part} empty");
+            seen.push((format!("{pid}/{part}"), bytes));
+        }
+    }
+    write(&go, "");
+    let out = child.wait_with_output().unwrap();
+    for (what, bytes) in &seen {
+        let text = String::from_utf8_lossy(bytes);
+        for secret in [sas, pass] {
+            assert!(
+                !text.contains(secret),
+                "/proc/{what} holds a secret: {text}"
+            );
+        }
+    }
+    // The environ apply was started with did carry them; the scan above would have seen them.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 0, "{stdout}\n{stderr}");
+    let files = w.all_text();
+    for secret in [sas, pass] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}{stderr}"
+        );
+        assert!(!files.contains(secret), "a file holds {secret}");
+    }
+    assert!(w.data_dir().join("log").exists(), "apply wrote its log");
+    // The secrets do reach apply across its re-exec: a bad one is refused by name.
+    let out = w
+        .command(&["apply"], 0)
+        .env("IBDRIVER_PROXY", format!("not a url {pass}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 1, "{stdout}");
+    assert!(
+        stdout.contains("error 103 SettingsInvalid: protected settings error: protected setting proxy must be an http or https URL"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(pass) && !String::from_utf8_lossy(&out.stderr).contains(pass));
+}

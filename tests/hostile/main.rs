@@ -18,9 +18,9 @@ mod state;
 // mod archives;
 // mod servers;
 mod agent_env;
+mod argv;
 mod permissions;
-// mod settings;
-// mod argv;
+mod settings;
 
 /// Cases whose expected outcome waits for a fix being made in parallel: they report "pending"
 /// instead of failing, and the lead removes each entry once its fix is merged. The races
