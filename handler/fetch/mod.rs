@@ -617,7 +617,14 @@ fn attempt(
     let files = match extracted {
         Some(Ok(x)) => x.files,
         Some(Err(err)) => {
-            // A bad checksum explains a corrupt archive better than the archive error does.
+            // A wrong size or checksum explains a corrupt archive better than its error does.
+            if let Some(expected) = req.size.filter(|s| *s != offset && feed_ok) {
+                return Ok(Err(FetchError::Size {
+                    url: url_shown,
+                    expected,
+                    actual: offset,
+                }));
+            }
             let digest = hex(&hasher.finalize());
             if digest != req.sha256.to_ascii_lowercase() && feed_ok {
                 return Ok(Err(FetchError::Checksum {
