@@ -130,7 +130,8 @@ fn fetch_target_ok(into: &Path) -> Result<bool, String> {
             into.display()
         ));
     }
-    let entries = std::fs::read_dir(into).map_err(|e| format!("cannot read {}: {e}", into.display()))?;
+    let entries =
+        std::fs::read_dir(into).map_err(|e| format!("cannot read {}: {e}", into.display()))?;
     for e in entries {
         let e = e.map_err(|e| format!("cannot read {}: {e}", into.display()))?;
         let ours = e.file_name() == FETCH_STAGING && e.file_type().is_ok_and(|t| t.is_dir());
@@ -158,9 +159,8 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
     };
     if !existed {
         use std::os::unix::fs::PermissionsExt;
-        let made = std::fs::create_dir_all(into).and_then(|()| {
-            std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o755))
-        });
+        let made = std::fs::create_dir_all(into)
+            .and_then(|()| std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o755)));
         if let Err(e) = made {
             eprintln!("ibdriver: {}", Failure::state_io(into, e));
             return Code::StateIo.exit_code();

@@ -345,13 +345,22 @@ fn fetch_verb_end_to_end() {
     let again = run(&sha(&data));
     assert_eq!(again.status.code(), Some(1));
     let err = String::from_utf8_lossy(&again.stderr);
-    assert!(err.contains("is not empty") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("is not empty") && err.lines().count() == 1,
+        "{err}"
+    );
     assert_eq!(server.sent(), sent);
     assert!(into.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
     // A wrong checksum into a new directory: exit 14, and no directory left behind.
     let into_bad = dir.path().join("bad");
     let bad = std::process::Command::new(common::bin())
-        .args(["fetch", &format!("{}/ofed.tgz", server.base), "--sha256", &"f".repeat(64), "--into"])
+        .args([
+            "fetch",
+            &format!("{}/ofed.tgz", server.base),
+            "--sha256",
+            &"f".repeat(64),
+            "--into",
+        ])
         .arg(&into_bad)
         .env_remove("http_proxy")
         .env_remove("HTTP_PROXY")
@@ -445,7 +454,12 @@ fn fetch_verb_never_touches_what_dir_holds() {
     let empty = dir.path().join("new");
     fs::create_dir(&empty).unwrap();
     let out = fetch_verb(&url, &sha(&data), &empty, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(empty.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
     assert_eq!(fs::read_dir(&empty).unwrap().count(), 1, "no staging left");
     assert_eq!(
@@ -464,8 +478,18 @@ fn fetch_verb_resumes_from_its_own_staging() {
     fs::create_dir_all(&staging).unwrap();
     let half = data.len() / 2;
     fs::write(staging.join(format!("{}.part", sha(&data))), &data[..half]).unwrap();
-    let out = fetch_verb(&format!("{}/ofed.tgz", server.base), &sha(&data), &into, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fetch_verb(
+        &format!("{}/ofed.tgz", server.base),
+        &sha(&data),
+        &into,
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(server.sent(), (data.len() - half) as u64);
     assert!(!staging.exists());
 }
@@ -493,7 +517,11 @@ fn a_trickle_ends_in_a_clear_too_slow_error() {
     assert_eq!(*min_rate, 10_000);
     let f = err.failure();
     assert_eq!(f.code, ibdriver::error::Code::DownloadFailed);
-    assert!(f.message.contains("10000 bytes/s") && f.message.contains("bytes in"), "{}", f.message);
+    assert!(
+        f.message.contains("10000 bytes/s") && f.message.contains("bytes in"),
+        "{}",
+        f.message
+    );
 }
 
 #[test]
@@ -526,7 +554,10 @@ fn the_overall_deadline_ends_a_steady_but_endless_download() {
         .limits(800, 1, 60_000)
         .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
         .unwrap_err();
-    assert!(matches!(err, FetchError::Deadline { limit_s: 0, .. }), "{err}");
+    assert!(
+        matches!(err, FetchError::Deadline { limit_s: 0, .. }),
+        "{err}"
+    );
     assert_eq!(err.failure().code, ibdriver::error::Code::DownloadFailed);
     // The partial download stays for a resume; nothing unpacked is kept.
     let staging: Vec<_> = fs::read_dir(dir.path().join("staging"))
@@ -567,9 +598,15 @@ fn hostile_redirects_are_permanent_errors_not_panics() {
         let mut req = request(&server, &data, "ofed.tgz");
         req.url.push_str("?sig=SECRETSIG");
         let err = Run::new().fetch(&req, dir.path()).unwrap_err();
-        assert!(matches!(err, FetchError::Permanent { .. }), "{location}: {err}");
+        assert!(
+            matches!(err, FetchError::Permanent { .. }),
+            "{location}: {err}"
+        );
         let msg = err.failure().message;
-        assert!(msg.contains("redirect") && !msg.contains("SECRETSIG"), "{msg}");
+        assert!(
+            msg.contains("redirect") && !msg.contains("SECRETSIG"),
+            "{msg}"
+        );
         assert_eq!(server.request_count(), count);
     }
     // A loop is cut after the bound.
@@ -645,8 +682,15 @@ fn before_verification_unpacking_stays_within_a_multiple_of_what_arrived() {
         .fetch(&request(&server, &data, "bomb.tgz"), dir.path())
         .unwrap_err();
     assert!(matches!(err, FetchError::Deadline { .. }), "{err}");
-    assert!(worst.get() <= 0, "unpacked {} bytes past the bound", worst.get());
-    assert!(!dir.path().join(format!("staging/{}.unpack", sha(&data))).exists());
+    assert!(
+        worst.get() <= 0,
+        "unpacked {} bytes past the bound",
+        worst.get()
+    );
+    assert!(!dir
+        .path()
+        .join(format!("staging/{}.unpack", sha(&data)))
+        .exists());
 }
 
 #[test]
@@ -660,7 +704,13 @@ fn a_verified_bomb_stops_at_the_size_bound_and_an_unverified_one_at_the_checksum
         .fetch(&request(&server, &data, "bomb.tgz"), dir.path())
         .unwrap_err();
     assert!(
-        matches!(err, FetchError::Extract { err: ibdriver::fetch::extract::ExtractError::TooLarge(_), .. }),
+        matches!(
+            err,
+            FetchError::Extract {
+                err: ibdriver::fetch::extract::ExtractError::TooLarge(_),
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
@@ -682,7 +732,10 @@ fn a_highly_compressible_archive_is_unpacked_after_verification() {
         .fetch(&request(&server, &data, "zeros.tgz"), dir.path())
         .unwrap();
     assert_eq!(out.files, 1);
-    assert_eq!(fs::metadata(dir.path().join("out/zeros")).unwrap().len(), 16 << 20);
+    assert_eq!(
+        fs::metadata(dir.path().join("out/zeros")).unwrap().len(),
+        16 << 20
+    );
 }
 
 /// A loopback HTTP proxy that wants `user:secret`: 407 without them, else it answers the
@@ -756,7 +809,10 @@ fn proxy_credentials_go_with_plain_http_requests_and_never_into_messages() {
     let out = run.fetch(&req, dir.path()).unwrap();
     assert_eq!(out.files, 3);
     let first = proxy.heads.lock().unwrap()[0].clone();
-    assert!(first.starts_with("GET http://artifacts.invalid:81/ofed.tgz?sig=SAS HTTP/1.1"), "{first}");
+    assert!(
+        first.starts_with("GET http://artifacts.invalid:81/ofed.tgz?sig=SAS HTTP/1.1"),
+        "{first}"
+    );
     // Wrong credentials: a permanent error that names 407 and shows neither secret.
     let dir = tempfile::tempdir().unwrap();
     let mut run = Run::new();
@@ -764,16 +820,27 @@ fn proxy_credentials_go_with_plain_http_requests_and_never_into_messages() {
     let err = run.fetch(&req, dir.path()).unwrap_err();
     assert!(matches!(err, FetchError::Permanent { .. }), "{err}");
     let msg = err.failure().message;
-    assert!(msg.contains("407") && !msg.contains("WRONGPW") && !msg.contains("SAS"), "{msg}");
+    assert!(
+        msg.contains("407") && !msg.contains("WRONGPW") && !msg.contains("SAS"),
+        "{msg}"
+    );
     // Through the verb, with the proxy from the environment: logs and errors stay clean.
     let into = dir.path().join("verb");
     let wrong = format!("http://user:WRONGPW@127.0.0.1:{}", proxy.port);
     let out = fetch_verb(url, &sha(&data), &into, &[("http_proxy", &wrong)]);
     assert_eq!(out.status.code(), Some(14));
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("407") && !text.contains("WRONGPW") && !text.contains("sig=SAS"), "{text}");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("407") && !text.contains("WRONGPW") && !text.contains("sig=SAS"),
+        "{text}"
+    );
     let out = fetch_verb(url, &sha(&data), &into, &[("http_proxy", &proxy.url_with)]);
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(!text.contains("s3cret") && !text.contains("dXNlcjpzM2NyZXQ"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("dXNlcjpzM2NyZXQ"),
+        "{text}"
+    );
 }

@@ -373,29 +373,29 @@ const POLL: Duration = Duration::from_millis(100);
 type Extracting = Result<extract::Extracted, extract::ExtractError>;
 type Extractor = std::thread::JoinHandle<Extracting>;
 
-/// Hands a chunk to the extractor; false when it stopped for good (its result is kept in
-/// `extracted`). An extractor that reached the inflation bound stops being fed, and the
-/// download goes on: the archive is unpacked from the file once it is verified.
+/// Hands a chunk to the extractor. One that stopped is fed no more and its result kept in
+/// `extracted` (an archive past the inflation bound is unpacked from the file once verified);
+/// the download goes on either way, so the checksum, known in the end, decides whether an
+/// archive error means a corrupt artifact or the wrong one, whatever the timing.
 fn feed(
     chunk: &[u8],
     tx: &mut Option<SyncSender<Vec<u8>>>,
     extractor: &mut Option<Extractor>,
     extracted: &mut Option<Extracting>,
     deferred: &mut bool,
-) -> bool {
-    let Some(t) = tx else { return true };
+) {
+    let Some(t) = tx else { return };
     if t.send(chunk.to_vec()).is_ok() {
-        return true;
+        return;
     }
     *tx = None;
     let r = join(extractor.take());
     if matches!(r, Err(extract::ExtractError::InflationBound { .. })) {
         tracing::info!("archive inflates past the bound before verification; unpacking after it");
         *deferred = true;
-        return true;
+    } else {
+        *extracted = Some(r);
     }
-    *extracted = Some(r);
-    false
 }
 
 fn join(h: Option<Extractor>) -> Extracting {
@@ -441,8 +441,7 @@ fn attempt(
 
     // The extraction thread, fed the same bytes as the file. Until the checksum is known it
     // may inflate only a bounded multiple of what it was given.
-    let (mut tx, mut extractor): (Option<SyncSender<Vec<u8>>>, Option<Extractor>) = if req.extract
-    {
+    let (mut tx, mut extractor): (Option<SyncSender<Vec<u8>>>, Option<Extractor>) = if req.extract {
         if let Err(e) = crate::fsutil::create_private_dir(&st.unpack) {
             return Ok(Err(io_at(&st.unpack)(e)));
         }
@@ -471,18 +470,23 @@ fn attempt(
     let mut deferred = false;
     let mut hasher = Sha256::new();
     // Whatever an earlier run left: hash it and replay it to the extractor.
-    let mut feed_ok = true;
     if offset > 0 {
         let mut done = 0u64;
         let mut buf = vec![0u8; CHUNK];
         let _ = file.seek(SeekFrom::Start(0));
-        while done < offset && feed_ok {
+        while done < offset {
             let want = CHUNK.min((offset - done) as usize);
             if let Err(e) = file.read_exact(&mut buf[..want]) {
                 return Ok(Err(io_at(&st.part)(e)));
             }
             hasher.update(&buf[..want]);
-            feed_ok = feed(&buf[..want], &mut tx, &mut extractor, &mut extracted, &mut deferred);
+            feed(
+                &buf[..want],
+                &mut tx,
+                &mut extractor,
+                &mut extracted,
+                &mut deferred,
+            );
             done += want as u64;
         }
         tracing::info!(url = %url_shown, offset, "resuming a partial download");
@@ -502,7 +506,7 @@ fn attempt(
     let mut progress_mark = transferred;
     'attempts: loop {
         try_no += 1;
-        if try_no > opts.retry.attempts.max(1) || !feed_ok {
+        if try_no > opts.retry.attempts.max(1) {
             break;
         }
         if try_no > 1 {
@@ -516,7 +520,15 @@ fn attempt(
             break;
         }
         let (etx, erx) = sync_channel::<http::Event>(IN_FLIGHT);
-        http::spawn(&client, &req.url, offset, total, clock.remaining(), CHUNK, etx);
+        http::spawn(
+            &client,
+            &req.url,
+            offset,
+            total,
+            clock.remaining(),
+            CHUNK,
+            etx,
+        );
         let step = loop {
             match erx.recv_timeout(POLL) {
                 Ok(http::Event::Start { total: t }) => {
@@ -540,10 +552,13 @@ fn attempt(
                         }));
                         break 'attempts;
                     }
-                    if !feed(&chunk, &mut tx, &mut extractor, &mut extracted, &mut deferred) {
-                        feed_ok = false;
-                        break 'attempts;
-                    }
+                    feed(
+                        &chunk,
+                        &mut tx,
+                        &mut extractor,
+                        &mut extracted,
+                        &mut deferred,
+                    );
                     (opts.progress)(offset, total);
                 }
                 Ok(http::Event::End(step)) => break step,
@@ -604,7 +619,6 @@ fn attempt(
     let result = match outcome {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(e),
-        None if !feed_ok => Ok(()), // the extractor stopped early: its error is reported below
         None => Err(FetchError::Exhausted {
             url: url_shown.clone(),
             attempts: opts.retry.attempts,
@@ -618,7 +632,7 @@ fn attempt(
         Some(Ok(x)) => x.files,
         Some(Err(err)) => {
             // A wrong size or checksum explains a corrupt archive better than its error does.
-            if let Some(expected) = req.size.filter(|s| *s != offset && feed_ok) {
+            if let Some(expected) = req.size.filter(|s| *s != offset) {
                 return Ok(Err(FetchError::Size {
                     url: url_shown,
                     expected,
@@ -626,7 +640,7 @@ fn attempt(
                 }));
             }
             let digest = hex(&hasher.finalize());
-            if digest != req.sha256.to_ascii_lowercase() && feed_ok {
+            if digest != req.sha256.to_ascii_lowercase() {
                 return Ok(Err(FetchError::Checksum {
                     url: url_shown,
                     expected: req.sha256.to_ascii_lowercase(),

@@ -128,13 +128,16 @@ impl Server {
                 if let Some(Fault::StallAfter(_)) = fault {
                     // Hold until the client hangs up (a read returns) or the server stops.
                     let end = Instant::now() + Duration::from_secs(30);
-                    conn.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
                     let mut b = [0u8; 1];
                     while Instant::now() < end && !st.load(Ordering::Relaxed) {
                         match conn.read(&mut b) {
                             Ok(0) => break,
                             Ok(_) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
                             Err(_) => break,
                         }
                     }

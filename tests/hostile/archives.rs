@@ -35,7 +35,8 @@ struct Tar(Vec<u8>);
 
 impl Tar {
     fn raw(mut self, kind: u8, name: &[u8], data: &[u8], link: &[u8], mode: u32) -> Tar {
-        self.0.extend_from_slice(&header(kind, name, data.len() as u64, link, mode));
+        self.0
+            .extend_from_slice(&header(kind, name, data.len() as u64, link, mode));
         self.0.extend_from_slice(data);
         self.0.resize(self.0.len().div_ceil(512) * 512, 0);
         self
@@ -88,7 +89,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// A tar of one file of zeros, `size` long, without holding it in memory twice.
 fn zeros(size: u64) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&header(b'0', b"zeros", size, b"", 0o644)).unwrap();
+    gz.write_all(&header(b'0', b"zeros", size, b"", 0o644))
+        .unwrap();
     let block = vec![0u8; 1 << 20];
     let mut left = size + 1024 + (512 - size % 512) % 512;
     while left > 0 {
@@ -159,62 +161,193 @@ fn cases() -> Vec<Case> {
         case("dot then dotdot", t().file("./../evil", b"x"), UnsafePath),
         case("absolute path", t().file("/tmp/evil", b"x"), UnsafePath),
         case("dotdot directory", t().dir("../evil"), UnsafePath),
-        case("long name with dotdot", t().long_name(b"../../evil").file("x", b"x"), UnsafePath),
-        case("pax path with dotdot", t().pax(b'x', "path", b"../evil").file("x", b"x"), UnsafePath),
+        case(
+            "long name with dotdot",
+            t().long_name(b"../../evil").file("x", b"x"),
+            UnsafePath,
+        ),
+        case(
+            "pax path with dotdot",
+            t().pax(b'x', "path", b"../evil").file("x", b"x"),
+            UnsafePath,
+        ),
         case("absolute symlink", t().sym("l", "/etc"), UnsafeLink),
-        case("symlink up and out", t().sym("a/l", "../../etc"), UnsafeLink),
-        case("pax linkpath out", t().pax(b'x', "linkpath", b"../../x").sym("l", "ok"), UnsafeLink),
-        case("chain: link before the link it passes", t().sym("x", "r/..").sym("r", "."), UnsafeLink),
-        case("chain: link after the link it passes", t().sym("r", ".").sym("x", "r/r/../.."), UnsafeLink),
-        case("chain of three out", t().sym("a", "b").sym("b", "c").sym("c", ".."), UnsafeLink),
-        case("chain through a deep dir", t().dir("d/e").sym("d/e/up", "../..").sym("x", "d/e/up/.."), UnsafeLink),
+        case(
+            "symlink up and out",
+            t().sym("a/l", "../../etc"),
+            UnsafeLink,
+        ),
+        case(
+            "pax linkpath out",
+            t().pax(b'x', "linkpath", b"../../x").sym("l", "ok"),
+            UnsafeLink,
+        ),
+        case(
+            "chain: link before the link it passes",
+            t().sym("x", "r/..").sym("r", "."),
+            UnsafeLink,
+        ),
+        case(
+            "chain: link after the link it passes",
+            t().sym("r", ".").sym("x", "r/r/../.."),
+            UnsafeLink,
+        ),
+        case(
+            "chain of three out",
+            t().sym("a", "b").sym("b", "c").sym("c", ".."),
+            UnsafeLink,
+        ),
+        case(
+            "chain through a deep dir",
+            t().dir("d/e").sym("d/e/up", "../..").sym("x", "d/e/up/.."),
+            UnsafeLink,
+        ),
         case("link loop", t().sym("a", "b").sym("b", "a"), UnsafeLink),
         case("self loop", t().sym("a", "a/x"), UnsafeLink),
-        case("dir through a link", t().dir("sub").sym("l", "sub").dir("l/x"), UnsafePath),
-        case("file through a link", t().sym("l", ".").file("l/f", b"x"), UnsafePath),
-        case("file through a dangling link", t().sym("l", "../out").file("l/f", b"x"), UnsafePath),
+        case(
+            "dir through a link",
+            t().dir("sub").sym("l", "sub").dir("l/x"),
+            UnsafePath,
+        ),
+        case(
+            "file through a link",
+            t().sym("l", ".").file("l/f", b"x"),
+            UnsafePath,
+        ),
+        case(
+            "file through a dangling link",
+            t().sym("l", "../out").file("l/f", b"x"),
+            UnsafePath,
+        ),
         case("dir over a link", t().sym("l", "x").dir("l"), Duplicate),
-        case("hard link to a symlink", t().file("f", b"x").sym("s", "f").hard("h", "s"), UnsafeLink),
+        case(
+            "hard link to a symlink",
+            t().file("f", b"x").sym("s", "f").hard("h", "s"),
+            UnsafeLink,
+        ),
         case("hard link out", t().hard("h", "../etc/passwd"), UnsafeLink),
-        case("hard link absolute", t().hard("h", "/etc/passwd"), UnsafeLink),
+        case(
+            "hard link absolute",
+            t().hard("h", "/etc/passwd"),
+            UnsafeLink,
+        ),
         case("hard link to nothing", t().hard("h", "missing"), UnsafeLink),
-        case("hard link through a symlinked dir", t().file("real/f", b"x").sym("d", "real").hard("h", "d/f"), UnsafeLink),
-        case("hard link to a directory", t().dir("d").hard("h", "d"), UnsafeLink),
-        case("character device", t().raw(b'3', b"tty", b"", b"", 0o666), Unsupported),
-        case("block device", t().raw(b'4', b"sda", b"", b"", 0o666), Unsupported),
+        case(
+            "hard link through a symlinked dir",
+            t().file("real/f", b"x").sym("d", "real").hard("h", "d/f"),
+            UnsafeLink,
+        ),
+        case(
+            "hard link to a directory",
+            t().dir("d").hard("h", "d"),
+            UnsafeLink,
+        ),
+        case(
+            "character device",
+            t().raw(b'3', b"tty", b"", b"", 0o666),
+            Unsupported,
+        ),
+        case(
+            "block device",
+            t().raw(b'4', b"sda", b"", b"", 0o666),
+            Unsupported,
+        ),
         case("fifo", t().raw(b'6', b"pipe", b"", b"", 0o666), Unsupported),
-        case("malformed GNU sparse header", t().raw(b'S', b"sparse", b"", b"", 0o644), Corrupt),
-        case("duplicate file", t().file("f", b"1").file("f", b"2"), Duplicate),
+        case(
+            "malformed GNU sparse header",
+            t().raw(b'S', b"sparse", b"", b"", 0o644),
+            Corrupt,
+        ),
+        case(
+            "duplicate file",
+            t().file("f", b"1").file("f", b"2"),
+            Duplicate,
+        ),
         case("dir over a file", t().file("f", b"x").dir("f"), Duplicate),
         case("file over a dir", t().dir("d").file("d", b"x"), Duplicate),
-        case("file under a file", t().file("f", b"x").file("f/g", b"y"), UnsafePath),
-        case("symlink over a file", t().file("f", b"x").sym("f", "g"), Duplicate),
-        case("hard link over a file", t().file("f", b"x").file("g", b"y").hard("g", "f"), Duplicate),
-        case("name longer than the filesystem allows", t().long_name("n".repeat(300).as_bytes()).file("x", b"x"), Io),
-        case("long path, fine", t().long_name(long.as_bytes()).file("x", b"x"), Files(1)),
-        case("non-UTF-8 name", t().raw(b'0', b"caf\xe9/\xff\xfe", b"x", b"", 0o644), Files(1)),
+        case(
+            "file under a file",
+            t().file("f", b"x").file("f/g", b"y"),
+            UnsafePath,
+        ),
+        case(
+            "symlink over a file",
+            t().file("f", b"x").sym("f", "g"),
+            Duplicate,
+        ),
+        case(
+            "hard link over a file",
+            t().file("f", b"x").file("g", b"y").hard("g", "f"),
+            Duplicate,
+        ),
+        case(
+            "name longer than the filesystem allows",
+            t().long_name("n".repeat(300).as_bytes()).file("x", b"x"),
+            Io,
+        ),
+        case(
+            "long path, fine",
+            t().long_name(long.as_bytes()).file("x", b"x"),
+            Files(1),
+        ),
+        case(
+            "non-UTF-8 name",
+            t().raw(b'0', b"caf\xe9/\xff\xfe", b"x", b"", 0o644),
+            Files(1),
+        ),
         case("only the root entry", t().dir("./"), Files(0)),
         case("empty archive", t(), Files(0)),
-        case("links that stay inside", t().file("d/sub/f", b"x").sym("d/up", "sub/..").sym("top", "d/up/sub/f"), Files(1)),
+        case(
+            "links that stay inside",
+            t().file("d/sub/f", b"x")
+                .sym("d/up", "sub/..")
+                .sym("top", "d/up/sub/f"),
+            Files(1),
+        ),
         // A hard link is another name, not another file.
-        case("hard link inside", t().file("a/f", b"x").hard("b", "a/f"), Files(1)),
-        case("setuid and world-writable modes", t().raw(b'0', b"suid", b"x", b"", 0o6777).raw(b'5', b"locked", b"", b"", 0o000).file("locked/f", b"x"), Files(2)),
-        case("directory claiming data", t().raw(b'5', b"d", &[1u8; 4096], b"", 0o755), Files(0)),
+        case(
+            "hard link inside",
+            t().file("a/f", b"x").hard("b", "a/f"),
+            Files(1),
+        ),
+        case(
+            "setuid and world-writable modes",
+            t().raw(b'0', b"suid", b"x", b"", 0o6777)
+                .raw(b'5', b"locked", b"", b"", 0o000)
+                .file("locked/f", b"x"),
+            Files(2),
+        ),
+        case(
+            "directory claiming data",
+            t().raw(b'5', b"d", &[1u8; 4096], b"", 0o755),
+            Files(0),
+        ),
     ];
     let header_bomb = Tar::default()
         .raw(b'L', b"././@LongLink", &vec![b'a'; 3 << 20], b"", 0o644)
         .file("x", b"x")
         .gz();
-    v.push(Case { name: "huge GNU long name", gz: header_bomb, want: Header, limits: ROOMY });
+    v.push(Case {
+        name: "huge GNU long name",
+        gz: header_bomb,
+        want: Header,
+        limits: ROOMY,
+    });
     v.push(Case {
         name: "huge pax record",
-        gz: Tar::default().pax(b'x', "comment", &vec![b'c'; 3 << 20]).file("x", b"x").gz(),
+        gz: Tar::default()
+            .pax(b'x', "comment", &vec![b'c'; 3 << 20])
+            .file("x", b"x")
+            .gz(),
         want: Header,
         limits: ROOMY,
     });
     v.push(Case {
         name: "huge global pax record",
-        gz: Tar::default().pax(b'g', "comment", &vec![b'c'; 3 << 20]).file("x", b"x").gz(),
+        gz: Tar::default()
+            .pax(b'g', "comment", &vec![b'c'; 3 << 20])
+            .file("x", b"x")
+            .gz(),
         want: Header,
         limits: ROOMY,
     });
@@ -226,25 +359,56 @@ fn cases() -> Vec<Case> {
     h.set_cksum();
     let mut raw = h.as_bytes().to_vec();
     raw.extend_from_slice(&[0u8; 1024]);
-    v.push(Case { name: "GNU sparse file", gz: gzip(&raw), want: Unsupported, limits: ROOMY });
+    v.push(Case {
+        name: "GNU sparse file",
+        gz: gzip(&raw),
+        want: Unsupported,
+        limits: ROOMY,
+    });
     let good = Tar::default().file("a", &[5u8; 100_000]).gz();
-    v.push(Case { name: "truncated gzip", gz: good[..good.len() / 2].to_vec(), want: Corrupt, limits: ROOMY });
-    v.push(Case { name: "gzip without its trailer", gz: good[..good.len() - 4].to_vec(), want: Corrupt, limits: ROOMY });
-    v.push(Case { name: "not gzip at all", gz: b"<html>403 Forbidden</html>".to_vec(), want: Corrupt, limits: ROOMY });
+    v.push(Case {
+        name: "truncated gzip",
+        gz: good[..good.len() / 2].to_vec(),
+        want: Corrupt,
+        limits: ROOMY,
+    });
+    v.push(Case {
+        name: "gzip without its trailer",
+        gz: good[..good.len() - 4].to_vec(),
+        want: Corrupt,
+        limits: ROOMY,
+    });
+    v.push(Case {
+        name: "not gzip at all",
+        gz: b"<html>403 Forbidden</html>".to_vec(),
+        want: Corrupt,
+        limits: ROOMY,
+    });
     let mut bad_sum = Tar::default().file("a", b"x").tar();
     bad_sum[148] ^= 1;
-    v.push(Case { name: "bad header checksum", gz: gzip(&bad_sum), want: Corrupt, limits: ROOMY });
+    v.push(Case {
+        name: "bad header checksum",
+        gz: gzip(&bad_sum),
+        want: Corrupt,
+        limits: ROOMY,
+    });
     v.push(Case {
         name: "bomb past the size bound",
         gz: zeros(8 << 20),
         want: TooLarge,
-        limits: Limits { max_bytes: 2 << 20, inflation: None },
+        limits: Limits {
+            max_bytes: 2 << 20,
+            inflation: None,
+        },
     });
     v.push(Case {
         name: "bomb past the inflation bound",
         gz: zeros(8 << 20),
         want: Inflation,
-        limits: Limits { max_bytes: 1 << 30, inflation: Some(UNVERIFIED_INFLATION) },
+        limits: Limits {
+            max_bytes: 1 << 30,
+            inflation: Some(UNVERIFIED_INFLATION),
+        },
     });
     v
 }
@@ -257,7 +421,11 @@ fn snapshot(p: &Path) -> Vec<(String, u32, u64)> {
         for e in fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
             let m = fs::symlink_metadata(e.path()).unwrap();
-            out.push((e.path().display().to_string(), m.permissions().mode(), m.len()));
+            out.push((
+                e.path().display().to_string(),
+                m.permissions().mode(),
+                m.len(),
+            ));
             if m.is_dir() {
                 stack.push(e.path());
             }
@@ -308,10 +476,19 @@ fn hostile_archives_stay_inside_and_fail_exactly() {
 
 #[test]
 fn modes_never_come_from_the_archive_or_the_umask_alone() {
-    let c = cases().into_iter().find(|c| c.name.starts_with("setuid")).unwrap();
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("setuid"))
+        .unwrap();
     let root = tempfile::tempdir().unwrap();
     untar_gz(&c.gz[..], root.path(), ROOMY).unwrap();
-    let mode = |p: &str| fs::metadata(root.path().join(p)).unwrap().permissions().mode() & 0o7777;
+    let mode = |p: &str| {
+        fs::metadata(root.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("suid"), 0o755);
     assert_eq!(mode("locked"), 0o700);
     assert_eq!(mode("locked/f"), 0o644);
@@ -336,13 +513,22 @@ fn hostile_archives_through_the_pipeline_leave_nothing() {
         };
         let sleep = |d: Duration| std::thread::sleep(d);
         let opts = crate::servers::opts(&sleep, &|| true, ROOMY.max_bytes);
-        let got = fetch::fetch(&req, &dir.path().join("staging"), &dir.path().join("out"), &opts);
+        let got = fetch::fetch(
+            &req,
+            &dir.path().join("staging"),
+            &dir.path().join("out"),
+            &opts,
+        );
         let staged = fs::read_dir(dir.path().join("staging")).unwrap().count();
         match (c.want, got) {
             (Want::Files(n), Ok(out)) if out.files == n && staged == 0 => {}
-            (Want::Files(_), got) => failures.push(format!("{}: wanted success, got {got:?}", c.name)),
+            (Want::Files(_), got) => {
+                failures.push(format!("{}: wanted success, got {got:?}", c.name))
+            }
             (want, Err(e @ FetchError::Extract { .. })) => {
-                let FetchError::Extract { err, .. } = &e else { unreachable!() };
+                let FetchError::Extract { err, .. } = &e else {
+                    unreachable!()
+                };
                 if kind(err) != want || e.failure().code != Code::DownloadFailed {
                     failures.push(format!("{}: wanted {want:?}, got {e}", c.name));
                 }

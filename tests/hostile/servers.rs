@@ -92,7 +92,13 @@ impl Drop for Scripted {
     }
 }
 
-fn serve(mut conn: TcpStream, n: usize, script: &Script, heads: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn serve(
+    mut conn: TcpStream,
+    n: usize,
+    script: &Script,
+    heads: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
     conn.set_nonblocking(false).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut head = Vec::new();
@@ -124,7 +130,8 @@ fn serve(mut conn: TcpStream, n: usize, script: &Script, heads: &Mutex<Vec<Strin
             }
             Act::Hold(d) => {
                 let end = Instant::now() + d;
-                conn.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
                 while Instant::now() < end && !stop.load(Ordering::Relaxed) {
                     match conn.read(&mut b) {
                         Ok(0) => break,
@@ -148,7 +155,10 @@ fn serve(mut conn: TcpStream, n: usize, script: &Script, heads: &Mutex<Vec<Strin
 }
 
 pub fn sha(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A 200 answer with this body and an honest length.
@@ -237,7 +247,7 @@ pub fn opts<'a>(
         limits: Limits {
             deadline: Duration::from_secs(4),
             min_rate: 2000,
-            window: Duration::from_millis(600),
+            window: Duration::from_secs(1),
         },
         sleep,
         progress: &|_, _| {},
@@ -282,9 +292,12 @@ fn kind(e: &FetchError) -> Option<Want> {
     })
 }
 
+/// How a case's server answers a request for `body`.
+type Answer = Arc<dyn Fn(&Req, &[u8]) -> Vec<Act> + Send + Sync>;
+
 struct Case {
     name: &'static str,
-    script: Arc<dyn Fn(&Req, &[u8]) -> Vec<Act> + Send + Sync>,
+    script: Answer,
     want: Want,
     /// A substring the error message must carry.
     says: &'static str,
@@ -336,34 +349,61 @@ fn artifact_cases() -> Vec<Case> {
         }),
         case("chunked body", Ok, "", |_, b| chunked(b)),
         case("relative redirect then the file", Ok, "", |r, b| {
-            if r.n == 0 { redirect("mirror/x.tgz") } else { ok(b) }
+            if r.n == 0 {
+                redirect("mirror/x.tgz")
+            } else {
+                ok(b)
+            }
         }),
         case("three redirects then the file", Ok, "", |r, b| {
-            if r.n < 3 { redirect(&format!("/hop{}", r.n)) } else { ok(b) }
+            if r.n < 3 {
+                redirect(&format!("/hop{}", r.n))
+            } else {
+                ok(b)
+            }
         }),
         case("a short pause mid-body", Ok, "", |_, b| {
             let half = b.len() / 2;
             vec![
-                text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
+                text(&format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )),
                 Act::Send(b[..half].to_vec()),
                 Act::Pause(Duration::from_millis(200)),
                 Act::Send(b[half..].to_vec()),
             ]
         }),
-        case("closed before any answer", Exhausted, "3 attempts", |_, _| vec![]),
+        case(
+            "closed before any answer",
+            Exhausted,
+            "3 attempts",
+            |_, _| vec![],
+        ),
         case("headers then reset", Exhausted, "3 attempts", |_, b| {
-            vec![text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()))]
+            vec![text(&format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            ))]
         }),
-        case("reset after every 4 bytes", TooSlow, "bytes/s", |r, b| ranged(r, b, 4)),
+        case("reset after every 4 bytes", TooSlow, "bytes/s", |r, b| {
+            ranged(r, b, 4)
+        }),
         case("one byte per 150 ms", TooSlow, "bytes/s", move |_, b| {
             vec![
-                text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
+                text(&format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )),
                 Act::Drip(b.to_vec(), slow),
             ]
         }),
         case("silence after the headers", TooSlow, "bytes/s", |_, b| {
             vec![
-                text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
+                text(&format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )),
                 Act::Hold(Duration::from_secs(20)),
             ]
         }),
@@ -380,34 +420,74 @@ fn artifact_cases() -> Vec<Case> {
         case("404", Permanent, "HTTP 404", |_, _| status(404)),
         case("403", Permanent, "HTTP 403", |_, _| status(403)),
         case("401", Permanent, "HTTP 401", |_, _| status(401)),
-        case("204 no content", Permanent, "unexpected HTTP 204", |_, _| status(204)),
-        case("a 3xx without Location", Permanent, "redirect", |_, _| status(302)),
-        case("redirect loop", Permanent, "more than 10 redirects", |_, _| redirect("/loop")),
-        case("redirect to http://", Permanent, "redirect", |_, _| redirect("http://")),
-        case("redirect to file:///etc/passwd", Permanent, "redirect", |_, _| {
-            redirect("file:///etc/passwd")
+        case(
+            "204 no content",
+            Permanent,
+            "unexpected HTTP 204",
+            |_, _| status(204),
+        ),
+        case("a 3xx without Location", Permanent, "redirect", |_, _| {
+            status(302)
         }),
-        case("redirect to ftp", Permanent, "redirect", |_, _| redirect("ftp://127.0.0.1/x")),
-        case("redirect to a host-less https", Permanent, "redirect", |_, _| {
-            redirect("https:///x")
+        case(
+            "redirect loop",
+            Permanent,
+            "more than 10 redirects",
+            |_, _| redirect("/loop"),
+        ),
+        case("redirect to http://", Permanent, "redirect", |_, _| {
+            redirect("http://")
         }),
-        case("redirect with an empty port", Permanent, "redirect", |_, _| {
-            redirect("http://127.0.0.1:/x")
+        case(
+            "redirect to file:///etc/passwd",
+            Permanent,
+            "redirect",
+            |_, _| redirect("file:///etc/passwd"),
+        ),
+        case("redirect to ftp", Permanent, "redirect", |_, _| {
+            redirect("ftp://127.0.0.1/x")
         }),
-        case("length longer than the body, range ignored", Permanent, "restarted the transfer twice", |_, b| {
-            vec![
-                text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
-                Act::Send(b[..b.len() / 2].to_vec()),
-            ]
-        }),
-        case("206 with the wrong start", Permanent, "restarted the transfer twice", |r, b| {
-            if r.range().is_none() {
+        case(
+            "redirect to a host-less https",
+            Permanent,
+            "redirect",
+            |_, _| redirect("https:///x"),
+        ),
+        case(
+            "redirect with an empty port",
+            Permanent,
+            "redirect",
+            |_, _| redirect("http://127.0.0.1:/x"),
+        ),
+        case(
+            "length longer than the body, range ignored",
+            Permanent,
+            "restarted the transfer twice",
+            |_, b| {
                 vec![
-                    text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
-                    Act::Send(b[..100].to_vec()),
+                    text(&format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        b.len()
+                    )),
+                    Act::Send(b[..b.len() / 2].to_vec()),
                 ]
-            } else {
-                vec![
+            },
+        ),
+        case(
+            "206 with the wrong start",
+            Permanent,
+            "restarted the transfer twice",
+            |r, b| {
+                if r.range().is_none() {
+                    vec![
+                        text(&format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            b.len()
+                        )),
+                        Act::Send(b[..100].to_vec()),
+                    ]
+                } else {
+                    vec![
                     text(&format!(
                         "HTTP/1.1 206 P\r\nContent-Range: bytes 0-{}/{}\r\nContent-Length: {}\r\n\r\n",
                         b.len() - 1,
@@ -416,64 +496,118 @@ fn artifact_cases() -> Vec<Case> {
                     )),
                     Act::Send(b.to_vec()),
                 ]
-            }
-        }),
-        case("206 with a garbage Content-Range", Permanent, "restarted the transfer twice", |_, b| {
-            vec![
-                text(&format!(
-                    "HTTP/1.1 206 P\r\nContent-Range: lies\r\nContent-Length: {}\r\n\r\n",
-                    b.len()
-                )),
-                Act::Send(b.to_vec()),
-            ]
-        }),
-        case("416 naming another length", Permanent, "restarted the transfer twice", |r, b| {
-            if r.range().is_none() {
+                }
+            },
+        ),
+        case(
+            "206 with a garbage Content-Range",
+            Permanent,
+            "restarted the transfer twice",
+            |_, b| {
                 vec![
-                    text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
-                    Act::Send(b[..100].to_vec()),
+                    text(&format!(
+                        "HTTP/1.1 206 P\r\nContent-Range: lies\r\nContent-Length: {}\r\n\r\n",
+                        b.len()
+                    )),
+                    Act::Send(b.to_vec()),
                 ]
-            } else {
-                vec![text("HTTP/1.1 416 R\r\nContent-Range: bytes */5\r\nContent-Length: 0\r\n\r\n")]
-            }
-        }),
-        case("length shorter than the file", Size, "size mismatch", |_, b| {
-            vec![
-                text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len() - 10)),
-                Act::Send(b.to_vec()),
-            ]
-        }),
-        case("endless close-delimited body", Size, "size mismatch", |_, b| {
-            let mut more = b.to_vec();
-            more.extend(std::iter::repeat_n(0u8, 1 << 20));
-            vec![text("HTTP/1.0 200 OK\r\n\r\n"), Act::Send(more)]
-        }),
-        case("another file, not even gzip", Corrupt, "invalid gzip header", |_, b| ok(&vec![1u8; b.len()])),
-        case("one byte flipped in the gzip trailer", Checksum, "checksum mismatch", |_, b| {
-            let mut other = b.to_vec();
-            let n = other.len();
-            other[n - 6] ^= 0xff;
-            ok(&other)
-        }),
-        case("gzip content-encoding bomb", Checksum, "checksum mismatch", move |_, b| {
-            let mut out = format!(
-                "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-                b.len()
-            )
-            .into_bytes();
-            out.extend_from_slice(&bomb[..bomb.len().min(b.len())]);
-            out.resize(out.len() + b.len().saturating_sub(bomb.len()), 0);
-            vec![Act::Send(out)]
-        }),
+            },
+        ),
+        case(
+            "416 naming another length",
+            Permanent,
+            "restarted the transfer twice",
+            |r, b| {
+                if r.range().is_none() {
+                    vec![
+                        text(&format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            b.len()
+                        )),
+                        Act::Send(b[..100].to_vec()),
+                    ]
+                } else {
+                    vec![text(
+                        "HTTP/1.1 416 R\r\nContent-Range: bytes */5\r\nContent-Length: 0\r\n\r\n",
+                    )]
+                }
+            },
+        ),
+        case(
+            "length shorter than the file",
+            Size,
+            "size mismatch",
+            |_, b| {
+                vec![
+                    text(&format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        b.len() - 10
+                    )),
+                    Act::Send(b.to_vec()),
+                ]
+            },
+        ),
+        case(
+            "endless close-delimited body",
+            Size,
+            "size mismatch",
+            |_, b| {
+                let mut more = b.to_vec();
+                more.extend(std::iter::repeat_n(0u8, 1 << 20));
+                vec![text("HTTP/1.0 200 OK\r\n\r\n"), Act::Send(more)]
+            },
+        ),
+        case(
+            "another file, not even gzip",
+            Checksum,
+            "checksum mismatch",
+            |_, b| ok(&vec![1u8; b.len()]),
+        ),
+        case(
+            "one byte flipped in the gzip trailer",
+            Checksum,
+            "checksum mismatch",
+            |_, b| {
+                let mut other = b.to_vec();
+                let n = other.len();
+                other[n - 6] ^= 0xff;
+                ok(&other)
+            },
+        ),
+        case(
+            "gzip content-encoding bomb",
+            Checksum,
+            "checksum mismatch",
+            move |_, b| {
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(&bomb[..bomb.len().min(b.len())]);
+                out.resize(out.len() + b.len().saturating_sub(bomb.len()), 0);
+                vec![Act::Send(out)]
+            },
+        ),
         case("huge response header", Exhausted, "3 attempts", |_, _| {
-            vec![text(&format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "a".repeat(300_000)))]
+            vec![text(&format!(
+                "HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(300_000)
+            ))]
         }),
         case("thousands of headers", Exhausted, "3 attempts", |_, _| {
-            vec![text(&format!("HTTP/1.1 200 OK\r\n{}\r\n", "X-H: 1\r\n".repeat(5000)))]
+            vec![text(&format!(
+                "HTTP/1.1 200 OK\r\n{}\r\n",
+                "X-H: 1\r\n".repeat(5000)
+            ))]
         }),
-        case("garbage status line", Exhausted, "3 attempts", |_, _| vec![text("HELLO\r\n\r\n")]),
+        case("garbage status line", Exhausted, "3 attempts", |_, _| {
+            vec![text("HELLO\r\n\r\n")]
+        }),
         case("bad chunk size", Exhausted, "3 attempts", |_, _| {
-            vec![text("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n")]
+            vec![text(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+            )]
         }),
     ]
 }
@@ -498,9 +632,18 @@ fn run_case(
     };
     let sleep = |d: Duration| std::thread::sleep(d);
     let o = opts(&sleep, keep_going, max_extract);
-    let r = fetch::fetch(&req, &dir.path().join("staging"), &dir.path().join("out"), &o);
+    let r = fetch::fetch(
+        &req,
+        &dir.path().join("staging"),
+        &dir.path().join("out"),
+        &o,
+    );
     if r.is_err() {
-        assert!(!dir.path().join("out").exists(), "{}: nothing in place", c.name);
+        assert!(
+            !dir.path().join("out").exists(),
+            "{}: nothing in place",
+            c.name
+        );
         let left: Vec<_> = std::fs::read_dir(dir.path().join("staging"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -531,7 +674,10 @@ fn artifact_servers() {
                 })
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().unwrap().err()).collect()
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap().err())
+            .collect()
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -549,10 +695,16 @@ fn check(c: &Case, r: Result<fetch::Outcome, FetchError>) -> Result<(), String> 
                 _ => Code::DownloadFailed,
             };
             if kind(&e) != Some(want) || f.code != code || !f.message.contains(c.says) {
-                return Err(format!("{}: wanted {want:?} saying {:?}, got {e:?}", c.name, c.says));
+                return Err(format!(
+                    "{}: wanted {want:?} saying {:?}, got {e:?}",
+                    c.name, c.says
+                ));
             }
             if f.message.contains("SECRET") || f.message.contains('\n') {
-                return Err(format!("{}: message shows the query or spans lines: {}", c.name, f.message));
+                return Err(format!(
+                    "{}: message shows the query or spans lines: {}",
+                    c.name, f.message
+                ));
             }
             Ok(())
         }
@@ -565,14 +717,38 @@ fn a_stop_request_ends_a_fetch_in_any_state() {
     // pausing between retries.
     let body = artifact();
     for (name, script) in [
-        ("silent server", Arc::new(|_: &Req, _: &[u8]| vec![Act::Hold(Duration::from_secs(20))]) as Arc<dyn Fn(&Req, &[u8]) -> Vec<Act> + Send + Sync>),
-        ("trickling body", Arc::new(|_: &Req, b: &[u8]| vec![
-            text(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())),
-            Act::Drip(b.to_vec(), Duration::from_millis(20)),
-        ])),
-        ("slowloris headers", Arc::new(|_: &Req, _: &[u8]| vec![Act::Drip(b"HTTP/1.1 200 OK\r\nX: ".repeat(50), Duration::from_millis(20))])),
+        (
+            "silent server",
+            Arc::new(|_: &Req, _: &[u8]| vec![Act::Hold(Duration::from_secs(20))]) as Answer,
+        ),
+        (
+            "trickling body",
+            Arc::new(|_: &Req, b: &[u8]| {
+                vec![
+                    text(&format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                        b.len()
+                    )),
+                    Act::Drip(b.to_vec(), Duration::from_millis(20)),
+                ]
+            }),
+        ),
+        (
+            "slowloris headers",
+            Arc::new(|_: &Req, _: &[u8]| {
+                vec![Act::Drip(
+                    b"HTTP/1.1 200 OK\r\nX: ".repeat(50),
+                    Duration::from_millis(20),
+                )]
+            }),
+        ),
     ] {
-        let c = Case { name, script, want: Want::Stopped, says: "superseded" };
+        let c = Case {
+            name,
+            script,
+            want: Want::Stopped,
+            says: "superseded",
+        };
         let start = Instant::now();
         let keep = move || start.elapsed() < Duration::from_millis(200);
         let (r, _) = run_case(&c, &body, 1 << 30, &keep);
@@ -587,9 +763,15 @@ fn a_verified_bomb_stops_at_the_size_bound() {
     h.set_size(16 << 20);
     h.set_mode(0o644);
     h.set_cksum();
-    b.append_data(&mut h, "zeros", std::io::repeat(0).take(16 << 20)).unwrap();
+    b.append_data(&mut h, "zeros", std::io::repeat(0).take(16 << 20))
+        .unwrap();
     let bomb = gzip(&b.into_inner().unwrap());
-    let c = case("tar bomb with its own checksum", Want::TooLarge, "more than", |_, b| ok(b));
+    let c = case(
+        "tar bomb with its own checksum",
+        Want::TooLarge,
+        "more than",
+        |_, b| ok(b),
+    );
     let (r, _) = run_case(&c, &bomb, 1 << 20, &|| true);
     check(&c, r).unwrap();
 }
@@ -597,14 +779,23 @@ fn a_verified_bomb_stops_at_the_size_bound() {
 #[test]
 fn the_verb_reports_hostile_servers_in_one_line() {
     for (script, says) in [
-        (Arc::new(|_: &Req, _: &[u8]| redirect("file:///etc/shadow")) as Arc<dyn Fn(&Req, &[u8]) -> Vec<Act> + Send + Sync>, "redirect"),
+        (
+            Arc::new(|_: &Req, _: &[u8]| redirect("file:///etc/shadow")) as Answer,
+            "redirect",
+        ),
         (Arc::new(|_: &Req, _: &[u8]| status(404)), "HTTP 404"),
     ] {
         let server = Scripted::start(move |r| script(r, b""));
         let dir = tempfile::tempdir().unwrap();
         let into = dir.path().join("out");
         let out = std::process::Command::new(crate::common::bin())
-            .args(["fetch", &format!("{}/x.tgz?sig=SECRET", server.base), "--sha256", &"a".repeat(64), "--into"])
+            .args([
+                "fetch",
+                &format!("{}/x.tgz?sig=SECRET", server.base),
+                "--sha256",
+                &"a".repeat(64),
+                "--into",
+            ])
             .arg(&into)
             .env_remove("http_proxy")
             .env_remove("HTTP_PROXY")
@@ -613,8 +804,14 @@ fn the_verb_reports_hostile_servers_in_one_line() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(14), "{err}");
-        let line = err.lines().find(|l| l.starts_with("ibdriver:")).unwrap_or_default();
-        assert!(line.contains(says) && !err.contains("SECRET") && !err.contains("panicked"), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("ibdriver:"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(says) && !err.contains("SECRET") && !err.contains("panicked"),
+            "{err}"
+        );
         assert!(!into.exists());
     }
 }
@@ -644,20 +841,75 @@ fn metadata_services() {
     let slow = Duration::from_millis(100);
     type S = Arc<dyn Fn(&Req) -> Vec<Act> + Send + Sync>;
     let cases: Vec<(&str, S, Result<&str, &str>)> = vec![
-        ("answers", Arc::new(|_| json_ok(GOOD)), Ok("Standard_HB120rs_v3")),
-        ("answers on the third try", Arc::new(|r| if r.n < 2 { status(503) } else { json_ok(GOOD) }), Ok("Standard_HB120rs_v3")),
+        (
+            "answers",
+            Arc::new(|_| json_ok(GOOD)),
+            Ok("Standard_HB120rs_v3"),
+        ),
+        (
+            "answers on the third try",
+            Arc::new(|r| if r.n < 2 { status(503) } else { json_ok(GOOD) }),
+            Ok("Standard_HB120rs_v3"),
+        ),
         ("500 storm", Arc::new(|_| status(500)), Err("HTTP 500")),
         ("400 at once", Arc::new(|_| status(400)), Err("HTTP 400")),
         ("404", Arc::new(|_| status(404)), Err("HTTP 404")),
         ("resets", Arc::new(|_| vec![]), Err("unreachable")),
-        ("trickled body", Arc::new(move |_| vec![text("HTTP/1.1 200 OK\r\nContent-Length: 34\r\n\r\n"), Act::Drip(GOOD.as_bytes().to_vec(), slow)]), Err("")),
-        ("slowloris headers", Arc::new(move |_| vec![Act::Drip(b"HTTP/1.1 200 OK\r\nX: ".repeat(20), slow)]), Err("")),
-        ("never answers", Arc::new(|_| vec![Act::Hold(Duration::from_secs(20))]), Err("")),
-        ("huge body", Arc::new(|_| vec![text("HTTP/1.0 200 OK\r\n\r\n"), Act::Send(vec![b' '; 12 << 20])]), Err("")),
-        ("redirect to file://", Arc::new(|_| redirect("file:///etc/passwd")), Err("HTTP 302")),
-        ("redirect to http://", Arc::new(|_| redirect("http://")), Err("HTTP 302")),
-        ("not JSON", Arc::new(|_| json_ok("<html>")), Err("unexpected JSON")),
-        ("huge header", Arc::new(|_| vec![text(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(300_000)))]), Err("")),
+        (
+            "trickled body",
+            Arc::new(move |_| {
+                vec![
+                    text("HTTP/1.1 200 OK\r\nContent-Length: 34\r\n\r\n"),
+                    Act::Drip(GOOD.as_bytes().to_vec(), slow),
+                ]
+            }),
+            Err(""),
+        ),
+        (
+            "slowloris headers",
+            Arc::new(move |_| vec![Act::Drip(b"HTTP/1.1 200 OK\r\nX: ".repeat(20), slow)]),
+            Err(""),
+        ),
+        (
+            "never answers",
+            Arc::new(|_| vec![Act::Hold(Duration::from_secs(20))]),
+            Err(""),
+        ),
+        (
+            "huge body",
+            Arc::new(|_| {
+                vec![
+                    text("HTTP/1.0 200 OK\r\n\r\n"),
+                    Act::Send(vec![b' '; 12 << 20]),
+                ]
+            }),
+            Err(""),
+        ),
+        (
+            "redirect to file://",
+            Arc::new(|_| redirect("file:///etc/passwd")),
+            Err("HTTP 302"),
+        ),
+        (
+            "redirect to http://",
+            Arc::new(|_| redirect("http://")),
+            Err("HTTP 302"),
+        ),
+        (
+            "not JSON",
+            Arc::new(|_| json_ok("<html>")),
+            Err("unexpected JSON"),
+        ),
+        (
+            "huge header",
+            Arc::new(|_| {
+                vec![text(&format!(
+                    "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
+                    "a".repeat(300_000)
+                ))]
+            }),
+            Err(""),
+        ),
     ];
     let failures: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = cases
