@@ -9,6 +9,7 @@
 //! from the file after verification instead. Every download has a deadline, a minimum rate and
 //! a stop callback, checked while it waits on the network as well as between attempts.
 
+mod clock;
 pub mod extract;
 pub mod http;
 pub mod proxy;
@@ -16,15 +17,16 @@ pub mod proxy;
 use crate::error::{Code, Failure};
 use crate::logging::redact_url;
 use sha2::{Digest, Sha256};
-use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 
+pub use clock::Limits;
+use clock::{Clock, POLL};
 pub use http::RetryPolicy;
 
 const CHUNK: usize = 256 * 1024;
@@ -110,28 +112,6 @@ pub struct Request {
     pub size: Option<u64>,
     /// Unpack a `.tar.gz` into the destination instead of storing the file.
     pub extract: bool,
-}
-
-/// Time bounds of one fetch. A download ends with [`FetchError::Deadline`] once `deadline`
-/// has passed since it started, and with [`FetchError::TooSlow`] when any `window` of it
-/// (retry pauses included) brought fewer than `min_rate * window` bytes: a trickle, or a
-/// server that resets after every few bytes, cannot hold the worker for hours.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub deadline: Duration,
-    pub min_rate: u64,
-    pub window: Duration,
-}
-
-impl Default for Limits {
-    /// Two hours in all, and at least 32 KiB/s over every minute.
-    fn default() -> Self {
-        Limits {
-            deadline: Duration::from_secs(2 * 3600),
-            min_rate: 32 * 1024,
-            window: Duration::from_secs(60),
-        }
-    }
 }
 
 pub struct Options<'a> {
@@ -291,84 +271,6 @@ struct Got {
     /// The archive inflated past the pre-verification bound: unpack it from the verified file.
     deferred: bool,
 }
-
-/// The deadline and minimum-progress rule across all attempts of one fetch.
-struct Clock {
-    limits: Limits,
-    start: Instant,
-    window_start: Cell<Instant>,
-    window_bytes: Cell<u64>,
-    received: Cell<u64>,
-}
-
-impl Clock {
-    fn new(limits: Limits) -> Clock {
-        let now = Instant::now();
-        Clock {
-            limits,
-            start: now,
-            window_start: Cell::new(now),
-            window_bytes: Cell::new(0),
-            received: Cell::new(0),
-        }
-    }
-
-    fn got(&self, n: u64) {
-        self.window_bytes.set(self.window_bytes.get() + n);
-        self.received.set(self.received.get() + n);
-    }
-
-    fn remaining(&self) -> Duration {
-        self.limits.deadline.saturating_sub(self.start.elapsed())
-    }
-
-    fn check(&self, url: &str, opts: &Options) -> Result<(), FetchError> {
-        if !(opts.keep_going)() {
-            return Err(FetchError::Stopped { url: url.into() });
-        }
-        if self.start.elapsed() >= self.limits.deadline {
-            return Err(FetchError::Deadline {
-                url: url.into(),
-                received: self.received.get(),
-                limit_s: self.limits.deadline.as_secs(),
-            });
-        }
-        let w = self.window_start.get().elapsed();
-        if w >= self.limits.window {
-            let needed = (self.limits.min_rate as f64 * w.as_secs_f64()) as u64;
-            if self.window_bytes.get() < needed {
-                return Err(FetchError::TooSlow {
-                    url: url.into(),
-                    received: self.received.get(),
-                    elapsed_s: self.start.elapsed().as_secs(),
-                    window_bytes: self.window_bytes.get(),
-                    window_s: w.as_secs(),
-                    min_rate: self.limits.min_rate,
-                });
-            }
-            self.window_start.set(Instant::now());
-            self.window_bytes.set(0);
-        }
-        Ok(())
-    }
-
-    /// The pause before a retry, in slices, so a stop or the deadline is seen.
-    fn pause(&self, d: Duration, url: &str, opts: &Options) -> Result<(), FetchError> {
-        let mut left = d.min(self.remaining());
-        loop {
-            self.check(url, opts)?;
-            if left.is_zero() {
-                return Ok(());
-            }
-            let slice = left.min(POLL);
-            (opts.sleep)(slice);
-            left -= slice;
-        }
-    }
-}
-
-/// How often a waiting download looks at the stop callback and its bounds.
-const POLL: Duration = Duration::from_millis(100);
 
 type Extracting = Result<extract::Extracted, extract::ExtractError>;
 type Extractor = std::thread::JoinHandle<Extracting>;
