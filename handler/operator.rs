@@ -1,4 +1,4 @@
-//! Operator verbs that need no agent: `plan` and `health`.
+//! Operator verbs that need no agent: `plan`, `health` and `fetch`.
 
 use crate::health;
 use crate::host::{self, imds, Root};
@@ -116,17 +116,61 @@ pub fn health(root: &Root, json: bool) -> i32 {
     }
 }
 
-/// `fetch`: the download pipeline on its own, with progress on stderr.
+/// Where `fetch --into DIR` stages: inside DIR, so nothing outside what the user named is
+/// touched, under a name of ours that an earlier interrupted run may have left.
+pub const FETCH_STAGING: &str = ".ibdriver-fetch";
+
+/// Is `into` usable: absent, or an empty directory, or one holding only our staging left by an
+/// interrupted run (which then resumes)? What is there is never deleted or replaced.
+fn fetch_target_ok(into: &Path) -> Result<bool, String> {
+    let meta = match std::fs::symlink_metadata(into) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("cannot read {}: {e}", into.display())),
+    };
+    if !meta.is_dir() {
+        return Err(format!(
+            "--into {} exists and is not a directory; name a new or empty directory",
+            into.display()
+        ));
+    }
+    let entries =
+        std::fs::read_dir(into).map_err(|e| format!("cannot read {}: {e}", into.display()))?;
+    for e in entries {
+        let e = e.map_err(|e| format!("cannot read {}: {e}", into.display()))?;
+        let ours = e.file_name() == FETCH_STAGING && e.file_type().is_ok_and(|t| t.is_dir());
+        if !ours {
+            return Err(format!(
+                "--into {} is not empty; name a new or empty directory (nothing was changed)",
+                into.display()
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// `fetch`: the download pipeline on its own, with progress on stderr. DIR must be new or
+/// empty: the verified result is moved into it, and nothing already there is ever replaced.
 pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
+    use crate::error::{Code, Failure};
     use crate::fetch;
-    let name = into
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "fetch".into());
-    let staging = into
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.staging"));
+    let existed = match fetch_target_ok(into) {
+        Ok(existed) => existed,
+        Err(msg) => {
+            crate::tell!("ibdriver: {}", Failure::new(Code::Usage, msg));
+            return Code::Usage.exit_code();
+        }
+    };
+    if !existed {
+        use std::os::unix::fs::PermissionsExt;
+        let made = std::fs::create_dir_all(into)
+            .and_then(|()| std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o755)));
+        if let Err(e) = made {
+            crate::tell!("ibdriver: {}", Failure::state_io(into, e));
+            return Code::StateIo.exit_code();
+        }
+    }
+    let staging = into.join(FETCH_STAGING);
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let waagent_conf = std::fs::read_to_string(Root::from_env().path("etc/waagent.conf")).ok();
     let progress = fetch::progress_every(10, |pct, done, total| {
@@ -136,12 +180,21 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
         proxy: fetch::proxy::choose(&req.url, None, &env, waagent_conf.as_deref()),
         retry: fetch::RetryPolicy::default(),
         max_extract: fetch::DEFAULT_MAX_EXTRACT,
+        limits: fetch::Limits::default(),
         sleep: &std::thread::sleep,
         progress: &progress,
+        keep_going: &|| true,
+        replace: false,
     };
-    match fetch::fetch(req, &staging, into, &opts) {
+    let r = fetch::fetch(req, &staging, into, &opts);
+    // Our staging goes when empty (a resumable partial download stays in it); DIR goes only
+    // when this run made it and nothing came of it.
+    let _ = std::fs::remove_dir(&staging);
+    if !existed && r.is_err() {
+        let _ = std::fs::remove_dir(into);
+    }
+    match r {
         Ok(out) => {
-            let _ = std::fs::remove_dir(&staging);
             crate::tell!(
                 "fetch: verified {} bytes (sha256 {}), {} files -> {}",
                 out.size,

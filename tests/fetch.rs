@@ -5,7 +5,7 @@ mod artifact_server;
 mod common;
 
 use artifact_server::{Fault, Server};
-use ibdriver::fetch::{self, FetchError, Options, Request, RetryPolicy};
+use ibdriver::fetch::{self, FetchError, Limits, Options, Request, RetryPolicy};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::fs;
@@ -71,27 +71,60 @@ fn sha(data: &[u8]) -> String {
 
 struct Run {
     sleeps: RefCell<Vec<Duration>>,
+    limits: Limits,
+    max_extract: u64,
+    proxy: Option<String>,
+    /// The bytes received so far, as the progress callback last said.
+    received: std::cell::Cell<u64>,
+    keep_going: Box<dyn Fn(&Run) -> bool>,
 }
 
 impl Run {
     fn new() -> Run {
         Run {
             sleeps: RefCell::new(Vec::new()),
+            // Generous: these tests are about other things.
+            limits: Limits {
+                deadline: Duration::from_secs(120),
+                min_rate: 1,
+                window: Duration::from_secs(60),
+            },
+            max_extract: 1 << 30,
+            proxy: None,
+            received: std::cell::Cell::new(0),
+            keep_going: Box::new(|_| true),
         }
     }
 
+    fn limits(mut self, deadline_ms: u64, min_rate: u64, window_ms: u64) -> Run {
+        self.limits = Limits {
+            deadline: Duration::from_millis(deadline_ms),
+            min_rate,
+            window: Duration::from_millis(window_ms),
+        };
+        self
+    }
+
     fn fetch(&self, req: &Request, dir: &std::path::Path) -> Result<fetch::Outcome, FetchError> {
-        let sleep = |d: Duration| self.sleeps.borrow_mut().push(d);
+        let sleep = |d: Duration| {
+            self.sleeps.borrow_mut().push(d);
+            std::thread::sleep(d)
+        };
+        let progress = |done: u64, _: Option<u64>| self.received.set(done);
+        let keep_going = || (self.keep_going)(self);
         let opts = Options {
-            proxy: None,
+            proxy: self.proxy.clone(),
             retry: RetryPolicy {
                 attempts: 6,
                 base: Duration::from_millis(10),
                 cap: Duration::from_millis(40),
             },
-            max_extract: 1 << 30,
+            max_extract: self.max_extract,
+            limits: self.limits,
             sleep: &sleep,
-            progress: &|_, _| {},
+            progress: &progress,
+            keep_going: &keep_going,
+            replace: false,
         };
         fetch::fetch(req, &dir.join("staging"), &dir.join("out"), &opts)
     }
@@ -306,11 +339,36 @@ fn fetch_verb_end_to_end() {
     );
     assert!(String::from_utf8_lossy(&ok.stderr).contains("100%"));
     assert!(into.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
-    let bad = run(&"f".repeat(64));
+    // DIR now holds files: a second fetch is refused before anything is downloaded, and
+    // what is there stays as it was.
+    let sent = server.sent();
+    let again = run(&sha(&data));
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("is not empty") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(server.sent(), sent);
+    assert!(into.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
+    // A wrong checksum into a new directory: exit 14, and no directory left behind.
+    let into_bad = dir.path().join("bad");
+    let bad = std::process::Command::new(common::bin())
+        .args([
+            "fetch",
+            &format!("{}/ofed.tgz", server.base),
+            "--sha256",
+            &"f".repeat(64),
+            "--into",
+        ])
+        .arg(&into_bad)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(14));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("checksum mismatch"));
-    // The verified earlier result is untouched by the failed one.
-    assert!(into.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
+    assert!(!into_bad.exists());
 }
 
 #[test]
@@ -342,4 +400,447 @@ fn a_bad_url_is_not_retried() {
     let err = run.fetch(&req, dir.path()).unwrap_err();
     assert!(matches!(err, FetchError::Permanent { .. }), "{err}");
     assert!(run.sleeps.borrow().is_empty());
+}
+
+/// What the fetch verb prints, run against `url` into `into` with `env`.
+fn fetch_verb(
+    url: &str,
+    sha: &str,
+    into: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(["fetch", url, "--sha256", sha, "--into"])
+        .arg(into)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .env("IBDRIVER_ROOT", into.parent().unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn fetch_verb_never_touches_what_dir_holds() {
+    let data = bundle(2, 10_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/ofed.tgz", server.base);
+    // A directory with the user's files: refused, nothing downloaded, nothing changed.
+    let into = dir.path().join("mine");
+    fs::create_dir(&into).unwrap();
+    fs::write(into.join("notes.txt"), b"keep me").unwrap();
+    let out = fetch_verb(&url, &sha(&data), &into, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(server.request_count(), 0);
+    assert_eq!(fs::read(into.join("notes.txt")).unwrap(), b"keep me");
+    assert_eq!(fs::read_dir(&into).unwrap().count(), 1);
+    // A file where DIR should be: refused, the file kept.
+    let file = dir.path().join("afile");
+    fs::write(&file, b"data").unwrap();
+    let out = fetch_verb(&url, &sha(&data), &file, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(fs::read(&file).unwrap(), b"data");
+    // What the old staging name beside DIR holds is not ours any more: untouched.
+    let beside = dir.path().join(".new.staging");
+    fs::create_dir(&beside).unwrap();
+    fs::write(beside.join(format!("{}.part", sha(&data))), b"user data").unwrap();
+    // An empty directory receives the tree, with its own mode kept.
+    let empty = dir.path().join("new");
+    fs::create_dir(&empty).unwrap();
+    let out = fetch_verb(&url, &sha(&data), &empty, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(empty.join("MLNX_OFED_LINUX-24.10/mlnxofedinstall").exists());
+    assert_eq!(fs::read_dir(&empty).unwrap().count(), 1, "no staging left");
+    assert_eq!(
+        fs::read(beside.join(format!("{}.part", sha(&data)))).unwrap(),
+        b"user data"
+    );
+}
+
+#[test]
+fn fetch_verb_resumes_from_its_own_staging() {
+    let data = bundle(4, 50_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let into = dir.path().join("ofed");
+    let staging = into.join(".ibdriver-fetch");
+    fs::create_dir_all(&staging).unwrap();
+    let half = data.len() / 2;
+    fs::write(staging.join(format!("{}.part", sha(&data))), &data[..half]).unwrap();
+    let out = fetch_verb(
+        &format!("{}/ofed.tgz", server.base),
+        &sha(&data),
+        &into,
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.sent(), (data.len() - half) as u64);
+    assert!(!staging.exists());
+}
+
+#[test]
+fn a_trickle_ends_in_a_clear_too_slow_error() {
+    let data = bundle(2, 50_000);
+    let server = Server::start(data.clone());
+    server.fault(Fault::Trickle {
+        bytes: 1,
+        every: Duration::from_millis(20),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let err = Run::new()
+        .limits(60_000, 10_000, 400)
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap_err();
+    let FetchError::TooSlow {
+        received, min_rate, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert!(*received < 100, "{received}");
+    assert_eq!(*min_rate, 10_000);
+    let f = err.failure();
+    assert_eq!(f.code, ibdriver::error::Code::DownloadFailed);
+    assert!(
+        f.message.contains("10000 bytes/s") && f.message.contains("bytes in"),
+        "{}",
+        f.message
+    );
+}
+
+#[test]
+fn resets_after_every_few_bytes_end_in_bounded_time() {
+    let data = bundle(2, 50_000);
+    let server = Server::start(data.clone());
+    for _ in 0..10_000 {
+        server.fault(Fault::ResetAfter(16));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = Run::new()
+        .limits(60_000, 100_000, 500)
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap_err();
+    assert!(matches!(err, FetchError::TooSlow { .. }), "{err}");
+    // Each reset made progress, so the attempt count never ran out: only the rate rule ended it.
+    assert!(server.request_count() > 6, "{}", server.request_count());
+}
+
+#[test]
+fn the_overall_deadline_ends_a_steady_but_endless_download() {
+    let data = bundle(40, 100_000);
+    let server = Server::start(data.clone());
+    server.fault(Fault::Trickle {
+        bytes: 16 * 1024,
+        every: Duration::from_millis(20),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let err = Run::new()
+        .limits(800, 1, 60_000)
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::Deadline { limit_s: 0, .. }),
+        "{err}"
+    );
+    assert_eq!(err.failure().code, ibdriver::error::Code::DownloadFailed);
+    // The partial download stays for a resume; nothing unpacked is kept.
+    let staging: Vec<_> = fs::read_dir(dir.path().join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(staging, vec![format!("{}.part", sha(&data))]);
+}
+
+#[test]
+fn the_stop_callback_ends_a_stalled_download() {
+    let data = bundle(4, 100_000);
+    let server = Server::start(data.clone());
+    server.fault(Fault::StallAfter(70_000));
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new();
+    // Stop once the first bytes are in: the download is then waiting on a silent server.
+    run.keep_going = Box::new(|r: &Run| r.received.get() == 0);
+    let err = run
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Stopped { .. }), "{err}");
+    assert_eq!(err.failure().code, ibdriver::error::Code::Superseded);
+}
+
+#[test]
+fn hostile_redirects_are_permanent_errors_not_panics() {
+    let data = bundle(1, 1000);
+    for (location, count) in [
+        ("file:///etc/passwd", 1),
+        ("http://", 1),
+        ("https:///nohost", 1),
+        ("gopher://127.0.0.1/x", 1),
+    ] {
+        let server = Server::start(data.clone());
+        server.fault(Fault::Redirect(location.into()));
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(&server, &data, "ofed.tgz");
+        req.url.push_str("?sig=SECRETSIG");
+        let err = Run::new().fetch(&req, dir.path()).unwrap_err();
+        assert!(
+            matches!(err, FetchError::Permanent { .. }),
+            "{location}: {err}"
+        );
+        let msg = err.failure().message;
+        assert!(
+            msg.contains("redirect") && !msg.contains("SECRETSIG"),
+            "{msg}"
+        );
+        assert_eq!(server.request_count(), count);
+    }
+    // A loop is cut after the bound.
+    let server = Server::start(data.clone());
+    for _ in 0..30 {
+        server.fault(Fault::Redirect("/again.tgz".into()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = Run::new()
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap_err();
+    assert!(err.to_string().contains("more than 10 redirects"), "{err}");
+    assert_eq!(server.request_count(), 11);
+    // A sane redirect is followed, with the Range it needs.
+    let server = Server::start(data.clone());
+    server.fault(Fault::Redirect("/mirror/ofed.tgz".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new()
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap();
+    assert_eq!(out.files, 2);
+    assert!(server.requests.lock().unwrap()[1].starts_with("GET /mirror/ofed.tgz "));
+}
+
+/// A gzip'd tar of one file of zeros: tiny compressed, `size` inflated.
+fn bomb(size: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "zeros", std::io::repeat(0).take(size as u64))
+        .unwrap();
+    let raw = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap()
+}
+
+use std::io::Read as _;
+
+fn tree_size(p: &std::path::Path) -> u64 {
+    let Ok(rd) = fs::read_dir(p) else { return 0 };
+    rd.map(|e| {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        if m.is_dir() {
+            tree_size(&e.path())
+        } else {
+            m.len()
+        }
+    })
+    .sum()
+}
+
+#[test]
+fn before_verification_unpacking_stays_within_a_multiple_of_what_arrived() {
+    let data = bomb(64 << 20);
+    let server = Server::start(data.clone());
+    // Most of the bomb, then silence until the deadline.
+    server.fault(Fault::StallAfter(data.len() * 3 / 4));
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new().limits(2500, 1, 60_000);
+    let worst = std::rc::Rc::new(std::cell::Cell::new(0i64));
+    let w = worst.clone();
+    let unpack = dir.path().join(format!("staging/{}.unpack", sha(&data)));
+    run.keep_going = Box::new(move |r: &Run| {
+        let allowed = 4 * r.received.get() as i64 + (1 << 20);
+        w.set(w.get().max(tree_size(&unpack) as i64 - allowed));
+        true
+    });
+    let err = run
+        .fetch(&request(&server, &data, "bomb.tgz"), dir.path())
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Deadline { .. }), "{err}");
+    assert!(
+        worst.get() <= 0,
+        "unpacked {} bytes past the bound",
+        worst.get()
+    );
+    assert!(!dir
+        .path()
+        .join(format!("staging/{}.unpack", sha(&data)))
+        .exists());
+}
+
+#[test]
+fn a_verified_bomb_stops_at_the_size_bound_and_an_unverified_one_at_the_checksum() {
+    let data = bomb(32 << 20);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new();
+    run.max_extract = 8 << 20;
+    let err = run
+        .fetch(&request(&server, &data, "bomb.tgz"), dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FetchError::Extract {
+                err: ibdriver::fetch::extract::ExtractError::TooLarge(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(&server, &data, "bomb.tgz");
+    req.sha256 = "0".repeat(64);
+    let err = Run::new().fetch(&req, dir.path()).unwrap_err();
+    assert!(matches!(err, FetchError::Checksum { .. }), "{err}");
+    assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    assert!(!dir.path().join("out").exists());
+}
+
+#[test]
+fn a_highly_compressible_archive_is_unpacked_after_verification() {
+    let data = bomb(16 << 20);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new()
+        .fetch(&request(&server, &data, "zeros.tgz"), dir.path())
+        .unwrap();
+    assert_eq!(out.files, 1);
+    assert_eq!(
+        fs::metadata(dir.path().join("out/zeros")).unwrap().len(),
+        16 << 20
+    );
+}
+
+/// A loopback HTTP proxy that wants `user:secret`: 407 without them, else it answers the
+/// absolute-form request itself with `body`. It records every request head.
+struct AuthProxy {
+    url_with: String,
+    port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl AuthProxy {
+    fn start(body: Vec<u8>) -> AuthProxy {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heads.clone();
+        std::thread::spawn(move || {
+            let want = "Basic dXNlcjpzM2NyZXQ="; // user:s3cret
+            for conn in l.incoming().take(20) {
+                let Ok(mut conn) = conn else { continue };
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let ok = head
+                    .lines()
+                    .any(|l| l.trim_end() == format!("Proxy-Authorization: {want}"));
+                h.lock().unwrap().push(head);
+                if ok {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(&body);
+                } else {
+                    let _ = write!(conn, "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"t\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            }
+        });
+        AuthProxy {
+            url_with: format!("http://user:s3cret@127.0.0.1:{port}"),
+            port,
+            heads,
+        }
+    }
+}
+
+#[test]
+fn proxy_credentials_go_with_plain_http_requests_and_never_into_messages() {
+    let data = bundle(2, 10_000);
+    let proxy = AuthProxy::start(data.clone());
+    // The origin is never reached directly: only the proxy answers.
+    let url = "http://artifacts.invalid:81/ofed.tgz?sig=SAS";
+    let req = Request {
+        url: url.into(),
+        sha256: sha(&data),
+        size: None,
+        extract: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new();
+    run.proxy = Some(proxy.url_with.clone());
+    let out = run.fetch(&req, dir.path()).unwrap();
+    assert_eq!(out.files, 3);
+    let first = proxy.heads.lock().unwrap()[0].clone();
+    assert!(
+        first.starts_with("GET http://artifacts.invalid:81/ofed.tgz?sig=SAS HTTP/1.1"),
+        "{first}"
+    );
+    // Wrong credentials: a permanent error that names 407 and shows neither secret.
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new();
+    run.proxy = Some(format!("http://user:WRONGPW@127.0.0.1:{}", proxy.port));
+    let err = run.fetch(&req, dir.path()).unwrap_err();
+    assert!(matches!(err, FetchError::Permanent { .. }), "{err}");
+    let msg = err.failure().message;
+    assert!(
+        msg.contains("407") && !msg.contains("WRONGPW") && !msg.contains("SAS"),
+        "{msg}"
+    );
+    // Through the verb, with the proxy from the environment: logs and errors stay clean.
+    let into = dir.path().join("verb");
+    let wrong = format!("http://user:WRONGPW@127.0.0.1:{}", proxy.port);
+    let out = fetch_verb(url, &sha(&data), &into, &[("http_proxy", &wrong)]);
+    assert_eq!(out.status.code(), Some(14));
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("407") && !text.contains("WRONGPW") && !text.contains("sig=SAS"),
+        "{text}"
+    );
+    let out = fetch_verb(url, &sha(&data), &into, &[("http_proxy", &proxy.url_with)]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("dXNlcjpzM2NyZXQ"),
+        "{text}"
+    );
 }

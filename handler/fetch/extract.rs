@@ -1,12 +1,28 @@
-//! Safe extraction of a `.tar.gz` stream into a directory: no absolute paths, no `..`, no
-//! writing through a link, links that stay inside, only files, directories and links, and a
-//! bound on the total size. The tar crate only reads entries; every file is created here.
+//! Safe extraction of a `.tar.gz` stream into a directory. Every entry is judged against a
+//! record of the tree this archive builds, never against the disk as it stands: paths are
+//! relative with no `..`, no entry is written through a link or over another entry, hard links
+//! name a regular file the archive made before, and symlinks are created only at the end, once
+//! the whole tree is known, each one resolved lexically through the recorded links and refused
+//! if it can reach outside the root. Only files, directories and links; modes are set
+//! explicitly (umask-independent, no setuid/setgid/sticky, exec bits as the archive says).
+//! Bounds: total size, 1 MiB per header (GNU long names, pax records), and before the
+//! artifact is verified a cap on inflated bytes relative to the compressed bytes read (a
+//! gzip bomb stops there). The tar crate only reads entries; every file is created here.
 
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use thiserror::Error;
+
+/// What one tar header (with its GNU long name or pax records) may take once inflated.
+pub const MAX_HEADER: u64 = 1 << 20;
+/// How deep a chain of symlinks may go (the kernel's own limit).
+const MAX_LINK_DEPTH: u32 = 40;
 
 #[derive(Debug, Error)]
 pub enum ExtractError {
@@ -16,13 +32,42 @@ pub enum ExtractError {
     UnsafeLink(String),
     #[error("archive entry {0} has an unsupported type")]
     UnsupportedType(String),
+    #[error("archive entry {0} appears twice or replaces another entry")]
+    Duplicate(String),
     #[error("archive unpacks to more than {0} bytes")]
     TooLarge(u64),
+    #[error("archive header larger than {MAX_HEADER} bytes")]
+    HeaderTooLarge,
+    /// Only while the artifact is unverified: it inflates faster than the bound allows.
+    #[error("archive inflates to {inflated} bytes from {compressed} compressed bytes, past the bound before verification")]
+    InflationBound { inflated: u64, compressed: u64 },
     #[error("archive is corrupt: {0}")]
     Corrupt(String),
     #[error("cannot write {path}: {err}")]
     Io { path: String, err: io::Error },
 }
+
+/// Bounds on one extraction.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of entry data in all.
+    pub max_bytes: u64,
+    /// `(factor, slack)`: inflated bytes may not exceed `factor * compressed + slack`
+    /// (set while the artifact is not verified yet; `None` once it is).
+    pub inflation: Option<(u64, u64)>,
+}
+
+impl Limits {
+    pub fn total(max_bytes: u64) -> Limits {
+        Limits {
+            max_bytes,
+            inflation: None,
+        }
+    }
+}
+
+/// Before verification at most 4 bytes per compressed byte read, plus 1 MiB.
+pub const UNVERIFIED_INFLATION: (u64, u64) = (4, 1 << 20);
 
 /// Turn an archive path into a relative path of normal components, or refuse it.
 pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
@@ -37,58 +82,79 @@ pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// Does a symlink at `link` (relative to `root`) with target `target` stay inside the root?
-/// The target is walked against the tree as extracted so far: it must never climb above the
-/// root, and never pass through another link (a chain such as `r -> .` then `x -> r/r/../..`
-/// would otherwise escape while every step looks inside on paper).
-pub fn link_stays_inside(root: &Path, link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut at: Vec<&std::ffi::OsStr> = match link.parent() {
-        Some(p) => p
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n),
-                _ => None,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    for c in target.components() {
-        match c {
-            Component::ParentDir => {
-                if at.pop().is_none() {
-                    return false;
-                }
-            }
-            Component::Normal(n) => {
-                at.push(n);
-                let here: PathBuf = at.iter().collect();
-                if fs::symlink_metadata(root.join(here)).is_ok_and(|m| m.file_type().is_symlink()) {
-                    return false;
-                }
-            }
-            Component::CurDir => {}
-            _ => return false,
-        }
-    }
-    true
+/// What the archive put at a path.
+#[derive(Debug, Clone)]
+enum Node {
+    Dir,
+    File,
+    Link(PathBuf),
 }
 
-/// Refuse to write through an existing symlink anywhere on the way to `rel`.
-fn check_no_link_on_path(root: &Path, rel: &Path) -> Result<(), ExtractError> {
-    let mut p = root.to_path_buf();
-    let parts: Vec<_> = rel.components().collect();
-    for c in &parts[..parts.len().saturating_sub(1)] {
-        p.push(c);
-        if let Ok(m) = fs::symlink_metadata(&p) {
-            if m.file_type().is_symlink() {
-                return Err(ExtractError::UnsafePath(rel.display().to_string()));
+/// The tree an archive builds, as recorded entry by entry.
+#[derive(Default)]
+struct Tree {
+    nodes: HashMap<PathBuf, Node>,
+}
+
+impl Tree {
+    /// Where a symlink at `link` with `target` ends up, as components below the root; `None`
+    /// when any step of it (through other recorded links) climbs above the root, is absolute
+    /// or loops. Names the archive did not create count as plain directories.
+    fn resolve(&self, link: &Path, target: &Path) -> Option<Vec<OsString>> {
+        let start: Vec<OsString> = link
+            .parent()
+            .map(|p| p.iter().map(|c| c.to_os_string()).collect())
+            .unwrap_or_default();
+        let mut depth = 0;
+        self.walk(start, target, &mut depth)
+    }
+
+    fn walk(&self, mut at: Vec<OsString>, target: &Path, depth: &mut u32) -> Option<Vec<OsString>> {
+        *depth += 1;
+        if *depth > MAX_LINK_DEPTH {
+            return None;
+        }
+        for c in target.components() {
+            match c {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    at.pop()?;
+                }
+                Component::Normal(n) => {
+                    at.push(n.to_os_string());
+                    let here: PathBuf = at.iter().collect();
+                    if let Some(Node::Link(t)) = self.nodes.get(&here) {
+                        at.pop();
+                        at = self.walk(at, t, depth)?;
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => return None,
             }
         }
+        Some(at)
     }
-    Ok(())
+
+    /// Every proper prefix of `rel` must be a directory of this archive (or not exist yet, and
+    /// then it is made one): never a link, never a file.
+    fn parents(&mut self, root: &Path, rel: &Path, shown: &str) -> Result<(), ExtractError> {
+        let mut p = PathBuf::new();
+        let parts: Vec<_> = rel.components().collect();
+        for c in &parts[..parts.len().saturating_sub(1)] {
+            p.push(c);
+            match self.nodes.get(&p) {
+                Some(Node::Dir) => {}
+                Some(_) => return Err(ExtractError::UnsafePath(shown.to_string())),
+                None => {
+                    let d = root.join(&p);
+                    fs::create_dir(&d).map_err(io_err(&d))?;
+                    fs::set_permissions(&d, fs::Permissions::from_mode(0o755))
+                        .map_err(io_err(&d))?;
+                    self.nodes.insert(p.clone(), Node::Dir);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> ExtractError + '_ {
@@ -118,107 +184,258 @@ pub struct Extracted {
     pub bytes: u64,
 }
 
+/// Byte counts shared by the readers below and the entry loop (one thread).
+#[derive(Default)]
+struct Meter {
+    compressed: Cell<u64>,
+    inflated: Cell<u64>,
+    /// Inflated count when the tar reader started on a header; `None` while reading data.
+    header_from: Cell<Option<u64>>,
+    tripped: Cell<Option<Trip>>,
+}
+
+#[derive(Clone, Copy)]
+enum Trip {
+    Header,
+    Inflation,
+}
+
+impl Meter {
+    /// An I/O error from the tar or gzip reader, as the bound that caused it when one did.
+    fn explain(&self, e: io::Error) -> ExtractError {
+        match self.tripped.get() {
+            Some(Trip::Header) => ExtractError::HeaderTooLarge,
+            Some(Trip::Inflation) => ExtractError::InflationBound {
+                inflated: self.inflated.get(),
+                compressed: self.compressed.get(),
+            },
+            None => ExtractError::Corrupt(e.to_string()),
+        }
+    }
+}
+
+struct Compressed<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for Compressed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter
+            .compressed
+            .set(self.meter.compressed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+struct Inflated<R> {
+    inner: R,
+    meter: Rc<Meter>,
+    inflation: Option<(u64, u64)>,
+}
+
+impl<R: Read> Read for Inflated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let m = &self.meter;
+        if m.tripped.get().is_some() {
+            return Err(io::Error::other("extraction bound reached"));
+        }
+        let n = self.inner.read(buf)?;
+        let total = m.inflated.get() + n as u64;
+        m.inflated.set(total);
+        if m.header_from
+            .get()
+            .is_some_and(|from| total - from > MAX_HEADER)
+        {
+            m.tripped.set(Some(Trip::Header));
+        } else if let Some((factor, slack)) = self.inflation {
+            if total
+                > m.compressed
+                    .get()
+                    .saturating_mul(factor)
+                    .saturating_add(slack)
+            {
+                m.tripped.set(Some(Trip::Inflation));
+            }
+        }
+        if m.tripped.get().is_some() {
+            return Err(io::Error::other("extraction bound reached"));
+        }
+        Ok(n)
+    }
+}
+
 /// Unpack the gzip'd tar read from `input` into `root` (which must exist and be empty).
-pub fn untar_gz(input: impl Read, root: &Path, max_bytes: u64) -> Result<Extracted, ExtractError> {
-    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, input));
-    let mut archive = tar::Archive::new(gz);
+pub fn untar_gz(input: impl Read, root: &Path, limits: Limits) -> Result<Extracted, ExtractError> {
+    let meter = Rc::new(Meter::default());
+    let compressed = Compressed {
+        inner: input,
+        meter: meter.clone(),
+    };
+    let gz =
+        flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, compressed));
+    let inflated = Inflated {
+        inner: gz,
+        meter: meter.clone(),
+        inflation: limits.inflation,
+    };
+    let mut archive = tar::Archive::new(inflated);
     let mut done = Extracted::default();
+    let mut data_bytes = 0u64;
+    let mut tree = Tree::default();
+    let mut links: Vec<(PathBuf, PathBuf, String)> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let entries = archive
-        .entries()
-        .map_err(|e| ExtractError::Corrupt(e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| ExtractError::Corrupt(e.to_string()))?;
+    let mut entries = archive.entries().map_err(|e| meter.explain(e))?;
+    loop {
+        meter.header_from.set(Some(meter.inflated.get()));
+        let next = entries.next();
+        meter.header_from.set(None);
+        let mut entry = match next {
+            None => break,
+            Some(Err(e)) => return Err(meter.explain(e)),
+            Some(Ok(e)) => e,
+        };
         let raw = entry
             .path()
             .map_err(|e| ExtractError::Corrupt(e.to_string()))?
             .into_owned();
         let shown = raw.display().to_string();
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::XGlobalHeader {
+            // Global pax records carry nothing we use; bounded like any header.
+            if entry.size() > MAX_HEADER {
+                return Err(ExtractError::HeaderTooLarge);
+            }
+            drain(&mut entry, &mut buf, &meter)?;
+            continue;
+        }
         let Some(rel) = safe_relative(&raw) else {
             // `./` alone is the archive's root directory entry.
-            if raw.components().all(|c| c == Component::CurDir) {
+            if kind == tar::EntryType::Directory && raw.components().all(|c| c == Component::CurDir)
+            {
                 continue;
             }
             return Err(ExtractError::UnsafePath(shown));
         };
-        check_no_link_on_path(root, &rel)?;
+        tree.parents(root, &rel, &shown)?;
         let dest = root.join(&rel);
+        // No setuid, setgid or sticky bit and no group/other write; the exec bits stay.
         let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
-        let kind = entry.header().entry_type();
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
+        let existing = tree.nodes.get(&rel).cloned();
         match kind {
             tar::EntryType::Directory => {
-                // Never chmod through a link an earlier entry planted.
-                if fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
-                    return Err(ExtractError::UnsafePath(shown));
+                match existing {
+                    Some(Node::Dir) => {}
+                    Some(_) => return Err(ExtractError::Duplicate(shown)),
+                    None => {
+                        fs::create_dir(&dest).map_err(io_err(&dest))?;
+                        tree.nodes.insert(rel.clone(), Node::Dir);
+                    }
                 }
-                fs::create_dir_all(&dest).map_err(io_err(&dest))?;
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
                     .map_err(io_err(&dest))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().unwrap_or(0);
-                if done.bytes + size > max_bytes {
-                    return Err(ExtractError::TooLarge(max_bytes));
+                if existing.is_some() {
+                    return Err(ExtractError::Duplicate(shown));
                 }
+                if data_bytes.saturating_add(entry.size()) > limits.max_bytes {
+                    return Err(ExtractError::TooLarge(limits.max_bytes));
+                }
+                let mut written = 0u64;
                 let mut f: File = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(nix::libc::O_NOFOLLOW)
-                    .mode(mode | 0o600)
+                    .mode(0o600)
                     .open(&dest)
                     .map_err(io_err(&dest))?;
-                let mut written = 0u64;
+                tree.nodes.insert(rel.clone(), Node::File);
                 loop {
-                    let n = entry
-                        .read(&mut buf)
-                        .map_err(|e| ExtractError::Corrupt(e.to_string()))?;
+                    let n = entry.read(&mut buf).map_err(|e| meter.explain(e))?;
                     if n == 0 {
                         break;
                     }
+                    data_bytes += n as u64;
                     written += n as u64;
-                    if done.bytes + written > max_bytes {
-                        return Err(ExtractError::TooLarge(max_bytes));
+                    if data_bytes > limits.max_bytes {
+                        return Err(ExtractError::TooLarge(limits.max_bytes));
                     }
                     f.write_all(&buf[..n]).map_err(io_err(&dest))?;
                 }
+                // fchmod: the umask never decides a mode.
+                f.set_permissions(fs::Permissions::from_mode(mode | 0o600))
+                    .map_err(io_err(&dest))?;
                 done.files += 1;
                 done.bytes += written;
             }
             tar::EntryType::Symlink => {
-                let target = link_target(&entry, "symlink", &shown)?;
-                if !link_stays_inside(root, &rel, &target) {
-                    return Err(ExtractError::UnsafeLink(shown));
+                if existing.is_some() {
+                    return Err(ExtractError::Duplicate(shown));
                 }
-                std::os::unix::fs::symlink(&target, &dest).map_err(io_err(&dest))?;
+                let target = link_target(&entry, "symlink", &shown)?;
+                tree.nodes.insert(rel.clone(), Node::Link(target.clone()));
+                links.push((rel, target, shown));
             }
             tar::EntryType::Link => {
+                if existing.is_some() {
+                    return Err(ExtractError::Duplicate(shown));
+                }
                 let target = link_target(&entry, "hard link", &shown)?;
                 let target_rel = safe_relative(&target)
                     .ok_or_else(|| ExtractError::UnsafeLink(shown.clone()))?;
-                check_no_link_on_path(root, &target_rel)?;
-                let src = root.join(&target_rel);
-                let m = fs::symlink_metadata(&src).map_err(io_err(&src))?;
-                if !m.file_type().is_file() {
+                // The target and every directory on the way to it are this archive's own,
+                // never reached through a link.
+                let mut p = PathBuf::new();
+                let parts: Vec<_> = target_rel.components().collect();
+                for c in &parts[..parts.len() - 1] {
+                    p.push(c);
+                    if !matches!(tree.nodes.get(&p), Some(Node::Dir)) {
+                        return Err(ExtractError::UnsafeLink(shown));
+                    }
+                }
+                if !matches!(tree.nodes.get(&target_rel), Some(Node::File)) {
                     return Err(ExtractError::UnsafeLink(shown));
                 }
+                let src = root.join(&target_rel);
                 fs::hard_link(&src, &dest).map_err(io_err(&dest))?;
+                tree.nodes.insert(rel, Node::File);
             }
-            // pax/GNU headers are consumed by the tar crate; anything else (devices, fifos)
-            // has no place in a driver bundle.
-            tar::EntryType::XGlobalHeader
-            | tar::EntryType::XHeader
-            | tar::EntryType::GNULongName
-            | tar::EntryType::GNULongLink => {}
+            // Devices, fifos, sparse files and the rest have no place in a driver bundle.
             _ => return Err(ExtractError::UnsupportedType(shown)),
+        }
+        // Data a non-file entry claims to carry is read past, and counted.
+        data_bytes += drain(&mut entry, &mut buf, &meter)?;
+        if data_bytes > limits.max_bytes {
+            return Err(ExtractError::TooLarge(limits.max_bytes));
         }
     }
     // Drain the gzip trailer so a truncated or corrupt tail is an error, not a silent success.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| ExtractError::Corrupt(e.to_string()))?;
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| meter.explain(e))?;
+    // The whole tree is known: each link is judged against it, then all are made.
+    for (rel, target, shown) in &links {
+        if tree.resolve(rel, target).is_none() {
+            return Err(ExtractError::UnsafeLink(shown.clone()));
+        }
+    }
+    for (rel, target, _) in &links {
+        let dest = root.join(rel);
+        std::os::unix::fs::symlink(target, &dest).map_err(io_err(&dest))?;
+    }
     Ok(done)
+}
+
+fn drain<R: Read>(entry: &mut R, buf: &mut [u8], meter: &Meter) -> Result<u64, ExtractError> {
+    let mut n = 0u64;
+    loop {
+        match entry.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n += k as u64,
+            Err(e) => return Err(meter.explain(e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +482,7 @@ mod tests {
             link(b, tar::EntryType::Link, "MLNX/hard", "MLNX/RPMS/a.rpm");
         });
         let d = tempfile::tempdir().unwrap();
-        let got = untar_gz(&data[..], d.path(), 1 << 20).unwrap();
+        let got = untar_gz(&data[..], d.path(), Limits::total(1 << 20)).unwrap();
         assert_eq!(
             got,
             Extracted {
@@ -324,7 +541,10 @@ mod tests {
             let outer = tempfile::tempdir().unwrap();
             let root = outer.path().join("root");
             fs::create_dir(&root).unwrap();
-            assert!(untar_gz(&data[..], &root, 1 << 20).is_err(), "{name}");
+            assert!(
+                untar_gz(&data[..], &root, Limits::total(1 << 20)).is_err(),
+                "{name}"
+            );
             assert!(
                 !outer.path().join("evil").exists() && !outer.path().join("etc").exists(),
                 "{name}"
@@ -337,30 +557,11 @@ mod tests {
         let data = tar_gz(|b| file(b, "big", &[1u8; 10_000]));
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(
-            untar_gz(&data[..], d.path(), 5_000),
+            untar_gz(&data[..], d.path(), Limits::total(5_000)),
             Err(ExtractError::TooLarge(_))
         ));
         let d = tempfile::tempdir().unwrap();
-        assert!(untar_gz(&data[..data.len() - 10], d.path(), 1 << 20).is_err());
-    }
-
-    #[test]
-    fn link_rule() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        assert!(link_stays_inside(r, Path::new("a/b/l"), Path::new("../c")));
-        assert!(!link_stays_inside(
-            r,
-            Path::new("a/l"),
-            Path::new("../../c")
-        ));
-        assert!(!link_stays_inside(r, Path::new("l"), Path::new("/abs")));
-        std::os::unix::fs::symlink(".", r.join("r")).unwrap();
-        assert!(!link_stays_inside(
-            r,
-            Path::new("x"),
-            Path::new("r/r/../../tmp")
-        ));
+        assert!(untar_gz(&data[..data.len() - 10], d.path(), Limits::total(1 << 20)).is_err());
     }
 
     #[test]
@@ -383,10 +584,102 @@ mod tests {
         fs::set_permissions(&victim, fs::Permissions::from_mode(0o777)).unwrap();
         let root = outer.path().join("root");
         fs::create_dir(&root).unwrap();
-        assert!(untar_gz(&data[..], &root, 1 << 20).is_err());
+        assert!(untar_gz(&data[..], &root, Limits::total(1 << 20)).is_err());
         assert_eq!(
             fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
             0o777
         );
+    }
+
+    #[test]
+    fn a_link_made_before_the_link_it_passes_through_is_refused() {
+        // x -> r/.. looks like the root on paper; r -> . arrives later and makes it the parent.
+        let data = tar_gz(|b| {
+            link(b, tar::EntryType::Symlink, "x", "r/..");
+            link(b, tar::EntryType::Symlink, "r", ".");
+        });
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let err = untar_gz(&data[..], &root, Limits::total(1 << 20)).unwrap_err();
+        assert!(
+            matches!(err, ExtractError::UnsafeLink(ref l) if l == "x"),
+            "{err}"
+        );
+        assert!(fs::symlink_metadata(root.join("x")).is_err());
+    }
+
+    #[test]
+    fn links_resolve_through_the_final_tree() {
+        let data = tar_gz(|b| {
+            file(b, "d/sub/f", b"x");
+            link(b, tar::EntryType::Symlink, "d/up", "sub/..");
+            link(b, tar::EntryType::Symlink, "d/sub/s", "../up/sub/f");
+            link(b, tar::EntryType::Symlink, "top", "d/sub/s");
+        });
+        let d = tempfile::tempdir().unwrap();
+        untar_gz(&data[..], d.path(), Limits::total(1 << 20)).unwrap();
+        assert_eq!(fs::read(d.path().join("top")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn modes_are_explicit_and_never_setuid() {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o4777);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path("suid").unwrap();
+        h.set_cksum();
+        let data = tar_gz(|b| {
+            b.append(&h, &b"x"[..]).unwrap();
+            file(b, "plain", b"x");
+        });
+        let d = tempfile::tempdir().unwrap();
+        untar_gz(&data[..], d.path(), Limits::total(1 << 20)).unwrap();
+        let mode = |p: &str| fs::metadata(d.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("plain"), 0o755);
+    }
+
+    #[test]
+    fn inflation_is_bounded_before_verification() {
+        let data = tar_gz(|b| file(b, "zeros", &vec![0u8; 8 << 20]));
+        let d = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            inflation: Some(UNVERIFIED_INFLATION),
+        };
+        let err = untar_gz(&data[..], d.path(), limits).unwrap_err();
+        let ExtractError::InflationBound {
+            inflated,
+            compressed,
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert!(
+            inflated <= 4 * compressed + (1 << 20) + 256 * 1024,
+            "{inflated} {compressed}"
+        );
+        let on_disk = fs::metadata(d.path().join("zeros")).unwrap().len();
+        assert!(on_disk <= 4 * data.len() as u64 + (1 << 20), "{on_disk}");
+    }
+
+    #[test]
+    fn a_huge_long_name_is_refused_without_reading_it_into_memory() {
+        let mut raw = Vec::new();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(4 << 20);
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.resize(raw.len() + (4 << 20), b'a');
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        let data = gz.finish().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let err = untar_gz(&data[..], d.path(), Limits::total(1 << 40)).unwrap_err();
+        assert!(matches!(err, ExtractError::HeaderTooLarge), "{err}");
     }
 }

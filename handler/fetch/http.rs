@@ -42,6 +42,8 @@ pub fn transient_status(code: u16) -> bool {
 pub enum Step {
     /// The body ended (the whole remaining range was received).
     Complete,
+    /// Nothing left to receive: the server's length is exactly the bytes already here.
+    CompleteAt(u64),
     /// A transient failure after `received` bytes of this response; retry from the new offset.
     Transient(String),
     /// A failure that retrying will not cure.
@@ -58,11 +60,38 @@ pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total.trim().parse().ok()))
 }
 
-pub fn agent(proxy: Option<&str>) -> Result<ureq::Agent, String> {
+/// Redirects followed for one request; more is a loop or a misconfigured mirror.
+pub const MAX_REDIRECTS: u32 = 10;
+
+/// A configured HTTP client: the ureq agent (redirects off: we follow them ourselves, so a
+/// hostile `Location` is checked before it is used) and the proxy credentials, which a
+/// plain-`http://` request through the proxy must carry itself (ureq sends them only in
+/// `CONNECT`).
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    proxy_auth: Option<String>,
+}
+
+/// `Basic base64(user:pass)` from a proxy URL's user info, as ureq sends it for `CONNECT`.
+pub fn proxy_authorization(proxy: &str) -> Option<String> {
+    use base64::Engine;
+    let rest = proxy.split_once("://").map(|(_, r)| r).unwrap_or(proxy);
+    let authority = rest.split('/').next().unwrap_or("");
+    let (creds, _) = authority.rsplit_once('@')?;
+    creds.contains(':').then(|| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        )
+    })
+}
+
+pub fn client(proxy: Option<&str>) -> Result<Client, String> {
     let mut b = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(15))
         .timeout_read(Duration::from_secs(60))
-        .redirects(5)
+        .redirects(0)
         .user_agent(concat!("ibdriver/", env!("IBDRIVER_VERSION")));
     if let Some(p) = proxy {
         // The proxy URL may carry credentials: never echo it.
@@ -70,67 +99,133 @@ pub fn agent(proxy: Option<&str>) -> Result<ureq::Agent, String> {
             .map_err(|_| "the proxy setting is not a usable proxy URL".to_string())?;
         b = b.proxy(proxy);
     }
-    Ok(b.build())
+    Ok(Client {
+        agent: b.build(),
+        proxy_auth: proxy.and_then(proxy_authorization),
+    })
 }
 
-/// Request `url` from `offset` and pass each body chunk, with the total size when known, to
-/// `sink` (which returns false to stop).
-/// `total` is filled in from the response headers when the server says.
-pub fn request(
-    agent: &ureq::Agent,
+/// The URL a `Location` header names, relative to `base`; `None` unless it is http(s) with a
+/// host (a `file://`, host-less or otherwise odd target is refused, never handed to ureq).
+pub fn redirect_target(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.is_empty() || location.chars().any(|c| c.is_control() || c == ' ') {
+        return None;
+    }
+    let (scheme, rest) = base.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let url = if let Some((s, _)) = location.split_once("://") {
+        if s.contains(['/', '?', '#']) {
+            join_path(scheme, authority, rest, location)
+        } else {
+            location.to_string()
+        }
+    } else if let Some(net) = location.strip_prefix("//") {
+        format!("{scheme}://{net}")
+    } else {
+        join_path(scheme, authority, rest, location)
+    };
+    let (s, r) = url.split_once("://")?;
+    if !matches!(s.to_ascii_lowercase().as_str(), "http" | "https") {
+        return None;
+    }
+    let host = crate::fetch::proxy::url_host(&url);
+    let auth = r.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || auth.ends_with(':') || auth.starts_with('@') {
+        return None;
+    }
+    Some(url)
+}
+
+fn join_path(scheme: &str, authority: &str, rest: &str, location: &str) -> String {
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    let path = &rest[authority.len()..];
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    format!("{scheme}://{authority}{dir}/{location}")
+}
+
+/// What the download thread reports, in order: `Start` once the response is accepted, then
+/// body chunks, then `End`.
+pub enum Event {
+    Start { total: Option<u64> },
+    Chunk(Vec<u8>),
+    End(Step),
+}
+
+/// Request `url` from `offset` on a thread of its own, reporting to `tx`. The caller polls the
+/// channel, so a stalled or trickling server never blocks it past its own checks; the thread
+/// itself ends by `deadline` at the latest, or at its next send once the caller has gone.
+pub fn spawn(
+    client: &Client,
     url: &str,
     offset: u64,
-    total: &mut Option<u64>,
+    known_total: Option<u64>,
+    deadline: Duration,
     chunk: usize,
-    mut sink: impl FnMut(&[u8], Option<u64>) -> bool,
+    tx: std::sync::mpsc::SyncSender<Event>,
+) {
+    let client = client.clone();
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let step = request(&client, &url, offset, known_total, deadline, chunk, &tx);
+        let _ = tx.send(Event::End(step));
+    });
+}
+
+fn request(
+    client: &Client,
+    url: &str,
+    offset: u64,
+    known_total: Option<u64>,
+    deadline: Duration,
+    chunk: usize,
+    tx: &std::sync::mpsc::SyncSender<Event>,
 ) -> Step {
-    let mut req = agent.get(url);
-    if offset > 0 {
-        req = req.set("Range", &format!("bytes={offset}-"));
-    }
-    let resp = match req.call() {
-        Ok(r) => r,
-        // Asked for bytes past the end: complete when the server's length is exactly what we
-        // have (a run killed after the last byte), else our partial file is not its file.
-        Err(ureq::Error::Status(416, resp)) => {
-            let len = resp.header("Content-Range").and_then(|v| {
-                v.trim()
-                    .strip_prefix("bytes */")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            });
-            return match len {
-                Some(n) if n == offset => {
-                    *total = Some(n);
-                    Step::Complete
-                }
-                _ if total.is_some_and(|t| t == offset) => Step::Complete,
-                _ => Step::RangeIgnored,
-            };
+    let mut url = url.to_string();
+    let mut hops = 0;
+    let resp = loop {
+        let mut req = client.agent.get(&url).timeout(deadline);
+        if offset > 0 {
+            req = req.set("Range", &format!("bytes={offset}-"));
         }
-        Err(ureq::Error::Status(code, _)) if transient_status(code) => {
-            return Step::Transient(format!("HTTP {code}"))
+        // Only a plain-http request goes to the proxy in the clear; an https one is tunnelled
+        // and its headers reach the origin, which must never see the proxy's credentials.
+        if let Some(auth) = &client.proxy_auth {
+            if url.to_ascii_lowercase().starts_with("http://") {
+                req = req.set("Proxy-Authorization", auth);
+            }
         }
-        Err(ureq::Error::Status(code, _)) => return Step::Permanent(format!("HTTP {code}")),
-        // Mistakes in the URL or the proxy settings will not cure themselves.
-        Err(ureq::Error::Transport(t)) => {
-            let kind = t.kind();
-            let detail = format!("{kind}");
-            return match kind {
-                ureq::ErrorKind::InvalidUrl
-                | ureq::ErrorKind::UnknownScheme
-                | ureq::ErrorKind::InsecureRequestHttpsOnly
-                | ureq::ErrorKind::TooManyRedirects
-                | ureq::ErrorKind::InvalidProxyUrl
-                | ureq::ErrorKind::ProxyUnauthorized => Step::Permanent(detail),
-                _ => Step::Transient(detail),
-            };
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(e) => return failed(e, offset, known_total),
+        };
+        if !matches!(resp.status(), 301 | 302 | 303 | 307 | 308) {
+            break resp;
         }
+        hops += 1;
+        if hops > MAX_REDIRECTS {
+            return Step::Permanent(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let Some(next) = resp
+            .header("Location")
+            .and_then(|l| redirect_target(&url, l))
+        else {
+            return Step::Permanent(format!(
+                "HTTP {} redirect to a missing or unusable location (only http and https URLs with a host are followed)",
+                resp.status()
+            ));
+        };
+        url = next;
     };
+    let mut total = known_total;
     match resp.status() {
         206 => match resp.header("Content-Range").and_then(parse_content_range) {
             Some((start, t)) if start == offset => {
                 if t.is_some() {
-                    *total = t;
+                    total = t;
                 }
             }
             _ => return Step::RangeIgnored,
@@ -141,22 +236,68 @@ pub fn request(
                 .header("Content-Length")
                 .and_then(|v| v.trim().parse().ok())
             {
-                *total = Some(len);
+                total = Some(len);
             }
         }
         other => return Step::Permanent(format!("unexpected HTTP {other}")),
     }
+    if tx.send(Event::Start { total }).is_err() {
+        return Step::Permanent("stopped".into());
+    }
     let mut body = resp.into_reader();
-    let mut buf = vec![0u8; chunk];
     loop {
+        let mut buf = vec![0u8; chunk];
         match body.read(&mut buf) {
             Ok(0) => return Step::Complete,
             Ok(n) => {
-                if !sink(&buf[..n], *total) {
+                buf.truncate(n);
+                if tx.send(Event::Chunk(buf)).is_err() {
                     return Step::Permanent("stopped".into());
                 }
             }
             Err(e) => return Step::Transient(format!("connection lost: {}", e.kind())),
+        }
+    }
+}
+
+/// A request that got no usable response.
+fn failed(e: ureq::Error, offset: u64, known_total: Option<u64>) -> Step {
+    match e {
+        // Asked for bytes past the end: complete when the server's length is exactly what we
+        // have (a run killed after the last byte), else our partial file is not its file.
+        ureq::Error::Status(416, resp) => {
+            let len = resp.header("Content-Range").and_then(|v| {
+                v.trim()
+                    .strip_prefix("bytes */")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            });
+            match len {
+                Some(n) if n == offset => Step::CompleteAt(n),
+                _ if known_total.is_some_and(|t| t == offset) => Step::Complete,
+                _ => Step::RangeIgnored,
+            }
+        }
+        ureq::Error::Status(407, _) => Step::Permanent(
+            "HTTP 407: the proxy wants credentials it was not given or refused them".into(),
+        ),
+        ureq::Error::Status(code, _) if transient_status(code) => {
+            Step::Transient(format!("HTTP {code}"))
+        }
+        ureq::Error::Status(code, _) => Step::Permanent(format!("HTTP {code}")),
+        // Mistakes in the URL or the proxy settings will not cure themselves. Only the kind is
+        // shown: ureq's own message names the URL, query string included.
+        ureq::Error::Transport(t) => {
+            let kind = t.kind();
+            let detail = format!("{kind}");
+            match kind {
+                ureq::ErrorKind::InvalidUrl
+                | ureq::ErrorKind::UnknownScheme
+                | ureq::ErrorKind::InsecureRequestHttpsOnly
+                | ureq::ErrorKind::TooManyRedirects
+                | ureq::ErrorKind::InvalidProxyUrl
+                | ureq::ErrorKind::ProxyUnauthorized => Step::Permanent(detail),
+                _ => Step::Transient(detail),
+            }
         }
     }
 }
@@ -185,6 +326,36 @@ mod tests {
         for c in [400, 401, 403, 404, 410] {
             assert!(!transient_status(c), "{c}");
         }
+    }
+
+    #[test]
+    fn redirect_targets() {
+        let base = "https://h.example/a/b.tgz?sig=1";
+        for (loc, want) in [
+            ("https://m.example/x.tgz", Some("https://m.example/x.tgz")),
+            ("/c/d.tgz", Some("https://h.example/c/d.tgz")),
+            ("d.tgz", Some("https://h.example/a/d.tgz")),
+            ("//cdn.example/y", Some("https://cdn.example/y")),
+            ("http://", None),
+            ("https:///nohost", None),
+            ("file:///etc/passwd", None),
+            ("ftp://h.example/x", None),
+            ("", None),
+            ("http://h:", None),
+            ("http://@/x", None),
+            ("http://a b/x", None),
+        ] {
+            assert_eq!(redirect_target(base, loc).as_deref(), want, "{loc}");
+        }
+    }
+
+    #[test]
+    fn proxy_credentials_become_basic_auth() {
+        assert_eq!(
+            proxy_authorization("http://user:pa ss@127.0.0.1:3128").as_deref(),
+            Some("Basic dXNlcjpwYSBzcw==")
+        );
+        assert_eq!(proxy_authorization("http://127.0.0.1:3128"), None);
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! result is moved into place only when size and checksum match; on a mismatch everything staged
 //! is deleted. An interrupted transfer resumes with HTTP `Range`, within one run (after a reset)
 //! and across runs (from the partial staging file). Memory stays flat: a few 256 KiB chunks in
-//! flight, whatever the artifact size.
+//! flight, whatever the artifact size. Before the checksum is known the extractor may inflate
+//! at most 4 bytes per compressed byte (plus 1 MiB); an archive that inflates more is unpacked
+//! from the file after verification instead. Every download has a deadline, a minimum rate and
+//! a stop callback, checked while it waits on the network as well as between attempts.
 
+mod clock;
 pub mod extract;
 pub mod http;
 pub mod proxy;
@@ -15,11 +19,14 @@ use crate::logging::redact_url;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 use thiserror::Error;
 
+pub use clock::Limits;
+use clock::{Clock, POLL};
 pub use http::RetryPolicy;
 
 const CHUNK: usize = 256 * 1024;
@@ -38,6 +45,23 @@ pub enum FetchError {
         attempts: u32,
         detail: String,
     },
+    #[error("download of {url} too slow: {window_bytes} bytes in the last {window_s} s ({received} bytes in {elapsed_s} s in all), below the required {min_rate} bytes/s")]
+    TooSlow {
+        url: String,
+        received: u64,
+        elapsed_s: u64,
+        window_bytes: u64,
+        window_s: u64,
+        min_rate: u64,
+    },
+    #[error("download of {url} did not finish within {limit_s} s: {received} bytes received")]
+    Deadline {
+        url: String,
+        received: u64,
+        limit_s: u64,
+    },
+    #[error("download of {url} stopped: superseded by a newer sequence number or disable")]
+    Stopped { url: String },
     #[error("checksum mismatch for {url}: expected {expected}, got {actual}")]
     Checksum {
         url: String,
@@ -57,6 +81,8 @@ pub enum FetchError {
     },
     #[error("staging error at {path}: {err}")]
     Io { path: String, err: io::Error },
+    #[error("{path} already exists; nothing was replaced")]
+    Exists { path: String },
     #[error("{0}")]
     Proxy(String),
 }
@@ -70,6 +96,8 @@ impl FetchError {
             ),
             FetchError::Io { .. } => (Code::StateIo, "check free space under /var/lib"),
             FetchError::Extract { .. } => (Code::DownloadFailed, "the archive is corrupt or unsafe"),
+            FetchError::Stopped { .. } => (Code::Superseded, "the newer work goes on"),
+            FetchError::Exists { .. } => (Code::StateIo, "move it away or choose another directory"),
             _ => (Code::DownloadFailed, "check network access, proxy and mirror settings"),
         };
         Failure::new(code, format!("{self}; {hint}"))
@@ -90,9 +118,16 @@ pub struct Options<'a> {
     pub proxy: Option<String>,
     pub retry: RetryPolicy,
     pub max_extract: u64,
+    pub limits: Limits,
     pub sleep: &'a dyn Fn(Duration),
     /// Called with (bytes so far, total if known) as the download advances.
     pub progress: &'a dyn Fn(u64, Option<u64>),
+    /// Polled while downloading and between retries: false stops the fetch
+    /// ([`FetchError::Stopped`]) within a fraction of a second.
+    pub keep_going: &'a dyn Fn() -> bool,
+    /// `dest` is ours (the handler's data directory): a previous result there is replaced
+    /// once the new one is verified. Otherwise nothing at `dest` is ever removed or replaced.
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,8 +209,11 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> FetchError + '_ {
     }
 }
 
-/// Fetch `req` into `dest` (a directory for tarballs, else a file), staging under `staging`.
-/// `dest` is replaced only after verification.
+/// Fetch `req` into `dest` (a directory for tarballs, else a directory to put the file in),
+/// staging under `staging` (a directory of ours: its `<sha256>.part` and `<sha256>.unpack`
+/// are replaced freely). Nothing reaches `dest` before size and checksum match; unless
+/// `opts.replace`, nothing already at `dest` is removed or replaced (an existing empty
+/// directory receives the result).
 pub fn fetch(
     req: &Request,
     staging: &Path,
@@ -188,24 +226,38 @@ pub fn fetch(
         part: staging.join(format!("{key}.part")),
         unpack: staging.join(format!("{key}.unpack")),
     };
-    match attempt(req, &st, opts) {
+    let clock = Clock::new(opts.limits);
+    let r = match attempt(req, &st, opts, &clock) {
         // The server cannot resume a partial file we kept: start over once, from zero.
         Err(Restart) => {
             tracing::warn!(url = %redact_url(&req.url), "server ignored Range; downloading from the start");
             st.clear();
-            attempt(req, &st, opts).map_err(|_| FetchError::Permanent {
-                url: redact_url(&req.url),
-                detail: "the server restarted the transfer twice".into(),
-            })?
+            attempt(req, &st, opts, &clock).unwrap_or_else(|_| {
+                Err(FetchError::Permanent {
+                    url: redact_url(&req.url),
+                    detail: "the server restarted the transfer twice".into(),
+                })
+            })
         }
         Ok(r) => r,
     }
-    .and_then(|got| finish(req, &st, dest, got))
-    .inspect_err(|e| {
-        if matches!(e, FetchError::Checksum { .. } | FetchError::Size { .. } | FetchError::Extract { .. }) {
+    .and_then(|got| finish(req, &st, dest, got, opts));
+    if let Err(e) = &r {
+        // What was unpacked is never kept unverified; the partial download is, to resume,
+        // unless it is known to be wrong.
+        let _ = fs::remove_dir_all(&st.unpack);
+        if matches!(
+            e,
+            FetchError::Checksum { .. }
+                | FetchError::Size { .. }
+                | FetchError::Extract { .. }
+                | FetchError::Permanent { .. }
+                | FetchError::Exists { .. }
+        ) {
             st.clear();
         }
-    })
+    }
+    r
 }
 
 /// Marker: the partial file cannot be resumed.
@@ -216,15 +268,55 @@ struct Got {
     transferred: u64,
     digest: String,
     files: u64,
+    /// The archive inflated past the pre-verification bound: unpack it from the verified file.
+    deferred: bool,
+}
+
+type Extracting = Result<extract::Extracted, extract::ExtractError>;
+type Extractor = std::thread::JoinHandle<Extracting>;
+
+/// Hands a chunk to the extractor. One that stopped is fed no more and its result kept in
+/// `extracted` (an archive past the inflation bound is unpacked from the file once verified);
+/// the download goes on either way, so the checksum, known in the end, decides whether an
+/// archive error means a corrupt artifact or the wrong one, whatever the timing.
+fn feed(
+    chunk: &[u8],
+    tx: &mut Option<SyncSender<Vec<u8>>>,
+    extractor: &mut Option<Extractor>,
+    extracted: &mut Option<Extracting>,
+    deferred: &mut bool,
+) {
+    let Some(t) = tx else { return };
+    if t.send(chunk.to_vec()).is_ok() {
+        return;
+    }
+    *tx = None;
+    let r = join(extractor.take());
+    if matches!(r, Err(extract::ExtractError::InflationBound { .. })) {
+        tracing::info!("archive inflates past the bound before verification; unpacking after it");
+        *deferred = true;
+    } else {
+        *extracted = Some(r);
+    }
+}
+
+fn join(h: Option<Extractor>) -> Extracting {
+    match h {
+        Some(h) => h
+            .join()
+            .unwrap_or_else(|_| Err(extract::ExtractError::Corrupt("extractor panicked".into()))),
+        None => Err(extract::ExtractError::Corrupt("extractor gone".into())),
+    }
 }
 
 fn attempt(
     req: &Request,
     st: &Staging,
     opts: &Options,
+    clock: &Clock,
 ) -> Result<Result<Got, FetchError>, Restart> {
     let url_shown = redact_url(&req.url);
-    let agent = match http::agent(opts.proxy.as_deref()) {
+    let client = match http::client(opts.proxy.as_deref()) {
         Ok(a) => a,
         Err(e) => return Ok(Err(FetchError::Proxy(e))),
     };
@@ -233,6 +325,8 @@ fn attempt(
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&st.part)
     {
         Ok(f) => f,
@@ -247,14 +341,18 @@ fn attempt(
     }
     let _ = fs::remove_dir_all(&st.unpack);
 
-    // The extraction thread, fed the same bytes as the file.
-    let (tx, extractor) = if req.extract {
-        if let Err(e) = fs::create_dir_all(&st.unpack) {
+    // The extraction thread, fed the same bytes as the file. Until the checksum is known it
+    // may inflate only a bounded multiple of what it was given.
+    let (mut tx, mut extractor): (Option<SyncSender<Vec<u8>>>, Option<Extractor>) = if req.extract {
+        if let Err(e) = crate::fsutil::create_private_dir(&st.unpack) {
             return Ok(Err(io_at(&st.unpack)(e)));
         }
         let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(IN_FLIGHT);
         let root = st.unpack.clone();
-        let max = opts.max_extract;
+        let limits = extract::Limits {
+            max_bytes: opts.max_extract,
+            inflation: Some(extract::UNVERIFIED_INFLATION),
+        };
         let handle = std::thread::spawn(move || {
             extract::untar_gz(
                 ChannelReader {
@@ -263,16 +361,17 @@ fn attempt(
                     pos: 0,
                 },
                 &root,
-                max,
+                limits,
             )
         });
         (Some(tx), Some(handle))
     } else {
         (None, None)
     };
+    let mut extracted: Option<Extracting> = None;
+    let mut deferred = false;
     let mut hasher = Sha256::new();
     // Whatever an earlier run left: hash it and replay it to the extractor.
-    let mut feed_ok = true;
     if offset > 0 {
         let mut done = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -283,9 +382,13 @@ fn attempt(
                 return Ok(Err(io_at(&st.part)(e)));
             }
             hasher.update(&buf[..want]);
-            if let Some(tx) = &tx {
-                feed_ok &= tx.send(buf[..want].to_vec()).is_ok();
-            }
+            feed(
+                &buf[..want],
+                &mut tx,
+                &mut extractor,
+                &mut extracted,
+                &mut deferred,
+            );
             done += want as u64;
         }
         tracing::info!(url = %url_shown, offset, "resuming a partial download");
@@ -296,56 +399,91 @@ fn attempt(
 
     let mut total = req.size;
     let mut transferred = 0u64;
-    let mut write_err: Option<io::Error> = None;
     let mut last: Option<String> = None;
     let mut outcome: Option<Result<(), FetchError>> = None;
     // Failures in a row: an attempt that moved the transfer forward starts the count again,
-    // so a link that resets every few hundred megabytes still finishes a large bundle.
+    // so a link that resets every few hundred megabytes still finishes a large bundle (the
+    // minimum-progress rule ends one that resets every few bytes).
     let mut try_no = 0u32;
     let mut progress_mark = transferred;
-    loop {
+    'attempts: loop {
         try_no += 1;
         if try_no > opts.retry.attempts.max(1) {
             break;
         }
         if try_no > 1 {
-            (opts.sleep)(opts.retry.delay(try_no - 1));
+            if let Err(e) = clock.pause(opts.retry.delay(try_no - 1), &url_shown, opts) {
+                outcome = Some(Err(e));
+                break;
+            }
         }
-        if !feed_ok {
+        if let Err(e) = clock.check(&url_shown, opts) {
+            outcome = Some(Err(e));
             break;
         }
-        let step = http::request(
-            &agent,
+        let (etx, erx) = sync_channel::<http::Event>(IN_FLIGHT);
+        http::spawn(
+            &client,
             &req.url,
             offset,
-            &mut total,
+            total,
+            clock.remaining(),
             CHUNK,
-            |chunk, known| {
-                if let Err(e) = file.write_all(chunk) {
-                    write_err = Some(e);
-                    return false;
-                }
-                hasher.update(chunk);
-                if let Some(tx) = &tx {
-                    if tx.send(chunk.to_vec()).is_err() {
-                        feed_ok = false;
-                        return false;
+            etx,
+        );
+        let step = loop {
+            match erx.recv_timeout(POLL) {
+                Ok(http::Event::Start { total: t }) => {
+                    if t.is_some() {
+                        total = t;
                     }
                 }
-                offset += chunk.len() as u64;
-                transferred += chunk.len() as u64;
-                (opts.progress)(offset, known);
-                true
-            },
-        );
+                Ok(http::Event::Chunk(chunk)) => {
+                    if let Err(e) = file.write_all(&chunk) {
+                        return Ok(Err(io_at(&st.part)(e)));
+                    }
+                    hasher.update(&chunk);
+                    offset += chunk.len() as u64;
+                    transferred += chunk.len() as u64;
+                    clock.got(chunk.len() as u64);
+                    if let Some(expected) = req.size.filter(|s| offset > *s) {
+                        outcome = Some(Err(FetchError::Size {
+                            url: url_shown.clone(),
+                            expected,
+                            actual: offset,
+                        }));
+                        break 'attempts;
+                    }
+                    feed(
+                        &chunk,
+                        &mut tx,
+                        &mut extractor,
+                        &mut extracted,
+                        &mut deferred,
+                    );
+                    (opts.progress)(offset, total);
+                }
+                Ok(http::Event::End(step)) => break step,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    break http::Step::Transient("download thread ended".into())
+                }
+            }
+            if let Err(e) = clock.check(&url_shown, opts) {
+                outcome = Some(Err(e));
+                break 'attempts;
+            }
+        };
         match step {
-            _ if write_err.is_some() || !feed_ok => break,
             http::Step::Complete if total.is_none_or(|t| offset >= t) => {
                 outcome = Some(Ok(()));
                 break;
             }
-            // The body ended early without an error: treat it like a reset and resume.
-            http::Step::Complete => {
+            http::Step::CompleteAt(n) if n == offset => {
+                outcome = Some(Ok(()));
+                break;
+            }
+            http::Step::Complete | http::Step::CompleteAt(_) => {
                 last = Some(format!("body ended at {offset} of {total:?} bytes"))
             }
             http::Step::Transient(detail) => last = Some(detail),
@@ -372,17 +510,17 @@ fn attempt(
     }
 
     drop(tx);
-    let extracted = extractor.map(|h| {
-        h.join()
-            .unwrap_or_else(|_| Err(extract::ExtractError::Corrupt("extractor panicked".into())))
-    });
-    if let Some(e) = write_err {
-        return Ok(Err(io_at(&st.part)(e)));
+    if extractor.is_some() {
+        let r = join(extractor);
+        if matches!(r, Err(extract::ExtractError::InflationBound { .. })) {
+            deferred = true;
+        } else {
+            extracted = Some(r);
+        }
     }
     let result = match outcome {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(e),
-        None if !feed_ok => Ok(()), // the extractor stopped early: its error is reported below
         None => Err(FetchError::Exhausted {
             url: url_shown.clone(),
             attempts: opts.retry.attempts,
@@ -395,9 +533,16 @@ fn attempt(
     let files = match extracted {
         Some(Ok(x)) => x.files,
         Some(Err(err)) => {
-            // A bad checksum explains a corrupt archive better than the archive error does.
+            // A wrong size or checksum explains a corrupt archive better than its error does.
+            if let Some(expected) = req.size.filter(|s| *s != offset) {
+                return Ok(Err(FetchError::Size {
+                    url: url_shown,
+                    expected,
+                    actual: offset,
+                }));
+            }
             let digest = hex(&hasher.finalize());
-            if digest != req.sha256.to_ascii_lowercase() && feed_ok {
+            if digest != req.sha256.to_ascii_lowercase() {
                 return Ok(Err(FetchError::Checksum {
                     url: url_shown,
                     expected: req.sha256.to_ascii_lowercase(),
@@ -419,10 +564,17 @@ fn attempt(
         transferred,
         digest: hex(&hasher.finalize()),
         files,
+        deferred,
     }))
 }
 
-fn finish(req: &Request, st: &Staging, dest: &Path, got: Got) -> Result<Outcome, FetchError> {
+fn finish(
+    req: &Request,
+    st: &Staging,
+    dest: &Path,
+    mut got: Got,
+    opts: &Options,
+) -> Result<Outcome, FetchError> {
     let url = redact_url(&req.url);
     if let Some(expected) = req.size {
         if expected != got.size {
@@ -441,22 +593,52 @@ fn finish(req: &Request, st: &Staging, dest: &Path, got: Got) -> Result<Outcome,
             actual: got.digest,
         });
     }
-    // Verified: move into place, replacing what was there.
+    if got.deferred {
+        // Verified: the archive is the one asked for, so only the total bound applies now.
+        let _ = fs::remove_dir_all(&st.unpack);
+        crate::fsutil::create_private_dir(&st.unpack).map_err(io_at(&st.unpack))?;
+        let f = File::open(&st.part).map_err(io_at(&st.part))?;
+        got.files = extract::untar_gz(f, &st.unpack, extract::Limits::total(opts.max_extract))
+            .map_err(|err| FetchError::Extract {
+                url: url.clone(),
+                err,
+            })?
+            .files;
+    }
+    // Verified (and unpacked): move into place.
     crate::faultpoint::hit("fetch moves into place", dest);
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        // 0755 whatever the umask; an existing directory (the user's DIR) is left as it is.
+        crate::fsutil::ensure_system_dir(parent).map_err(io_at(parent))?;
     }
     let path = if req.extract {
-        if dest.exists() {
+        fs::set_permissions(&st.unpack, fs::Permissions::from_mode(0o755))
+            .map_err(io_at(&st.unpack))?;
+        if opts.replace && fs::symlink_metadata(dest).is_ok() {
             fs::remove_dir_all(dest).map_err(io_at(dest))?;
         }
-        fs::rename(&st.unpack, dest).map_err(io_at(dest))?;
+        if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+            // An existing directory receives the entries, none of which may replace anything.
+            for e in fs::read_dir(&st.unpack).map_err(io_at(&st.unpack))? {
+                let e = e.map_err(io_at(&st.unpack))?;
+                move_new(&e.path(), &dest.join(e.file_name()))?;
+            }
+            let _ = fs::remove_dir(&st.unpack);
+        } else {
+            move_new(&st.unpack, dest)?;
+        }
         let _ = fs::remove_file(&st.part);
         dest.to_path_buf()
     } else {
-        fs::create_dir_all(dest).map_err(io_at(dest))?;
+        crate::fsutil::ensure_system_dir(dest).map_err(io_at(dest))?;
         let target = dest.join(file_name(&req.url));
-        fs::rename(&st.part, &target).map_err(io_at(&target))?;
+        fs::set_permissions(&st.part, fs::Permissions::from_mode(0o644))
+            .map_err(io_at(&st.part))?;
+        if opts.replace {
+            fs::rename(&st.part, &target).map_err(io_at(&target))?;
+        } else {
+            move_new(&st.part, &target)?;
+        }
         target
     };
     Ok(Outcome {
@@ -464,6 +646,17 @@ fn finish(req: &Request, st: &Staging, dest: &Path, got: Got) -> Result<Outcome,
         size: got.size,
         transferred: got.transferred,
         files: got.files,
+    })
+}
+
+/// Rename `from` to `to` only when nothing is at `to` (never replacing a user's file).
+fn move_new(from: &Path, to: &Path) -> Result<(), FetchError> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).map_err(|e| match e {
+        nix::errno::Errno::EEXIST => FetchError::Exists {
+            path: to.display().to_string(),
+        },
+        e => io_at(to)(io::Error::from(e)),
     })
 }
 

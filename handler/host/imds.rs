@@ -91,10 +91,10 @@ pub fn fetch_compute_body(base: &str, policy: &Policy) -> Result<String, String>
         "{}/metadata/instance/compute?api-version={API_VERSION}&format=json",
         base.trim_end_matches('/')
     );
-    // ureq only uses a proxy when told to: IMDS must never go through one.
+    // ureq only uses a proxy when told to: IMDS must never go through one. No redirects:
+    // the metadata service never sends one, and ureq 2 can panic following a host-less one.
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(policy.attempt_timeout)
-        .timeout(policy.attempt_timeout)
         .redirects(0)
         .build();
     let start = Instant::now();
@@ -107,11 +107,23 @@ pub fn fetch_compute_body(base: &str, policy: &Policy) -> Result<String, String>
             }
             std::thread::sleep(pause);
         }
-        match agent.get(&url).set("Metadata", "true").call() {
-            Ok(resp) => match resp.into_string() {
+        // Each attempt, body included, ends by the overall deadline: a trickling or stalled
+        // answer cannot hold enable past it.
+        let left = policy.deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        let call = agent
+            .get(&url)
+            .timeout(policy.attempt_timeout.min(left))
+            .set("Metadata", "true")
+            .call();
+        match call {
+            Ok(resp) if resp.status() == 200 => match resp.into_string() {
                 Ok(body) => return Ok(body),
-                Err(e) => last = format!("reading IMDS answer: {e}"),
+                Err(e) => last = format!("reading IMDS answer: {}", e.kind()),
             },
+            Ok(resp) => return Err(format!("IMDS answered HTTP {}", resp.status())),
             // 4xx other than 404/410/429 will not improve on retry.
             Err(ureq::Error::Status(code, _))
                 if (400..500).contains(&code) && ![404, 410, 429].contains(&code) =>
@@ -119,9 +131,12 @@ pub fn fetch_compute_body(base: &str, policy: &Policy) -> Result<String, String>
                 return Err(format!("IMDS answered HTTP {code}"));
             }
             Err(ureq::Error::Status(code, _)) => last = format!("IMDS answered HTTP {code}"),
-            Err(e) => last = format!("IMDS unreachable: {e}"),
+            Err(ureq::Error::Transport(t)) => last = format!("IMDS unreachable: {}", t.kind()),
         }
         tracing::debug!(attempt, error = %last, "IMDS attempt failed");
+    }
+    if last.is_empty() {
+        last = "IMDS did not answer within the deadline".into();
     }
     Err(last)
 }

@@ -222,8 +222,13 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         proxy,
         retry: fetch::RetryPolicy::default(),
         max_extract: fetch::DEFAULT_MAX_EXTRACT,
+        limits: fetch::Limits::default(),
         sleep: &std::thread::sleep,
         progress: &progress,
+        // A newer sequence number or a disable stops the download (Superseded, 203).
+        keep_going: ctx.keep_going,
+        // Our own data directory: a previous download of this artifact may be replaced.
+        replace: true,
     };
     let req = fetch::Request {
         url: url.expose().to_string(),

@@ -1,5 +1,5 @@
 //! A loopback artifact server with scripted faults: resets mid-body, error statuses, ignored
-//! Range requests. It counts the body bytes it sends. Bounded: it stops when dropped or after
+//! Range requests, trickles, stalls and redirects. It counts the body bytes it sends. Bounded: it stops when dropped or after
 //! five minutes.
 #![allow(dead_code)]
 
@@ -18,6 +18,13 @@ pub enum Fault {
     Status(u16),
     /// Answer a Range request with the whole body (200).
     IgnoreRange,
+    /// Send the body `bytes` at a time with `every` between sends.
+    Trickle { bytes: usize, every: Duration },
+    /// Send this many body bytes, then hold the connection open without sending (until the
+    /// client goes or the server stops, at most 30 s).
+    StallAfter(usize),
+    /// Answer 302 with this `Location`.
+    Redirect(String),
 }
 
 pub struct Server {
@@ -79,6 +86,10 @@ impl Server {
                         let _ = write!(conn, "HTTP/1.1 {code} Fault\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                         continue;
                     }
+                    (Some(Fault::Redirect(to)), _) => {
+                        let _ = write!(conn, "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        continue;
+                    }
                     (Some(Fault::IgnoreRange), _) | (_, None) => (200, 0),
                     (_, Some(st)) if st >= total => {
                         let _ = write!(conn, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -98,17 +109,39 @@ impl Server {
                     continue;
                 }
                 let limit = match fault {
-                    Some(Fault::ResetAfter(n)) => n.min(total - start),
+                    Some(Fault::ResetAfter(n)) | Some(Fault::StallAfter(n)) => n.min(total - start),
                     _ => total - start,
                 };
-                for chunk in body[start..start + limit].chunks(64 * 1024) {
-                    if conn.write_all(chunk).is_err() {
+                let (piece, gap) = match fault {
+                    Some(Fault::Trickle { bytes, every }) => (bytes.max(1), every),
+                    _ => (64 * 1024, pause),
+                };
+                for chunk in body[start..start + limit].chunks(piece) {
+                    if conn.write_all(chunk).is_err() || st.load(Ordering::Relaxed) {
                         break;
                     }
                     s.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    if !pause.is_zero() {
-                        std::thread::sleep(pause);
+                    if !gap.is_zero() {
+                        std::thread::sleep(gap);
                     }
+                }
+                if let Some(Fault::StallAfter(_)) = fault {
+                    // Hold until the client hangs up (a read returns) or the server stops.
+                    let end = Instant::now() + Duration::from_secs(30);
+                    conn.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
+                    let mut b = [0u8; 1];
+                    while Instant::now() < end && !st.load(Ordering::Relaxed) {
+                        match conn.read(&mut b) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                    continue;
                 }
                 if limit < total - start {
                     // An abrupt close: the client sees a truncated body.

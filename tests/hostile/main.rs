@@ -10,17 +10,16 @@ mod common;
 #[macro_use]
 mod support;
 
+mod agent_env;
+mod archives;
+mod argv;
 mod concurrency;
+mod permissions;
 mod secrets;
 mod seqno;
-mod state;
-// Written in parallel by other engineers; enabled at merge.
-// mod archives;
-// mod servers;
-mod agent_env;
-mod argv;
-mod permissions;
+mod servers;
 mod settings;
+mod state;
 
 /// Cases whose expected outcome waits for a fix being made in parallel: they report "pending"
 /// instead of failing, and the lead removes each entry once its fix is merged. The races

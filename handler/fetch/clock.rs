@@ -1,0 +1,162 @@
+//! The time bounds of one fetch: an overall deadline, a minimum rate over every window, and
+//! the stop callback, checked while the download waits on the network and between attempts.
+
+use super::{FetchError, Options};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// Time bounds of one fetch. A download ends with [`FetchError::Deadline`] once `deadline`
+/// has passed since it started, and with [`FetchError::TooSlow`] when any `window` of it
+/// (retry pauses included) brought fewer than `min_rate * window` bytes: a trickle, or a
+/// server that resets after every few bytes, cannot hold the worker for hours.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub deadline: Duration,
+    pub min_rate: u64,
+    pub window: Duration,
+}
+
+impl Default for Limits {
+    /// Two hours in all, and at least 32 KiB/s over every minute.
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_secs(2 * 3600),
+            min_rate: 32 * 1024,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The deadline and minimum-progress rule across all attempts of one fetch.
+pub(super) struct Clock {
+    limits: Limits,
+    start: Instant,
+    window_start: Cell<Instant>,
+    window_bytes: Cell<u64>,
+    received: Cell<u64>,
+}
+
+impl Clock {
+    pub(super) fn new(limits: Limits) -> Clock {
+        let now = Instant::now();
+        Clock {
+            limits,
+            start: now,
+            window_start: Cell::new(now),
+            window_bytes: Cell::new(0),
+            received: Cell::new(0),
+        }
+    }
+
+    pub(super) fn got(&self, n: u64) {
+        self.window_bytes.set(self.window_bytes.get() + n);
+        self.received.set(self.received.get() + n);
+    }
+
+    pub(super) fn remaining(&self) -> Duration {
+        self.limits.deadline.saturating_sub(self.start.elapsed())
+    }
+
+    pub(super) fn check(&self, url: &str, opts: &Options) -> Result<(), FetchError> {
+        if !(opts.keep_going)() {
+            return Err(FetchError::Stopped { url: url.into() });
+        }
+        if self.start.elapsed() >= self.limits.deadline {
+            return Err(FetchError::Deadline {
+                url: url.into(),
+                received: self.received.get(),
+                limit_s: self.limits.deadline.as_secs(),
+            });
+        }
+        let w = self.window_start.get().elapsed();
+        if w >= self.limits.window {
+            let needed = (self.limits.min_rate as f64 * w.as_secs_f64()) as u64;
+            if self.window_bytes.get() < needed {
+                return Err(FetchError::TooSlow {
+                    url: url.into(),
+                    received: self.received.get(),
+                    elapsed_s: self.start.elapsed().as_secs(),
+                    window_bytes: self.window_bytes.get(),
+                    window_s: w.as_secs(),
+                    min_rate: self.limits.min_rate,
+                });
+            }
+            self.window_start.set(Instant::now());
+            self.window_bytes.set(0);
+        }
+        Ok(())
+    }
+
+    /// The pause before a retry, in slices, so a stop or the deadline is seen.
+    pub(super) fn pause(&self, d: Duration, url: &str, opts: &Options) -> Result<(), FetchError> {
+        let mut left = d.min(self.remaining());
+        loop {
+            self.check(url, opts)?;
+            if left.is_zero() {
+                return Ok(());
+            }
+            let slice = left.min(POLL);
+            (opts.sleep)(slice);
+            left -= slice;
+        }
+    }
+}
+
+/// How often a waiting download looks at the stop callback and its bounds.
+pub(super) const POLL: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::RetryPolicy;
+
+    fn opts<'a>(keep_going: &'a dyn Fn() -> bool, sleep: &'a dyn Fn(Duration)) -> Options<'a> {
+        Options {
+            proxy: None,
+            retry: RetryPolicy::default(),
+            max_extract: 0,
+            limits: Limits::default(),
+            sleep,
+            progress: &|_, _| {},
+            keep_going,
+            replace: false,
+        }
+    }
+
+    #[test]
+    fn a_window_below_the_rate_names_its_figures() {
+        let clock = Clock::new(Limits {
+            deadline: Duration::from_secs(60),
+            min_rate: 1000,
+            window: Duration::ZERO,
+        });
+        clock.got(10);
+        std::thread::sleep(Duration::from_millis(20));
+        let o = opts(&|| true, &|_| {});
+        let e = clock.check("u", &o).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FetchError::TooSlow {
+                    received: 10,
+                    window_bytes: 10,
+                    min_rate: 1000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pauses_are_sliced_so_a_stop_is_seen() {
+        let clock = Clock::new(Limits::default());
+        let slept = Cell::new(0u32);
+        let sleep = |_: Duration| slept.set(slept.get() + 1);
+        let keep = || slept.get() < 3;
+        let o = opts(&keep, &sleep);
+        let e = clock.pause(Duration::from_secs(30), "u", &o).unwrap_err();
+        assert!(matches!(e, FetchError::Stopped { .. }), "{e}");
+        assert_eq!(slept.get(), 3);
+    }
+}
