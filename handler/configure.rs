@@ -61,7 +61,10 @@ pub struct State {
 }
 
 pub fn load_state(data_dir: &Path) -> Option<State> {
-    serde_json::from_slice(&std::fs::read(data_dir.join(STATE_FILE)).ok()?).ok()
+    serde_json::from_slice(
+        &fsutil::read_regular(&data_dir.join(STATE_FILE), fsutil::MAX_READ).ok()?,
+    )
+    .ok()
 }
 
 fn save_state(data_dir: &Path, state: &State) -> Result<(), Failure> {

@@ -117,7 +117,8 @@ pub fn request_path(data_dir: &Path) -> PathBuf {
 }
 
 pub fn read_request(data_dir: &Path) -> Option<Request> {
-    serde_json::from_slice(&std::fs::read(request_path(data_dir)).ok()?).ok()
+    serde_json::from_slice(&fsutil::read_regular(&request_path(data_dir), fsutil::MAX_READ).ok()?)
+        .ok()
 }
 
 pub fn write_request(data_dir: &Path, req: &Request) -> Result<(), Failure> {
@@ -430,7 +431,10 @@ pub fn worker(inv: &Invocation) -> i32 {
             };
         }
     }
-    let beat = crate::worker::Heartbeat::start(inv.agent.env.heartbeat_file.clone());
+    let beat = crate::worker::Heartbeat::start(inv.agent.env.heartbeat_file.clone(), {
+        let data = data.clone();
+        move || read_request(&data).is_some_and(|r| r.seq == seq && !r.stop)
+    });
 
     let settings: Settings = match settings::load(&inv.agent, Duration::from_secs(30)) {
         Ok(s) => s,

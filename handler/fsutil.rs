@@ -186,9 +186,37 @@ pub fn is_real_dir(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// The most any of our state, settings or sysfs/procfs reads take in.
+pub const MAX_READ: u64 = 8 * 1024 * 1024;
+
+/// Read a file that must be a regular file, at most `max` bytes. Opened non-blocking, so a
+/// FIFO (or a device) planted where we keep state is an error at once, never a wait; bigger
+/// than `max` is an error too, so a planted huge file cannot exhaust memory.
+pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(refused(path, "is not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(refused(path, &format!("is larger than {max} bytes")));
+    }
+    Ok(buf)
+}
+
+/// [`read_regular`] of a text file (bounded by [`MAX_READ`]).
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_regular(path, MAX_READ)?).map_err(|_| refused(path, "is not UTF-8 text"))
+}
+
 /// Read a small sysfs/procfs-style text file, trimmed; `None` when absent or unreadable.
 pub fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    read_text(path).ok().map(|s| s.trim().to_string())
 }
 
 /// Names of the entries of a directory, sorted; empty when it does not exist.

@@ -204,7 +204,7 @@ pub fn disable(inv: &Invocation) -> i32 {
 /// old-version uninstall never came) cannot turn a real uninstall of the new version into a
 /// no-op.
 fn update_in_progress(data: &Path, ours: &str) -> bool {
-    let Some(m) = std::fs::read(data.join(UPDATE_MARKER))
+    let Some(m) = fsutil::read_regular(&data.join(UPDATE_MARKER), fsutil::MAX_READ)
         .ok()
         .and_then(|b| serde_json::from_slice::<UpdateMarker>(&b).ok())
     else {
@@ -218,7 +218,7 @@ fn update_in_progress(data: &Path, ours: &str) -> bool {
 /// decide this). `Err` says why the answer is unknown.
 fn removal_requested(inv: &Invocation) -> Result<bool, String> {
     let path = inv.agent.settings_path();
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = fsutil::read_text(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let raw = settings::parse_settings_file(&text, &path).map_err(|e| e.to_string())?;
     let public = settings::parse_public(raw.public.as_ref()).map_err(|e| e.to_string())?;
     Ok(public.remove_drivers_on_uninstall)

@@ -84,8 +84,16 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
 pub struct LogWriter(Arc<RotatingFile>);
 
 impl Write for LogWriter {
+    /// A log line that cannot be written (disk full, a file-size limit) is dropped, said once
+    /// on stderr, and never an error: tracing's own report of a failed write goes through a
+    /// printing macro that panics when stderr fails as well.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.append(buf)?;
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Err(e) = self.0.append(buf) {
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                crate::tell!("ibdriver: cannot write our log ({e}); going on without it");
+            }
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -195,7 +195,7 @@ impl Store {
     /// A missing or unreadable checkpoint reads as none: the work then starts over, which is
     /// safe because every stage is idempotent.
     pub fn load(&self) -> Option<Checkpoint> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
+        let text = fsutil::read_text(&self.path).ok()?;
         match serde_json::from_str(&text) {
             Ok(cp) => Some(cp),
             Err(e) => {

@@ -509,7 +509,7 @@ pub fn load(
     openssl_timeout: std::time::Duration,
 ) -> Result<Settings, Failure> {
     let path = agent.settings_path();
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::fsutil::read_text(&path) {
         Ok(t) => t,
         // The agent passes N=0 with no file for a handler without settings.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && agent.seq == 0 => String::new(),

@@ -254,7 +254,7 @@ fn truncate(s: &mut String, max_chars: usize) {
 
 /// Read back a status file we wrote (the worker and no-op checks need the last outcome).
 pub fn read(path: &Path) -> Option<StatusEntry> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = fsutil::read_text(path).ok()?;
     let mut v: Vec<StatusEntry> = serde_json::from_str(&text).ok()?;
     (!v.is_empty()).then(|| v.swap_remove(0))
 }

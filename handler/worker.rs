@@ -123,7 +123,9 @@ pub struct Heartbeat {
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(30);
 
 impl Heartbeat {
-    pub fn start(path: PathBuf) -> Heartbeat {
+    /// Refresh `path` until stopped; each beat first asks `wanted`, so once a disable or a
+    /// newer sequence number has written its own heartbeat, this worker's never lands on it.
+    pub fn start(path: PathBuf, wanted: impl Fn() -> bool + Send + 'static) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let message = Arc::new(Mutex::new("enable in progress".to_string()));
         let (s, m) = (stop.clone(), message.clone());
@@ -132,6 +134,9 @@ impl Heartbeat {
             let mut waited = HEARTBEAT_PERIOD;
             while !s.load(Ordering::Relaxed) {
                 if waited >= HEARTBEAT_PERIOD {
+                    if !wanted() {
+                        break;
+                    }
                     let msg = m.lock().map(|g| g.clone()).unwrap_or_default();
                     if let Err(f) =
                         status::write_heartbeat(&path, HeartbeatState::Ready, Code::Success, &msg)

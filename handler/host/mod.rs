@@ -202,9 +202,12 @@ pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>, probe_stack: bool
     let sysfs = read_sysfs(root);
     let vmbus = read_vmbus(root);
     let os = read_trimmed(&root.path("etc/os-release")).and_then(|t| os_release::parse(&t));
-    let kvp = std::fs::read(root.path("var/lib/hyperv/.kvp_pool_0"))
-        .map(|b| kvp::facts(&b))
-        .unwrap_or_default();
+    let kvp = crate::fsutil::read_regular(
+        &root.path("var/lib/hyperv/.kvp_pool_0"),
+        crate::fsutil::MAX_READ,
+    )
+    .map(|b| kvp::facts(&b))
+    .unwrap_or_default();
     let (imds, imds_error) = match imds_policy {
         Some(p) => match imds::fetch_compute(&imds::base_url(), p) {
             Ok(c) => (Some(c), None),

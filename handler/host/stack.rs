@@ -46,7 +46,11 @@ pub struct InstalledMarker {
 pub const MARKER: &str = "installed.json";
 
 pub fn read_marker(root: &super::Root) -> Option<InstalledMarker> {
-    serde_json::from_slice(&std::fs::read(root.data_dir().join(MARKER)).ok()?).ok()
+    serde_json::from_slice(
+        &crate::fsutil::read_regular(&root.data_dir().join(MARKER), crate::fsutil::MAX_READ)
+            .ok()?,
+    )
+    .ok()
 }
 
 /// `ofed_info -s` prints e.g. `MLNX_OFED_LINUX-24.10-1.1.4.0:` or, for DOCA-OFED,

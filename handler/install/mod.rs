@@ -364,7 +364,7 @@ pub fn install(
     // An earlier run of ours started this very install and the host now has the stack: that
     // run's installer finished (the worker was stopped after it), so it is not run twice.
     let chosen = vendor_stack(ctx.choice).unwrap_or(StackKind::Inbox);
-    let ours_started = std::fs::read(&started)
+    let ours_started = crate::fsutil::read_regular(&started, crate::fsutil::MAX_READ)
         .ok()
         .and_then(|b| serde_json::from_slice::<stack::InstalledMarker>(&b).ok())
         .is_some_and(|m| m == mine);

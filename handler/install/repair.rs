@@ -175,9 +175,10 @@ pub fn record_reboot(
     may_reboot: bool,
 ) -> Result<(), Failure> {
     let record = data_dir.join(REPAIR_REBOOT);
-    let done: Option<(String, String)> = std::fs::read(&record)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let done: Option<(String, String)> =
+        crate::fsutil::read_regular(&record, crate::fsutil::MAX_READ)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
     if let Some((kernel, boot)) = &done {
         if *kernel == facts.kernel && *boot != facts.boot_id {
             return Err(Failure::new(
