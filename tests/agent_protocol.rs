@@ -583,20 +583,7 @@ fn same_seq_while_worker_runs_is_a_noop_and_newer_seq_supersedes() {
         assert!(Instant::now() < deadline, "worker did not reach verify");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pids = || -> usize {
-        fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                fs::read(e.path().join("cmdline"))
-                    .map(|c| {
-                        let c = String::from_utf8_lossy(&c);
-                        c.contains("worker") && c.contains(&*w.handler_dir.to_string_lossy())
-                    })
-                    .unwrap_or(false)
-            })
-            .count()
-    };
+    let pids = || worker_pids(&w.handler_dir).len();
     // The worker is in verify and writes no status while it waits for the port, so a second
     // enable that did anything (a status of its own, a second worker) changes what is seen here.
     let status_before = fs::read(w.status_path(1)).unwrap();

@@ -474,3 +474,30 @@ pub fn message(v: &serde_json::Value) -> String {
         .unwrap()
         .to_string()
 }
+
+/// The workers of this handler directory now running: processes whose command line names the
+/// worker verb and the directory, less their own children (a child between fork and exec still
+/// shows its parent's command line).
+pub fn worker_pids(handler_dir: &Path) -> Vec<u32> {
+    let needle = handler_dir.to_string_lossy().to_string();
+    let found: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            if !(cmd.contains("worker") && cmd.contains(&needle)) {
+                return None;
+            }
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    found
+        .iter()
+        .filter(|(_, ppid)| !found.iter().any(|(p, _)| p == ppid))
+        .map(|(pid, _)| *pid)
+        .collect()
+}

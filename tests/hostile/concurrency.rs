@@ -55,19 +55,7 @@ fn stage_starts(w: &World, stage: &str) -> usize {
 
 /// Worker processes for this handler directory that are alive now.
 fn workers_now(w: &World) -> usize {
-    let needle = w.handler_dir.to_string_lossy().to_string();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("worker") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .count()
+    worker_pids(&w.handler_dir).len()
 }
 
 /// After the race, the same enable again is a no-op: exit 0, no worker, status bytes kept.
