@@ -28,15 +28,6 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// The exit code that goes with a status code number.
-fn exit_for(code: u64) -> i32 {
-    ibdriver::error::Code::ALL
-        .iter()
-        .find(|c| u64::from(c.number()) == code)
-        .map(|c| c.exit_code())
-        .unwrap_or_else(|| panic!("undocumented code {code}"))
-}
-
 #[test]
 fn apply_ends_like_enable_on_the_same_hosts() {
     type Setup = fn(&World);

@@ -491,7 +491,13 @@ pub fn worker_pids(handler_dir: &Path) -> Vec<u32> {
                 return None;
             }
             let stat = fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             Some((pid, ppid))
         })
         .collect();
@@ -500,4 +506,13 @@ pub fn worker_pids(handler_dir: &Path) -> Vec<u32> {
         .filter(|(_, ppid)| !found.iter().any(|(p, _)| p == ppid))
         .map(|(pid, _)| *pid)
         .collect()
+}
+
+/// The exit code that goes with a status code number (from the handler's own code table).
+pub fn exit_for(code: u64) -> i32 {
+    ibdriver::error::Code::ALL
+        .iter()
+        .find(|c| u64::from(c.number()) == code)
+        .map(|c| c.exit_code())
+        .unwrap_or_else(|| panic!("undocumented code {code}"))
 }

@@ -369,14 +369,6 @@ fn setup(p: Path_) -> Setup {
     }
 }
 
-fn exit_for(code: u64) -> i32 {
-    ibdriver::error::Code::ALL
-        .iter()
-        .find(|c| u64::from(c.number()) == code)
-        .map(|c| c.exit_code())
-        .unwrap_or_else(|| panic!("undocumented code {code}"))
-}
-
 /// Encrypt `protected` for a fresh certificate and write settings `seq`.
 fn protect(w: &World, seq: u64, public: Value, protected: &Value) {
     let (thumb, crt) = w.certificate(true);

@@ -101,14 +101,6 @@ fn want_for(b: Bad, dir: Option<Want>) -> Want {
     }
 }
 
-fn exit_for(code: u64) -> i32 {
-    ibdriver::error::Code::ALL
-        .iter()
-        .find(|c| u64::from(c.number()) == code)
-        .map(|c| c.exit_code())
-        .unwrap_or_else(|| panic!("undocumented code {code}"))
-}
-
 /// Enable 1 after the planting; the outcome must be `want`.
 fn check_enable(w: &World, want: Want) -> CaseResult {
     let r = enable(w, 1);
