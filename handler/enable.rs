@@ -385,15 +385,21 @@ pub fn worker(inv: &Invocation) -> i32 {
             tracing::info!(seq, "another worker already runs this sequence number");
             return 0;
         }
+        // The holder may not have written its record yet when the lock was tried: it is
+        // looked at again while waiting, so a duplicate of this sequence number leaves.
         None => match lock.acquire(
             seq,
             Duration::from_secs(900),
             Duration::from_millis(200),
-            || !wanted(),
+            || !wanted() || lock.holder().is_some_and(|h| h.seq == seq),
         ) {
             Ok(Some(h)) => h,
             Ok(None) if !wanted() => {
                 tracing::info!(seq, "superseded before starting");
+                return 0;
+            }
+            Ok(None) if lock.holder().is_some_and(|h| h.seq == seq) => {
+                tracing::info!(seq, "another worker already runs this sequence number");
                 return 0;
             }
             Ok(None) => {

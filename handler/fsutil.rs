@@ -22,6 +22,12 @@ pub const SYSTEM_DIR_MODE: u32 = 0o755;
 /// a private temp file in the same directory, fsync, rename, fsync of the directory.
 /// The rename replaces whatever is at `path` (a planted symlink included) without following it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, PRIVATE_FILE_MODE)
+}
+
+/// [`write_atomic`] with the file's mode set on the temp file before the rename, so no path
+/// lookup after it can be swapped for a link.
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -29,7 +35,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     // tempfile creates with O_EXCL and 0600 (less under a stricter umask): set it exactly.
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+        .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     crate::faultpoint::hit("write before rename", path);
@@ -52,8 +58,7 @@ pub fn write_system_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .filter(|m| m.file_type().is_file())
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    write_atomic(path, bytes)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    write_atomic_mode(path, bytes, mode)
 }
 
 fn refused(path: &Path, what: &str) -> io::Error {
@@ -75,7 +80,8 @@ pub fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if fs::symlink_metadata(parent).is_err() {
-            ensure_dir(parent, mode)?;
+            // Missing parents are system directories (`/var/log/azure`), readable by all.
+            ensure_dir(parent, SYSTEM_DIR_MODE)?;
         }
     }
     match fs::DirBuilder::new().mode(mode).create(path) {
@@ -174,6 +180,9 @@ pub fn open_private_rw(path: &Path) -> io::Result<File> {
     let m = f.metadata()?;
     if !m.is_file() {
         return Err(refused(path, "is not a regular file"));
+    }
+    if m.nlink() > 1 {
+        return Err(refused(path, "has other hard links"));
     }
     if m.permissions().mode() & 0o077 != 0 {
         f.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;

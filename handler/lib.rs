@@ -119,27 +119,12 @@ fn panic_hook(info: &std::panic::PanicHookInfo) {
         .location()
         .map(|l| format!("{}:{}", l.file(), l.line()))
         .unwrap_or_else(|| "an unknown place".into());
-    let payload = info
-        .payload()
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| info.payload().downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    // URLs lose their query strings and user info, as everywhere we log.
-    let payload: String = payload
-        .split_whitespace()
-        .map(|w| {
-            if w.contains("://") {
-                logging::redact_url(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(500)
-        .collect();
+    // Only a fixed message is logged: a formatted one (an `unwrap` on an error, a slice out
+    // of range) may quote any value, a secret included.
+    let payload = match info.payload().downcast_ref::<&'static str>() {
+        Some(s) => s.chars().take(500).collect::<String>(),
+        None => "a formatted message, not logged (it may quote a value)".to_string(),
+    };
     tracing::error!(location = %location, "internal error: panic: {payload}");
     crate::tell!("ibdriver: internal error: panic at {location}");
     let reported = status::report_panic(&location);
@@ -153,7 +138,7 @@ fn panic_hook(info: &std::panic::PanicHookInfo) {
 #[cfg(feature = "fault-injection")]
 fn test_panic(verb: &str) {
     if std::env::var("IBDRIVER_TEST_PANIC").is_ok_and(|v| v == verb) {
-        panic!("IBDRIVER_TEST_PANIC={verb}");
+        panic!("IBDRIVER_TEST_PANIC");
     }
 }
 
@@ -197,6 +182,12 @@ fn agent_invocation(
     if let Some(e) = log_refused {
         let f = Failure::state_io(&inv.agent.env.log_folder, e);
         crate::tell!("ibdriver: {f}");
+        if matches!(operation, "Disable" | "Uninstall") {
+            // The extension must stay removable: these go on, logging to stderr only.
+            logging::init(None, false);
+            tracing::warn!("{f}; logging to stderr only");
+            return Ok(inv);
+        }
         let code = if operation == "Enable" {
             inv.fail(operation, &f, vec![])
         } else {

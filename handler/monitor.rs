@@ -71,7 +71,7 @@ fn systemctl(args: &[&str], timeout: Duration) {
 pub fn is_current(root: &Root, exe: &Path, handler_dir: &Path) -> bool {
     let (svc, timer) = unit_paths(root);
     timer.exists()
-        && std::fs::read_to_string(svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
+        && crate::fsutil::read_text(&svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
 }
 
 /// `timeout` bounds each systemctl call (enable's synchronous path has little time).

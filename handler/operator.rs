@@ -162,16 +162,14 @@ pub fn fetch(req: &crate::fetch::Request, into: &Path) -> i32 {
         }
     };
     if !existed {
-        use std::os::unix::fs::PermissionsExt;
-        let made = std::fs::create_dir_all(into)
-            .and_then(|()| std::fs::set_permissions(into, std::fs::Permissions::from_mode(0o755)));
-        if let Err(e) = made {
+        // DIR and any missing parent 0755 whatever the umask; a link there is refused.
+        if let Err(e) = crate::fsutil::ensure_dir(into, crate::fsutil::SYSTEM_DIR_MODE) {
             crate::tell!("ibdriver: {}", Failure::state_io(into, e));
             return Code::StateIo.exit_code();
         }
     }
     let staging = into.join(FETCH_STAGING);
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let env = crate::fetch::proxy::environment();
     let waagent_conf = std::fs::read_to_string(Root::from_env().path("etc/waagent.conf")).ok();
     let progress = fetch::progress_every(10, |pct, done, total| {
         crate::tell!("fetch: {pct}% ({done} of {total} bytes)")

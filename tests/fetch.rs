@@ -844,3 +844,94 @@ fn proxy_credentials_go_with_plain_http_requests_and_never_into_messages() {
         "{text}"
     );
 }
+
+#[test]
+fn refused_connections_end_by_the_retry_policy_not_as_too_slow() {
+    // Pauses (10-40 ms) longer than the rate window (5 ms): before the first byte only the
+    // time spent waiting on a server is judged, so the real cause is what the user reads.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let req = Request {
+        url: format!("http://127.0.0.1:{port}/ofed.tgz"),
+        sha256: "0".repeat(64),
+        size: None,
+        extract: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new().limits(60_000, 1 << 30, 5);
+    let err = run.fetch(&req, dir.path()).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Exhausted { attempts: 6, .. }),
+        "{err}"
+    );
+    assert_eq!(run.sleeps.borrow().len(), 5, "one pause between attempts");
+}
+
+#[test]
+fn fetch_verb_takes_a_relative_dir_and_makes_missing_parents_0755_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = bundle(1, 1_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/ofed.tgz", server.base);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for into in ["out", "a/b/c"] {
+        let script = format!(
+            "umask 000; exec '{}' fetch '{url}' --sha256 {} --into {into}",
+            common::bin().display(),
+            sha(&data)
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(dir.path())
+            .env("IBDRIVER_ROOT", dir.path())
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{into}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let target = dir.path().join(into);
+        assert!(target
+            .join("MLNX_OFED_LINUX-24.10/mlnxofedinstall")
+            .exists());
+        let mut p = target.as_path();
+        while p != dir.path() {
+            assert_eq!(mode(p), 0o755, "{}", p.display());
+            p = p.parent().unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_archive_entry_that_clashes_with_dir_moves_nothing() {
+    // The archive's top level holds our own staging name: refused before anything moves.
+    let mut b = tar::Builder::new(Vec::new());
+    for path in ["f1", ".ibdriver-fetch/x", "f3"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, &b"x"[..]).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+    let data = gz.finish().unwrap();
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let into = dir.path().join("out");
+    let out = fetch_verb(&format!("{}/x.tgz", server.base), &sha(&data), &into, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was moved"), "{err}");
+    for name in ["f1", "f3"] {
+        assert!(!into.join(name).exists(), "{name} was moved: {err}");
+    }
+}

@@ -6,9 +6,10 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Time bounds of one fetch. A download ends with [`FetchError::Deadline`] once `deadline`
-/// has passed since it started, and with [`FetchError::TooSlow`] when any `window` of it
-/// (retry pauses included) brought fewer than `min_rate * window` bytes: a trickle, or a
-/// server that resets after every few bytes, cannot hold the worker for hours.
+/// has passed since it started, and with [`FetchError::TooSlow`] when, once the first bytes
+/// arrived, any `window` of it (retry pauses included) brought fewer than `min_rate * window`
+/// bytes: a trickle, or a server that resets after every few bytes, cannot hold the worker
+/// for hours.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub deadline: Duration,
@@ -34,6 +35,7 @@ pub(super) struct Clock {
     window_start: Cell<Instant>,
     window_bytes: Cell<u64>,
     received: Cell<u64>,
+    in_attempt: Cell<bool>,
 }
 
 impl Clock {
@@ -45,7 +47,22 @@ impl Clock {
             window_start: Cell::new(now),
             window_bytes: Cell::new(0),
             received: Cell::new(0),
+            in_attempt: Cell::new(false),
         }
+    }
+
+    /// A request starts. Until the first byte of the fetch, the window starts with it, so the
+    /// pauses before it are not judged.
+    pub(super) fn begin_attempt(&self) {
+        if self.received.get() == 0 {
+            self.window_start.set(Instant::now());
+            self.window_bytes.set(0);
+        }
+        self.in_attempt.set(true);
+    }
+
+    pub(super) fn end_attempt(&self) {
+        self.in_attempt.set(false);
     }
 
     pub(super) fn got(&self, n: u64) {
@@ -67,6 +84,13 @@ impl Clock {
                 received: self.received.get(),
                 limit_s: self.limits.deadline.as_secs(),
             });
+        }
+        // Before the first byte, only time spent waiting on a server counts: a refused
+        // connection or a burst of 503s between attempts is the retry policy's to end (with
+        // the real cause in the message, not "too slow"), while a server that accepts and
+        // then says nothing is still too slow after one window.
+        if self.received.get() == 0 && !self.in_attempt.get() {
+            return Ok(());
         }
         let w = self.window_start.get().elapsed();
         if w >= self.limits.window {

@@ -422,6 +422,7 @@ fn attempt(
             break;
         }
         let (etx, erx) = sync_channel::<http::Event>(IN_FLIGHT);
+        clock.begin_attempt();
         http::spawn(
             &client,
             &req.url,
@@ -474,6 +475,7 @@ fn attempt(
                 break 'attempts;
             }
         };
+        clock.end_attempt();
         match step {
             http::Step::Complete if total.is_none_or(|t| offset >= t) => {
                 outcome = Some(Ok(()));
@@ -607,7 +609,7 @@ fn finish(
     }
     // Verified (and unpacked): move into place.
     crate::faultpoint::hit("fetch moves into place", dest);
-    if let Some(parent) = dest.parent() {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         // 0755 whatever the umask; an existing directory (the user's DIR) is left as it is.
         crate::fsutil::ensure_system_dir(parent).map_err(io_at(parent))?;
     }
@@ -618,9 +620,26 @@ fn finish(
             fs::remove_dir_all(dest).map_err(io_at(dest))?;
         }
         if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
-            // An existing directory receives the entries, none of which may replace anything.
-            for e in fs::read_dir(&st.unpack).map_err(io_at(&st.unpack))? {
-                let e = e.map_err(io_at(&st.unpack))?;
+            // An existing directory receives the entries, none of which may replace anything:
+            // all are checked before the first moves, so a clash leaves DIR as it was.
+            let entries: Vec<_> = fs::read_dir(&st.unpack)
+                .map_err(io_at(&st.unpack))?
+                .collect::<Result<_, _>>()
+                .map_err(io_at(&st.unpack))?;
+            if let Some(clash) = entries
+                .iter()
+                .map(|e| dest.join(e.file_name()))
+                .find(|t| fs::symlink_metadata(t).is_ok())
+            {
+                return Err(FetchError::Io {
+                    path: clash.display().to_string(),
+                    err: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "the archive has an entry of that name and it already exists; nothing was moved",
+                    ),
+                });
+            }
+            for e in entries {
                 move_new(&e.path(), &dest.join(e.file_name()))?;
             }
             let _ = fs::remove_dir(&st.unpack);

@@ -52,20 +52,34 @@ fn run_tracked(
     let shown = cmd.argv.join(" ");
     tracing::info!(purpose = %cmd.purpose, "running {shown}");
     let args: Vec<&str> = cmd.argv[1..].iter().map(String::as_str).collect();
+    // This run's installer and everything it starts carry a mark in their environment that
+    // names this run, recorded in `track` before the start: a worker that died before it
+    // recorded the pid (or after the installer forked) still finds them, while what an
+    // installer that finished left running (its track file is gone) is never waited for.
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let mut env = cmd.env.clone();
+    if let Some(t) = track {
+        if let Err(e) = crate::fsutil::write_atomic(t, format!("pending {nonce}\n").as_bytes()) {
+            return Err(Failure::state_io(t, e));
+        }
+        env.push((INSTALLER_MARK.into(), installer_mark(t, &nonce)));
+    }
     let record = |pid: u32| {
         if let Some(t) = track {
-            let line = format!("{pid} {}\n", crate::lock::start_time(pid).unwrap_or(0));
+            let start = crate::lock::start_time(pid).unwrap_or(0);
+            let line = format!("{pid} {start} {nonce}\n");
             if let Err(e) = crate::fsutil::write_atomic(t, line.as_bytes()) {
                 tracing::warn!(error = %e, "cannot record the installer's pid");
             }
         }
     };
-    // The installer and everything it starts carry this mark in their environment, so a worker
-    // that died before it recorded the pid (or after the installer forked) still finds them.
-    let mut env = cmd.env.clone();
-    if let Some(t) = track {
-        env.push((INSTALLER_MARK.into(), t.to_string_lossy().into_owned()));
-    }
     let result = proc::run_env(&cmd.argv[0], &args, &env, cmd.timeout, &record);
     if let Some(t) = track {
         let _ = std::fs::remove_file(t);
@@ -207,7 +221,7 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     let dest = artifact_dir(ctx.data_dir, sha256);
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let env = crate::fetch::proxy::environment();
     let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
     let proxy = fetch::proxy::choose(
         url.expose(),
@@ -285,13 +299,27 @@ const INSTALLER_MARK: &str = "IBDRIVER_INSTALLER_OF";
 /// record is the quick answer; the environment mark finds an installer whose worker died
 /// before recording it, and the children of one whose main process already ended.
 fn orphan_installer(track: &Path) -> Option<u32> {
-    let recorded = crate::fsutil::read_trimmed(track).and_then(|text| {
-        let mut it = text.split_whitespace();
-        let pid: u32 = it.next()?.parse().ok()?;
-        let start: u64 = it.next()?.parse().ok()?;
-        (crate::lock::start_time(pid) == Some(start)).then_some(pid)
-    });
-    recorded.or_else(|| marked_process(&format!("{INSTALLER_MARK}={}", track.display())))
+    let text = crate::fsutil::read_trimmed(track)?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let recorded = match fields[..] {
+        [pid, start, _] => pid
+            .parse::<u32>()
+            .ok()
+            .filter(|p| start.parse::<u64>().ok() == crate::lock::start_time(*p)),
+        _ => None,
+    };
+    let nonce = fields.last()?;
+    recorded.or_else(|| {
+        marked_process(&format!(
+            "{INSTALLER_MARK}={}",
+            installer_mark(track, nonce)
+        ))
+    })
+}
+
+/// The value of [`INSTALLER_MARK`] for one run of a tracked installer.
+fn installer_mark(track: &Path, nonce: &str) -> String {
+    format!("{}#{nonce}", track.display())
 }
 
 /// A live process (not this one) whose environment holds exactly `entry`. Real /proc: the

@@ -625,6 +625,20 @@ fn linked_log_dir_enable() {
 }
 
 #[test]
+fn linked_log_dir_still_lets_disable_and_uninstall_remove_the_extension() {
+    let (w, elsewhere) = linked_log_dir();
+    fs::create_dir_all(w.data_dir()).unwrap();
+    for verb in ["disable", "uninstall"] {
+        let out = w.run(verb, 0);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 0, "{verb}: {err}");
+        assert!(err.contains("is a symbolic link"), "{verb}: {err}");
+    }
+    assert!(!w.data_dir().exists(), "uninstall left the data directory");
+    elsewhere_untouched(&elsewhere);
+}
+
+#[test]
 fn status_folder_is_a_file() {
     let w = World::new("hbv3", HB);
     let status = w.handler_dir.join("status");
