@@ -34,13 +34,16 @@ const SECRET_VARS: [(&str, &str); 2] = [
     ("IBDRIVER_PACKAGE_URL", "packageUrl"),
     ("IBDRIVER_PROXY", "proxy"),
 ];
-/// Names (by number only) the memfd through which apply hands the secrets to itself across
+/// Names (by number only) the pipe through which apply hands the secrets to itself across
 /// its re-exec.
 pub const SECRETS_FD_VAR: &str = "IBDRIVER_APPLY_SECRETS_FD";
 
+/// What fits in a pipe's buffer on every kernel, so the write before the exec never blocks.
+const SECRETS_MAX: usize = 16 * 1024;
+
 /// The kernel keeps a process's initial environment in `/proc/<pid>/environ` for its whole
 /// life (`remove_var` only changes our copy), readable by every process of the same user. So
-/// when a secret arrives in the environment, apply moves the secrets into an unnamed memfd and
+/// when a secret arrives in the environment, apply moves the secrets into a pipe and
 /// execs itself again without them. Returns only if there was nothing to move, or on failure.
 fn reexec_without_secrets() -> Result<(), Failure> {
     use std::io::Write;
@@ -67,13 +70,24 @@ fn reexec_without_secrets() -> Result<(), Failure> {
             format!("cannot restart apply without the secrets in its environment ({e}); check that /proc is mounted"),
         )
     };
-    // Without MFD_CLOEXEC: the new image inherits it.
-    let fd =
-        nix::sys::memfd::memfd_create(c"ibdriver-apply", nix::sys::memfd::MemFdCreateFlag::empty())
-            .map_err(|e| cannot(&e))?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(serde_json::Value::Object(secrets).to_string().as_bytes())
+    // A pipe (memfd_create is not in glibc 2.17, the release floor): the secrets are written
+    // into its buffer and its write end closed before the exec; the read end, without
+    // close-on-exec, is inherited by the new image, which reads them to the end.
+    let bytes = serde_json::Value::Object(secrets).to_string().into_bytes();
+    if bytes.len() > SECRETS_MAX {
+        return Err(Failure::new(
+            Code::SettingsInvalid,
+            format!(
+                "{} and {} together must stay under {SECRETS_MAX} bytes",
+                SECRET_VARS[0].0, SECRET_VARS[1].0
+            ),
+        ));
+    }
+    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| cannot(&e))?;
+    std::fs::File::from(write_end)
+        .write_all(&bytes)
         .map_err(|e| cannot(&e))?;
+    let file = std::fs::File::from(read_end);
     let mut argv = std::env::args_os();
     let mut cmd = std::process::Command::new("/proc/self/exe");
     if let Some(arg0) = argv.next() {
@@ -90,7 +104,7 @@ fn reexec_without_secrets() -> Result<(), Failure> {
     Err(cannot(&err))
 }
 
-/// The secrets as a protected-settings object: from the memfd the re-exec left, which is
+/// The secrets as a protected-settings object: from the pipe the re-exec left, which is
 /// closed at once so no child inherits it.
 fn take_secrets() -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
     let Some(fd) = std::env::var_os(SECRETS_FD_VAR) else {
@@ -108,9 +122,19 @@ fn take_secrets() -> Result<serde_json::Map<String, serde_json::Value>, Failure>
         .and_then(|s| s.parse().ok())
         .filter(|n| *n > 2)
         .ok_or_else(lost)?;
-    // A fresh open of the memfd reads from its start whatever the inherited offset.
-    let text = std::fs::read(format!("/proc/self/fd/{fd}"));
-    let _ = nix::unistd::close(fd);
+    // The pipe's read end; its write end was closed before the exec, so this ends.
+    let text = {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        // SAFETY: the variable was set by our own re-exec to the read end it left open, and
+        // nothing else in this process owns that descriptor.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut buf = Vec::new();
+        f.by_ref()
+            .take(SECRETS_MAX as u64 + 1)
+            .read_to_end(&mut buf)
+            .map(|_| buf)
+    };
     let value: serde_json::Value =
         serde_json::from_slice(&text.map_err(|_| lost())?).map_err(|_| lost())?;
     match value {

@@ -670,13 +670,42 @@ fn finish(
 
 /// Rename `from` to `to` only when nothing is at `to` (never replacing a user's file).
 fn move_new(from: &Path, to: &Path) -> Result<(), FetchError> {
-    use nix::fcntl::{renameat2, RenameFlags};
-    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).map_err(|e| match e {
-        nix::errno::Errno::EEXIST => FetchError::Exists {
-            path: to.display().to_string(),
-        },
-        e => io_at(to)(io::Error::from(e)),
-    })
+    use std::os::unix::ffi::OsStrExt;
+    let exists = || FetchError::Exists {
+        path: to.display().to_string(),
+    };
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
+    let (Some(cf), Some(ct)) = (c(from), c(to)) else {
+        return Err(io_at(to)(io::Error::from(io::ErrorKind::InvalidInput)));
+    };
+    // The system call itself: glibc 2.17, the floor the release binary links against, has no
+    // renameat2 wrapper.
+    // SAFETY: two valid NUL-terminated paths; the call reads them and nothing else.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_renameat2,
+            nix::libc::AT_FDCWD,
+            cf.as_ptr(),
+            nix::libc::AT_FDCWD,
+            ct.as_ptr(),
+            nix::libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(nix::libc::EEXIST) => Err(exists()),
+        // A kernel before 3.15, or a filesystem without the flag: check, then rename.
+        Some(nix::libc::ENOSYS) | Some(nix::libc::EINVAL) => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(exists());
+            }
+            fs::rename(from, to).map_err(io_at(to))
+        }
+        _ => Err(io_at(to)(err)),
+    }
 }
 
 /// A progress callback that calls `emit(percent, done, total)` each time the download crosses
