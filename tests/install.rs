@@ -759,3 +759,27 @@ fn enable_never_writes_the_checkpoint_itself() {
     assert_eq!(status_code(&w.status(1).unwrap()), 11);
     assert!(!w.data_dir().join("state.json").exists());
 }
+
+#[test]
+fn the_summary_log_names_the_run_that_asks_for_the_reboot() {
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    let (_server, public) = doca_package(&w);
+    w.settings(1, public);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !w.calls().contains("systemctl reboot") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reboot requested: {:?}",
+            w.status(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.wait_worker_gone(Duration::from_secs(10));
+    let summary = fs::read_to_string(w.root.join("var/log/azure/ib-vmext-status")).unwrap();
+    assert!(
+        summary.contains("Enable seq=1: rebooting to activate the drivers"),
+        "{summary}"
+    );
+}

@@ -1,0 +1,561 @@
+//! Enable and its worker, end to end through the agent's files: what the verify wait does with
+//! time, which runs count as finished, how a waiting or duplicate worker leaves, and what the
+//! no-op enable checks. Each test names the behaviour it would catch going missing.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const HB: &str = "Standard_HB120rs_v3";
+const PORT: &str = "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1";
+
+/// Poll `cond` until it holds; fail naming `what` after `timeout`.
+fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log(w: &World) -> String {
+    fs::read_to_string(w.log_dir.join("ibdriver.log")).unwrap_or_default()
+}
+
+fn summary_log(w: &World) -> String {
+    fs::read_to_string(w.root.join("var/log/azure/ib-vmext-status")).unwrap_or_default()
+}
+
+fn port_up(w: &World) {
+    w.set_file(&format!("{PORT}/state"), "4: ACTIVE\n");
+    w.set_file(&format!("{PORT}/phys_state"), "5: LinkUp\n");
+}
+
+fn substatus<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v[0]["status"]["substatus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} substatus in {v}"))
+}
+
+fn worker_command(w: &World, seq: u64) -> Command {
+    let hd = w.handler_dir.to_string_lossy().to_string();
+    w.command(
+        &["worker", "--handler-dir", &hd, "--seq", &seq.to_string()],
+        seq,
+    )
+}
+
+/// Run a worker by hand and wait (bounded) for it to exit; None if it was still running at
+/// `timeout` (it is killed then).
+fn run_worker_within(w: &World, seq: u64, timeout: Duration) -> Option<i32> {
+    let mut child = worker_command(w, seq).spawn().unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st.code().unwrap_or(-1));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port-down host whose worker sits in verify for up to `verify_timeout` seconds.
+fn worker_in_verify(verify_timeout: u64) -> World {
+    let mut w = World::new("hbv3-portdown", HB);
+    w.verify_timeout = verify_timeout;
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    wait_for(Duration::from_secs(30), "the worker in verify", || {
+        w.status(1)
+            .is_some_and(|v| message(&v).contains("verify: running"))
+    });
+    w
+}
+
+/// Take the worker lock the way a worker does, so the next worker waits for it.
+fn hold_worker_lock(w: &World) -> nix::fcntl::Flock<fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let data = w.data_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)
+        .unwrap();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(data.join("worker.lock"))
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("the worker lock is free")
+}
+
+#[test]
+fn a_failure_names_the_extension_and_reaches_the_summary_log_and_events() {
+    let w = World::new("dseries", "Standard_D4s_v5");
+    w.settings(5, json!({}));
+    assert_eq!(code(&w.run("enable", 5)), 11);
+    let v = w.status(5).unwrap();
+    assert_eq!(v[0]["status"]["name"], NAME, "{v}");
+    assert_eq!(status_code(&v), 11);
+    let summary = summary_log(&w);
+    assert!(summary.contains("Enable seq=5: error 11 "), "{summary}");
+    let events: Vec<String> = fs::read_dir(w.log_dir.join("events"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("\"EventLevel\":\"Error\"") && e.contains("Enable")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn verify_polls_the_ports_at_its_interval_until_its_timeout() {
+    let mut w = World::new("hbv3-portdown", HB);
+    w.verify_timeout = 3;
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    wait_for(Duration::from_secs(30), "the worker in verify", || {
+        w.status(1)
+            .is_some_and(|v| message(&v).contains("verify: running"))
+    });
+    let entered = Instant::now();
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 220, "{v}");
+    // The wait lasts the timeout (3 s), less the time it took to notice verify started.
+    assert!(
+        entered.elapsed() >= Duration::from_secs(2),
+        "verify gave up after {:?}",
+        entered.elapsed()
+    );
+    // One check, then a sleep to the deadline: not a loop that checks without sleeping.
+    let waits = log(&w).matches("waiting for ports").count();
+    assert!((1..=3).contains(&waits), "{waits} port checks logged");
+}
+
+#[test]
+fn a_failure_that_waiting_cannot_fix_ends_verify_at_once() {
+    let mut w = World::new("hbv3", HB);
+    w.verify_timeout = 60;
+    // ib_umad is not loaded; loading it (configure) also takes the verbs library away, so
+    // verify finds software missing, which no wait for the link can fix.
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    let kept: String = modules
+        .lines()
+        .filter(|l| !l.starts_with("ib_umad "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    w.set_file("proc/modules", &kept);
+    let root = w.root.display().to_string();
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{calls}'\n\
+             grep -q '^ib_umad ' '{root}/proc/modules' || echo 'ib_umad 36864 0 - Live 0x0' >> '{root}/proc/modules'\n\
+             rm -f '{root}/usr/lib/x86_64-linux-gnu/libibverbs.so.1'\nexit 0\n",
+            calls = w.tmp.path().join("calls.log").display()
+        ),
+    );
+    w.settings(1, json!({"ipoib": "off"}));
+    let t = Instant::now();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(25));
+    assert!(t.elapsed() < Duration::from_secs(25));
+    assert_eq!(status_code(&v), 210, "{v}");
+    assert_eq!(substatus(&v, "verify")["status"], "error", "{v}");
+    assert!(!log(&w).contains("waiting for ports"), "verify waited");
+}
+
+#[test]
+fn the_success_message_has_only_the_parts_there_are() {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "success", "{v}");
+    let m = message(&v);
+    assert!(m.contains("1/1 InfiniBand port(s) ACTIVE"), "{m}");
+    assert!(!m.contains("IPoIB (") && !m.contains("note:"), "{m}");
+    // Nothing was downloaded: removing the download directories found nothing to warn about.
+    assert!(!log(&w).contains("cannot remove"), "{}", log(&w));
+
+    // Default settings on a host with neither the IPoIB record nor the agent's switch: a note.
+    w.settings(2, json!({}));
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    let v = w.wait_terminal(2, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "success", "{v}");
+    let m = message(&v);
+    assert!(m.contains("; note: no IPoIB_Data record"), "{m}");
+    assert!(!m.contains("IPoIB ("), "{m}");
+}
+
+#[test]
+fn a_verbs_library_gone_after_success_is_not_a_noop() {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(30))),
+        "success"
+    );
+    fs::remove_file(w.root.join("usr/lib/x86_64-linux-gnu/libibverbs.so.1")).unwrap();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    // The host is judged again, and the verdict names what is missing.
+    let v = w.wait_terminal(1, Duration::from_secs(30));
+    assert_eq!(status_value(&v), "error", "{v}");
+    assert!(message(&v).contains("libibverbs"), "{}", message(&v));
+}
+
+#[test]
+fn a_noop_enable_points_a_stale_health_timer_at_this_binary() {
+    let w = World::new("hbv3", HB);
+    fs::create_dir_all(w.root.join("run/systemd/system")).unwrap();
+    // systemd-run: record, then start the worker detached as a transient unit would.
+    write_exec(
+        &w.stubs.join("systemd-run"),
+        &format!(
+            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\nwhile [ $# -gt 0 ]; do case \"$1\" in --*) shift;; *) break;; esac; done\nsetsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+            w.tmp.path().join("calls.log").display()
+        ),
+    );
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(30))),
+        "success"
+    );
+    let service = w.root.join("etc/systemd/system/ibdriver-health.service");
+    let unit = fs::read_to_string(&service).unwrap();
+    // The timer is current: the no-op does not touch systemd.
+    let before = w.calls();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(w.calls(), before, "the no-op reinstalled a current timer");
+    // An update left the unit naming the old version's binary: the no-op puts it right.
+    fs::write(&service, unit.replace("ibdriver", "ibdriver-old")).unwrap();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert!(!worker_running(&w.handler_dir));
+    assert_eq!(fs::read_to_string(&service).unwrap(), unit);
+    let after = w.calls()[before.len()..].to_string();
+    assert!(after.contains("systemctl daemon-reload"), "{after}");
+}
+
+#[test]
+fn a_resumed_enable_shows_done_stages_and_a_worker_waiting_for_the_lock_leaves_on_disable() {
+    let mut w = World::new("hbv3-portdown", HB);
+    w.verify_timeout = 1;
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_code(&w.wait_terminal(1, Duration::from_secs(30))),
+        220
+    );
+    // Another worker holds the lock: the next one waits, writing nothing, so the status read
+    // below is enable's own.
+    let lock = hold_worker_lock(&w);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    wait_for(Duration::from_secs(10), "the worker to start", || {
+        worker_running(&w.handler_dir)
+    });
+    let v = w.status(1).unwrap();
+    assert_eq!(status_value(&v), "transitioning", "{v}");
+    for stage in ["preflight", "repair", "configure"] {
+        assert_eq!(substatus(&v, stage)["status"], "success", "{stage}: {v}");
+    }
+    let status_before = fs::read(w.status_path(1)).unwrap();
+    // Disable while it waits: it leaves without a word of its own.
+    assert_eq!(code(&w.run("disable", 1)), 0);
+    w.wait_worker_gone(Duration::from_secs(10));
+    assert_eq!(fs::read(w.status_path(1)).unwrap(), status_before);
+    assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
+    drop(lock);
+}
+
+#[test]
+fn a_second_worker_for_the_running_sequence_number_leaves_at_once() {
+    let w = worker_in_verify(60);
+    assert_eq!(
+        run_worker_within(&w, 1, Duration::from_secs(10)),
+        Some(0),
+        "the second worker did not leave while the first one runs"
+    );
+    assert!(worker_running(&w.handler_dir), "the first worker is gone");
+    assert!(
+        log(&w).contains("another worker already runs this sequence number"),
+        "{}",
+        log(&w)
+    );
+    assert_eq!(code(&w.run("disable", 1)), 0);
+    w.wait_worker_gone(Duration::from_secs(10));
+}
+
+#[test]
+fn an_error_is_not_final_the_same_sequence_number_runs_again() {
+    let mut w = World::new("hbv3-portdown", HB);
+    w.verify_timeout = 1;
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_code(&w.wait_terminal(1, Duration::from_secs(30))),
+        220
+    );
+    assert_eq!(w.mrseq().as_deref(), Some("1"));
+    port_up(&w);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    wait_for(Duration::from_secs(30), "success after the rerun", || {
+        w.status(1).is_some_and(|v| status_value(&v) == "success")
+    });
+    w.wait_worker_gone(Duration::from_secs(10));
+    let v = w.status(1).unwrap();
+    assert!(
+        message(&v).contains("1/1 InfiniBand port(s) ACTIVE"),
+        "{}",
+        message(&v)
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["outcome"]["status"], "success", "{state}");
+}
+
+#[test]
+fn an_oversized_status_file_is_not_taken_for_ours() {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(30))),
+        "success"
+    );
+    let good = fs::read_to_string(w.status_path(1)).unwrap();
+    // Valid JSON saying success, but bigger than any status we write.
+    let padded = format!("{good}{}", " ".repeat(300 * 1024));
+    fs::write(w.status_path(1), &padded).unwrap();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let len = fs::metadata(w.status_path(1)).unwrap().len();
+    assert!(len <= 128 * 1024, "status left at {len} bytes");
+    assert_eq!(status_value(&w.status(1).unwrap()), "success");
+}
+
+#[test]
+fn a_worker_lock_that_cannot_be_opened_is_an_error_naming_it() {
+    let w = World::new("hbv3", HB);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(30))),
+        "success"
+    );
+    let lock = w.data_dir().join("worker.lock");
+    fs::remove_file(&lock).unwrap();
+    fs::create_dir(&lock).unwrap();
+    w.settings(2, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    let v = w.wait_terminal(2, Duration::from_secs(30));
+    assert_eq!(status_code(&v), 201, "{v}");
+    assert!(message(&v).contains("worker.lock"), "{}", message(&v));
+}
+
+#[test]
+fn the_workers_heartbeat_carries_its_progress() {
+    // The first refresh comes 30 s after the worker started; verify waits longer than that.
+    let w = worker_in_verify(60);
+    wait_for(
+        Duration::from_secs(45),
+        "a heartbeat naming the stage",
+        || {
+            fs::read_to_string(w.handler_dir.join("heartbeat.log"))
+                .is_ok_and(|t| t.contains("enable in progress: verify"))
+        },
+    );
+    assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "Ready");
+    assert_eq!(code(&w.run("disable", 1)), 0);
+    w.wait_worker_gone(Duration::from_secs(10));
+}
+
+/// An IMDS that accepts connections and never answers; records when each one came.
+struct SilentImds {
+    url: String,
+    arrivals: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentImds {
+    fn start() -> SilentImds {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (arrivals.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut held = Vec::new();
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        a.lock().unwrap().push(Instant::now());
+                        held.push(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentImds {
+            url,
+            arrivals,
+            stop,
+        }
+    }
+}
+
+impl Drop for SilentImds {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn enable_gives_a_silent_imds_short_attempts_inside_its_budget() {
+    let mut w = World::new("hbv3", HB);
+    let imds = SilentImds::start();
+    w.imds_url = imds.url.clone();
+    w.settings(1, json!({"ipoib": "off"}));
+    let t = Instant::now();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    let took = t.elapsed();
+    let seen: Vec<Instant> = imds
+        .arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|a| *a < t + took)
+        .collect();
+    assert!(
+        seen.len() >= 2,
+        "{} IMDS attempts during enable",
+        seen.len()
+    );
+    // Enable's attempts time out after 1 s and the first pause is 0.2 s (the worker's own
+    // policy waits 1.5 s per attempt).
+    let gap = seen[1] - seen[0];
+    assert!(gap < Duration::from_millis(1450), "attempts {gap:?} apart");
+    assert!(took < Duration::from_secs(9), "enable took {took:?}");
+    w.wait_terminal(1, Duration::from_secs(30));
+}
+
+#[test]
+fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
+    let w = World::new("hbv3", HB);
+    // ib_umad is not loaded, and loading it (configure) takes until the test lets it go.
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    let kept: String = modules
+        .lines()
+        .filter(|l| !l.starts_with("ib_umad "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    w.set_file("proc/modules", &kept);
+    let release = w.tmp.path().join("release-modprobe");
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{calls}'\ni=0\n\
+             while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n",
+            calls = w.tmp.path().join("calls.log").display(),
+            release = release.display()
+        ),
+    );
+    w.settings(1, json!({"ipoib": "off"}));
+    let started = Instant::now();
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    wait_for(Duration::from_secs(20), "configure's modprobe", || {
+        w.calls().contains("modprobe ib_umad")
+    });
+    // A newer sequence number is refused: its NotReady heartbeat is the truth from now on.
+    w.settings_raw(
+        2,
+        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"bogus":1}}}]}"#,
+    );
+    assert_eq!(code(&w.run("enable", 2)), 1);
+    assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
+    // Past the old worker's next refresh (30 s after it started), the heartbeat is unchanged.
+    let past_refresh = started + Duration::from_secs(33);
+    while Instant::now() < past_refresh {
+        assert_eq!(
+            w.heartbeat()[0]["heartbeat"]["status"],
+            "NotReady",
+            "the old worker's heartbeat landed on the refusal's"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fs::write(&release, "").unwrap();
+    w.wait_worker_gone(Duration::from_secs(20));
+    assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
+    assert_eq!(status_value(&w.status(1).unwrap()), "transitioning");
+}
+
+#[test]
+fn enable_takes_back_a_sequence_number_whose_worker_was_leaving() {
+    let w = World::new("hbv3", HB);
+    // ib_umad is not loaded; loading it (configure) takes until the test lets it go.
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    let kept: String = modules
+        .lines()
+        .filter(|l| !l.starts_with("ib_umad "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    w.set_file("proc/modules", &kept);
+    let release = w.tmp.path().join("release-modprobe");
+    let root = w.root.display().to_string();
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{calls}'\ni=0\n\
+             while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+             grep -q '^ib_umad ' '{root}/proc/modules' || echo 'ib_umad 36864 0 - Live 0x0' >> '{root}/proc/modules'\nexit 0\n",
+            calls = w.tmp.path().join("calls.log").display(),
+            release = release.display()
+        ),
+    );
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    wait_for(Duration::from_secs(20), "configure's modprobe", || {
+        w.calls().contains("modprobe ib_umad")
+    });
+    // A newer sequence number (refused) asks the worker to leave; it is still in modprobe
+    // when the agent goes back to sequence number 1.
+    w.settings_raw(
+        2,
+        r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"bogus":1}}}]}"#,
+    );
+    assert_eq!(code(&w.run("enable", 2)), 1);
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    fs::write(&release, "").unwrap();
+    // The worker that was leaving is wanted again and finishes the work.
+    wait_for(Duration::from_secs(30), "success for 1", || {
+        w.status(1).is_some_and(|v| status_value(&v) == "success")
+    });
+    w.wait_worker_gone(Duration::from_secs(20));
+    assert_eq!(w.mrseq().as_deref(), Some("1"));
+}
