@@ -528,4 +528,61 @@ mod tests {
         modules.insert("ib_ipoib".to_string());
         assert!(unmet(&state, &modules, &addrs, &devs, &[]).is_empty());
     }
+
+    #[test]
+    fn unmet_hca_names_and_the_waagent_wording() {
+        let root = Root::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hosts/hbv3"),
+        );
+        let functions = crate::host::read_sysfs(&root).mellanox;
+        // hbv3 has an InfiniBand HCA and an accelerated-networking one: a lookup by the wrong
+        // PCI address finds the other's name.
+        assert_eq!(functions.len(), 2);
+        let ib = functions.iter().find(|f| f.is_infiniband()).unwrap();
+        let (pci, name) = (ib.address.clone(), ib.ib_devices[0].name.clone());
+        let (modules, addrs) = (BTreeSet::new(), BTreeMap::new());
+        let named = |n: &str| State {
+            hca_names: [(pci.clone(), n.to_string())].into(),
+            ..Default::default()
+        };
+        assert!(unmet(&named(&name), &modules, &addrs, &[], &functions).is_empty());
+        assert_eq!(
+            unmet(&named("mlx5_ib7"), &modules, &addrs, &[], &functions),
+            vec![(
+                Code::ConfigureFailed,
+                format!("HCA {pci} is no longer named mlx5_ib7")
+            )]
+        );
+        // A function that is gone (hot-removed) is not held to a name.
+        let gone = State {
+            hca_names: [("0999:00:00.0".to_string(), "mlx5_ib0".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(unmet(&gone, &modules, &addrs, &[], &functions).is_empty());
+
+        // A missing address: in waagent mode the agent is the one to blame.
+        let devs = vec![("ib0".to_string(), "00:15:5d:33:ff:2c".to_string())];
+        let missing = |mode: &str| State {
+            ipoib: mode.into(),
+            assignments: vec![Assignment {
+                netdev: "ib0".into(),
+                mac: "00155d33ff2c".into(),
+                address: "172.16.1.4/16".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            unmet(&missing("native"), &modules, &addrs, &devs, &[]),
+            vec![(
+                Code::IpoibNotConfigured,
+                "IPoIB address 172.16.1.4/16 is not on ib0".to_string()
+            )]
+        );
+        let waagent = unmet(&missing("waagent"), &modules, &addrs, &devs, &[]);
+        assert_eq!(waagent.len(), 1);
+        assert!(
+            waagent[0].1.contains("the guest agent has not assigned it"),
+            "{waagent:?}"
+        );
+    }
 }

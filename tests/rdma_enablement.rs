@@ -860,3 +860,403 @@ fn a_start_task_apply_does_not_undo_the_extensions_no_op_enable() {
     assert_eq!(w.calls(), before);
     assert_eq!(fs::read(w.status_path(1)).unwrap(), status);
 }
+
+// ------------------------------------------------------------------ apply and configure, edge by edge
+
+/// A `command` child that must end within `bound`; killed (and the test failed) otherwise.
+fn output_within(mut c: Command, bound: Duration) -> Output {
+    use std::process::Stdio;
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Poll `cond` until it holds or `bound` passes.
+fn wait_for(what: &str, bound: Duration, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn apply_leaves_at_a_safe_point_when_the_extension_is_disabled_during_the_run() {
+    use std::process::Stdio;
+    let w = World::new("hbv3", HB);
+    let calls = w.tmp.path().join("calls.log");
+    let (held, go) = (w.tmp.path().join("rdma.held"), w.tmp.path().join("go"));
+    // The HCA rename (configure) holds apply until the test lets it go.
+    write_exec(
+        &w.stubs.join("rdma"),
+        &format!(
+            "#!/bin/sh\necho \"rdma $*\" >> '{}'\n: > '{}'\ni=0\nwhile [ ! -e '{}' ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done\nexit 0\n",
+            calls.display(),
+            held.display(),
+            go.display()
+        ),
+    );
+    let file = w.tmp.path().join("s.json");
+    write(
+        &file,
+        json!({"ipoib": "off", "hcaNaming": "stable"}).to_string(),
+    );
+    let apply = w
+        .command(&["apply", "--settings", file.to_str().unwrap()], 0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("apply renaming an HCA", TIMEOUT, || held.exists());
+    // The agent's disable, while apply runs: it asks the worker (here apply) to leave.
+    w.settings(1, json!({"ipoib": "off"}));
+    let disable = w.command(&["disable"], 1).spawn().unwrap();
+    wait_for("disable's stop request", TIMEOUT, || {
+        fs::read_to_string(w.data_dir().join("request.json"))
+            .is_ok_and(|t| t.contains("\"stop\":true"))
+    });
+    write(&go, "");
+    let out = apply.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        code(&out),
+        exit_for(203),
+        "apply ran on after disable: {stdout}\n{stderr}"
+    );
+    assert!(stdout.starts_with("error 203 Superseded"), "{stdout}");
+    let disable = disable.wait_with_output().unwrap();
+    assert_eq!(code(&disable), 0);
+    // Left before verify: the checkpoint does not say verify ran.
+    let cp: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.data_dir().join("apply-state.json")).unwrap())
+            .unwrap();
+    assert!(!cp["completed"].to_string().contains("verify"), "{cp:#}");
+}
+
+#[test]
+fn a_stop_request_older_than_apply_does_not_stop_it() {
+    let w = World::new("hbv3", HB);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    w.settings(1, json!({"ipoib": "off"}));
+    // The extension was disabled before this apply started (a start task after the disable).
+    assert_eq!(code(&w.run("disable", 1)), 0);
+    let request = fs::read_to_string(w.data_dir().join("request.json")).unwrap();
+    assert!(request.contains("\"stop\":true"), "{request}");
+    let out = apply(&w, json!({"ipoib": "off"}));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("success: "), "{stdout}");
+}
+
+#[test]
+fn apply_that_needs_a_reboot_says_so_and_exits_zero() {
+    let w = doca_world();
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    boot_distribution_driver(&w, |_| {});
+    let out = apply(&w, json!({"ipoib": "off"}));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("rebooting: "), "{stdout}");
+    assert!(
+        stderr.contains("run apply again after the boot"),
+        "{stderr}"
+    );
+    assert_eq!(
+        w.calls().matches("systemctl reboot").count(),
+        1,
+        "{}",
+        w.calls()
+    );
+}
+
+#[test]
+fn a_failed_apply_shows_the_health_problems_on_stderr() {
+    let mut w = World::new("hbv3-portdown", HB);
+    w.verify_timeout = 2;
+    let out = apply(&w, json!({"ipoib": "off"}));
+    let (stdout, stderr) = text(&out);
+    assert_ne!(code(&out), 0, "{stdout}");
+    assert!(stdout.starts_with("error "), "{stdout}");
+    let health = stderr
+        .lines()
+        .find(|l| l.starts_with("ibdriver apply: health: "))
+        .unwrap_or_else(|| panic!("no health line:\n{stderr}"));
+    assert!(health.len() > "ibdriver apply: health: ".len(), "{health}");
+}
+
+#[test]
+fn apply_never_reads_a_standard_stream_as_its_secrets() {
+    let w = World::new("hbv3", HB);
+    for fd in ["0", "1", "2", "x"] {
+        let mut c = w.command(&["apply"], 0);
+        c.env("IBDRIVER_APPLY_SECRETS_FD", fd);
+        // stdin and stderr are pipes the child itself holds open: reading one would block.
+        c.stdin(std::process::Stdio::piped());
+        let out = output_within(c, TIMEOUT);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(code(&out), exit_for(200), "fd {fd}: {stdout}\n{stderr}");
+        assert!(
+            stdout.starts_with("error 200 Internal")
+                && stdout.contains("IBDRIVER_APPLY_SECRETS_FD does not name apply's secrets"),
+            "fd {fd}: {stdout}"
+        );
+    }
+}
+
+const WAAGENT_OFF: &str = "Provisioning.Agent=auto\n# OS.EnableRDMA=n\n";
+
+/// The agent's unit, systemd running, and `/etc/waagent.conf` with the switch off.
+fn with_agent(w: &World) {
+    w.set_file("etc/waagent.conf", WAAGENT_OFF);
+    w.set_file("run/systemd/system/.keep", "");
+    w.set_file("lib/systemd/system/walinuxagent.service", "[Unit]\n");
+    // The `ip` stub shows 172.16.1.4 on ib0, whose hardware address gives 00155d33ff2c.
+    w.kvp(&[("IPoIB_Data", "NUMPAIRS:1|00155D33FF2C:172.16.1.4|")]);
+}
+
+#[test]
+fn ipoib_auto_with_the_record_turns_the_agents_switch_on_and_native_leaves_it() {
+    let w = World::new("hbv3", HB);
+    with_agent(&w);
+    let out = apply(&w, json!({"ipoib": "auto"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let state = load_configure(&w);
+    assert_eq!(state["ipoib"], "native", "{state:#}");
+    assert_eq!(
+        fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap(),
+        WAAGENT_OFF.replace("# OS.EnableRDMA=n", "OS.EnableRDMA=y")
+    );
+    // Consistency only: the agent is not restarted for it.
+    assert!(!w.calls().contains("try-restart"), "{}", w.calls());
+
+    let w = World::new("hbv3", HB);
+    with_agent(&w);
+    let out = apply(&w, json!({"ipoib": "native"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert_eq!(load_configure(&w)["ipoib"], "native");
+    assert_eq!(
+        fs::read_to_string(w.root.join("etc/waagent.conf")).unwrap(),
+        WAAGENT_OFF,
+        "native mode changed the agent's switch"
+    );
+}
+
+fn load_configure(w: &World) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(w.data_dir().join("configure.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn ipoib_auto_without_record_or_agent_leaves_ipoib_alone_but_waagent_mode_needs_the_agent() {
+    let w = World::new("hbv3", HB);
+    let out = apply(&w, json!({"ipoib": "auto"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let state = load_configure(&w);
+    assert_eq!(state["ipoib"], "off", "{state:#}");
+    assert!(
+        state["notes"].to_string().contains("IPoIB left alone"),
+        "{state:#}"
+    );
+    assert!(!w.root.join("etc/waagent.conf").exists());
+
+    // With the agent's configuration but no record, auto is the agent's mode.
+    let w = World::new("hbv3", HB);
+    w.set_file("etc/waagent.conf", WAAGENT_OFF);
+    let out = apply(&w, json!({"ipoib": "auto"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert_eq!(load_configure(&w)["ipoib"], "waagent");
+    assert!(fs::read_to_string(w.root.join("etc/waagent.conf"))
+        .unwrap()
+        .contains("\nOS.EnableRDMA=y\n"));
+
+    // Asked for explicitly, waagent mode without the agent is an error that says so.
+    let w = World::new("hbv3", HB);
+    let out = apply(&w, json!({"ipoib": "waagent"}));
+    let (stdout, _) = text(&out);
+    assert_eq!(code(&out), exit_for(225), "{stdout}");
+    assert!(stdout.starts_with("error 225 ConfigureFailed"), "{stdout}");
+    assert!(
+        stdout.contains("ipoib waagent needs the Azure guest agent"),
+        "{stdout}"
+    );
+}
+
+/// `modprobe` that fails for the modules in `failing` and otherwise loads the module (lists it
+/// in the fake /proc/modules).
+fn modprobe_failing(w: &World, failing: &[&str]) {
+    let cases: String = failing
+        .iter()
+        .map(|m| format!("  {m}) echo \"modprobe: FATAL: Module {m} not found\" >&2; exit 1 ;;\n"))
+        .collect();
+    write_exec(
+        &w.stubs.join("modprobe"),
+        &format!(
+            "#!/bin/sh\necho \"modprobe $*\" >> '{}'\ncase \"$1\" in\n{cases}esac\necho \"$1 16384 0 - Live 0x0\" >> '{}'\n",
+            w.tmp.path().join("calls.log").display(),
+            w.root.join("proc/modules").display()
+        ),
+    );
+}
+
+/// The fake /proc/modules without `module`.
+fn unload(w: &World, module: &str) {
+    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
+    let kept: String = modules
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some(module))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    w.set_file("proc/modules", &kept);
+}
+
+fn load_file(w: &World) -> Vec<String> {
+    fs::read_to_string(
+        w.root
+            .join("etc/modules-load.d/infiniband-driver-linux.conf"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with('#'))
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_module_that_will_not_load_fails_configure_naming_it() {
+    let w = World::new("hbv3", HB);
+    unload(&w, "rdma_ucm");
+    modprobe_failing(&w, &["rdma_ucm"]);
+    let out = apply(&w, json!({"ipoib": "off"}));
+    let (stdout, _) = text(&out);
+    assert_eq!(code(&out), exit_for(225), "{stdout}");
+    assert!(
+        stdout.starts_with("error 225 ConfigureFailed: RDMA module(s) would not load: rdma_ucm: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Module rdma_ucm not found"), "{stdout}");
+    assert!(w.calls().contains("modprobe rdma_ucm"), "{}", w.calls());
+    // Only what was missing was loaded.
+    assert_eq!(w.calls().matches("modprobe ").count(), 1, "{}", w.calls());
+}
+
+#[test]
+fn nvidia_peermem_that_will_not_load_is_a_note_and_stays_out_of_the_boot_list() {
+    // It loads: it is listed for the next boot too.
+    let w = World::new("hbv3", HB);
+    w.set_file("proc/driver/nvidia/version", "NVRM version: 550\n");
+    modprobe_failing(&w, &[]);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    assert!(load_file(&w).contains(&"nvidia_peermem".to_string()));
+    assert!(load_configure(&w)["modules"]
+        .to_string()
+        .contains("nvidia_peermem"));
+
+    // It does not: configure succeeds with a note, and nothing fails at boot.
+    let w = World::new("hbv3", HB);
+    w.set_file("proc/driver/nvidia/version", "NVRM version: 550\n");
+    modprobe_failing(&w, &["nvidia_peermem"]);
+    let out = apply(&w, json!({"ipoib": "off"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let listed = load_file(&w);
+    assert!(
+        !listed.contains(&"nvidia_peermem".to_string()),
+        "{listed:?}"
+    );
+    for m in ["ib_umad", "ib_uverbs", "mlx5_ib", "rdma_ucm"] {
+        assert!(listed.contains(&m.to_string()), "{m} in {listed:?}");
+    }
+    let state = load_configure(&w);
+    assert!(
+        state["notes"]
+            .to_string()
+            .contains("nvidia_peermem did not load"),
+        "{state:#}"
+    );
+    assert!(!state["modules"].to_string().contains("nvidia_peermem"));
+}
+
+#[test]
+fn configure_enables_the_vendor_stacks_openibd_service() {
+    let w = World::new("hbv3", HB);
+    w.set_file("usr/lib/systemd/system/openibd.service", "[Unit]\n");
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    assert_eq!(
+        w.calls()
+            .matches("systemctl enable openibd.service")
+            .count(),
+        1,
+        "{}",
+        w.calls()
+    );
+    let w = World::new("hbv3", HB);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    assert!(!w.calls().contains("openibd"), "{}", w.calls());
+}
+
+#[test]
+fn the_monitor_loads_a_lost_module_and_renames_an_hca_back() {
+    let w = World::new("hbv3", HB);
+    let calls = w.tmp.path().join("calls.log");
+    let devices = w.root.join("sys/bus/pci/devices");
+    write_exec(
+        &w.stubs.join("rdma"),
+        &format!(
+            "#!/bin/sh\necho \"rdma $*\" >> '{}'\n[ \"$1 $2 $4\" = \"dev set name\" ] || exit 1\nfor d in '{}'/*/infiniband; do [ -d \"$d/$3\" ] && mv \"$d/$3\" \"$d/$5\"; done\nexit 0\n",
+            calls.display(),
+            devices.display()
+        ),
+    );
+    modprobe_failing(&w, &[]);
+    let out = apply(&w, json!({"ipoib": "off", "hcaNaming": "stable"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    // The host loses a module and the HCA's stable name (a driver reload).
+    unload(&w, "rdma_ucm");
+    let dev = devices.join("0101:00:00.0/infiniband");
+    fs::rename(dev.join("mlx5_ib0"), dev.join("mlx5_0")).unwrap();
+    let before = w.calls().len();
+    let out = w
+        .command(
+            &["monitor", "--handler-dir", w.handler_dir.to_str().unwrap()],
+            0,
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let calls = w.calls()[before..].to_string();
+    let repairs: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.starts_with("modprobe ") || l.starts_with("rdma "))
+        .collect();
+    assert_eq!(
+        repairs,
+        ["modprobe rdma_ucm", "rdma dev set mlx5_0 name mlx5_ib0"],
+        "only what was lost is put back"
+    );
+    let summary = fs::read_to_string(w.root.join("var/log/azure/ib-vmext-status")).unwrap();
+    let line = summary
+        .lines()
+        .find(|l| l.contains("Monitor: restored"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        line.ends_with("Monitor: restored loaded rdma_ucm; HCA mlx5_0 renamed mlx5_ib0"),
+        "{line}"
+    );
+    assert!(dev.join("mlx5_ib0").is_dir());
+    assert_eq!(
+        w.heartbeat()[0]["heartbeat"]["status"],
+        "Ready",
+        "{}",
+        w.heartbeat()
+    );
+}
