@@ -549,3 +549,23 @@ pub fn worker(inv: &Invocation) -> i32 {
 fn lock_path(data: &Path) -> PathBuf {
     data.join("worker.lock")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enables_imds_attempts_are_short_and_inside_its_budget() {
+        let p = preflight_imds_policy(&Deadline::after(ENABLE_BUDGET));
+        assert_eq!(p.attempt_timeout, Duration::from_millis(1000));
+        assert_eq!(
+            p.pauses,
+            vec![Duration::from_millis(200), Duration::from_millis(500)]
+        );
+        assert_eq!(p.deadline, Duration::from_secs(3));
+        // With less left than its share, the share shrinks to what is left (200 ms at least).
+        let late = preflight_imds_policy(&Deadline::after(Duration::from_millis(1)));
+        assert_eq!(late.deadline, Duration::from_millis(200));
+        assert_ne!(p.attempt_timeout, imds::Policy::default().attempt_timeout);
+    }
+}

@@ -133,19 +133,16 @@ fn verify_polls_the_ports_at_its_interval_until_its_timeout() {
     let mut w = World::new("hbv3-portdown", HB);
     w.verify_timeout = 3;
     w.settings(1, json!({"ipoib": "off"}));
+    let started = Instant::now();
     assert_eq!(code(&w.run("enable", 1)), 0);
-    wait_for(Duration::from_secs(30), "the worker in verify", || {
-        w.status(1)
-            .is_some_and(|v| message(&v).contains("verify: running"))
-    });
-    let entered = Instant::now();
     let v = w.wait_terminal(1, Duration::from_secs(30));
     assert_eq!(status_code(&v), 220, "{v}");
-    // The wait lasts the timeout (3 s), less the time it took to notice verify started.
+    // Verify began after enable did and waits its whole timeout (3 s): a lower bound only,
+    // which load can lengthen but never break.
     assert!(
-        entered.elapsed() >= Duration::from_secs(2),
+        started.elapsed() >= Duration::from_secs(3),
         "verify gave up after {:?}",
-        entered.elapsed()
+        started.elapsed()
     );
     // One check, then a sleep to the deadline: not a loop that checks without sleeping.
     let waits = log(&w).matches("waiting for ports").count();
@@ -176,10 +173,9 @@ fn a_failure_that_waiting_cannot_fix_ends_verify_at_once() {
         ),
     );
     w.settings(1, json!({"ipoib": "off"}));
-    let t = Instant::now();
     assert_eq!(code(&w.run("enable", 1)), 0);
+    // verify_timeout is 60 s: a terminal status within 25 s means verify did not wait.
     let v = w.wait_terminal(1, Duration::from_secs(25));
-    assert!(t.elapsed() < Duration::from_secs(25));
     assert_eq!(status_code(&v), 210, "{v}");
     assert_eq!(substatus(&v, "verify")["status"], "error", "{v}");
     assert!(!log(&w).contains("waiting for ports"), "verify waited");
@@ -389,80 +385,6 @@ fn the_workers_heartbeat_carries_its_progress() {
     assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "Ready");
     assert_eq!(code(&w.run("disable", 1)), 0);
     w.wait_worker_gone(Duration::from_secs(10));
-}
-
-/// An IMDS that accepts connections and never answers; records when each one came.
-struct SilentImds {
-    url: String,
-    arrivals: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl SilentImds {
-    fn start() -> SilentImds {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (arrivals.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut held = Vec::new();
-            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        a.lock().unwrap().push(Instant::now());
-                        held.push(conn);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        SilentImds {
-            url,
-            arrivals,
-            stop,
-        }
-    }
-}
-
-impl Drop for SilentImds {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-#[test]
-fn enable_gives_a_silent_imds_short_attempts_inside_its_budget() {
-    let mut w = World::new("hbv3", HB);
-    let imds = SilentImds::start();
-    w.imds_url = imds.url.clone();
-    w.settings(1, json!({"ipoib": "off"}));
-    let t = Instant::now();
-    assert_eq!(code(&w.run("enable", 1)), 0);
-    let took = t.elapsed();
-    let seen: Vec<Instant> = imds
-        .arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .copied()
-        .filter(|a| *a < t + took)
-        .collect();
-    assert!(
-        seen.len() >= 2,
-        "{} IMDS attempts during enable",
-        seen.len()
-    );
-    // Enable's attempts time out after 1 s and the first pause is 0.2 s (the worker's own
-    // policy waits 1.5 s per attempt).
-    let gap = seen[1] - seen[0];
-    assert!(gap < Duration::from_millis(1450), "attempts {gap:?} apart");
-    assert!(took < Duration::from_secs(9), "enable took {took:?}");
-    w.wait_terminal(1, Duration::from_secs(30));
 }
 
 #[test]
