@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Regenerate manifest/catalog.json from the project's artifact data (shared/data/ofed-artifacts.json).
+"""Regenerate manifest/catalog.json from an artifact list (ofed-artifacts.json: stack, version, URL, SHA-256).
 
 The catalog keeps what the handler needs to choose and verify a driver artifact: stack, version,
 the distro key it was built for, arch, package kind, URL, SHA-256 and whether Azure's HPC images
 still pin it ("current"). Source tarballs and entries that only existed in comments are left out.
-Usage: packaging/gen-catalog.py [PATH-TO-ofed-artifacts.json]
+Usage: packaging/gen-catalog.py PATH-TO-ofed-artifacts.json
 """
 import json
 import os
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "../../shared/data/ofed-artifacts.json")
+if len(sys.argv) != 2:
+    sys.exit(__doc__)
+src = sys.argv[1]
 data = json.load(open(src))
 entries = []
 for a in data["artifacts"]:
