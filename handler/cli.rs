@@ -128,7 +128,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     }
                     "--seq" if verb == "worker" => {
                         seq = Some(
-                            crate::agent::parse_seq(&value(rest, &mut i, "--seq")?)
+                            crate::agent::environment::parse_seq(&value(rest, &mut i, "--seq")?)
                                 .ok_or("--seq needs a sequence number (decimal digits)")?,
                         )
                     }

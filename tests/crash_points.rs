@@ -15,7 +15,7 @@ mod common;
 
 use artifact_server::Server;
 use common::*;
-use ibdriver::faultpoint::{AT_VAR, LOG_VAR};
+use ibdriver::sys::faultpoint::{AT_VAR, LOG_VAR};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;

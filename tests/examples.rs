@@ -4,8 +4,8 @@
 //! for MPI, and the start task must run a command line the handler accepts. Pure file reading:
 //! no network, nothing outside a temporary directory is written.
 
+use ibdriver::agent::settings::parse_public;
 use ibdriver::cli::{self, Command};
-use ibdriver::settings::parse_public;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -612,7 +612,7 @@ fn start_task_runs_apply_with_its_settings_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(&file);
     std::fs::write(&path, found.settings.to_string()).unwrap();
-    let public = ibdriver::operator::read_public_settings(&path).unwrap();
+    let public = ibdriver::agent::settings::read_public_settings(&path).unwrap();
     assert_eq!(public, parse_public(Some(&found.settings)).unwrap());
     // Secrets reach apply through IBDRIVER_PACKAGE_URL / IBDRIVER_PROXY, never in the pool body.
     for secret in ["IBDRIVER_PACKAGE_URL", "IBDRIVER_PROXY"] {

@@ -5,7 +5,7 @@ mod artifact_server;
 mod common;
 
 use artifact_server::{Fault, Server};
-use ibdriver::fetch::{self, FetchError, Limits, Options, Request, RetryPolicy};
+use ibdriver::net::fetch::{self, FetchError, Limits, Options, Request, RetryPolicy};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::fs;
@@ -707,7 +707,7 @@ fn a_verified_bomb_stops_at_the_size_bound_and_an_unverified_one_at_the_checksum
         matches!(
             err,
             FetchError::Extract {
-                err: ibdriver::fetch::extract::ExtractError::TooLarge(_),
+                err: ibdriver::net::extract::ExtractError::TooLarge(_),
                 ..
             }
         ),

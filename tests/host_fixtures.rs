@@ -1,12 +1,12 @@
 //! Parsers and the planner against fixture files: os-release samples of each distro and the
 //! sysfs trees of real VM sizes (tests/fixtures/hosts/README.md describes them).
 
-use ibdriver::health;
+use ibdriver::agent::settings::PublicSettings;
 use ibdriver::host::os_release;
 use ibdriver::host::pci::{LinkLayer, NicGeneration};
 use ibdriver::host::{self, Root};
 use ibdriver::plan::{self, Action};
-use ibdriver::settings::PublicSettings;
+use ibdriver::stages::verify;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -57,8 +57,8 @@ fn detect(host: &str) -> host::HostFacts {
     host::detect(&Root::new(fixtures().join("hosts").join(host)), None, true)
 }
 
-fn evaluate(f: &host::HostFacts) -> health::HealthReport {
-    health::evaluate(
+fn evaluate(f: &host::HostFacts) -> verify::HealthReport {
+    verify::evaluate(
         &f.kernel,
         &f.mellanox,
         &f.modules,
@@ -192,9 +192,9 @@ fn port_down_is_reported_with_its_state() {
 
 #[test]
 fn auto_choice_per_distro_and_nic() {
-    use ibdriver::catalog::Choice;
+    use ibdriver::engine::checkpoint::Stage;
     use ibdriver::host::pci::NicGeneration::*;
-    use ibdriver::runner::Stage;
+    use ibdriver::plan::catalog::Choice;
     // (os-release fixture, kernel, NIC, expected: "stack version" or "inbox" or refusal code)
     let cases = [
         (

@@ -148,7 +148,7 @@ fn a_failed_removal_keeps_the_marker_and_says_so() {
     assert!(err.contains("[215 PackageInstallFailed]"), "{err}");
     // What we installed stays known; the rest of our state is gone.
     assert_eq!(
-        ibdriver::fsutil::dir_names(&w.data_dir()),
+        ibdriver::sys::fsutil::dir_names(&w.data_dir()),
         ["installed.json"]
     );
 }

@@ -470,7 +470,7 @@ impl AgentContext {
 /// The last sequence number we finished; anything but one canonical number reads as none
 /// (so the no-op check runs the work again rather than skip it on garbage).
 pub fn read_mrseq(path: &Path) -> Option<u64> {
-    crate::fsutil::read_trimmed(path).and_then(|s| parse_seq(&s))
+    crate::sys::fsutil::read_trimmed(path).and_then(|s| parse_seq(&s))
 }
 
 #[cfg(test)]

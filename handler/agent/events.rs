@@ -1,7 +1,7 @@
 //! Telemetry events for the agent's `eventsFolder` (PROTOCOL.md section 8): one JSON file per
 //! event named `<epoch-ns>.json`, string fields only, within the agent's size and count limits.
 
-use crate::fsutil;
+use crate::sys::fsutil;
 use serde::Serialize;
 use std::path::Path;
 
@@ -94,7 +94,7 @@ pub fn emit(
         level,
         message,
         operation_id,
-        crate::clock::now_rfc3339(),
+        crate::sys::clock::now_rfc3339(),
     );
     let path = folder.join(format!("{nanos}.json"));
     if let Err(e) = fsutil::write_atomic(&path, &bytes) {

@@ -4,7 +4,7 @@
 //! The system OpenSSL keeps FIPS hosts compliant. Plaintext stays in memory only.
 
 use crate::error::{Code, Failure};
-use crate::proc;
+use crate::sys::proc;
 use base64::Engine;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

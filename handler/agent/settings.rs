@@ -1,5 +1,5 @@
 //! `N.settings`: the public settings of DESIGN.md section 5 and the protected settings
-//! (decrypted by [`crate::protected`]). Unknown keys are rejected by name.
+//! (decrypted by [`crate::agent::protected`]). Unknown keys are rejected by name.
 
 use crate::error::{Code, Failure};
 use serde::{Deserialize, Serialize};
@@ -505,11 +505,11 @@ pub fn parse_protected(plaintext: &[u8]) -> Result<ProtectedSettings, SettingsEr
 
 /// Read, validate and decrypt the settings of the agent's current sequence number.
 pub fn load(
-    agent: &crate::agent::AgentContext,
+    agent: &crate::agent::environment::AgentContext,
     openssl_timeout: std::time::Duration,
 ) -> Result<Settings, Failure> {
     let path = agent.settings_path();
-    let text = match crate::fsutil::read_text(&path) {
+    let text = match crate::sys::fsutil::read_text(&path) {
         Ok(t) => t,
         // The agent passes N=0 with no file for a handler without settings.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && agent.seq == 0 => String::new(),
@@ -526,7 +526,7 @@ pub fn load(
     let protected = match &raw.protected_blob {
         None => ProtectedSettings::default(),
         Some(blob) => {
-            let plain = crate::protected::decrypt(
+            let plain = crate::agent::protected::decrypt(
                 blob,
                 raw.thumbprint.as_deref(),
                 &agent.certificate_dir(),
@@ -540,6 +540,20 @@ pub fn load(
         protected,
         fingerprint: raw.fingerprint,
     })
+}
+
+/// Public settings from a file holding either the bare public settings object or a whole
+/// agent `N.settings` document.
+pub fn read_public_settings(path: &Path) -> Result<PublicSettings, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    if v.get("runtimeSettings").is_some() {
+        let raw = parse_settings_file(&text, path).map_err(|e| e.to_string())?;
+        return parse_public(raw.public.as_ref()).map_err(|e| e.to_string());
+    }
+    parse_public(Some(&v)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

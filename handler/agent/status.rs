@@ -1,9 +1,9 @@
 //! The status file and heartbeat file: typed documents in the exact shape the agent parses
 //! (PROTOCOL.md sections 4-5), clamped to its 128 KiB limit and written atomically.
 
-use crate::clock;
 use crate::error::{Code, Failure};
-use crate::fsutil;
+use crate::sys::clock;
+use crate::sys::fsutil;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,51 +1,14 @@
-//! The resumable stage runner (DESIGN.md section 6). The checkpoint (`state.json` in the data
+//! The resumable stage runner (docs/ARCHITECTURE.md, "The engine"). The checkpoint (`state.json` in the data
 //! directory) is written atomically before and after every stage, so a worker killed at any
 //! instant resumes where it stopped and never repeats a completed stage of the same sequence
 //! number and settings. Transitions are pure methods on [`Checkpoint`]; [`run`] adds the I/O.
 
+use crate::agent::status::StatusValue;
 use crate::error::{Code, Failure};
-use crate::fsutil;
-use crate::status::StatusValue;
+pub use crate::plan::stage::Stage;
+use crate::sys::fsutil;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    Preflight,
-    WaitForLocks,
-    Prerequisites,
-    Fetch,
-    Install,
-    PostInstall,
-    Activate,
-    Repair,
-    Configure,
-    Verify,
-}
-
-impl Stage {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Preflight => "preflight",
-            Stage::WaitForLocks => "wait-for-locks",
-            Stage::Prerequisites => "prerequisites",
-            Stage::Fetch => "fetch",
-            Stage::Install => "install",
-            Stage::PostInstall => "post-install",
-            Stage::Activate => "activate",
-            Stage::Repair => "repair",
-            Stage::Configure => "configure",
-            Stage::Verify => "verify",
-        }
-    }
-
-    /// Stages whose result belongs to one boot and must run again after a reboot: the kernel
-    /// may be another (repair), module loads and addresses do not survive it (configure).
-    pub fn per_boot(self) -> bool {
-        matches!(self, Stage::Repair | Stage::Configure | Stage::Verify)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -206,7 +169,7 @@ impl Store {
     }
 
     pub fn save(&self, cp: &mut Checkpoint) -> Result<(), Failure> {
-        cp.updated = crate::clock::now_rfc3339();
+        cp.updated = crate::sys::clock::now_rfc3339();
         let bytes =
             serde_json::to_vec_pretty(cp).map_err(|e| Failure::internal("checkpoint", e))?;
         if let Some(dir) = self.path.parent() {
@@ -237,16 +200,16 @@ pub fn run(
         if stop() {
             return Ok(RunEnd::Stopped);
         }
-        crate::faultpoint::hit("stage begin", stage.name());
+        crate::sys::faultpoint::hit("stage begin", stage.name());
         cp.begin(stage);
         store.save(cp)?;
         tracing::info!(stage = stage.name(), attempt = cp.attempts, "stage started");
         match exec(stage, &mut *cp) {
             Ok(()) => {
-                crate::faultpoint::hit("stage executed", stage.name());
+                crate::sys::faultpoint::hit("stage executed", stage.name());
                 cp.complete(stage);
                 store.save(cp)?;
-                crate::faultpoint::hit("stage completed", stage.name());
+                crate::sys::faultpoint::hit("stage completed", stage.name());
                 tracing::info!(stage = stage.name(), "stage completed");
             }
             Err(f) => {

@@ -4,7 +4,7 @@
 //! a process whose start time still matches counts, so disable stops exactly our own worker,
 //! never one found by name or a recycled pid.
 
-use crate::fsutil;
+use crate::sys::fsutil;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,18 +1,26 @@
-//! The stages as one engine, shared by the agent's detached worker ([`crate::enable::worker`])
+//! The stages as one engine, shared by the agent's detached worker ([`crate::verbs::enable::worker`])
 //! and `apply`: detect, plan, run the stages not yet done with the checkpoint around each, and
 //! the verify wait. The callers own status, heartbeat and exit codes.
 
-use crate::configure;
+pub mod checkpoint;
+pub mod done;
+pub mod files;
+pub mod lock;
+pub mod request;
+pub mod spawn;
+pub mod stop;
+pub mod worker;
+
+use crate::agent::settings::{RebootPolicy, Settings};
+use crate::agent::status::{StatusValue, SubStatus};
+use crate::engine::checkpoint::{Checkpoint, RunEnd, Stage, Store};
 use crate::error::{Code, Failure};
-use crate::health::HealthReport;
 use crate::host::{self, imds, Root};
-use crate::install;
-use crate::logging;
-use crate::monitor;
 use crate::plan::{self, Action, Plan};
-use crate::runner::{self, Checkpoint, RunEnd, Stage, Store};
-use crate::settings::{RebootPolicy, Settings};
-use crate::status::{StatusValue, SubStatus};
+use crate::stages::configure;
+use crate::stages::install;
+use crate::stages::verify::{self, HealthReport};
+use crate::sys::logging;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -69,7 +77,7 @@ fn verify(
 ) -> Result<HealthReport, Failure> {
     let deadline = Instant::now() + timeout;
     loop {
-        let report = monitor::check(root);
+        let report = verify::check(root);
         if report.healthy {
             return Ok(report);
         }
@@ -138,12 +146,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
     // The worker judges the host again with the full probe (the installed stack too): what
     // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
     // always runs again: a worker never reports success on an old verdict.
-    cp.completed.retain(|s| {
-        !matches!(
-            s,
-            Stage::Preflight | Stage::Repair | Stage::Configure | Stage::Verify
-        )
-    });
+    cp.completed.retain(|s| !s.runs_every_time());
     let plan = plan::decide_resuming(
         &facts,
         &e.settings.public,
@@ -157,7 +160,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
     let mut configure_notes: Vec<String> = Vec::new();
     let last_subs = std::cell::RefCell::new(Vec::new());
     let progress = |line: &str| (e.progress)(line, &last_subs.borrow());
-    let family = facts.os.as_ref().and_then(install::recipe::family);
+    let family = facts.os.as_ref().and_then(crate::plan::recipe::family);
     // Ask for the reboot a stage recorded; the work resumes after it.
     let reboot = |stage: &str, purpose: &str| -> Result<(), Failure> {
         progress(&format!(
@@ -170,7 +173,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
             format!("rebooting {purpose}"),
         ))
     };
-    let end = runner::run(
+    let end = checkpoint::run(
         store,
         &mut cp,
         &plan.stages,
@@ -276,7 +279,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                     );
                     last_report = Some(match &r {
                         Ok(rep) => rep.clone(),
-                        Err(_) => monitor::check(e.root),
+                        Err(_) => verify::check(e.root),
                     });
                     r.map(|_| ())
                 }
@@ -284,7 +287,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
         },
         || !(e.keep_going)(),
     );
-    let report = last_report.unwrap_or_else(|| monitor::check(e.root));
+    let report = last_report.unwrap_or_else(|| verify::check(e.root));
     if matches!(end, Ok(RunEnd::Completed)) {
         cp.verified_kernel = Some(facts.kernel.clone());
         cp.verified_stack = report.stack.clone();

@@ -1,178 +1,210 @@
-//! Starting the detached worker and keeping the heartbeat fresh while it runs.
-//!
-//! Under systemd the worker is a transient service (`systemd-run`), outside the agent's cgroup
-//! and process group, so neither an agent restart nor the agent's timeout kill of enable's
-//! process group can stop it. Without systemd it runs in a session of its own.
+//! The detached worker for one sequence number: takes the worker lock (a duplicate leaves,
+//! an older worker is waited for), runs the engine with the heartbeat refreshed, and writes
+//! the final status, mrseq, heartbeat and event. Started by enable through `engine::spawn`.
 
-use crate::enable::Invocation;
+use crate::agent::events::Level;
+use crate::agent::heartbeat::Heartbeat;
+use crate::agent::invocation::Invocation;
+use crate::agent::settings::{self, Settings};
+use crate::agent::status::{HeartbeatState, StatusValue, SubStatus};
+use crate::engine::checkpoint::{Checkpoint, RunEnd, Store};
+use crate::engine::done::{finished_here, health_substatus, quick_health, restore_success_status};
+use crate::engine::lock::{Held, WorkerLock};
+use crate::engine::request::wants;
+use crate::engine::{
+    files, remove_downloads, run_engine, stage_substatus, success_summary, Engine, EngineEnd,
+};
 use crate::error::{Code, Failure};
-use crate::proc;
-use crate::status::{self, HeartbeatState};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use crate::sys::logging;
+use crate::sys::systemd;
 use std::time::Duration;
 
-/// Variables the worker needs from enable's environment (systemd-run starts it clean).
-const PASSED_ENV: [&str; 5] = [
-    "IBDRIVER_ROOT",
-    "IBDRIVER_IMDS_URL",
-    "IBDRIVER_VERIFY_TIMEOUT_SECONDS",
-    "PATH",
-    "AZURE_GUEST_AGENT_EXTENSION_VERSION",
-];
+/// How long a worker waits for an older one to reach a safe point and leave.
+const LOCK_WAIT: Duration = Duration::from_secs(900);
+const LOCK_POLL: Duration = Duration::from_millis(200);
 
-fn worker_args(inv: &Invocation) -> Vec<String> {
-    vec![
-        "worker".into(),
-        "--handler-dir".into(),
-        inv.agent.handler_dir.to_string_lossy().into_owned(),
-        "--seq".into(),
-        inv.agent.seq.to_string(),
-    ]
-}
-
-fn spawn_systemd(inv: &Invocation, timeout: Duration) -> Result<(), String> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut args: Vec<String> = vec![
-        format!(
-            "--unit=ibdriver-worker-{}-{}-{nanos}",
-            inv.agent.seq,
-            std::process::id()
-        ),
-        "--collect".into(),
-        "--quiet".into(),
-        "--property=Type=exec".into(),
-        // If the worker dies, an installer it started runs to its end rather than leaving
-        // dpkg or rpm half done; the next worker waits for it (install::install).
-        "--property=KillMode=process".into(),
-        format!("--working-directory={}", inv.agent.handler_dir.display()),
-    ];
-    for key in PASSED_ENV {
-        if let Ok(v) = std::env::var(key) {
-            args.push(format!("--setenv={key}={v}"));
+/// The worker's exit code.
+pub fn run(inv: &Invocation) -> i32 {
+    let seq = inv.agent.seq;
+    let data = inv.root.data_dir();
+    let _held = match take_lock(inv) {
+        Ok(Some(h)) => h,
+        Ok(None) => return 0,
+        Err(code) => return code,
+    };
+    // Checked again under the lock: a disable or a newer sequence number that came while this
+    // worker was starting has the last word, so its heartbeat and status stay as it wrote them.
+    if !wants(&data, seq) {
+        tracing::info!(
+            seq,
+            "no longer wanted (disabled or superseded) before starting"
+        );
+        return 0;
+    }
+    // Another worker of this sequence number finished while this one waited for the lock
+    // (concurrent enables): the work is done, each stage ran once.
+    if let Some(done) = finished_here(inv, Store::new(&data).load().as_ref()) {
+        let report = quick_health(&inv.root, &done, Duration::from_secs(2));
+        if report.healthy {
+            tracing::info!(
+                seq,
+                "another worker completed this sequence number; nothing to do"
+            );
+            return match restore_success_status(inv, &done, &report) {
+                Ok(()) => 0,
+                Err(f) => inv.fail(&f, vec![]),
+            };
         }
     }
-    args.push(inv.exe.to_string_lossy().into_owned());
-    args.extend(worker_args(inv));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    match proc::run("systemd-run", &refs, None, timeout) {
-        Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "systemd-run failed ({}): {}",
-            o.describe_exit(),
-            o.stderr_tail(300)
-        )),
-        Err(e) => Err(e.to_string()),
-    }
+    let beat = Heartbeat::start(inv.agent.env.heartbeat_file.clone(), {
+        let data = data.clone();
+        move || wants(&data, seq)
+    });
+    let settings: Settings = match settings::load(&inv.agent, Duration::from_secs(30)) {
+        Ok(s) => s,
+        Err(f) => return inv.fail(&f, vec![]),
+    };
+    let progress = |line: &str, subs: &[SubStatus]| {
+        // A progress line that cannot be written is logged (status.rs); the final status
+        // decides the exit code.
+        let report = inv.report(StatusValue::Transitioning, line);
+        let _ = inv.write_status(&report.with_substatus(subs.to_vec()));
+        beat.set_message(&format!("enable in progress: {line}"));
+    };
+    let keep_going = || wants(&data, seq);
+    let end = run_engine(&Engine {
+        operation: "Enable",
+        store: &Store::new(&data),
+        root: &inv.root,
+        seq,
+        settings: &settings,
+        keep_going: &keep_going,
+        progress: &progress,
+    });
+    beat.stop();
+    finish(inv, end)
 }
 
-fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
-    let mut cmd = Command::new(&inv.exe);
-    cmd.args(worker_args(inv))
-        .current_dir(&inv.agent.handler_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    cmd.spawn().map(|_| ()).map_err(|e| {
-        Failure::new(
-            Code::WorkerStart,
-            format!("cannot start the worker: {e}; run enable again"),
+/// Take the worker lock: `Ok(None)` when this worker has nothing to do (a duplicate of the
+/// running sequence number, or superseded while waiting), `Err` with the exit code.
+fn take_lock(inv: &Invocation) -> Result<Option<Held>, i32> {
+    let seq = inv.agent.seq;
+    let data = inv.root.data_dir();
+    let lock = WorkerLock::new(&data);
+    let lock_failed = |e| {
+        inv.fail(
+            &Failure::state_io(&data.join(files::WORKER_LOCK), e),
+            vec![],
         )
-    })
-}
-
-/// `timeout` bounds systemd-run, which with `Type=exec` returns once the worker has started.
-pub fn spawn(inv: &Invocation, timeout: Duration) -> Result<(), Failure> {
-    if inv.root.systemd_running() && proc::on_path("systemd-run") {
-        match spawn_systemd(inv, timeout) {
-            Ok(()) => {
-                tracing::info!("worker started as a transient systemd unit");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!("systemd-run failed ({e}); starting the worker in its own session")
-            }
+    };
+    let same_seq_holds = || lock.holder().is_some_and(|h| h.seq == seq);
+    // A second worker for the same sequence number (enable ran twice before the first one
+    // took the lock) leaves at once; an older one leaves at its next safe point, so wait.
+    match lock.try_acquire(seq).map_err(lock_failed)? {
+        Some(h) => return Ok(Some(h)),
+        None if same_seq_holds() => {
+            tracing::info!(seq, "another worker already runs this sequence number");
+            return Ok(None);
         }
+        None => {}
     }
-    spawn_session(inv)?;
-    tracing::info!("worker started in its own session");
-    Ok(())
-}
-
-/// Refreshes the heartbeat every 30 s (the agent's limit is 600 s) until stopped.
-pub struct Heartbeat {
-    stop: Arc<AtomicBool>,
-    message: Arc<Mutex<String>>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(30);
-
-impl Heartbeat {
-    /// Refresh `path` until stopped; each beat first asks `wanted`, so once a disable or a
-    /// newer sequence number has written its own heartbeat, this worker's never lands on it.
-    pub fn start(path: PathBuf, wanted: impl Fn() -> bool + Send + 'static) -> Heartbeat {
-        let stop = Arc::new(AtomicBool::new(false));
-        let message = Arc::new(Mutex::new("enable in progress".to_string()));
-        let (s, m) = (stop.clone(), message.clone());
-        let handle = thread::spawn(move || {
-            let tick = Duration::from_millis(250);
-            let mut waited = HEARTBEAT_PERIOD;
-            while !s.load(Ordering::Relaxed) {
-                if waited >= HEARTBEAT_PERIOD {
-                    if !wanted() {
-                        break;
-                    }
-                    let msg = m.lock().map(|g| g.clone()).unwrap_or_default();
-                    if let Err(f) =
-                        status::write_heartbeat(&path, HeartbeatState::Ready, Code::Success, &msg)
-                    {
-                        tracing::warn!("{f}");
-                    }
-                    waited = Duration::ZERO;
-                }
-                thread::sleep(tick);
-                waited += tick;
-            }
-        });
-        Heartbeat {
-            stop,
-            message,
-            handle: Some(handle),
+    // The holder may not have written its record yet when the lock was tried: it is looked at
+    // again while waiting, so a duplicate of this sequence number leaves.
+    let give_up = || !wants(&data, seq) || same_seq_holds();
+    match lock.acquire(seq, LOCK_WAIT, LOCK_POLL, give_up) {
+        Ok(Some(h)) => Ok(Some(h)),
+        Ok(None) if !wants(&data, seq) => {
+            tracing::info!(seq, "superseded before starting");
+            Ok(None)
         }
-    }
-
-    pub fn set_message(&self, msg: &str) {
-        if let Ok(mut g) = self.message.lock() {
-            *g = msg.to_string();
+        Ok(None) if same_seq_holds() => {
+            tracing::info!(seq, "another worker already runs this sequence number");
+            Ok(None)
         }
-    }
-
-    pub fn stop(self) {
-        drop(self);
+        Ok(None) => {
+            let f = Failure::new(
+                Code::WorkerStart,
+                "another worker held the lock for 15 minutes; run enable again",
+            );
+            Err(inv.fail(&f, vec![]))
+        }
+        Err(e) => Err(lock_failed(e)),
     }
 }
 
-impl Drop for Heartbeat {
-    /// Every way out of the worker stops the refresh before the final heartbeat is written.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+/// Report how the engine's run ended; returns the worker's exit code.
+fn finish(inv: &Invocation, end: EngineEnd) -> i32 {
+    let seq = inv.agent.seq;
+    let EngineEnd {
+        end,
+        cp,
+        stages,
+        report,
+        notes,
+    } = end;
+    let mut subs = stage_substatus(&cp, &stages);
+    subs.push(health_substatus(&report));
+    match end {
+        Ok(RunEnd::Failed(Failure {
+            code: Code::Rebooting,
+            ..
+        })) => {
+            tracing::info!(seq, "worker ends: the VM reboots");
+            0
+        }
+        Ok(RunEnd::Stopped)
+        | Ok(RunEnd::Failed(Failure {
+            code: Code::Superseded,
+            ..
+        })) => {
+            tracing::info!(seq, "stopping at a safe point: superseded or disabled");
+            0
+        }
+        Ok(RunEnd::Failed(f)) => {
+            inv.write_mrseq();
+            let code = inv.fail(&f, subs);
+            install_monitor(inv);
+            code
+        }
+        Err(f) => inv.fail(&f, subs),
+        Ok(RunEnd::Completed) => {
+            let summary = success_summary(&report.summary, &inv.root.data_dir(), &notes);
+            succeed(inv, cp, summary, subs)
         }
     }
+}
+
+/// The engine completed: checkpoint, mrseq, status, heartbeat, monitor, summary and event,
+/// in that order (a status that says success always has its checkpoint and mrseq).
+fn succeed(inv: &Invocation, mut cp: Checkpoint, summary: String, subs: Vec<SubStatus>) -> i32 {
+    let data = inv.root.data_dir();
+    cp.succeed(summary.clone());
+    if let Err(f) = Store::new(&data).save(&mut cp) {
+        return inv.fail(&f, subs);
+    }
+    remove_downloads(&data);
+    inv.write_mrseq();
+    // The checkpoint says success; a status that cannot say so is this run's failure (exit
+    // 14, 201), and the next enable writes it again from the checkpoint.
+    let report = inv.report(StatusValue::Success, summary.clone());
+    if let Err(f) = inv.write_status(&report.with_substatus(subs.clone())) {
+        return inv.fail(&f, subs);
+    }
+    inv.heartbeat(HeartbeatState::Ready, Code::Success, &summary);
+    install_monitor(inv);
+    logging::summary(
+        &inv.root,
+        &format!("Enable seq={}: success {summary}", inv.agent.seq),
+    );
+    inv.event(Level::Informational, &summary);
+    0
+}
+
+fn install_monitor(inv: &Invocation) {
+    systemd::install(
+        &inv.root,
+        &inv.exe,
+        &inv.agent.handler_dir,
+        systemd::SYSTEMCTL_TIMEOUT,
+    );
 }

@@ -7,7 +7,7 @@ pub mod os_release;
 pub mod pci;
 pub mod stack;
 
-use crate::fsutil::{dir_names, read_trimmed};
+use crate::sys::fsutil::{dir_names, read_trimmed};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -202,9 +202,9 @@ pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>, probe_stack: bool
     let sysfs = read_sysfs(root);
     let vmbus = read_vmbus(root);
     let os = read_trimmed(&root.path("etc/os-release")).and_then(|t| os_release::parse(&t));
-    let kvp = crate::fsutil::read_regular(
+    let kvp = crate::sys::fsutil::read_regular(
         &root.path("var/lib/hyperv/.kvp_pool_0"),
-        crate::fsutil::MAX_READ,
+        crate::sys::fsutil::MAX_READ,
     )
     .map(|b| kvp::facts(&b))
     .unwrap_or_default();

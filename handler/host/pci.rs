@@ -2,7 +2,7 @@
 //! network interfaces. Reads `/sys/bus/pci/devices/<addr>/{vendor,device,class}`,
 //! `.../infiniband/<dev>/ports/<n>/*` and `.../net/<if>/*`.
 
-use crate::fsutil::{dir_names, read_trimmed};
+use crate::sys::fsutil::{dir_names, read_trimmed};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -1,8 +1,8 @@
 //! Which driver stack is installed: NVIDIA DOCA-OFED or MLNX_OFED (from `ofed_info -s`), or the
 //! distro's inbox rdma-core (from the dpkg status file or the rpm database).
 
-use crate::fsutil::read_trimmed;
-use crate::proc;
+use crate::sys::fsutil::read_trimmed;
+use crate::sys::proc;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -47,8 +47,11 @@ pub const MARKER: &str = "installed.json";
 
 pub fn read_marker(root: &super::Root) -> Option<InstalledMarker> {
     serde_json::from_slice(
-        &crate::fsutil::read_regular(&root.data_dir().join(MARKER), crate::fsutil::MAX_READ)
-            .ok()?,
+        &crate::sys::fsutil::read_regular(
+            &root.data_dir().join(MARKER),
+            crate::sys::fsutil::MAX_READ,
+        )
+        .ok()?,
     )
     .ok()
 }

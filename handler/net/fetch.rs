@@ -9,13 +9,11 @@
 //! from the file after verification instead. Every download has a deadline, a minimum rate and
 //! a stop callback, checked while it waits on the network as well as between attempts.
 
-mod clock;
-pub mod extract;
-pub mod http;
-pub mod proxy;
+use super::rate as clock;
+use super::{extract, http};
 
 use crate::error::{Code, Failure};
-use crate::logging::redact_url;
+use crate::sys::logging::redact_url;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -220,7 +218,7 @@ pub fn fetch(
     dest: &Path,
     opts: &Options,
 ) -> Result<Outcome, FetchError> {
-    crate::fsutil::create_private_dir(staging).map_err(io_at(staging))?;
+    crate::sys::fsutil::create_private_dir(staging).map_err(io_at(staging))?;
     let key = req.sha256.to_ascii_lowercase();
     let st = Staging {
         part: staging.join(format!("{key}.part")),
@@ -344,7 +342,7 @@ fn attempt(
     // The extraction thread, fed the same bytes as the file. Until the checksum is known it
     // may inflate only a bounded multiple of what it was given.
     let (mut tx, mut extractor): (Option<SyncSender<Vec<u8>>>, Option<Extractor>) = if req.extract {
-        if let Err(e) = crate::fsutil::create_private_dir(&st.unpack) {
+        if let Err(e) = crate::sys::fsutil::create_private_dir(&st.unpack) {
             return Ok(Err(io_at(&st.unpack)(e)));
         }
         let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(IN_FLIGHT);
@@ -598,7 +596,7 @@ fn finish(
     if got.deferred {
         // Verified: the archive is the one asked for, so only the total bound applies now.
         let _ = fs::remove_dir_all(&st.unpack);
-        crate::fsutil::create_private_dir(&st.unpack).map_err(io_at(&st.unpack))?;
+        crate::sys::fsutil::create_private_dir(&st.unpack).map_err(io_at(&st.unpack))?;
         let f = File::open(&st.part).map_err(io_at(&st.part))?;
         got.files = extract::untar_gz(f, &st.unpack, extract::Limits::total(opts.max_extract))
             .map_err(|err| FetchError::Extract {
@@ -608,10 +606,10 @@ fn finish(
             .files;
     }
     // Verified (and unpacked): move into place.
-    crate::faultpoint::hit("fetch moves into place", dest);
+    crate::sys::faultpoint::hit("fetch moves into place", dest);
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         // 0755 whatever the umask; an existing directory (the user's DIR) is left as it is.
-        crate::fsutil::ensure_system_dir(parent).map_err(io_at(parent))?;
+        crate::sys::fsutil::ensure_system_dir(parent).map_err(io_at(parent))?;
     }
     let path = if req.extract {
         fs::set_permissions(&st.unpack, fs::Permissions::from_mode(0o755))
@@ -649,7 +647,7 @@ fn finish(
         let _ = fs::remove_file(&st.part);
         dest.to_path_buf()
     } else {
-        crate::fsutil::ensure_system_dir(dest).map_err(io_at(dest))?;
+        crate::sys::fsutil::ensure_system_dir(dest).map_err(io_at(dest))?;
         let target = dest.join(file_name(&req.url));
         fs::set_permissions(&st.part, fs::Permissions::from_mode(0o644))
             .map_err(io_at(&st.part))?;

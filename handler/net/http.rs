@@ -129,7 +129,7 @@ pub fn redirect_target(base: &str, location: &str) -> Option<String> {
     if !matches!(s.to_ascii_lowercase().as_str(), "http" | "https") {
         return None;
     }
-    let host = crate::fetch::proxy::url_host(&url);
+    let host = crate::net::proxy::url_host(&url);
     let auth = r.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || auth.ends_with(':') || auth.starts_with('@') {
         return None;

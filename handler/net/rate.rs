@@ -1,7 +1,7 @@
 //! The time bounds of one fetch: an overall deadline, a minimum rate over every window, and
 //! the stop callback, checked while the download waits on the network and between attempts.
 
-use super::{FetchError, Options};
+use super::fetch::{FetchError, Options};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -132,7 +132,7 @@ pub(super) const POLL: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RetryPolicy;
+    use crate::net::fetch::RetryPolicy;
 
     fn opts<'a>(keep_going: &'a dyn Fn() -> bool, sleep: &'a dyn Fn(Duration)) -> Options<'a> {
         Options {

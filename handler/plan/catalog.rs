@@ -3,12 +3,12 @@
 //! stack, with the artifact's URL and SHA-256. Settings (`stack`, `version`, `package`,
 //! `mirror`, protected `packageUrl`) override it. Pure: no I/O beyond the embedded text.
 
+use crate::agent::settings::{PublicSettings, Secret, Stack};
 use crate::error::{Code, Failure};
 use crate::host::os_release::OsRelease;
 use crate::host::pci::NicGeneration;
 use crate::host::stack::StackKind;
-use crate::logging::redact_url;
-use crate::settings::{PublicSettings, Secret, Stack};
+use crate::sys::logging::redact_url;
 use serde::{Deserialize, Serialize, Serializer};
 use std::cmp::Ordering;
 use std::sync::OnceLock;
@@ -35,7 +35,7 @@ pub struct Catalog {
 pub fn builtin() -> &'static Catalog {
     static CATALOG: OnceLock<Catalog> = OnceLock::new();
     CATALOG.get_or_init(|| {
-        serde_json::from_str(include_str!("../manifest/catalog.json"))
+        serde_json::from_str(include_str!("../../manifest/catalog.json"))
             .expect("the embedded catalog is valid")
     })
 }
@@ -128,7 +128,7 @@ fn inbox_first(os: &OsRelease) -> Option<&'static str> {
 }
 
 fn from_name(url: &str) -> Option<StackKind> {
-    let name = crate::fetch::file_name(url).to_ascii_lowercase();
+    let name = crate::net::fetch::file_name(url).to_ascii_lowercase();
     if name.starts_with("doca-host") {
         Some(StackKind::Doca)
     } else if name.starts_with("mlnx_ofed") {
@@ -319,8 +319,8 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::settings::PackageRef;
     use crate::host::os_release;
-    use crate::settings::PackageRef;
 
     fn os(id: &str, v: &str) -> OsRelease {
         os_release::parse(&format!("ID={id}\nVERSION_ID=\"{v}\"\n")).unwrap()

@@ -1,14 +1,18 @@
 //! What enable would do on this host, as a pure function of the host facts and the settings.
 //! Refusals happen here, before anything on the host changes.
 
-use crate::catalog::{self, Choice, Target};
+pub mod catalog;
+pub mod recipe;
+pub mod stage;
+
+use crate::agent::settings::{PublicSettings, Secret, Stack};
 use crate::error::{Code, Failure};
 use crate::host::os_release::OsRelease;
 use crate::host::pci::NicGeneration;
 use crate::host::stack::StackKind;
 use crate::host::{HostFacts, SecureBoot};
-use crate::runner::Stage;
-use crate::settings::{PublicSettings, Secret, Stack};
+use crate::plan::catalog::{Choice, Target};
+use crate::plan::stage::Stage;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,7 +94,7 @@ fn describe(choice: &Choice) -> String {
             url,
             ..
         } => {
-            let name = crate::fetch::file_name(url.expose());
+            let name = crate::net::fetch::file_name(url.expose());
             format!("{} {version} ({name})", stack.as_str())
         }
     }
@@ -256,27 +260,8 @@ fn install_plan(
         }
     }
     let stages = match choice {
-        Choice::Inbox { .. } => vec![
-            Stage::Preflight,
-            Stage::WaitForLocks,
-            Stage::Install,
-            Stage::Activate,
-            Stage::Repair,
-            Stage::Configure,
-            Stage::Verify,
-        ],
-        Choice::Artifact { .. } => vec![
-            Stage::Preflight,
-            Stage::WaitForLocks,
-            Stage::Prerequisites,
-            Stage::Fetch,
-            Stage::Install,
-            Stage::PostInstall,
-            Stage::Activate,
-            Stage::Repair,
-            Stage::Configure,
-            Stage::Verify,
-        ],
+        Choice::Inbox { .. } => Stage::INBOX_INSTALL.to_vec(),
+        Choice::Artifact { .. } => Stage::VENDOR_INSTALL.to_vec(),
     };
     Plan {
         summary: format!("{reason}: install {}", describe(&choice)),
@@ -305,12 +290,7 @@ fn verify_plan(facts: &HostFacts, os: &OsRelease, functions: usize) -> Plan {
                 .unwrap_or_default(),
         ),
         action: Action::VerifyOnly { stack },
-        stages: vec![
-            Stage::Preflight,
-            Stage::Repair,
-            Stage::Configure,
-            Stage::Verify,
-        ],
+        stages: Stage::VERIFY_ONLY.to_vec(),
         install: None,
     }
 }

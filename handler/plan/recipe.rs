@@ -1,9 +1,9 @@
 //! What to run to install each stack on each distribution family (DOMAIN.md section 2), as
 //! data: argv lists with their purpose and time limit. Pure; [`super`] runs them.
 
-use crate::catalog::Choice;
 use crate::host::os_release::OsRelease;
 use crate::host::stack::StackKind;
+use crate::plan::catalog::Choice;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
@@ -349,8 +349,8 @@ pub fn dkms_modules(f: Family) -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::settings::Secret;
     use crate::host::os_release;
-    use crate::settings::Secret;
 
     fn os(id: &str, v: &str) -> OsRelease {
         os_release::parse(&format!("ID={id}\nVERSION_ID=\"{v}\"\n")).unwrap()

@@ -5,7 +5,8 @@
 use crate::error::{Code, Failure};
 use crate::host::pci::{LinkLayer, NicGeneration, PciFunction};
 use crate::host::stack::InstalledStack;
-use crate::proc;
+use crate::host::{self, Root};
+use crate::sys::proc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -284,6 +285,23 @@ pub fn addresses_within(timeout: Duration) -> BTreeMap<String, Vec<String>> {
             BTreeMap::new()
         }
     }
+}
+
+/// One health check: the report, then the heartbeat that carries it. What the configure stage
+/// set up (`configure.json`) is checked too.
+pub fn check(root: &Root) -> HealthReport {
+    let sysfs = host::read_sysfs(root);
+    let stack = host::stack::detect(root);
+    let addresses = addresses();
+    let report = evaluate(
+        &sysfs.kernel,
+        &sysfs.mellanox,
+        &sysfs.modules,
+        stack.as_ref(),
+        &addresses,
+    );
+    let unmet = crate::stages::configure::unmet_now(root, &sysfs, move || addresses);
+    report.with_unmet(unmet)
 }
 
 #[cfg(test)]

@@ -38,9 +38,9 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    crate::faultpoint::hit("write before rename", path);
+    crate::sys::faultpoint::hit("write before rename", path);
     tmp.persist(path).map_err(|e| e.error)?;
-    crate::faultpoint::hit("write after rename", path);
+    crate::sys::faultpoint::hit("write after rename", path);
     if let Ok(d) = File::open(dir) {
         // Some filesystems refuse fsync on directories; the rename is still atomic.
         let _ = d.sync_all();
@@ -137,7 +137,7 @@ fn open_append_nofollow(path: &Path, create_new: bool) -> io::Result<File> {
 /// of ours (a FIFO, a device, a hard link to some other file) is refused. An existing file
 /// that others may read is made 0600.
 pub fn open_append_private(path: &Path) -> io::Result<File> {
-    crate::faultpoint::hit("append", path);
+    crate::sys::faultpoint::hit("append", path);
     let f = match open_append_nofollow(path, false) {
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
             fs::remove_file(path)?;

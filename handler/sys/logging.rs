@@ -1,9 +1,9 @@
 //! Our logs: a size-capped, rotated `tracing` log in the agent's `logFolder`, and one line per
 //! outcome in `/var/log/azure/ib-vmext-status`, where users of the real extension look.
-//! Nothing secret reaches either: secrets are typed ([`crate::settings::Secret`]) and URLs are
+//! Nothing secret reaches either: secrets are typed ([`crate::agent::settings::Secret`]) and URLs are
 //! passed through [`redact_url`] before they are logged.
 
-use crate::fsutil;
+use crate::sys::fsutil;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -194,7 +194,7 @@ fn append_summary(path: &Path, line: &str) -> io::Result<()> {
     }
     let text = format!(
         "{} {}\n",
-        crate::clock::now_rfc3339(),
+        crate::sys::clock::now_rfc3339(),
         line.replace('\n', " ")
     );
     fsutil::open_append_private(path)?.write_all(text.as_bytes())

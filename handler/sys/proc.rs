@@ -251,7 +251,7 @@ fn spawn_wait(
             }
         }
     })?;
-    crate::faultpoint::hit("child started", program);
+    crate::sys::faultpoint::hit("child started", program);
     on_spawn(child.id());
     let deadline = Instant::now() + timeout;
     let stdin = match (stdin, child.stdin.take()) {

@@ -10,14 +10,15 @@
 //! worker waits for apply to finish, and apply leaves at its next safe point, never halfway
 //! through an installer, when the extension's disable asks.
 
-use crate::enable::read_request;
+use crate::agent::settings::{self, Settings};
+use crate::engine::checkpoint::{RunEnd, Store};
+use crate::engine::lock::WorkerLock;
+use crate::engine::request::read_request;
 use crate::engine::{remove_downloads, run_engine, success_summary, Engine, EngineEnd};
 use crate::error::{Code, Failure};
 use crate::host::Root;
-use crate::lock::WorkerLock;
-use crate::runner::{RunEnd, Store};
-use crate::settings::{self, Settings};
-use crate::{fsutil, logging};
+use crate::sys::fsutil;
+use crate::sys::logging;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
@@ -160,7 +161,7 @@ fn result_line(line: &str) {
 pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
     let public = match file {
         None => settings::PublicSettings::default(),
-        Some(p) => crate::operator::read_public_settings(p).map_err(|e| {
+        Some(p) => crate::agent::settings::read_public_settings(p).map_err(|e| {
             Failure::new(Code::SettingsInvalid, format!("{e}; fix the settings file"))
         })?,
     };
@@ -243,7 +244,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
     };
     let store = Store::named(&data, CHECKPOINT);
     let last = std::cell::RefCell::new(String::new());
-    let progress = |line: &str, _: &[crate::status::SubStatus]| {
+    let progress = |line: &str, _: &[crate::agent::status::SubStatus]| {
         // The download reports often; repeat nothing.
         if *last.borrow() != line {
             say(line);

@@ -1,181 +1,45 @@
-//! The health monitor: a systemd timer that runs `ibdriver monitor` every 5 minutes after
-//! enable has finished, so the heartbeat stays fresh (the agent calls a handler Unresponsive
-//! once it is 600 s old) and truthful. Enable installs it; disable and uninstall remove it.
+//! `monitor`: what the health timer runs every 5 minutes after enable has finished, so the
+//! heartbeat stays fresh (the agent calls a handler Unresponsive once it is 600 s old) and
+//! truthful. Between enables it also puts back what configure set up and was lost.
 
-use crate::agent::AgentContext;
-use crate::error::{Code, Failure};
-use crate::health;
-use crate::host::{self, Root};
-use crate::proc;
-use crate::status::{self, HeartbeatState};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use crate::agent::environment::AgentContext;
+use crate::agent::invocation::{Invocation, Operation};
+use crate::agent::status::{self, HeartbeatState};
+use crate::engine::lock::WorkerLock;
+use crate::error::Code;
+use crate::stages::{configure, verify};
+use crate::sys::logging;
+use std::path::Path;
 
-pub const UNIT: &str = "ibdriver-health";
-/// For callers with no tighter deadline (the worker, disable, uninstall).
-pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(60);
-const UNIT_DIR: &str = "etc/systemd/system";
-
-fn unit_paths(root: &Root) -> (PathBuf, PathBuf) {
-    let dir = root.path(UNIT_DIR);
-    (
-        dir.join(format!("{UNIT}.service")),
-        dir.join(format!("{UNIT}.timer")),
-    )
-}
-
-/// systemd quoting for one ExecStart word.
-fn quote(word: &str) -> String {
-    format!(
-        "\"{}\"",
-        word.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('%', "%%")
-    )
-}
-
-pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
-    let mut env = String::new();
-    for key in ["IBDRIVER_ROOT", "IBDRIVER_IMDS_URL"] {
-        if let Ok(v) = std::env::var(key) {
-            if !v.is_empty() {
-                env.push_str(&format!("Environment={}\n", quote(&format!("{key}={v}"))));
-            }
-        }
-    }
-    format!(
-        "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
-         [Unit]\nDescription=InfiniBand driver extension health report\n\n\
-         [Service]\nType=oneshot\n{env}ExecStart={} monitor --handler-dir {}\n",
-        quote(&exe.to_string_lossy()),
-        quote(&handler_dir.to_string_lossy())
-    )
-}
-
-pub const TIMER_UNIT: &str =
-    "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
-[Unit]\nDescription=InfiniBand driver extension health report every 5 minutes\n\n\
-[Timer]\nOnBootSec=2min\nOnUnitActiveSec=5min\nAccuracySec=30s\n\n\
-[Install]\nWantedBy=timers.target\n";
-
-fn systemctl(args: &[&str], timeout: Duration) {
-    match proc::run("systemctl", args, None, timeout) {
-        Ok(o) if o.success() => {}
-        Ok(o) => tracing::warn!(?args, code = ?o.code, "systemctl failed: {}", o.stderr_tail(300)),
-        Err(e) => tracing::warn!(?args, error = %e, "systemctl could not run"),
-    }
-}
-
-/// Is the installed service unit the one this binary would write? (A no-op enable after an
-/// update must repoint it at the new version's binary.)
-pub fn is_current(root: &Root, exe: &Path, handler_dir: &Path) -> bool {
-    let (svc, timer) = unit_paths(root);
-    timer.exists()
-        && crate::fsutil::read_text(&svc).ok().as_deref() == Some(&service_unit(exe, handler_dir))
-}
-
-/// `timeout` bounds each systemctl call (enable's synchronous path has little time).
-pub fn install(root: &Root, exe: &Path, handler_dir: &Path, timeout: Duration) {
-    if !root.systemd_running() {
-        tracing::warn!(
-            "systemd is not running: no health monitor; the heartbeat will age after enable"
-        );
-        return;
-    }
-    let (svc, timer) = unit_paths(root);
-    if let Some(dir) = svc.parent() {
-        let _ = crate::fsutil::ensure_system_dir(dir);
-    }
-    let write = |p: &Path, text: &str| {
-        if let Err(e) = crate::fsutil::write_atomic(p, text.as_bytes()) {
-            tracing::warn!(path = %p.display(), error = %e, "cannot write unit");
-        }
+/// Always exit 0: the timer's unit must not fail for what the heartbeat reports.
+pub fn run(handler_dir: &Path) -> i32 {
+    let Ok(ctx) = AgentContext::from_handler_dir(handler_dir) else {
+        // The handler directory is gone (removed without uninstall): nothing to report to.
+        return 0;
     };
-    write(&svc, &service_unit(exe, handler_dir));
-    write(&timer, TIMER_UNIT);
-    systemctl(&["daemon-reload"], timeout);
-    systemctl(&["enable", "--now", &format!("{UNIT}.timer")], timeout);
-    tracing::info!("health monitor timer installed");
-}
-
-/// Are any of our unit files on disk?
-pub fn installed(root: &Root) -> bool {
-    let (svc, timer) = unit_paths(root);
-    svc.exists() || timer.exists()
-}
-
-/// Stop and remove the timer and its service. Fails (and keeps the unit files, so the next
-/// disable knows there is something left to stop) when systemd cannot disable the timer:
-/// the agent must then not go on with an uninstall.
-pub fn remove(root: &Root) -> Result<(), Failure> {
-    if !installed(root) {
-        return Ok(());
+    let Ok(inv) = Invocation::open(Ok(ctx), Operation::Monitor) else {
+        return 0;
+    };
+    if WorkerLock::new(&inv.root.data_dir()).holder().is_some() {
+        return 0; // the worker keeps the heartbeat itself
     }
-    let (svc, timer) = unit_paths(root);
-    if root.systemd_running() {
-        let unit = format!("{UNIT}.timer");
-        let out = proc::run(
-            "systemctl",
-            &["disable", "--now", &unit],
-            None,
-            SYSTEMCTL_TIMEOUT,
-        );
-        let why = match out {
-            Ok(o) if o.success() => None,
-            Ok(o) => Some(format!("{}: {}", o.describe_exit(), o.stderr_tail(200))),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(why) = why {
-            return Err(Failure::new(
-                Code::DisableFailed,
-                format!(
-                    "systemctl disable --now {unit} failed ({why}); check systemd with \
-                     'systemctl status {unit}', then disable or remove the extension again"
-                ),
-            ));
-        }
-        // A health check already running finishes quickly; stopping it keeps it from
-        // writing a heartbeat after ours.
-        systemctl(&["stop", &format!("{UNIT}.service")], SYSTEMCTL_TIMEOUT);
-    }
-    for p in [&timer, &svc] {
-        if let Err(e) = std::fs::remove_file(p) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Failure::new(
-                    Code::DisableFailed,
-                    format!(
-                        "cannot remove {}: {e}; remove it by hand, then disable again",
-                        p.display()
-                    ),
-                ));
+    let mut report = verify::check(&inv.root);
+    if !report.healthy {
+        // Self-repair between enables: put back what configure set up and was lost.
+        if let Some(state) = configure::load_state(&inv.root.data_dir()) {
+            let done = configure::restore(&inv.root, &state);
+            if !done.is_empty() {
+                tracing::warn!("restored: {}", done.join("; "));
+                logging::summary(&inv.root, &format!("Monitor: restored {}", done.join("; ")));
+                report = verify::check(&inv.root);
             }
         }
     }
-    if root.systemd_running() {
-        systemctl(&["daemon-reload"], SYSTEMCTL_TIMEOUT);
-    }
-    tracing::info!("health monitor removed");
-    Ok(())
+    write_heartbeat_for(&inv.agent, &report);
+    0
 }
 
-/// One health check: the report, then the heartbeat that carries it. What the configure stage
-/// set up (`configure.json`) is checked too.
-pub fn check(root: &Root) -> health::HealthReport {
-    let sysfs = host::read_sysfs(root);
-    let stack = host::stack::detect(root);
-    let addresses = health::addresses();
-    let report = health::evaluate(
-        &sysfs.kernel,
-        &sysfs.mellanox,
-        &sysfs.modules,
-        stack.as_ref(),
-        &addresses,
-    );
-    let unmet = crate::configure::unmet_now(root, &sysfs, move || addresses);
-    report.with_unmet(unmet)
-}
-
-pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) {
+pub fn write_heartbeat_for(agent: &AgentContext, report: &verify::HealthReport) {
     let (state, code) = if report.healthy {
         (HeartbeatState::Ready, Code::Success)
     } else {
@@ -184,20 +48,5 @@ pub fn write_heartbeat_for(agent: &AgentContext, report: &health::HealthReport) 
     if let Err(f) = status::write_heartbeat(&agent.env.heartbeat_file, state, code, &report.summary)
     {
         tracing::warn!("{f}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unit_quotes_paths() {
-        let u = service_unit(
-            Path::new("/var/lib/waagent/H-1.0/bin/ibdriver"),
-            Path::new("/var/lib/waagent/H-1.0"),
-        );
-        assert!(u.contains("ExecStart=\"/var/lib/waagent/H-1.0/bin/ibdriver\" monitor --handler-dir \"/var/lib/waagent/H-1.0\""));
-        assert_eq!(quote("a%b\"c"), "\"a%%b\\\"c\"");
     }
 }

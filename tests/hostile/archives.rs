@@ -7,8 +7,8 @@
 
 use crate::servers::{ok, sha, Scripted};
 use ibdriver::error::Code;
-use ibdriver::fetch::extract::{untar_gz, ExtractError, Limits, UNVERIFIED_INFLATION};
-use ibdriver::fetch::{self, FetchError};
+use ibdriver::net::extract::{untar_gz, ExtractError, Limits, UNVERIFIED_INFLATION};
+use ibdriver::net::fetch::{self, FetchError};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

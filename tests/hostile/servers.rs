@@ -4,8 +4,8 @@
 //! deadline, are what end the slow ones.
 
 use ibdriver::error::Code;
-use ibdriver::fetch::{self, FetchError, Limits, Options, Request, RetryPolicy};
 use ibdriver::host::imds;
+use ibdriver::net::fetch::{self, FetchError, Limits, Options, Request, RetryPolicy};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -281,11 +281,11 @@ fn kind(e: &FetchError) -> Option<Want> {
         FetchError::Checksum { .. } => Want::Checksum,
         FetchError::Size { .. } => Want::Size,
         FetchError::Extract {
-            err: fetch::extract::ExtractError::TooLarge(_),
+            err: ibdriver::net::extract::ExtractError::TooLarge(_),
             ..
         } => Want::TooLarge,
         FetchError::Extract {
-            err: fetch::extract::ExtractError::Corrupt(_),
+            err: ibdriver::net::extract::ExtractError::Corrupt(_),
             ..
         } => Want::Corrupt,
         _ => return None,

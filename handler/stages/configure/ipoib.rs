@@ -3,10 +3,10 @@
 
 use super::{run_cmd, Assignment, Ctx, State, IPOIB_PREFIX};
 use crate::error::{Code, Failure};
-use crate::fsutil;
 use crate::host::kvp::IpoibPair;
 use crate::host::Root;
-use crate::proc;
+use crate::sys::fsutil;
+use crate::sys::proc;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -89,9 +89,11 @@ pub(super) fn addresses_of(netdev: &str) -> Vec<String> {
         None,
         Duration::from_secs(10),
     ) {
-        Ok(o) if o.success() => crate::health::parse_ip_json(&String::from_utf8_lossy(&o.stdout))
-            .remove(netdev)
-            .unwrap_or_default(),
+        Ok(o) if o.success() => {
+            crate::stages::verify::parse_ip_json(&String::from_utf8_lossy(&o.stdout))
+                .remove(netdev)
+                .unwrap_or_default()
+        }
         _ => Vec::new(),
     }
 }

@@ -15,12 +15,12 @@ pub use ipoib::{ipoib_key, match_pairs, netdev_of, netdevs};
 pub use waagent::enable_rdma;
 use waagent::waagent_enable;
 
+use crate::agent::settings::{HcaNaming, IpoibMode, PublicSettings};
 use crate::error::{Code, Failure};
-use crate::fsutil;
 use crate::host::pci::{LinkLayer, PciFunction};
 use crate::host::{HostFacts, Root};
-use crate::proc;
-use crate::settings::{HcaNaming, IpoibMode, PublicSettings};
+use crate::sys::fsutil;
+use crate::sys::proc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

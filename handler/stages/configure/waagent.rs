@@ -3,9 +3,9 @@
 
 use super::{run_cmd, Ctx, State, WAAGENT_CONF};
 use crate::error::{Code, Failure};
-use crate::fsutil;
 use crate::host::Root;
-use crate::proc;
+use crate::sys::fsutil;
+use crate::sys::proc;
 
 /// `/etc/waagent.conf` with `OS.EnableRDMA=y`, or `None` when it already says so. Every other
 /// line is kept as it is. An active `OS.EnableRDMA=` line is rewritten; otherwise the first

@@ -2,9 +2,9 @@
 //! (DOMAIN.md 2.1, pain point 7): bounded by `lockTimeoutSeconds`, then a dedicated code.
 //! Locks are only observed (fcntl F_GETLK, pid files), never taken.
 
-use super::recipe::Family;
 use crate::error::{Code, Failure};
 use crate::host::Root;
+use crate::plan::recipe::Family;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,8 @@ pub fn fcntl_locked(path: &Path) -> Option<i32> {
 
 /// A pid file naming a live process (zypper, dnf).
 fn pid_file_alive(path: &Path) -> Option<i32> {
-    let pid: i32 = crate::fsutil::read_trimmed(path)?.parse().ok()?;
-    (pid > 0 && crate::lock::start_time(pid as u32).is_some()).then_some(pid)
+    let pid: i32 = crate::sys::fsutil::read_trimmed(path)?.parse().ok()?;
+    (pid > 0 && crate::engine::lock::start_time(pid as u32).is_some()).then_some(pid)
 }
 
 /// What is busy right now, in words; `None` when the way is clear.

@@ -5,19 +5,19 @@
 
 pub mod locks;
 pub mod pins;
-pub mod recipe;
+
 pub mod remove;
 pub mod repair;
 
-use crate::catalog::Choice;
+use crate::agent::settings::Settings;
+use crate::engine::checkpoint::Checkpoint;
 use crate::error::{Code, Failure};
-use crate::fetch;
 use crate::host::stack::{self, StackKind};
 use crate::host::Root;
-use crate::proc;
-use crate::runner::Checkpoint;
-use crate::settings::Settings;
-use recipe::{Cmd, Family};
+use crate::net::fetch;
+use crate::plan::catalog::Choice;
+use crate::plan::recipe::{self, Cmd, Family};
+use crate::sys::proc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,16 +66,17 @@ fn run_tracked(
     );
     let mut env = cmd.env.clone();
     if let Some(t) = track {
-        if let Err(e) = crate::fsutil::write_atomic(t, format!("pending {nonce}\n").as_bytes()) {
+        if let Err(e) = crate::sys::fsutil::write_atomic(t, format!("pending {nonce}\n").as_bytes())
+        {
             return Err(Failure::state_io(t, e));
         }
         env.push((INSTALLER_MARK.into(), installer_mark(t, &nonce)));
     }
     let record = |pid: u32| {
         if let Some(t) = track {
-            let start = crate::lock::start_time(pid).unwrap_or(0);
+            let start = crate::engine::lock::start_time(pid).unwrap_or(0);
             let line = format!("{pid} {start} {nonce}\n");
-            if let Err(e) = crate::fsutil::write_atomic(t, line.as_bytes()) {
+            if let Err(e) = crate::sys::fsutil::write_atomic(t, line.as_bytes()) {
                 tracing::warn!(error = %e, "cannot record the installer's pid");
             }
         }
@@ -204,7 +205,7 @@ pub fn artifact_path(data_dir: &Path, choice: &Choice) -> Option<PathBuf> {
     let dir = artifact_dir(data_dir, sha256);
     if kind == "tgz" {
         // The bundle's one top-level directory (MLNX_OFED_LINUX-<ver>-<os>-<arch>).
-        let top = crate::fsutil::dir_names(&dir)
+        let top = crate::sys::fsutil::dir_names(&dir)
             .into_iter()
             .find(|n| dir.join(n).join("mlnxofedinstall").exists());
         return Some(top.map(|t| dir.join(t)).unwrap_or(dir));
@@ -221,9 +222,9 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     let dest = artifact_dir(ctx.data_dir, sha256);
-    let env = crate::fetch::proxy::environment();
+    let env = crate::net::proxy::environment();
     let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
-    let proxy = fetch::proxy::choose(
+    let proxy = crate::net::proxy::choose(
         url.expose(),
         ctx.settings.protected.proxy.as_ref().map(|p| p.expose()),
         &env,
@@ -299,13 +300,13 @@ const INSTALLER_MARK: &str = "IBDRIVER_INSTALLER_OF";
 /// record is the quick answer; the environment mark finds an installer whose worker died
 /// before recording it, and the children of one whose main process already ended.
 fn orphan_installer(track: &Path) -> Option<u32> {
-    let text = crate::fsutil::read_trimmed(track)?;
+    let text = crate::sys::fsutil::read_trimmed(track)?;
     let fields: Vec<&str> = text.split_whitespace().collect();
     let recorded = match fields[..] {
         [pid, start, _] => pid
             .parse::<u32>()
             .ok()
-            .filter(|p| start.parse::<u64>().ok() == crate::lock::start_time(*p)),
+            .filter(|p| start.parse::<u64>().ok() == crate::engine::lock::start_time(*p)),
         _ => None,
     };
     let nonce = fields.last()?;
@@ -328,7 +329,7 @@ fn marked_process(entry: &str) -> Option<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        if pid == me || crate::lock::start_time(pid).is_none() {
+        if pid == me || crate::engine::lock::start_time(pid).is_none() {
             return None;
         }
         let environ = std::fs::read(e.path().join("environ")).ok()?;
@@ -383,7 +384,7 @@ pub fn install(
     let mine = marker_for(ctx.choice);
     let record = |path: &Path| {
         let bytes = serde_json::to_vec(&mine).expect("marker serializes");
-        crate::fsutil::write_atomic(path, &bytes).map_err(|e| Failure::state_io(path, e))
+        crate::sys::fsutil::write_atomic(path, &bytes).map_err(|e| Failure::state_io(path, e))
     };
     if already_installed(ctx) {
         tracing::info!("the chosen stack is already installed; the installer is not run again");
@@ -392,7 +393,7 @@ pub fn install(
     // An earlier run of ours started this very install and the host now has the stack: that
     // run's installer finished (the worker was stopped after it), so it is not run twice.
     let chosen = vendor_stack(ctx.choice).unwrap_or(StackKind::Inbox);
-    let ours_started = crate::fsutil::read_regular(&started, crate::fsutil::MAX_READ)
+    let ours_started = crate::sys::fsutil::read_regular(&started, crate::sys::fsutil::MAX_READ)
         .ok()
         .and_then(|b| serde_json::from_slice::<stack::InstalledMarker>(&b).ok())
         .is_some_and(|m| m == mine);
@@ -458,7 +459,7 @@ const INSTALLING: &str = "installing.json";
 
 /// dpkg keeps pending work in `/var/lib/dpkg/updates/` while a run is unfinished.
 fn dpkg_interrupted(root: &Root) -> bool {
-    !crate::fsutil::dir_names(&root.path("var/lib/dpkg/updates")).is_empty()
+    !crate::sys::fsutil::dir_names(&root.path("var/lib/dpkg/updates")).is_empty()
 }
 
 /// `dkms status -k <kernel>` lines: `name/version, kernel, arch: installed`.
@@ -530,7 +531,7 @@ fn check_dkms(ctx: &Ctx) -> Result<(), Failure> {
         if !dkms_installed(&text, m, ctx.kernel) {
             let log = find_make_log(ctx.root, m)
                 .map(|p| {
-                    crate::fsutil::read_trimmed(&p)
+                    crate::sys::fsutil::read_trimmed(&p)
                         .map(|t| proc::tail_line(&t, 400))
                         .unwrap_or_default()
                 })
@@ -549,7 +550,7 @@ fn check_dkms(ctx: &Ctx) -> Result<(), Failure> {
 
 fn find_make_log(root: &Root, module: &str) -> Option<PathBuf> {
     let base = root.path(&format!("var/lib/dkms/{module}"));
-    crate::fsutil::dir_names(&base)
+    crate::sys::fsutil::dir_names(&base)
         .into_iter()
         .map(|v| base.join(v).join("build/make.log"))
         .find(|p| p.exists())

@@ -4,14 +4,14 @@
 //! distribution's BaseOS repositories. Also the DKMS build order fix for DOCA's modules.
 //! The text transforms are pure; [`apply`] writes them.
 
-use super::recipe::Family;
 use crate::host::Root;
+use crate::plan::recipe::Family;
 
 /// Distribution packages DOCA-OFED replaces with its own builds: on apt hosts the inbox set
 /// itself; on the rpm families name patterns, for repository excludes.
 pub fn shadowed(f: Family) -> Vec<String> {
     match f {
-        Family::Apt => super::recipe::inbox_packages(f),
+        Family::Apt => crate::plan::recipe::inbox_packages(f),
         _ => [
             "rdma-core*",
             "libibverbs*",
@@ -167,8 +167,8 @@ pub fn before_doca(root: &Root, f: Family) -> std::io::Result<()> {
         let path = root.path(&format!("etc/dkms/{m}.conf"));
         let existing = std::fs::read_to_string(&path).ok();
         if let Some(text) = build_depends(existing.as_deref(), "mlnx-ofed-kernel") {
-            crate::fsutil::ensure_system_dir(path.parent().expect("has a parent"))?;
-            crate::fsutil::write_system_file(&path, text.as_bytes())?;
+            crate::sys::fsutil::ensure_system_dir(path.parent().expect("has a parent"))?;
+            crate::sys::fsutil::write_system_file(&path, text.as_bytes())?;
         }
     }
     Ok(())
@@ -189,7 +189,7 @@ pub fn after_doca(root: &Root, f: Family) -> std::io::Result<Vec<String>> {
         }
         Family::Dnf | Family::Yum => {
             let dir = root.path("etc/yum.repos.d");
-            for name in crate::fsutil::dir_names(&dir)
+            for name in crate::sys::fsutil::dir_names(&dir)
                 .into_iter()
                 .filter(|n| n.ends_with(".repo"))
             {
@@ -199,7 +199,7 @@ pub fn after_doca(root: &Root, f: Family) -> std::io::Result<Vec<String>> {
                 let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
                 let new = exclude_in_repo(&text, &refs);
                 if new != text {
-                    crate::fsutil::write_system_file(&path, new.as_bytes())?;
+                    crate::sys::fsutil::write_system_file(&path, new.as_bytes())?;
                     tracing::info!(repo = %name, "excluded DOCA-shadowed packages from BaseOS");
                 }
             }
@@ -284,13 +284,13 @@ mod tests {
         let p = dir.path().join("x.repo");
         std::fs::write(&p, "a").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        crate::fsutil::write_system_file(&p, b"b").unwrap();
+        crate::sys::fsutil::write_system_file(&p, b"b").unwrap();
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o640
         );
         let q = dir.path().join("new.conf");
-        crate::fsutil::write_system_file(&q, b"c").unwrap();
+        crate::sys::fsutil::write_system_file(&q, b"c").unwrap();
         assert_eq!(
             std::fs::metadata(&q).unwrap().permissions().mode() & 0o777,
             0o644

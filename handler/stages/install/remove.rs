@@ -19,11 +19,11 @@
 //! carries it out within the uninstall's time budget (the agent kills uninstall at 300 s).
 
 use super::pins;
-use super::recipe::{Cmd, Family};
 use crate::error::{Code, Failure};
 use crate::host::stack::{self, InstalledMarker, StackKind};
 use crate::host::Root;
-use crate::proc;
+use crate::plan::recipe::{Cmd, Family};
+use crate::sys::proc;
 use std::time::{Duration, Instant};
 
 /// The stack's own uninstaller, shipped by DOCA-OFED and MLNX_OFED alike.
@@ -252,7 +252,9 @@ fn undo_dkms_order(root: &Root) -> Result<(), Failure> {
         match pins::without_build_depends(&text, "mlnx-ofed-kernel") {
             None => {}
             Some(rest) if rest.trim().is_empty() => std::fs::remove_file(&path).map_err(io)?,
-            Some(rest) => crate::fsutil::write_system_file(&path, rest.as_bytes()).map_err(io)?,
+            Some(rest) => {
+                crate::sys::fsutil::write_system_file(&path, rest.as_bytes()).map_err(io)?
+            }
         }
     }
     Ok(())
@@ -262,7 +264,7 @@ fn undo_repo_excludes(root: &Root, f: Family) -> Result<(), Failure> {
     let dir = root.path("etc/yum.repos.d");
     let patterns = pins::shadowed(f);
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
-    for name in crate::fsutil::dir_names(&dir)
+    for name in crate::sys::fsutil::dir_names(&dir)
         .into_iter()
         .filter(|n| n.ends_with(".repo"))
     {
@@ -270,7 +272,7 @@ fn undo_repo_excludes(root: &Root, f: Family) -> Result<(), Failure> {
         let text = std::fs::read_to_string(&path).map_err(|e| Failure::state_io(&path, e))?;
         let new = pins::unexclude_in_repo(&text, &refs);
         if new != text {
-            crate::fsutil::write_system_file(&path, new.as_bytes())
+            crate::sys::fsutil::write_system_file(&path, new.as_bytes())
                 .map_err(|e| Failure::state_io(&path, e))?;
             tracing::info!(repo = %name, "removed our BaseOS excludes");
         }

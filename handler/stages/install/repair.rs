@@ -4,11 +4,11 @@
 //! DKMS for DOCA, the kernel's extra-modules package for the inbox stack. When the driver is
 //! loaded, or its module is there for the running kernel, nothing drifted and nothing runs.
 
-use super::recipe::{self, Cmd, Family};
 use super::{locks, run};
 use crate::error::{Code, Failure};
 use crate::host::stack::StackKind;
 use crate::host::{HostFacts, Root};
+use crate::plan::recipe::{self, Cmd, Family};
 use std::time::Duration;
 
 /// What the repair stage needs.
@@ -80,7 +80,7 @@ fn present(files: &[String], vendor: bool) -> bool {
 }
 
 fn builtin(root: &Root, kernel: &str, module: &str) -> bool {
-    crate::fsutil::read_trimmed(&root.path(&format!("lib/modules/{kernel}/modules.builtin")))
+    crate::sys::fsutil::read_trimmed(&root.path(&format!("lib/modules/{kernel}/modules.builtin")))
         .is_some_and(|t| crate::host::parse_modules_builtin(&t).contains(module))
 }
 
@@ -98,7 +98,7 @@ pub enum Drift {
 /// (sysfs) with those of the vendor files for this kernel (`modinfo`). `None`: cannot tell.
 fn loaded_is_vendor(root: &Root, kernel: &str, module: &str, files: &[String]) -> Option<bool> {
     let loaded =
-        crate::fsutil::read_trimmed(&root.path(&format!("sys/module/{module}/srcversion")))?;
+        crate::sys::fsutil::read_trimmed(&root.path(&format!("sys/module/{module}/srcversion")))?;
     let mut known = false;
     for f in files
         .iter()
@@ -106,7 +106,7 @@ fn loaded_is_vendor(root: &Root, kernel: &str, module: &str, files: &[String]) -
     {
         let path = root.path(&format!("lib/modules/{kernel}/{f}"));
         let path = path.to_string_lossy();
-        let out = crate::proc::run(
+        let out = crate::sys::proc::run(
             "modinfo",
             &["-F", "srcversion", &path],
             None,
@@ -176,7 +176,7 @@ pub fn record_reboot(
 ) -> Result<(), Failure> {
     let record = data_dir.join(REPAIR_REBOOT);
     let done: Option<(String, String)> =
-        crate::fsutil::read_regular(&record, crate::fsutil::MAX_READ)
+        crate::sys::fsutil::read_regular(&record, crate::sys::fsutil::MAX_READ)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
     if let Some((kernel, boot)) = &done {
@@ -196,7 +196,7 @@ pub fn record_reboot(
         ));
     }
     let bytes = serde_json::to_vec(&(&facts.kernel, &facts.boot_id)).expect("serializes");
-    crate::fsutil::write_atomic(&record, &bytes).map_err(|err| Failure::state_io(&record, err))
+    crate::sys::fsutil::write_atomic(&record, &bytes).map_err(|err| Failure::state_io(&record, err))
 }
 
 fn wait_locks(ctx: &Ctx) -> Result<(), Failure> {
@@ -321,7 +321,8 @@ pub fn repair(ctx: &Ctx) -> Result<Repaired, Failure> {
             })?;
         }
     }
-    if let Err(e) = crate::proc::run("depmod", &["-a", kernel], None, Duration::from_secs(300)) {
+    if let Err(e) = crate::sys::proc::run("depmod", &["-a", kernel], None, Duration::from_secs(300))
+    {
         tracing::warn!("depmod: {e}");
     }
     match drift(ctx.root, ctx.facts) {

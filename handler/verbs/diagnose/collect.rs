@@ -21,7 +21,7 @@ pub(super) fn host_path(root: &Root, p: &Path) -> PathBuf {
 /// else the newest `/var/lib/waagent/*InfiniBandDriverLinux*-*/` under the root.
 pub(super) fn find_handler(root: &Root) -> Result<(PathBuf, HandlerEnvironment), String> {
     let exe = std::env::current_exe().ok();
-    let mut candidates = agent::candidate_paths(None, exe.as_deref());
+    let mut candidates = crate::agent::environment::candidate_paths(None, exe.as_deref());
     let waagent = root.path("var/lib/waagent");
     let mut installed: Vec<(std::time::SystemTime, String)> = dir_names(&waagent)
         .into_iter()
@@ -35,8 +35,8 @@ pub(super) fn find_handler(root: &Root) -> Result<(PathBuf, HandlerEnvironment),
     if let Some((_, newest)) = installed.last() {
         candidates.push(waagent.join(newest).join(HANDLER_ENVIRONMENT));
     }
-    agent::load_handler_environment(&candidates).map_err(|e| match e {
-        agent::AgentError::NotFound(_) => format!(
+    crate::agent::environment::load_handler_environment(&candidates).map_err(|e| match e {
+        crate::agent::environment::AgentError::NotFound(_) => format!(
             "no {HANDLER_ENVIRONMENT} beside this binary or under {}/*InfiniBandDriverLinux*-*",
             waagent.display()
         ),
@@ -131,7 +131,7 @@ pub(super) fn collect_handler(b: &mut Bundle, found: &Result<(PathBuf, AgentCont
     b.file("handler/HandlerEnvironment.json", source);
     let env = &ctx.env;
     let log = &env.log_folder;
-    for expected in [crate::logging::LOG_FILE, "CommandExecution.log"] {
+    for expected in [crate::sys::logging::LOG_FILE, "CommandExecution.log"] {
         if !log.join(expected).exists() {
             b.missing(
                 &format!("handler/log/{expected}"),
@@ -213,7 +213,8 @@ pub(super) fn ib_ports(root: &Root) -> Option<String> {
             let p = dir.join("ports").join(&port);
             out.push_str(&format!("{name}/{port}"));
             for attr in ["state", "phys_state", "rate", "link_layer"] {
-                let v = crate::fsutil::read_trimmed(&p.join(attr)).unwrap_or_else(|| "?".into());
+                let v =
+                    crate::sys::fsutil::read_trimmed(&p.join(attr)).unwrap_or_else(|| "?".into());
                 out.push_str(&format!(" {attr}=\"{v}\""));
             }
             out.push('\n');
@@ -257,7 +258,7 @@ pub(super) fn collect_host(b: &mut Bundle, root: &Root) {
         ),
     }
     b.program("host/ip-addr.json", "ip", &["-j", "addr"]);
-    let report = monitor::check(root);
+    let report = crate::stages::verify::check(root);
     b.text(
         "host/health.json",
         "ibdriver health --json",

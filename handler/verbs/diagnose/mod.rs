@@ -26,11 +26,13 @@ mod redact;
 
 use collect::{collect_handler, collect_host, find_handler, host_path, learn_secrets};
 
-use crate::agent::{self, AgentContext, HandlerEnvironment, HANDLER_ENVIRONMENT};
+use crate::agent::environment::{AgentContext, HandlerEnvironment, HANDLER_ENVIRONMENT};
+use crate::agent::protected;
+use crate::agent::settings;
 use crate::error::Code;
-use crate::fsutil::dir_names;
 use crate::host::{imds, stack, Root};
-use crate::{monitor, proc, protected, settings};
+use crate::sys::fsutil::dir_names;
+use crate::sys::proc;
 use serde::Serialize;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -276,9 +278,9 @@ fn gather(root: &Root) -> (Vec<(String, Vec<u8>)>, usize, usize) {
     b.dir_files("data", &root.data_dir(), |_| true, &["log"]);
     b.file(
         "logs/ib-vmext-status",
-        &root.path(crate::logging::SUMMARY_LOG),
+        &root.path(crate::sys::logging::SUMMARY_LOG),
     );
-    let rotated = root.path(&format!("{}.1", crate::logging::SUMMARY_LOG));
+    let rotated = root.path(&format!("{}.1", crate::sys::logging::SUMMARY_LOG));
     if rotated.exists() {
         b.file("logs/ib-vmext-status.1", &rotated);
     }
@@ -293,7 +295,7 @@ fn gather(root: &Root) -> (Vec<(String, Vec<u8>)>, usize, usize) {
     let collected = b.members.len();
     let manifest = Manifest {
         tool: format!("ibdriver {} diagnose", env!("IBDRIVER_VERSION")),
-        created: crate::clock::now_rfc3339(),
+        created: crate::sys::clock::now_rfc3339(),
         root: root.base().display().to_string(),
         handler: found
             .as_ref()
@@ -345,6 +347,7 @@ fn write_bundle(
 }
 
 pub fn run(root: &Root, out: &Path) -> i32 {
+    crate::sys::logging::init(None, false);
     let dir = out
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -1,0 +1,109 @@
+//! Starting the detached worker.
+//!
+//! Under systemd the worker is a transient service (`systemd-run`), outside the agent's cgroup
+//! and process group, so neither an agent restart nor the agent's timeout kill of enable's
+//! process group can stop it. Without systemd it runs in a session of its own.
+
+use crate::agent::invocation::Invocation;
+use crate::error::{Code, Failure};
+use crate::sys::proc;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Variables the worker needs from enable's environment (systemd-run starts it clean).
+const PASSED_ENV: [&str; 5] = [
+    "IBDRIVER_ROOT",
+    "IBDRIVER_IMDS_URL",
+    "IBDRIVER_VERIFY_TIMEOUT_SECONDS",
+    "PATH",
+    "AZURE_GUEST_AGENT_EXTENSION_VERSION",
+];
+
+fn worker_args(inv: &Invocation) -> Vec<String> {
+    vec![
+        "worker".into(),
+        "--handler-dir".into(),
+        inv.agent.handler_dir.to_string_lossy().into_owned(),
+        "--seq".into(),
+        inv.agent.seq.to_string(),
+    ]
+}
+
+fn spawn_systemd(inv: &Invocation, timeout: Duration) -> Result<(), String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut args: Vec<String> = vec![
+        format!(
+            "--unit=ibdriver-worker-{}-{}-{nanos}",
+            inv.agent.seq,
+            std::process::id()
+        ),
+        "--collect".into(),
+        "--quiet".into(),
+        "--property=Type=exec".into(),
+        // If the worker dies, an installer it started runs to its end rather than leaving
+        // dpkg or rpm half done; the next worker waits for it (install::install).
+        "--property=KillMode=process".into(),
+        format!("--working-directory={}", inv.agent.handler_dir.display()),
+    ];
+    for key in PASSED_ENV {
+        if let Ok(v) = std::env::var(key) {
+            args.push(format!("--setenv={key}={v}"));
+        }
+    }
+    args.push(inv.exe.to_string_lossy().into_owned());
+    args.extend(worker_args(inv));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    match proc::run("systemd-run", &refs, None, timeout) {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "systemd-run failed ({}): {}",
+            o.describe_exit(),
+            o.stderr_tail(300)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
+    let mut cmd = Command::new(&inv.exe);
+    cmd.args(worker_args(inv))
+        .current_dir(&inv.agent.handler_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn().map(|_| ()).map_err(|e| {
+        Failure::new(
+            Code::WorkerStart,
+            format!("cannot start the worker: {e}; run enable again"),
+        )
+    })
+}
+
+/// `timeout` bounds systemd-run, which with `Type=exec` returns once the worker has started.
+pub fn spawn(inv: &Invocation, timeout: Duration) -> Result<(), Failure> {
+    if inv.root.systemd_running() && proc::on_path("systemd-run") {
+        match spawn_systemd(inv, timeout) {
+            Ok(()) => {
+                tracing::info!("worker started as a transient systemd unit");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!("systemd-run failed ({e}); starting the worker in its own session")
+            }
+        }
+    }
+    spawn_session(inv)?;
+    tracing::info!("worker started in its own session");
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The health monitor's systemd units: `ibdriver-health.timer` runs `ibdriver monitor` every
+//! 5 minutes (verbs::monitor). Enable installs them; disable and uninstall remove them.
+
+use crate::error::{Code, Failure};
+use crate::host::Root;
+use crate::sys::proc;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const UNIT: &str = "ibdriver-health";
+/// For callers with no tighter deadline (the worker, disable, uninstall).
+pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(60);
+const UNIT_DIR: &str = "etc/systemd/system";
+
+fn unit_paths(root: &Root) -> (PathBuf, PathBuf) {
+    let dir = root.path(UNIT_DIR);
+    (
+        dir.join(format!("{UNIT}.service")),
+        dir.join(format!("{UNIT}.timer")),
+    )
+}
+
+/// systemd quoting for one ExecStart word.
+fn quote(word: &str) -> String {
+    format!(
+        "\"{}\"",
+        word.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('%', "%%")
+    )
+}
+
+pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
+    let mut env = String::new();
+    for key in ["IBDRIVER_ROOT", "IBDRIVER_IMDS_URL"] {
+        if let Ok(v) = std::env::var(key) {
+            if !v.is_empty() {
+                env.push_str(&format!("Environment={}\n", quote(&format!("{key}={v}"))));
+            }
+        }
+    }
+    format!(
+        "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
+         [Unit]\nDescription=InfiniBand driver extension health report\n\n\
+         [Service]\nType=oneshot\n{env}ExecStart={} monitor --handler-dir {}\n",
+        quote(&exe.to_string_lossy()),
+        quote(&handler_dir.to_string_lossy())
+    )
+}
+
+pub const TIMER_UNIT: &str =
+    "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\
+[Unit]\nDescription=InfiniBand driver extension health report every 5 minutes\n\n\
+[Timer]\nOnBootSec=2min\nOnUnitActiveSec=5min\nAccuracySec=30s\n\n\
+[Install]\nWantedBy=timers.target\n";
+
+fn systemctl(args: &[&str], timeout: Duration) {
+    match proc::run("systemctl", args, None, timeout) {
+        Ok(o) if o.success() => {}
+        Ok(o) => tracing::warn!(?args, code = ?o.code, "systemctl failed: {}", o.stderr_tail(300)),
+        Err(e) => tracing::warn!(?args, error = %e, "systemctl could not run"),
+    }
+}
+
+/// Is the installed service unit the one this binary would write? (A no-op enable after an
+/// update must repoint it at the new version's binary.)
+pub fn is_current(root: &Root, exe: &Path, handler_dir: &Path) -> bool {
+    let (svc, timer) = unit_paths(root);
+    timer.exists()
+        && crate::sys::fsutil::read_text(&svc).ok().as_deref()
+            == Some(&service_unit(exe, handler_dir))
+}
+
+/// `timeout` bounds each systemctl call (enable's synchronous path has little time).
+pub fn install(root: &Root, exe: &Path, handler_dir: &Path, timeout: Duration) {
+    if !root.systemd_running() {
+        tracing::warn!(
+            "systemd is not running: no health monitor; the heartbeat will age after enable"
+        );
+        return;
+    }
+    let (svc, timer) = unit_paths(root);
+    if let Some(dir) = svc.parent() {
+        let _ = crate::sys::fsutil::ensure_system_dir(dir);
+    }
+    let write = |p: &Path, text: &str| {
+        if let Err(e) = crate::sys::fsutil::write_atomic(p, text.as_bytes()) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write unit");
+        }
+    };
+    write(&svc, &service_unit(exe, handler_dir));
+    write(&timer, TIMER_UNIT);
+    systemctl(&["daemon-reload"], timeout);
+    systemctl(&["enable", "--now", &format!("{UNIT}.timer")], timeout);
+    tracing::info!("health monitor timer installed");
+}
+
+/// Are any of our unit files on disk?
+pub fn installed(root: &Root) -> bool {
+    let (svc, timer) = unit_paths(root);
+    svc.exists() || timer.exists()
+}
+
+/// Stop and remove the timer and its service. Fails (and keeps the unit files, so the next
+/// disable knows there is something left to stop) when systemd cannot disable the timer:
+/// the agent must then not go on with an uninstall.
+pub fn remove(root: &Root) -> Result<(), Failure> {
+    if !installed(root) {
+        return Ok(());
+    }
+    let (svc, timer) = unit_paths(root);
+    if root.systemd_running() {
+        let unit = format!("{UNIT}.timer");
+        let out = proc::run(
+            "systemctl",
+            &["disable", "--now", &unit],
+            None,
+            SYSTEMCTL_TIMEOUT,
+        );
+        let why = match out {
+            Ok(o) if o.success() => None,
+            Ok(o) => Some(format!("{}: {}", o.describe_exit(), o.stderr_tail(200))),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            return Err(Failure::new(
+                Code::DisableFailed,
+                format!(
+                    "systemctl disable --now {unit} failed ({why}); check systemd with \
+                     'systemctl status {unit}', then disable or remove the extension again"
+                ),
+            ));
+        }
+        // A health check already running finishes quickly; stopping it keeps it from
+        // writing a heartbeat after ours.
+        systemctl(&["stop", &format!("{UNIT}.service")], SYSTEMCTL_TIMEOUT);
+    }
+    for p in [&timer, &svc] {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Failure::new(
+                    Code::DisableFailed,
+                    format!(
+                        "cannot remove {}: {e}; remove it by hand, then disable again",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if root.systemd_running() {
+        systemctl(&["daemon-reload"], SYSTEMCTL_TIMEOUT);
+    }
+    tracing::info!("health monitor removed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_quotes_paths() {
+        let u = service_unit(
+            Path::new("/var/lib/waagent/H-1.0/bin/ibdriver"),
+            Path::new("/var/lib/waagent/H-1.0"),
+        );
+        assert!(u.contains("ExecStart=\"/var/lib/waagent/H-1.0/bin/ibdriver\" monitor --handler-dir \"/var/lib/waagent/H-1.0\""));
+        assert_eq!(quote("a%b\"c"), "\"a%%b\\\"c\"");
+    }
+}
