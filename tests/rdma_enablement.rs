@@ -270,7 +270,7 @@ impl Netns {
 
     /// IPv4 addresses per interface, as `ip` reports them.
     fn addresses(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        ibdriver::stages::verify::parse_ip_json(&self.ip(&["-j", "-4", "addr", "show"]))
+        ibdriver::host::ip::parse_ip_json(&self.ip(&["-j", "-4", "addr", "show"]))
     }
 }
 

@@ -47,8 +47,9 @@ pub fn quick_health(root: &Root, cp: &Checkpoint, ip_timeout: Duration) -> Healt
     );
     // What configure set up must still be there (after a reboot the addresses are gone until
     // something assigns them again). Asking `ip` costs a few milliseconds, only when needed.
-    let unmet =
-        crate::stages::configure::unmet_now(root, &sysfs, || verify::addresses_within(ip_timeout));
+    let unmet = crate::stages::configure::unmet_now(root, &sysfs, || {
+        crate::host::ip::addresses_within(ip_timeout)
+    });
     report.with_unmet(unmet)
 }
 

@@ -2,63 +2,18 @@
 //! IMDS at `IBDRIVER_IMDS_URL`, programs from `PATH`. Reading changes nothing.
 
 pub mod imds;
+pub mod ip;
 pub mod kvp;
 pub mod os_release;
 pub mod pci;
+pub mod root;
 pub mod stack;
+
+pub use root::Root;
 
 use crate::sys::fsutil::{dir_names, read_trimmed};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-
-/// The host's filesystem root (`/` in production).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Root(PathBuf);
-
-impl Root {
-    pub fn new(base: impl Into<PathBuf>) -> Self {
-        Root(base.into())
-    }
-
-    pub fn from_env() -> Self {
-        Root::new(
-            std::env::var_os("IBDRIVER_ROOT")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/")),
-        )
-    }
-
-    pub fn base(&self) -> &Path {
-        &self.0
-    }
-
-    /// `abs` may be written with or without its leading `/`.
-    pub fn path(&self, abs: &str) -> PathBuf {
-        self.0.join(abs.trim_start_matches('/'))
-    }
-
-    /// Our data directory, outside the versioned handler directory so it survives updates.
-    pub fn data_dir(&self) -> PathBuf {
-        self.path("var/lib/infiniband-driver-linux")
-    }
-
-    /// Is the systemd unit file `name` installed (under /etc, /usr/lib or /lib)?
-    pub fn has_unit(&self, name: &str) -> bool {
-        [
-            "etc/systemd/system",
-            "usr/lib/systemd/system",
-            "lib/systemd/system",
-        ]
-        .iter()
-        .any(|d| self.path(&format!("{d}/{name}")).exists())
-    }
-
-    pub fn systemd_running(&self) -> bool {
-        self.path("run/systemd/system").is_dir()
-    }
-}
 
 pub const VMBUS_PCI_PASSTHROUGH: &str = "44c4f61d-4444-4400-9d52-802e27ede19f";
 pub const VMBUS_NETWORK_DIRECT: &str = "8c2eaf3d-32a7-4b09-ab99-bd1f1c86b501";
@@ -246,6 +201,7 @@ pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>, probe_stack: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn root_joins_absolute_paths() {

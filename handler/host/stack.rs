@@ -45,7 +45,7 @@ pub struct InstalledMarker {
 
 pub const MARKER: &str = "installed.json";
 
-pub fn read_marker(root: &super::Root) -> Option<InstalledMarker> {
+pub fn read_marker(root: &crate::host::root::Root) -> Option<InstalledMarker> {
     serde_json::from_slice(
         &crate::sys::fsutil::read_regular(
             &root.data_dir().join(MARKER),
@@ -101,13 +101,13 @@ const VERBS_LIBRARY_DIRS: [&str; 6] = [
     "lib/x86_64-linux-gnu",
 ];
 
-pub fn has_verbs_library(root: &super::Root) -> bool {
+pub fn has_verbs_library(root: &crate::host::root::Root) -> bool {
     VERBS_LIBRARY_DIRS
         .iter()
         .any(|d| root.path(d).join("libibverbs.so.1").exists())
 }
 
-fn rpm_version(root: &super::Root, package: &str) -> Option<String> {
+fn rpm_version(root: &crate::host::root::Root, package: &str) -> Option<String> {
     if !root.path("var/lib/rpm").is_dir() && !root.path("usr/lib/sysimage/rpm").is_dir() {
         return None;
     }
@@ -133,7 +133,7 @@ fn rpm_version(root: &super::Root, package: &str) -> Option<String> {
 
 /// Detect the installed stack. `ofed_info` is run only when the host has it, so hosts without
 /// OFED pay no process start.
-pub fn detect(root: &super::Root) -> Option<InstalledStack> {
+pub fn detect(root: &crate::host::root::Root) -> Option<InstalledStack> {
     let verbs_library = has_verbs_library(root);
     let ofed_info = ["usr/bin/ofed_info", "usr/sbin/ofed_info"]
         .iter()

@@ -9,11 +9,11 @@
 //! from the file after verification instead. Every download has a deadline, a minimum rate and
 //! a stop callback, checked while it waits on the network as well as between attempts.
 
-use super::rate as clock;
+use super::rate::{self, Clock, POLL};
 use super::{extract, http};
 
 use crate::error::{Code, Failure};
-use crate::sys::logging::redact_url;
+use crate::net::url::{file_name, redact_url};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -23,9 +23,8 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 use thiserror::Error;
 
-pub use clock::Limits;
-use clock::{Clock, POLL};
 pub use http::RetryPolicy;
+pub use rate::Limits;
 
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the download and the extraction thread.
@@ -86,6 +85,33 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// The time bound that ended a download of `url` (shown redacted).
+    fn bound(url: &str, b: rate::Bound) -> FetchError {
+        let url = url.to_string();
+        match b {
+            rate::Bound::Stopped => FetchError::Stopped { url },
+            rate::Bound::Deadline { received, limit_s } => FetchError::Deadline {
+                url,
+                received,
+                limit_s,
+            },
+            rate::Bound::TooSlow {
+                received,
+                elapsed_s,
+                window_bytes,
+                window_s,
+                min_rate,
+            } => FetchError::TooSlow {
+                url,
+                received,
+                elapsed_s,
+                window_bytes,
+                window_s,
+                min_rate,
+            },
+        }
+    }
+
     pub fn failure(&self) -> Failure {
         let (code, hint) = match self {
             FetchError::Checksum { .. } | FetchError::Size { .. } => (
@@ -146,17 +172,6 @@ pub fn is_tarball(url: &str) -> bool {
         .unwrap_or("")
         .to_ascii_lowercase();
     path.ends_with(".tgz") || path.ends_with(".tar.gz")
-}
-
-/// The last path segment of a URL, without query or fragment (`artifact` when there is none).
-pub fn file_name(url: &str) -> String {
-    let path = url.split(['?', '#']).next().unwrap_or("");
-    let name = path.rsplit('/').next().unwrap_or("");
-    if name.is_empty() || name == "." || name == ".." {
-        "artifact".into()
-    } else {
-        name.to_string()
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -410,12 +425,18 @@ fn attempt(
             break;
         }
         if try_no > 1 {
-            if let Err(e) = clock.pause(opts.retry.delay(try_no - 1), &url_shown, opts) {
+            if let Err(e) = clock
+                .pause(opts.retry.delay(try_no - 1), opts.keep_going, opts.sleep)
+                .map_err(|b| FetchError::bound(&url_shown, b))
+            {
                 outcome = Some(Err(e));
                 break;
             }
         }
-        if let Err(e) = clock.check(&url_shown, opts) {
+        if let Err(e) = clock
+            .check(opts.keep_going)
+            .map_err(|b| FetchError::bound(&url_shown, b))
+        {
             outcome = Some(Err(e));
             break;
         }
@@ -468,7 +489,10 @@ fn attempt(
                     break http::Step::Transient("download thread ended".into())
                 }
             }
-            if let Err(e) = clock.check(&url_shown, opts) {
+            if let Err(e) = clock
+                .check(opts.keep_going)
+                .map_err(|b| FetchError::bound(&url_shown, b))
+            {
                 outcome = Some(Err(e));
                 break 'attempts;
             }

@@ -6,3 +6,4 @@ pub mod fetch;
 pub mod http;
 pub mod proxy;
 pub mod rate;
+pub mod url;

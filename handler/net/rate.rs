@@ -1,12 +1,11 @@
 //! The time bounds of one fetch: an overall deadline, a minimum rate over every window, and
 //! the stop callback, checked while the download waits on the network and between attempts.
 
-use super::fetch::{FetchError, Options};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// Time bounds of one fetch. A download ends with [`FetchError::Deadline`] once `deadline`
-/// has passed since it started, and with [`FetchError::TooSlow`] when, once the first bytes
+/// Time bounds of one fetch. A download ends with [`Bound::Deadline`] once `deadline` has
+/// passed since it started, and with [`Bound::TooSlow`] when, once the first bytes
 /// arrived, any `window` of it (retry pauses included) brought fewer than `min_rate * window`
 /// bytes: a trickle, or a server that resets after every few bytes, cannot hold the worker
 /// for hours.
@@ -26,6 +25,24 @@ impl Default for Limits {
             window: Duration::from_secs(60),
         }
     }
+}
+
+/// Which bound ended a fetch, with the figures its message gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// The stop callback said no (a newer sequence number, or disable).
+    Stopped,
+    Deadline {
+        received: u64,
+        limit_s: u64,
+    },
+    TooSlow {
+        received: u64,
+        elapsed_s: u64,
+        window_bytes: u64,
+        window_s: u64,
+        min_rate: u64,
+    },
 }
 
 /// The deadline and minimum-progress rule across all attempts of one fetch.
@@ -74,13 +91,12 @@ impl Clock {
         self.limits.deadline.saturating_sub(self.start.elapsed())
     }
 
-    pub(super) fn check(&self, url: &str, opts: &Options) -> Result<(), FetchError> {
-        if !(opts.keep_going)() {
-            return Err(FetchError::Stopped { url: url.into() });
+    pub(super) fn check(&self, keep_going: &dyn Fn() -> bool) -> Result<(), Bound> {
+        if !keep_going() {
+            return Err(Bound::Stopped);
         }
         if self.start.elapsed() >= self.limits.deadline {
-            return Err(FetchError::Deadline {
-                url: url.into(),
+            return Err(Bound::Deadline {
                 received: self.received.get(),
                 limit_s: self.limits.deadline.as_secs(),
             });
@@ -96,8 +112,7 @@ impl Clock {
         if w >= self.limits.window {
             let needed = (self.limits.min_rate as f64 * w.as_secs_f64()) as u64;
             if self.window_bytes.get() < needed {
-                return Err(FetchError::TooSlow {
-                    url: url.into(),
+                return Err(Bound::TooSlow {
                     received: self.received.get(),
                     elapsed_s: self.start.elapsed().as_secs(),
                     window_bytes: self.window_bytes.get(),
@@ -112,15 +127,20 @@ impl Clock {
     }
 
     /// The pause before a retry, in slices, so a stop or the deadline is seen.
-    pub(super) fn pause(&self, d: Duration, url: &str, opts: &Options) -> Result<(), FetchError> {
+    pub(super) fn pause(
+        &self,
+        d: Duration,
+        keep_going: &dyn Fn() -> bool,
+        sleep: &dyn Fn(Duration),
+    ) -> Result<(), Bound> {
         let mut left = d.min(self.remaining());
         loop {
-            self.check(url, opts)?;
+            self.check(keep_going)?;
             if left.is_zero() {
                 return Ok(());
             }
             let slice = left.min(POLL);
-            (opts.sleep)(slice);
+            sleep(slice);
             left -= slice;
         }
     }
@@ -132,21 +152,6 @@ pub(super) const POLL: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::fetch::RetryPolicy;
-
-    fn opts<'a>(keep_going: &'a dyn Fn() -> bool, sleep: &'a dyn Fn(Duration)) -> Options<'a> {
-        Options {
-            proxy: None,
-            retry: RetryPolicy::default(),
-            max_extract: 0,
-            limits: Limits::default(),
-            sleep,
-            progress: &|_, _| {},
-            keep_going,
-            replace: false,
-        }
-    }
-
     #[test]
     fn a_window_below_the_rate_names_its_figures() {
         let clock = Clock::new(Limits {
@@ -156,19 +161,18 @@ mod tests {
         });
         clock.got(10);
         std::thread::sleep(Duration::from_millis(20));
-        let o = opts(&|| true, &|_| {});
-        let e = clock.check("u", &o).unwrap_err();
+        let e = clock.check(&|| true).unwrap_err();
         assert!(
             matches!(
                 e,
-                FetchError::TooSlow {
+                Bound::TooSlow {
                     received: 10,
                     window_bytes: 10,
                     min_rate: 1000,
                     ..
                 }
             ),
-            "{e}"
+            "{e:?}"
         );
     }
 
@@ -178,9 +182,10 @@ mod tests {
         let slept = Cell::new(0u32);
         let sleep = |_: Duration| slept.set(slept.get() + 1);
         let keep = || slept.get() < 3;
-        let o = opts(&keep, &sleep);
-        let e = clock.pause(Duration::from_secs(30), "u", &o).unwrap_err();
-        assert!(matches!(e, FetchError::Stopped { .. }), "{e}");
+        let e = clock
+            .pause(Duration::from_secs(30), &keep, &sleep)
+            .unwrap_err();
+        assert_eq!(e, Bound::Stopped);
         assert_eq!(slept.get(), 3);
     }
 }

@@ -8,7 +8,7 @@ use crate::error::{Code, Failure};
 use crate::host::os_release::OsRelease;
 use crate::host::pci::NicGeneration;
 use crate::host::stack::StackKind;
-use crate::sys::logging::redact_url;
+use crate::net::url::redact_url;
 use serde::{Deserialize, Serialize, Serializer};
 use std::cmp::Ordering;
 use std::sync::OnceLock;
@@ -128,7 +128,7 @@ fn inbox_first(os: &OsRelease) -> Option<&'static str> {
 }
 
 fn from_name(url: &str) -> Option<StackKind> {
-    let name = crate::net::fetch::file_name(url).to_ascii_lowercase();
+    let name = crate::net::url::file_name(url).to_ascii_lowercase();
     if name.starts_with("doca-host") {
         Some(StackKind::Doca)
     } else if name.starts_with("mlnx_ofed") {

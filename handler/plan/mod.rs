@@ -94,7 +94,7 @@ fn describe(choice: &Choice) -> String {
             url,
             ..
         } => {
-            let name = crate::net::fetch::file_name(url.expose());
+            let name = crate::net::url::file_name(url.expose());
             format!("{} {version} ({name})", stack.as_str())
         }
     }

@@ -1,7 +1,7 @@
 //! Our logs: a size-capped, rotated `tracing` log in the agent's `logFolder`, and one line per
 //! outcome in `/var/log/azure/ib-vmext-status`, where users of the real extension look.
 //! Nothing secret reaches either: secrets are typed ([`crate::agent::settings::Secret`]) and URLs are
-//! passed through [`redact_url`] before they are logged.
+//! passed through [`crate::net::url::redact_url`] before they are logged.
 
 use crate::sys::fsutil;
 use std::fs::{self, File};
@@ -158,25 +158,6 @@ fn install(file: Option<LogWriter>, verbose: bool) {
     };
 }
 
-/// Strip the query string and user info from a URL before it is logged or shown.
-pub fn redact_url(url: &str) -> String {
-    let no_query = url.split(['?', '#']).next().unwrap_or("");
-    match no_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            let host = authority
-                .rsplit_once('@')
-                .map(|(_, h)| h)
-                .unwrap_or(authority);
-            format!("{scheme}://{host}{path}")
-        }
-        None => no_query.to_string(),
-    }
-}
-
 /// Append one line to the compatible summary log under `root`. Best effort: a summary log that
 /// cannot be written is a warning in our own log.
 pub fn summary(root: &crate::host::Root, line: &str) {
@@ -275,18 +256,5 @@ mod tests {
         }
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert!(fs::metadata(&p).unwrap().len() <= 100);
-    }
-
-    #[test]
-    fn urls_lose_credentials_and_queries() {
-        assert_eq!(
-            redact_url("https://acct.blob.core.windows.net/c/ofed.tgz?sv=2020&sig=SECRET"),
-            "https://acct.blob.core.windows.net/c/ofed.tgz"
-        );
-        assert_eq!(
-            redact_url("http://user:pw@127.0.0.1:3128"),
-            "http://127.0.0.1:3128"
-        );
-        assert_eq!(redact_url("http://u:p@h/a@b?x"), "http://h/a@b");
     }
 }

@@ -1,12 +1,12 @@
 //! IPoIB `native` mode (DOMAIN.md 3.2): the host's `IPoIB_Data` pairs matched to interfaces by
 //! hardware address (never by name), and the addresses put on them with `ip`.
 
-use super::{run_cmd, Assignment, Ctx, State, IPOIB_PREFIX};
+use super::state::{run_cmd, Assignment, Ctx, State, IPOIB_PREFIX};
 use crate::error::{Code, Failure};
+use crate::host::ip::addresses_of;
 use crate::host::kvp::IpoibPair;
 use crate::host::Root;
 use crate::sys::fsutil;
-use crate::sys::proc;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -79,23 +79,6 @@ pub fn netdevs(root: &Root) -> Vec<(String, String)> {
         }
     }
     out.into_iter().collect()
-}
-
-/// IPv4 addresses on one interface (`ip -j -4 addr show dev X`).
-pub(super) fn addresses_of(netdev: &str) -> Vec<String> {
-    match proc::run(
-        "ip",
-        &["-j", "-4", "addr", "show", "dev", netdev],
-        None,
-        Duration::from_secs(10),
-    ) {
-        Ok(o) if o.success() => {
-            crate::stages::verify::parse_ip_json(&String::from_utf8_lossy(&o.stdout))
-                .remove(netdev)
-                .unwrap_or_default()
-        }
-        _ => Vec::new(),
-    }
 }
 
 pub(super) fn has_ip(addresses: &[String], cidr: &str) -> bool {

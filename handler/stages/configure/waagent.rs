@@ -1,7 +1,8 @@
 //! IPoIB `waagent` mode: `OS.EnableRDMA=y` in `/etc/waagent.conf` and, when needed, a queued
 //! restart of the agent so it reads it (DOMAIN.md 3.1).
 
-use super::{run_cmd, Ctx, State, WAAGENT_CONF};
+use super::ipoib::has_ip;
+use super::state::{run_cmd, Assignment, Ctx, State, WAAGENT_CONF};
 use crate::error::{Code, Failure};
 use crate::host::Root;
 use crate::sys::fsutil;
@@ -71,14 +72,14 @@ const RESTART_RECORD: &str = "agent-restart";
 /// Are some of `assignments` still missing after waiting up to `wait` for the agent?
 pub(super) fn addresses_missing_after(
     ctx: &Ctx,
-    assignments: &[super::Assignment],
+    assignments: &[Assignment],
     wait: std::time::Duration,
 ) -> bool {
     let deadline = std::time::Instant::now() + wait;
     loop {
         let missing = assignments
             .iter()
-            .any(|a| !super::has_ip(&super::addresses_of(&a.netdev), &a.address));
+            .any(|a| !has_ip(&crate::host::ip::addresses_of(&a.netdev), &a.address));
         if !missing || std::time::Instant::now() >= deadline || !(ctx.keep_going)() {
             return missing;
         }

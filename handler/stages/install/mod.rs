@@ -210,7 +210,7 @@ pub fn artifact_path(data_dir: &Path, choice: &Choice) -> Option<PathBuf> {
             .find(|n| dir.join(n).join("mlnxofedinstall").exists());
         return Some(top.map(|t| dir.join(t)).unwrap_or(dir));
     }
-    let name = fetch::file_name(url.expose());
+    let name = crate::net::url::file_name(url.expose());
     Some(dir.join(name))
 }
 

@@ -1,7 +1,17 @@
 //! What goes into the bundle: the handler's files, the host's state, IMDS, and the secrets the
 //! redactor must learn first.
 
-use super::*;
+use super::bundle::{
+    read_tail, to_json, Bundle, State, FILE_CAP, IMDS_TIMEOUT, PROGRAM_TIMEOUT, SECRET_ENV,
+};
+use super::redact::{self, Redactor};
+use crate::agent::environment::{AgentContext, HandlerEnvironment, HANDLER_ENVIRONMENT};
+use crate::agent::protected;
+use crate::agent::settings;
+use crate::host::{imds, stack, Root};
+use crate::sys::fsutil::dir_names;
+use std::fs::{self};
+use std::path::{Path, PathBuf};
 
 /// A path the agent wrote (absolute on the host) read under `IBDRIVER_ROOT` when it exists
 /// there, as on a mounted image.

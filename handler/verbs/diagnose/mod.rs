@@ -21,220 +21,24 @@
 //! before compression. The bundle is written atomically (temp file beside it, fsync, rename)
 //! with mode 0600.
 
+mod bundle;
 mod collect;
 mod redact;
 
 use collect::{collect_handler, collect_host, find_handler, host_path, learn_secrets};
 
 use crate::agent::environment::{AgentContext, HandlerEnvironment, HANDLER_ENVIRONMENT};
-use crate::agent::protected;
-use crate::agent::settings;
 use crate::error::Code;
-use crate::host::{imds, stack, Root};
-use crate::sys::fsutil::dir_names;
-use crate::sys::proc;
+use crate::host::Root;
 use serde::Serialize;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+use bundle::{to_json, Bundle, Part, State, TOP};
+pub use bundle::{BUNDLE_CAP, FILE_CAP};
 pub use redact::Redactor;
-
-pub const FILE_CAP: u64 = 5 * 1024 * 1024;
-pub const BUNDLE_CAP: u64 = 64 * 1024 * 1024;
-const TOP: &str = "ibdriver-diagnose";
-const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
-const IMDS_TIMEOUT: Duration = Duration::from_secs(3);
-const SECRET_ENV: [&str; 8] = [
-    "IBDRIVER_PACKAGE_URL",
-    "IBDRIVER_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "http_proxy",
-    "HTTP_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum State {
-    Collected,
-    Truncated,
-    Missing,
-    Failed,
-    /// Left out on purpose (downloads, staging trees, telemetry).
-    Skipped,
-}
-
-#[derive(Debug, Serialize)]
-struct Part {
-    name: String,
-    source: String,
-    state: State,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    bytes: u64,
-}
-
-/// Members and their index, filled in collection order.
-struct Bundle {
-    redactor: Redactor,
-    parts: Vec<Part>,
-    members: Vec<(String, Vec<u8>)>,
-    total: u64,
-}
-
-impl Bundle {
-    fn part(&mut self, name: &str, source: &str, state: State, detail: Option<String>, bytes: u64) {
-        self.parts.push(Part {
-            name: name.to_string(),
-            source: self.redactor.redact(source),
-            state,
-            detail: detail.map(|d| self.redactor.redact(&d)),
-            bytes,
-        });
-    }
-
-    fn missing(&mut self, name: &str, source: &str, why: impl Into<String>) {
-        self.part(name, source, State::Missing, Some(why.into()), 0);
-    }
-
-    /// Add `text` as a member (redacted); `detail` notes truncation or an exit code.
-    fn text(&mut self, name: &str, source: &str, text: &str, state: State, detail: Option<String>) {
-        let clean = self.redactor.redact(text).into_bytes();
-        let len = clean.len() as u64;
-        if self.total + len > BUNDLE_CAP {
-            self.missing(name, source, "left out: the bundle size cap was reached");
-            return;
-        }
-        self.total += len;
-        self.members.push((format!("{TOP}/{name}"), clean));
-        self.part(name, source, state, detail, len);
-    }
-
-    /// A host file, its tail when longer than [`FILE_CAP`].
-    fn file(&mut self, name: &str, path: &Path) {
-        let source = path.display().to_string();
-        match read_tail(path, FILE_CAP) {
-            Ok((bytes, None)) => self.text(
-                name,
-                &source,
-                &String::from_utf8_lossy(&bytes),
-                State::Collected,
-                None,
-            ),
-            Ok((bytes, Some(full))) => self.text(
-                name,
-                &source,
-                &String::from_utf8_lossy(&bytes),
-                State::Truncated,
-                Some(format!("last {} of {full} bytes", bytes.len())),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.missing(name, &source, "not present")
-            }
-            Err(e) => self.part(name, &source, State::Failed, Some(e.to_string()), 0),
-        }
-    }
-
-    /// The top-level regular files of `dir` under `prefix/`; subdirectories are noted, not read.
-    /// The files of `dir` that `keep` accepts; subdirectories are noted as skipped, except
-    /// those named in `descend`, whose files are collected too.
-    fn dir_files(
-        &mut self,
-        prefix: &str,
-        dir: &Path,
-        keep: impl Fn(&str) -> bool + Copy,
-        descend: &[&str],
-    ) {
-        if !dir.is_dir() {
-            self.missing(
-                &format!("{prefix}/"),
-                &dir.display().to_string(),
-                "not present",
-            );
-            return;
-        }
-        for name in dir_names(dir) {
-            let path = dir.join(&name);
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() && keep(&name) => {
-                    self.file(&format!("{prefix}/{name}"), &path)
-                }
-                Ok(m) if m.is_dir() && descend.contains(&name.as_str()) => {
-                    self.dir_files(&format!("{prefix}/{name}"), &path, keep, &[])
-                }
-                Ok(m) if m.is_dir() => self.part(
-                    &format!("{prefix}/{name}/"),
-                    &path.display().to_string(),
-                    State::Skipped,
-                    Some(
-                        "directory not collected (downloads, staging trees and telemetry stay out)"
-                            .into(),
-                    ),
-                    0,
-                ),
-                _ => {}
-            }
-        }
-    }
-
-    /// Run a program by argv with a timeout; its absence is recorded.
-    fn program(&mut self, name: &str, program: &str, args: &[&str]) {
-        let source = format!("{program} {}", args.join(" "));
-        if !proc::on_path(program) {
-            self.missing(name, &source, format!("{program} is not on PATH"));
-            return;
-        }
-        match proc::run(program, args, None, PROGRAM_TIMEOUT) {
-            Ok(out) if out.success() => self.text(
-                name,
-                &source,
-                &String::from_utf8_lossy(&out.stdout),
-                State::Collected,
-                None,
-            ),
-            Ok(out) => {
-                let text = format!(
-                    "{}\n--- stderr ---\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                self.text(
-                    name,
-                    &source,
-                    &text,
-                    State::Failed,
-                    Some(out.describe_exit()),
-                )
-            }
-            Err(e) => self.part(name, &source, State::Failed, Some(e.to_string()), 0),
-        }
-    }
-}
-
-/// Read a file, or only its last `cap` bytes from a line start; `Some(len)` when cut.
-fn read_tail(path: &Path, cap: u64) -> io::Result<(Vec<u8>, Option<u64>)> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut buf = Vec::new();
-    if len <= cap {
-        f.take(cap).read_to_end(&mut buf)?;
-        return Ok((buf, None));
-    }
-    f.seek(SeekFrom::Start(len - cap))?;
-    f.take(cap).read_to_end(&mut buf)?;
-    // Start at a whole line, so no secret is cut into a piece the redactor cannot recognise.
-    let from = buf.iter().position(|b| *b == b'\n').map_or(0, |p| p + 1);
-    Ok((buf.split_off(from), Some(len)))
-}
-
-fn to_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-}
 
 #[derive(Serialize)]
 struct Manifest<'a> {

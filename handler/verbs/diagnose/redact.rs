@@ -45,7 +45,7 @@ pub struct Redactor {
 impl Redactor {
     /// Learn a secret value. A URL with credentials or a query string is learned by those
     /// parts (user info, password, query, secret parameters), so its scheme, host and path stay
-    /// readable as [`crate::sys::logging::redact_url`] shows them; any other value is learned whole.
+    /// readable as [`crate::net::url::redact_url`] shows them; any other value is learned whole.
     pub fn add(&mut self, value: &str) {
         let value = value.trim();
         let mut found = Vec::new();
