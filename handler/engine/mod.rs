@@ -140,6 +140,7 @@ pub struct EngineEnd {
 pub fn run_engine(e: &Engine) -> EngineEnd {
     let data = e.root.data_dir();
     let facts = host::detect(e.root, Some(&imds::Policy::default()), true);
+    let ib_functions: Vec<&crate::host::pci::PciFunction> = facts.infiniband_functions().collect();
     let store = e.store;
     let seq = e.seq;
     let mut cp = Checkpoint::resume(store.load(), seq, &e.settings.fingerprint, &facts.boot_id);
@@ -192,6 +193,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                     keep_going: e.keep_going,
                     progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
                     loaded_modules: &facts.modules,
+                    functions: &ib_functions,
                 }),
                 _ => None,
             };

@@ -56,7 +56,35 @@ impl NicGeneration {
     pub fn is_mlx4(self) -> bool {
         matches!(self, NicGeneration::ConnectX3 | NicGeneration::ConnectX3Pro)
     }
+
+    /// The kernel modules a function of this generation needs: the core (PCI and Ethernet)
+    /// driver and its InfiniBand driver. The one place this is written; configure, activate,
+    /// repair and verify all ask here.
+    pub fn driver_modules(self) -> DriverModules {
+        if self.is_mlx4() {
+            DriverModules {
+                core: "mlx4_core",
+                ib: "mlx4_ib",
+            }
+        } else {
+            DriverModules {
+                core: "mlx5_core",
+                ib: "mlx5_ib",
+            }
+        }
+    }
 }
+
+/// The core and InfiniBand driver modules of one NIC generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverModules {
+    pub core: &'static str,
+    pub ib: &'static str,
+}
+
+/// The RDMA modules above the HCA driver that every InfiniBand VM loads: verbs, umad and the
+/// connection manager's user interface MPI needs.
+pub const RDMA_MODULES: [&str; 3] = ["ib_uverbs", "ib_umad", "rdma_ucm"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum LinkLayer {
@@ -118,6 +146,14 @@ pub struct PciFunction {
 }
 
 impl PciFunction {
+    /// [`NicGeneration::driver_modules`]; a function of an unknown generation is mlx5 (every
+    /// Mellanox device id we do not list is newer than ConnectX-3).
+    pub fn driver_modules(&self) -> DriverModules {
+        self.generation
+            .unwrap_or(NicGeneration::Mlx5Gen)
+            .driver_modules()
+    }
+
     fn ib_ports(&self) -> impl Iterator<Item = &IbPort> {
         self.ib_devices.iter().flat_map(|d| d.ports.iter())
     }
@@ -241,6 +277,25 @@ pub fn scan(pci_devices: &Path) -> Vec<PciFunction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_generation_names_its_two_driver_modules() {
+        for id in [0x1003u16, 0x1004, 0x1007] {
+            let (g, _) = NicGeneration::from_device_id(id).unwrap();
+            assert_eq!(
+                g.driver_modules(),
+                DriverModules {
+                    core: "mlx4_core",
+                    ib: "mlx4_ib"
+                }
+            );
+        }
+        for id in [0x1013u16, 0x1016, 0x1018, 0x101c, 0x101e, 0x1021] {
+            let (g, _) = NicGeneration::from_device_id(id).unwrap();
+            assert_eq!(g.driver_modules().core, "mlx5_core");
+            assert_eq!(g.driver_modules().ib, "mlx5_ib");
+        }
+    }
 
     #[test]
     fn device_table() {

@@ -88,10 +88,8 @@ impl HealthReport {
 pub fn required_modules(functions: &[&PciFunction]) -> Vec<String> {
     let mut req: BTreeSet<&str> = ["ib_core", "ib_uverbs"].into();
     for f in functions {
-        match f.generation {
-            Some(g) if g.is_mlx4() => req.extend(["mlx4_core", "mlx4_ib"]),
-            _ => req.extend(["mlx5_core", "mlx5_ib"]),
-        }
+        let m = f.driver_modules();
+        req.extend([m.core, m.ib]);
     }
     req.into_iter().map(str::to_string).collect()
 }

@@ -21,7 +21,7 @@ use waagent::waagent_enable;
 
 use crate::agent::settings::{HcaNaming, IpoibMode};
 use crate::error::{Code, Failure};
-use crate::host::pci::{LinkLayer, PciFunction};
+use crate::host::pci::{LinkLayer, PciFunction, RDMA_MODULES};
 use crate::host::Root;
 use crate::sys::fsutil;
 use crate::sys::proc;
@@ -31,14 +31,8 @@ use std::time::Duration;
 /// The modules configure loads: the HCA driver, verbs, umad and the connection manager user
 /// interface MPI needs; IPoIB unless it is off; `nvidia_peermem` beside an NVIDIA GPU driver.
 pub fn wanted_modules(ib: &[&PciFunction], ipoib: bool, gpu: bool) -> Vec<String> {
-    let mut m: BTreeSet<&str> = ["ib_uverbs", "ib_umad", "rdma_ucm"].into();
-    for f in ib {
-        m.insert(if f.generation.is_some_and(|g| g.is_mlx4()) {
-            "mlx4_ib"
-        } else {
-            "mlx5_ib"
-        });
-    }
+    let mut m: BTreeSet<&str> = RDMA_MODULES.into();
+    m.extend(ib.iter().map(|f| f.driver_modules().ib));
     if ipoib {
         m.insert("ib_ipoib");
     }

@@ -35,6 +35,8 @@ pub struct Ctx<'a> {
     pub progress: &'a dyn Fn(&str),
     /// Modules loaded when the worker started (old drivers still in memory).
     pub loaded_modules: &'a std::collections::BTreeSet<String>,
+    /// The VM's InfiniBand functions, whose drivers activate loads.
+    pub functions: &'a [&'a crate::host::pci::PciFunction],
 }
 
 /// Run one recipe command, its output to our log, its stderr tail into the failure.
@@ -603,8 +605,11 @@ pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Acti
     let needs_reboot = flagged || (vendor && old_loaded && cp.installer_ran);
     if !needs_reboot {
         if !vendor {
+            // What configure will ask for, IPoIB included (configure leaves it loaded or not
+            // used, as the setting says).
+            let modules = crate::stages::configure::wanted_modules(ctx.functions, true, false);
             let mut args = vec!["-a", "-b", "-q"];
-            args.extend(["mlx5_ib", "mlx4_ib", "ib_uverbs", "ib_umad", "ib_ipoib"]);
+            args.extend(modules.iter().map(String::as_str));
             match proc::run("modprobe", &args, None, Duration::from_secs(120)) {
                 Ok(o) if o.success() => {}
                 Ok(o) => tracing::warn!("modprobe: {}", o.stderr_tail(300)),

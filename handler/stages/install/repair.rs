@@ -21,16 +21,14 @@ pub struct Ctx<'a> {
     pub progress: &'a dyn Fn(&str),
 }
 
-/// The HCA driver module the VM's InfiniBand functions need.
+/// The HCA driver module the VM's InfiniBand functions need: `mlx4_ib` when any of them is a
+/// ConnectX-3 (it sorts first; Azure never mixes generations in one VM), else `mlx5_ib`.
 fn driver_module(facts: &HostFacts) -> &'static str {
-    if facts
+    facts
         .infiniband_functions()
-        .any(|f| f.generation.is_some_and(|g| g.is_mlx4()))
-    {
-        "mlx4_ib"
-    } else {
-        "mlx5_ib"
-    }
+        .map(|f| f.driver_modules().ib)
+        .min()
+        .unwrap_or("mlx5_ib")
 }
 
 fn is_module_file(name: &str, module: &str) -> bool {
