@@ -79,7 +79,6 @@ fn bundle_has_every_part_and_no_secret() {
     );
     write(&w.handler_dir.join("heartbeat.log"), "[{\"heartbeat\":{}}]");
     w.set_file("var/log/azure/ib-vmext-status", &leak);
-    w.set_file("var/log/waagent.log", &leak);
     w.set_file(
         "etc/waagent.conf",
         "Provisioning.Agent=auto\nHttpProxy.Host=proxyuser:ConfOnlyPw5@proxy.corp\nHttpProxy.Port=3128\n",
@@ -89,6 +88,13 @@ fn bundle_has_every_part_and_no_secret() {
     write(&data.join("request.json"), format!("{{\"url\":\"{SAS}\"}}"));
     write(&data.join("artifacts/abc/doca.tgz"), "downloaded artifact");
     write(&data.join("staging/part"), "staging tree");
+    // The proxy variables enable left for its worker: collected, their credentials redacted.
+    let saved_proxy = "saveduser:SavedPw77@10.1.1.1:3128";
+    write(
+        &data.join("proxy-env.json"),
+        serde_json::json!({ "HTTPS_PROXY": saved_proxy }).to_string(),
+    );
+    w.set_file("var/log/waagent.log", &format!("{leak}saved SavedPw77\n"));
     let imds = Imds::serve(
         r#"{"vmSize":"Standard_HB120rs_v3","location":"eastus","tags":"owner:PlantedTag1",
         "customData":"PlantedCustom1","userData":"PlantedUser1",
@@ -202,6 +208,7 @@ fn bundle_has_every_part_and_no_secret() {
         "ENVSIG456",
         "EnvPw42",
         "ConfOnlyPw5",
+        "SavedPw77",
         "PlantedTag1",
         "PlantedCustom1",
         "PlantedUser1",

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -480,4 +481,56 @@ fn enable_takes_back_a_sequence_number_whose_worker_was_leaving() {
     });
     w.wait_worker_gone(Duration::from_secs(20));
     assert_eq!(w.mrseq().as_deref(), Some("1"));
+}
+
+#[test]
+fn a_worker_under_systemd_gets_the_proxy_through_a_private_file_never_its_command_line() {
+    let w = World::new("hbv3", HB);
+    fs::create_dir_all(w.root.join("run/systemd/system")).unwrap();
+    // Like systemd: the worker starts in a clean environment with only what --setenv gave.
+    write_exec(
+        &w.stubs.join("systemd-run"),
+        &format!(
+            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\nset -- \"$@\"\nenvs=''\nwhile [ $# -gt 0 ]; do case \"$1\" in --setenv=*) envs=\"$envs ${{1#--setenv=}}\"; shift;; --*) shift;; *) break;; esac; done\nsetsid env -i $envs \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+            w.tmp.path().join("calls.log").display()
+        ),
+    );
+    w.settings(1, json!({"ipoib": "off"}));
+    let proxy = "http://proxyuser:ProxyPw31@127.0.0.1:9";
+    let out = w
+        .command(&["enable"], 1)
+        .env("https_proxy", proxy)
+        .env("NO_PROXY", "169.254.169.254")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(30))),
+        "success"
+    );
+    let calls = w.calls();
+    let run = calls
+        .lines()
+        .find(|l| l.starts_with("systemd-run"))
+        .expect("the worker was started with systemd-run");
+    assert!(run.contains("--setenv=PATH="), "{run}");
+    assert!(run.contains("--setenv=IBDRIVER_ROOT="), "{run}");
+    assert!(
+        !run.contains("ProxyPw31") && !run.contains("proxy"),
+        "{run}"
+    );
+    let saved = w.data_dir().join("proxy-env.json");
+    let mode = fs::metadata(&saved).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    let vars: serde_json::Value = serde_json::from_slice(&fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(vars["https_proxy"], proxy);
+    assert_eq!(vars["NO_PROXY"], "169.254.169.254");
+    // Without proxies in the environment, the next enable's worker gets none left over.
+    w.settings(2, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(2, Duration::from_secs(30))),
+        "success"
+    );
+    assert!(!saved.exists());
 }

@@ -26,3 +26,6 @@ pub const UPDATE_MARKER: &str = "update.json";
 pub const ARTIFACTS: &str = "artifacts";
 /// Partial downloads, resumed by the next attempt.
 pub const STAGING: &str = "staging";
+/// The proxy variables enable saw, for a worker that systemd-run started clean
+/// (`sys::runtime`).
+pub const PROXY_ENV: &str = "proxy-env.json";

@@ -5,20 +5,13 @@
 //! process group can stop it. Without systemd it runs in a session of its own.
 
 use crate::agent::invocation::Invocation;
+use crate::engine::files;
 use crate::error::{Code, Failure};
 use crate::sys::proc;
+use crate::sys::runtime::Runtime;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Variables the worker needs from enable's environment (systemd-run starts it clean).
-const PASSED_ENV: [&str; 5] = [
-    "IBDRIVER_ROOT",
-    "IBDRIVER_IMDS_URL",
-    "IBDRIVER_VERIFY_TIMEOUT_SECONDS",
-    "PATH",
-    "AZURE_GUEST_AGENT_EXTENSION_VERSION",
-];
 
 fn worker_args(inv: &Invocation) -> Vec<String> {
     vec![
@@ -30,7 +23,7 @@ fn worker_args(inv: &Invocation) -> Vec<String> {
     ]
 }
 
-fn spawn_systemd(inv: &Invocation, timeout: Duration) -> Result<(), String> {
+fn spawn_systemd(inv: &Invocation, runtime: &Runtime, timeout: Duration) -> Result<(), String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -49,10 +42,8 @@ fn spawn_systemd(inv: &Invocation, timeout: Duration) -> Result<(), String> {
         "--property=KillMode=process".into(),
         format!("--working-directory={}", inv.agent.handler_dir.display()),
     ];
-    for key in PASSED_ENV {
-        if let Ok(v) = std::env::var(key) {
-            args.push(format!("--setenv={key}={v}"));
-        }
+    for (key, v) in runtime.passed.iter() {
+        args.push(format!("--setenv={key}={v}"));
     }
     args.push(inv.exe.to_string_lossy().into_owned());
     args.extend(worker_args(inv));
@@ -92,8 +83,14 @@ fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
 
 /// `timeout` bounds systemd-run, which with `Type=exec` returns once the worker has started.
 pub fn spawn(inv: &Invocation, timeout: Duration) -> Result<(), Failure> {
+    let runtime = Runtime::from_env();
+    // The proxy variables reach the worker through a private file, never a command line.
+    if let Err(e) = runtime.save_proxy(&inv.root.data_dir()) {
+        let f = Failure::state_io(&inv.root.data_dir().join(files::PROXY_ENV), e);
+        return Err(f);
+    }
     if inv.root.systemd_running() && proc::on_path("systemd-run") {
-        match spawn_systemd(inv, timeout) {
+        match spawn_systemd(inv, &runtime, timeout) {
             Ok(()) => {
                 tracing::info!("worker started as a transient systemd unit");
                 return Ok(());

@@ -61,17 +61,8 @@ pub fn bypassed(host: &str, no_proxy: &str) -> bool {
         })
 }
 
-/// The process environment as [`choose`] reads it: the proxy variables that are valid UTF-8
-/// (`std::env::vars` panics on any variable that is not, and only these few matter here).
-pub fn environment() -> BTreeMap<String, String> {
-    ["http_proxy", "https_proxy", "no_proxy"]
-        .iter()
-        .flat_map(|k| [k.to_string(), k.to_ascii_uppercase()])
-        .filter_map(|k| Some((k.clone(), std::env::var_os(&k)?.into_string().ok()?)))
-        .collect()
-}
-
-/// Pick the proxy for `url`. `env` holds the process environment (a map so tests pass one).
+/// Pick the proxy for `url`. `env` holds the proxy variables (`sys::runtime`; a map so tests
+/// pass one).
 pub fn choose(
     url: &str,
     setting: Option<&str>,

@@ -6,4 +6,5 @@ pub mod faultpoint;
 pub mod fsutil;
 pub mod logging;
 pub mod proc;
+pub mod runtime;
 pub mod systemd;

@@ -32,12 +32,8 @@ fn quote(word: &str) -> String {
 
 pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
     let mut env = String::new();
-    for key in ["IBDRIVER_ROOT", "IBDRIVER_IMDS_URL"] {
-        if let Ok(v) = std::env::var(key) {
-            if !v.is_empty() {
-                env.push_str(&format!("Environment={}\n", quote(&format!("{key}={v}"))));
-            }
-        }
+    for (key, v) in crate::sys::runtime::Runtime::from_env().unit_vars() {
+        env.push_str(&format!("Environment={}\n", quote(&format!("{key}={v}"))));
     }
     format!(
         "# Written by the InfiniBandDriverLinux extension; removed by its disable and uninstall.\n\

@@ -75,7 +75,7 @@ fn fetch_into(req: &fetch::Request, into: &Path) -> i32 {
         }
     }
     let staging = into.join(FETCH_STAGING);
-    let env = crate::net::proxy::environment();
+    let env = crate::sys::runtime::Runtime::from_env().proxy;
     let waagent_conf = std::fs::read_to_string(Root::from_env().path("etc/waagent.conf")).ok();
     let progress = fetch::progress_every(10, |pct, done, total| {
         crate::tell!("fetch: {pct}% ({done} of {total} bytes)")

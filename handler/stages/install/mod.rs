@@ -224,7 +224,7 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     let dest = artifact_dir(ctx.data_dir, sha256);
-    let env = crate::net::proxy::environment();
+    let env = crate::sys::runtime::worker_proxy(ctx.data_dir);
     let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
     let proxy = crate::net::proxy::choose(
         url.expose(),

@@ -66,6 +66,12 @@ pub(super) fn learn_secrets(
             redactor.add(&v);
         }
     }
+    // The proxy variables enable left for its worker (sys::runtime), credentials and all.
+    for v in crate::sys::runtime::worker_proxy(&root.data_dir()).values() {
+        if !v.trim().is_empty() {
+            redactor.add(v);
+        }
+    }
     if let Ok(conf) = fs::read_to_string(root.path("etc/waagent.conf")) {
         for line in conf.lines() {
             if let Some((k, v)) = line.split_once('=') {
