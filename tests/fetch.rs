@@ -274,6 +274,50 @@ fn a_partial_file_from_an_earlier_run_is_resumed() {
 }
 
 #[test]
+fn a_partial_file_longer_than_the_artifact_is_discarded() {
+    let data = bundle(10, 100_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let req = request(&server, &data, "ofed.tgz");
+    let staging = dir.path().join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let mut longer = data.clone();
+    longer.extend_from_slice(&[7u8; 100]);
+    fs::write(staging.join(format!("{}.part", req.sha256)), &longer).unwrap();
+    let out = Run::new().fetch(&req, dir.path()).unwrap();
+    assert_eq!(server.sent(), data.len() as u64);
+    assert_eq!(out.files, 11);
+}
+
+#[test]
+fn a_complete_partial_file_is_verified_without_downloading_it_again() {
+    let data = bundle(10, 100_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let req = request(&server, &data, "ofed.tgz");
+    let staging = dir.path().join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join(format!("{}.part", req.sha256)), &data).unwrap();
+    let out = Run::new().fetch(&req, dir.path()).unwrap();
+    assert_eq!(server.sent(), 0);
+    assert_eq!(out.files, 11);
+}
+
+#[test]
+fn a_body_that_ends_early_without_a_length_is_resumed_not_taken_as_complete() {
+    let data = bundle(10, 100_000);
+    let server = Server::start(data.clone());
+    server.fault(Fault::CloseAfterWithoutLength(5000));
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new()
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap();
+    assert_eq!(out.files, 11);
+    assert_eq!(server.request_count(), 2);
+    assert_eq!(server.sent(), data.len() as u64);
+}
+
+#[test]
 fn a_server_that_ignores_range_is_read_from_the_start() {
     let data = bundle(5, 50_000);
     let server = Server::start(data.clone());

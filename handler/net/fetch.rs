@@ -759,3 +759,114 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     }
     Ok(hex(&h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_names_its_code_and_what_to_do() {
+        let cases = [
+            (
+                FetchError::Io {
+                    path: "/p".into(),
+                    err: io::Error::from(io::ErrorKind::StorageFull),
+                },
+                Code::StateIo,
+                "check free space",
+            ),
+            (
+                FetchError::Extract {
+                    url: "u".into(),
+                    err: extract::ExtractError::Corrupt("bad".into()),
+                },
+                Code::DownloadFailed,
+                "corrupt or unsafe",
+            ),
+            (
+                FetchError::Exists { path: "/p".into() },
+                Code::StateIo,
+                "move it away",
+            ),
+            (
+                FetchError::Stopped { url: "u".into() },
+                Code::Superseded,
+                "newer work",
+            ),
+            (
+                FetchError::Checksum {
+                    url: "u".into(),
+                    expected: "a".into(),
+                    actual: "b".into(),
+                },
+                Code::ChecksumMismatch,
+                "not the one",
+            ),
+            (
+                FetchError::Proxy("no proxy".into()),
+                Code::DownloadFailed,
+                "check network access",
+            ),
+        ];
+        for (e, code, hint) in cases {
+            let f = e.failure();
+            assert_eq!(f.code, code, "{e}");
+            assert!(f.message.contains(hint), "{}", f.message);
+            assert!(f.message.starts_with(&e.to_string()), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn the_channel_reader_hands_on_every_byte_in_order_whatever_the_buffer() {
+        let (tx, rx) = sync_channel(4);
+        for chunk in [&b"abc"[..], b"", b"defgh", b"i"] {
+            tx.send(chunk.to_vec()).unwrap();
+        }
+        drop(tx);
+        let mut r = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"abcdefghi");
+    }
+
+    #[test]
+    fn progress_is_told_once_per_step_crossed() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let p = progress_every(10, |pct, _, _| seen.borrow_mut().push(pct));
+        for done in [0u64, 5, 9, 10, 19, 20, 100] {
+            p(done, Some(100));
+        }
+        p(50, None);
+        p(50, Some(0));
+        assert_eq!(*seen.borrow(), [0, 10, 20, 100]);
+    }
+
+    #[test]
+    fn moving_onto_anything_that_exists_is_refused_and_replaces_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let from = d.path().join("new");
+        let to = d.path().join("theirs");
+        fs::write(&from, b"ours").unwrap();
+        fs::write(&to, b"theirs").unwrap();
+        assert!(matches!(
+            move_new(&from, &to),
+            Err(FetchError::Exists { .. })
+        ));
+        assert_eq!(fs::read(&to).unwrap(), b"theirs");
+        let free = d.path().join("free");
+        move_new(&from, &free).unwrap();
+        assert_eq!(fs::read(&free).unwrap(), b"ours");
+        assert!(!from.exists());
+    }
+}

@@ -25,6 +25,9 @@ pub enum Fault {
     StallAfter(usize),
     /// Answer 302 with this `Location`.
     Redirect(String),
+    /// Send no Content-Length, this many body bytes, then close cleanly: a body that ends
+    /// early with nothing to say it did.
+    CloseAfterWithoutLength(usize),
 }
 
 pub struct Server {
@@ -97,7 +100,14 @@ impl Server {
                     }
                     (_, Some(st)) => (206, st),
                 };
-                let mut hdr = format!("HTTP/1.1 {status} OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n", total - start);
+                let length = if matches!(fault, Some(Fault::CloseAfterWithoutLength(_))) {
+                    String::new()
+                } else {
+                    format!("Content-Length: {}\r\n", total - start)
+                };
+                let mut hdr = format!(
+                    "HTTP/1.1 {status} OK\r\n{length}Accept-Ranges: bytes\r\nConnection: close\r\n"
+                );
                 if status == 206 {
                     hdr.push_str(&format!(
                         "Content-Range: bytes {start}-{}/{total}\r\n",
@@ -109,7 +119,9 @@ impl Server {
                     continue;
                 }
                 let limit = match fault {
-                    Some(Fault::ResetAfter(n)) | Some(Fault::StallAfter(n)) => n.min(total - start),
+                    Some(Fault::ResetAfter(n))
+                    | Some(Fault::StallAfter(n))
+                    | Some(Fault::CloseAfterWithoutLength(n)) => n.min(total - start),
                     _ => total - start,
                 };
                 let (piece, gap) = match fault {
@@ -143,7 +155,9 @@ impl Server {
                     }
                     continue;
                 }
-                if limit < total - start {
+                if limit < total - start
+                    && !matches!(fault, Some(Fault::CloseAfterWithoutLength(_)))
+                {
                     // An abrupt close: the client sees a truncated body.
                     let _ = conn.shutdown(std::net::Shutdown::Both);
                 }
