@@ -544,21 +544,60 @@ pub fn load(
 
 /// Public settings from a file holding either the bare public settings object or a whole
 /// agent `N.settings` document.
-pub fn read_public_settings(path: &Path) -> Result<PublicSettings, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// A file that cannot be read or is not JSON is [`SettingsError::Unreadable`] or
+/// [`SettingsError::Malformed`] (code 102); a bad value is [`SettingsError::Invalid`] (103).
+pub fn read_public_settings(path: &Path) -> Result<PublicSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|err| SettingsError::Unreadable {
+        path: path.display().to_string(),
+        err,
+    })?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| SettingsError::Malformed {
+            path: path.display().to_string(),
+            detail: format!("not JSON: {e}"),
+        })?;
     if v.get("runtimeSettings").is_some() {
-        let raw = parse_settings_file(&text, path).map_err(|e| e.to_string())?;
-        return parse_public(raw.public.as_ref()).map_err(|e| e.to_string());
+        let raw = parse_settings_file(&text, path)?;
+        return parse_public(raw.public.as_ref());
     }
-    parse_public(Some(&v)).map_err(|e| e.to_string())
+    parse_public(Some(&v))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_settings_file_keeps_malformed_and_invalid_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let code = |text: Option<&str>| {
+            let p = d.path().join("s.json");
+            let _ = std::fs::remove_file(&p);
+            if let Some(t) = text {
+                std::fs::write(&p, t).unwrap();
+            }
+            read_public_settings(&p)
+                .map(|_| ())
+                .map_err(|e| Failure::from(e).code)
+        };
+        assert_eq!(code(None), Err(Code::SettingsMalformed));
+        assert_eq!(code(Some("{not json")), Err(Code::SettingsMalformed));
+        assert_eq!(
+            code(Some(r#"{"runtimeSettings": [{}, {}]}"#)),
+            Err(Code::SettingsMalformed)
+        );
+        assert_eq!(
+            code(Some(r#"{"ipoib": "sideways"}"#)),
+            Err(Code::SettingsInvalid)
+        );
+        assert_eq!(
+            code(Some(
+                r#"{"runtimeSettings": [{"handlerSettings": {"publicSettings": {"stack": 7}}}]}"#
+            )),
+            Err(Code::SettingsInvalid)
+        );
+        assert_eq!(code(Some(r#"{"ipoib": "off"}"#)), Ok(()));
+    }
     use serde_json::json;
 
     fn public(v: serde_json::Value) -> Result<PublicSettings, SettingsError> {

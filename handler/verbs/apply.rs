@@ -161,9 +161,7 @@ fn result_line(line: &str) {
 pub fn settings_from(file: Option<&Path>) -> Result<Settings, Failure> {
     let public = match file {
         None => settings::PublicSettings::default(),
-        Some(p) => crate::agent::settings::read_public_settings(p).map_err(|e| {
-            Failure::new(Code::SettingsInvalid, format!("{e}; fix the settings file"))
-        })?,
+        Some(p) => settings::read_public_settings(p).map_err(Failure::from)?,
     };
     let protected = take_secrets()?;
     let present: Vec<String> = protected.keys().cloned().collect();

@@ -1,7 +1,6 @@
 //! `plan`: what enable would do on this host with these settings, without doing it.
 
 use crate::agent::settings::{self, PublicSettings};
-use crate::error::Code;
 use crate::host::{self, imds, Root};
 use crate::plan;
 use serde::Serialize;
@@ -15,8 +14,9 @@ pub fn run(settings_file: Option<&Path>, json: bool) -> i32 {
         Some(p) => match settings::read_public_settings(p) {
             Ok(s) => s,
             Err(e) => {
-                crate::tell!("ibdriver: {e}");
-                return Code::SettingsInvalid.exit_code();
+                let f = crate::error::Failure::from(e);
+                crate::tell!("ibdriver: {f}");
+                return f.code.exit_code();
             }
         },
     };
