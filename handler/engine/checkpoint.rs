@@ -183,9 +183,20 @@ impl Store {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunEnd {
     Completed,
+    /// A stage asked for a reboot (the message says what for); the work resumes after it.
+    Rebooting(String),
+    /// A newer sequence number or disable wants this run to end.
+    Stopped(Stopped),
     Failed(Failure),
-    /// `stop` asked to leave at a safe point (a newer sequence number, or disable).
-    Stopped,
+}
+
+/// Where a stopped run noticed it was no longer wanted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Between stages: nothing was interrupted.
+    BetweenStages,
+    /// Inside a stage that polls for it (a download, a lock wait); the message says where.
+    InStage(String),
 }
 
 /// Run the planned stages not yet completed, saving the checkpoint around each.
@@ -198,7 +209,7 @@ pub fn run(
 ) -> Result<RunEnd, Failure> {
     while let Some(stage) = cp.next(plan) {
         if stop() {
-            return Ok(RunEnd::Stopped);
+            return Ok(RunEnd::Stopped(Stopped::BetweenStages));
         }
         crate::sys::faultpoint::hit("stage begin", stage.name());
         cp.begin(stage);
@@ -221,7 +232,11 @@ pub fn run(
                 );
                 cp.fail(f.clone());
                 store.save(cp)?;
-                return Ok(RunEnd::Failed(f));
+                return Ok(match f.code {
+                    Code::Rebooting => RunEnd::Rebooting(f.message),
+                    Code::Superseded => RunEnd::Stopped(Stopped::InStage(f.message)),
+                    _ => RunEnd::Failed(f),
+                });
             }
         }
     }
@@ -312,6 +327,39 @@ mod tests {
     }
 
     #[test]
+    fn a_reboot_or_a_stop_inside_a_stage_is_its_own_ending_not_a_failure() {
+        for (code, want) in [
+            (
+                Code::Rebooting,
+                RunEnd::Rebooting("rebooting to load the new drivers".into()),
+            ),
+            (
+                Code::Superseded,
+                RunEnd::Stopped(Stopped::InStage("rebooting to load the new drivers".into())),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::new(dir.path());
+            let mut cp = Checkpoint::fresh(1, "h", "b");
+            let f = Failure::new(code, "rebooting to load the new drivers");
+            let end = run(
+                &store,
+                &mut cp,
+                &PLAN,
+                |s, _| match s {
+                    Stage::Verify => Err(f.clone()),
+                    _ => Ok(()),
+                },
+                || false,
+            )
+            .unwrap();
+            assert_eq!(end, want);
+            // The checkpoint records it as before, so a resumed run knows where it was.
+            assert_eq!(store.load().unwrap().outcome.unwrap().code, code);
+        }
+    }
+
+    #[test]
     fn a_crash_mid_stage_leaves_it_to_rerun() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
@@ -340,7 +388,7 @@ mod tests {
             || n.get() >= 1,
         )
         .unwrap();
-        assert_eq!(end, RunEnd::Stopped);
+        assert_eq!(end, RunEnd::Stopped(Stopped::BetweenStages));
         assert_eq!(cp.completed, vec![Stage::Preflight]);
     }
 

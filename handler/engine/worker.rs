@@ -145,19 +145,12 @@ fn finish(inv: &Invocation, end: EngineEnd) -> i32 {
     let mut subs = stage_substatus(&cp, &stages);
     subs.push(health_substatus(&report));
     match end {
-        Ok(RunEnd::Failed(Failure {
-            code: Code::Rebooting,
-            ..
-        })) => {
-            tracing::info!(seq, "worker ends: the VM reboots");
+        Ok(RunEnd::Rebooting(why)) => {
+            tracing::info!(seq, "worker ends: {why}");
             0
         }
-        Ok(RunEnd::Stopped)
-        | Ok(RunEnd::Failed(Failure {
-            code: Code::Superseded,
-            ..
-        })) => {
-            tracing::info!(seq, "stopping at a safe point: superseded or disabled");
+        Ok(RunEnd::Stopped(at)) => {
+            tracing::info!(seq, ?at, "stopping at a safe point: superseded or disabled");
             0
         }
         Ok(RunEnd::Failed(f)) => {

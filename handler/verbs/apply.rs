@@ -11,7 +11,7 @@
 //! through an installer, when the extension's disable asks.
 
 use crate::agent::settings::{self, Settings};
-use crate::engine::checkpoint::{RunEnd, Store};
+use crate::engine::checkpoint::{RunEnd, Stopped, Store};
 use crate::engine::lock::WorkerLock;
 use crate::engine::request::read_request;
 use crate::engine::{remove_downloads, run_engine, success_summary, Engine, EngineEnd};
@@ -266,14 +266,19 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
     });
     match end {
         Err(f) => fail(&f),
-        Ok(RunEnd::Failed(f)) if f.code == Code::Rebooting => {
+        Ok(RunEnd::Rebooting(why)) => {
             say("the VM reboots to activate the drivers; run apply again after the boot (a Batch start task does) and it resumes");
-            result_line(&format!("rebooting: {}", f.message));
+            result_line(&format!("rebooting: {why}"));
             0
         }
-        Ok(RunEnd::Stopped) => fail(&Failure::new(
+        Ok(RunEnd::Stopped(at)) => fail(&Failure::new(
             Code::Superseded,
-            "the extension was disabled while apply ran; apply left at a safe point",
+            match at {
+                Stopped::BetweenStages => {
+                    "the extension was disabled while apply ran; apply left at a safe point".into()
+                }
+                Stopped::InStage(message) => message,
+            },
         )),
         Ok(RunEnd::Failed(f)) => {
             if !report.problems.is_empty() {
