@@ -36,6 +36,11 @@ macro_rules! codes {
                 }
             }
 
+            /// The code a status file's number stands for.
+            pub fn from_number(n: u32) -> Option<Code> {
+                Code::ALL.iter().copied().find(|c| c.number() == n)
+            }
+
             /// Short name used in logs, events and the README table.
             pub fn name(self) -> &'static str {
                 match self {
@@ -44,6 +49,21 @@ macro_rules! codes {
             }
         }
     };
+}
+
+/// Serde for a status file's `code` field: the number, and only a number we define.
+pub mod as_number {
+    use super::Code;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(code: &Code, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(code.number())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Code, D::Error> {
+        let n = u32::deserialize(d)?;
+        Code::from_number(n).ok_or_else(|| D::Error::custom(format!("unknown status code {n}")))
+    }
 }
 
 codes! {

@@ -109,7 +109,13 @@ impl Invocation {
 
     /// A status report of this invocation's operation.
     pub fn report(&self, status: status::StatusValue, message: impl Into<String>) -> StatusReport {
-        StatusReport::new(&self.name(), self.operation.as_str(), status, 0, message)
+        StatusReport::new(
+            &self.name(),
+            self.operation.as_str(),
+            status,
+            Code::Success,
+            message,
+        )
     }
 
     /// Write this sequence number's status file. A status that cannot be written is a

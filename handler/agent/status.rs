@@ -45,13 +45,14 @@ impl FormattedMessage {
 pub struct SubStatus {
     pub name: String,
     pub status: StatusValue,
-    pub code: u32,
+    #[serde(with = "crate::error::as_number")]
+    pub code: Code,
     #[serde(rename = "formattedMessage")]
     pub formatted_message: FormattedMessage,
 }
 
 impl SubStatus {
-    pub fn new(name: &str, status: StatusValue, code: u32, message: impl Into<String>) -> Self {
+    pub fn new(name: &str, status: StatusValue, code: Code, message: impl Into<String>) -> Self {
         SubStatus {
             name: name.into(),
             status,
@@ -66,7 +67,8 @@ pub struct StatusBody {
     pub name: String,
     pub operation: String,
     pub status: StatusValue,
-    pub code: u32,
+    #[serde(with = "crate::error::as_number")]
+    pub code: Code,
     #[serde(rename = "formattedMessage")]
     pub formatted_message: FormattedMessage,
     #[serde(default)]
@@ -87,7 +89,7 @@ pub struct StatusReport {
     pub name: String,
     pub operation: String,
     pub status: StatusValue,
-    pub code: u32,
+    pub code: Code,
     pub message: String,
     pub substatus: Vec<SubStatus>,
 }
@@ -97,7 +99,7 @@ impl StatusReport {
         name: &str,
         operation: &str,
         status: StatusValue,
-        code: u32,
+        code: Code,
         message: impl Into<String>,
     ) -> Self {
         StatusReport {
@@ -115,7 +117,7 @@ impl StatusReport {
             name,
             operation,
             StatusValue::Error,
-            f.code.number(),
+            f.code,
             f.message.clone(),
         )
     }
@@ -309,14 +311,28 @@ pub fn write_heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_numbers_in_the_file_and_unknown_numbers_are_refused() {
+        let sub = SubStatus::new("verify", StatusValue::Error, Code::PortsNotActive, "down");
+        let v = serde_json::to_value(&sub).unwrap();
+        assert_eq!(v["code"], 220);
+        assert_eq!(serde_json::from_value::<SubStatus>(v).unwrap(), sub);
+        let unknown = serde_json::json!({"name": "x", "status": "error", "code": 999,
+            "formattedMessage": {"lang": "en-US", "message": "m"}});
+        assert!(serde_json::from_value::<SubStatus>(unknown).is_err());
+    }
     use serde_json::Value;
 
     #[test]
     fn exact_shape_with_lower_case_status() {
-        let r =
-            StatusReport::new("H", "Enable", StatusValue::Success, 0, "ok").with_substatus(vec![
-                SubStatus::new("verify", StatusValue::Success, 0, "ports up"),
-            ]);
+        let r = StatusReport::new("H", "Enable", StatusValue::Success, Code::Success, "ok")
+            .with_substatus(vec![SubStatus::new(
+                "verify",
+                StatusValue::Success,
+                Code::Success,
+                "ports up",
+            )]);
         let v: Value = serde_json::from_slice(&r.to_json("2026-01-01T00:00:00Z")).unwrap();
         let expected = serde_json::json!([{
             "version": 1.0, "timestampUTC": "2026-01-01T00:00:00Z",
@@ -334,13 +350,19 @@ mod tests {
                 SubStatus::new(
                     &format!("s{i}"),
                     StatusValue::Warning,
-                    1,
+                    Code::Usage,
                     "x".repeat(20_000),
                 )
             })
             .collect();
-        let r = StatusReport::new("H", "Enable", StatusValue::Error, 220, "m".repeat(300_000))
-            .with_substatus(subs);
+        let r = StatusReport::new(
+            "H",
+            "Enable",
+            StatusValue::Error,
+            Code::PortsNotActive,
+            "m".repeat(300_000),
+        )
+        .with_substatus(subs);
         let bytes = r.to_json("t");
         assert!(bytes.len() <= MAX_STATUS_BYTES, "{}", bytes.len());
         let v: Vec<StatusEntry> = serde_json::from_slice(&bytes).unwrap();
@@ -353,7 +375,13 @@ mod tests {
 
     #[test]
     fn small_reports_are_untouched() {
-        let r = StatusReport::new("H", "Enable", StatusValue::Success, 0, "m".repeat(100_000));
+        let r = StatusReport::new(
+            "H",
+            "Enable",
+            StatusValue::Success,
+            Code::Success,
+            "m".repeat(100_000),
+        );
         let v: Vec<StatusEntry> = serde_json::from_slice(&r.to_json("t")).unwrap();
         assert_eq!(v[0].status.formatted_message.message.len(), 100_000);
     }
@@ -377,9 +405,15 @@ mod tests {
     fn written_file_reads_back() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("3.status");
-        StatusReport::new("H", "Enable", StatusValue::Transitioning, 0, "working")
-            .write(&p)
-            .unwrap();
+        StatusReport::new(
+            "H",
+            "Enable",
+            StatusValue::Transitioning,
+            Code::Success,
+            "working",
+        )
+        .write(&p)
+        .unwrap();
         assert_eq!(read(&p).unwrap().status.status, StatusValue::Transitioning);
     }
 
@@ -416,7 +450,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("not-a-dir");
         std::fs::write(&file, b"").unwrap();
-        let r = StatusReport::new("H", "Enable", StatusValue::Transitioning, 0, "working");
+        let r = StatusReport::new(
+            "H",
+            "Enable",
+            StatusValue::Transitioning,
+            Code::Success,
+            "working",
+        );
         let f = r.write(&file.join("0.status")).unwrap_err();
         assert_eq!(f.code, Code::StateIo);
         let f = write_heartbeat(

@@ -23,7 +23,7 @@ pub fn health_substatus(report: &HealthReport) -> SubStatus {
         StatusValue::Error
     };
     let json = serde_json::to_string(report).expect("health report serializes");
-    SubStatus::new("health", status, report.code.number(), json)
+    SubStatus::new("health", status, report.code, json)
 }
 
 /// The cheap verdict for the no-op path: sysfs and file checks only, no IMDS, no processes.

@@ -40,22 +40,32 @@ pub fn stage_substatus(cp: &Checkpoint, plan: &[Stage]) -> Vec<SubStatus> {
     plan.iter()
         .map(|s| {
             if cp.is_done(*s) {
-                SubStatus::new(s.name(), StatusValue::Success, 0, "done")
+                SubStatus::new(s.name(), StatusValue::Success, Code::Success, "done")
             } else if cp.current == Some(*s) {
-                SubStatus::new(s.name(), StatusValue::Transitioning, 0, "running")
+                SubStatus::new(
+                    s.name(),
+                    StatusValue::Transitioning,
+                    Code::Success,
+                    "running",
+                )
             } else if let (Some(err), None) = (&cp.last_error, cp.current) {
                 if cp.next(plan) == Some(*s) {
+                    SubStatus::new(s.name(), StatusValue::Error, err.code, err.message.clone())
+                } else {
                     SubStatus::new(
                         s.name(),
-                        StatusValue::Error,
-                        err.code.number(),
-                        err.message.clone(),
+                        StatusValue::Transitioning,
+                        Code::Success,
+                        "not started",
                     )
-                } else {
-                    SubStatus::new(s.name(), StatusValue::Transitioning, 0, "not started")
                 }
             } else {
-                SubStatus::new(s.name(), StatusValue::Transitioning, 0, "pending")
+                SubStatus::new(
+                    s.name(),
+                    StatusValue::Transitioning,
+                    Code::Success,
+                    "pending",
+                )
             }
         })
         .collect()
