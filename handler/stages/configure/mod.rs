@@ -1,4 +1,4 @@
-//! The configure stage (DOMAIN.md section 3): load the RDMA modules the stack needs and make
+//! The configure stage (docs/DOMAIN.md, "Configure"): load the RDMA modules the stack needs, make
 //! them load at boot, enable the stack's service, set up IPoIB per the `ipoib` setting, and
 //! optionally give HCAs stable names. Every step looks before it acts, so running it twice in
 //! a row changes nothing the second time. The network stack is never restarted.
@@ -30,7 +30,7 @@ use std::time::Duration;
 pub const MODULES_LOAD_FILE: &str = "etc/modules-load.d/infiniband-driver-linux.conf";
 pub const STATE_FILE: &str = "configure.json";
 pub const WAAGENT_CONF: &str = "etc/waagent.conf";
-/// Every IPoIB address Azure hands out is in 172.16.0.0/16 (DOMAIN.md 3.2).
+/// Every IPoIB address Azure hands out is in 172.16.0.0/16 (docs/DOMAIN.md, "IPoIB").
 pub const IPOIB_PREFIX: u32 = 16;
 
 /// One IPoIB address configure put (or found) on one interface.
