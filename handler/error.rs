@@ -1,7 +1,7 @@
 //! Status codes, exit codes and the one-line failure every layer reports.
 //!
 //! Every layer has its own `thiserror` enum; each converts into a [`Failure`] (code + message)
-//! in exactly one place, next to the enum. This file owns the code table that the README
+//! in exactly one place, next to the enum. This file owns the code table that docs/CODES.md
 //! documents; a test keeps the two in step.
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,7 @@ macro_rules! codes {
                 Code::ALL.iter().copied().find(|c| c.number() == n)
             }
 
-            /// Short name used in logs, events and the README table.
+            /// Short name used in logs, events and the docs/CODES.md table.
             pub fn name(self) -> &'static str {
                 match self {
                     $(Code::$name => stringify!($name),)+
@@ -183,12 +183,45 @@ mod tests {
         assert_eq!(Code::Success.exit_code(), 0);
     }
 
+    /// docs/CODES.md is the code table: exactly one row per code with its number, name and exit
+    /// code (and a meaning and an action), and no row for a code that does not exist.
     #[test]
-    fn every_code_is_documented_in_the_readme() {
-        let readme = include_str!("../README.md");
+    fn every_code_is_documented_in_docs_codes_md() {
+        let doc = include_str!("../docs/CODES.md");
+        // `| code | name | exit | meaning | what to do |`, the rows whose first cell is a number.
+        let rows: Vec<Vec<&str>> = doc
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('|'))
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .filter(|cells| cells[0].parse::<u32>().is_ok())
+            .collect();
         for c in Code::ALL.iter().copied() {
-            let row = format!("| {} | {} |", c.number(), c.name());
-            assert!(readme.contains(&row), "README lacks row starting {row}");
+            let number = c.number().to_string();
+            let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == number).collect();
+            assert_eq!(
+                mine.len(),
+                1,
+                "docs/CODES.md needs one row for code {number}"
+            );
+            let row = mine[0];
+            assert!(
+                row.len() >= 5,
+                "docs/CODES.md row {number} has too few columns"
+            );
+            assert_eq!(row[1], c.name(), "docs/CODES.md row {number}: name");
+            let exit = c.exit_code().to_string();
+            assert_eq!(row[2], exit, "docs/CODES.md row {number}: exit code");
+            assert!(
+                !row[3].is_empty() && !row[4].is_empty(),
+                "docs/CODES.md row {number}: meaning and what to do"
+            );
+        }
+        for row in &rows {
+            assert!(
+                Code::ALL.iter().any(|c| c.number().to_string() == row[0]),
+                "docs/CODES.md has a row for code {}, which does not exist",
+                row[0]
+            );
         }
     }
 

@@ -1,12 +1,10 @@
 //! Azure VM extension handler that installs and verifies InfiniBand/RDMA drivers.
 //!
 //! The pipeline, in module order:
-//! argv ([`cli`]) -> agent environment ([`agent`]) -> settings ([`settings`], [`protected`])
-//! -> host facts ([`host`]) -> plan ([`plan`]) -> stages ([`engine`], [`runner`], [`install`],
-//! [`configure`], [`health`]) -> status ([`status`], [`events`], [`logging`]).
-//! Around it: enable's synchronous part and the worker ([`enable`], [`worker`], [`lock`]), the
-//! lifecycle verbs ([`lifecycle`]), the health monitor ([`monitor`]) and the operator verbs
-//! ([`operator`], [`apply`], [`diagnose`]).
+//! argv ([`cli`]) -> agent environment and settings ([`agent`]) -> host facts ([`host`]) ->
+//! plan ([`plan`]) -> stages ([`stages`], run by [`engine`]) -> status, heartbeat and events
+//! ([`agent`]). Around it: one file per verb ([`verbs`]), downloads ([`net`]), the OS ([`sys`])
+//! and the codes ([`error`]). docs/ARCHITECTURE.md describes each layer.
 
 pub mod agent;
 pub mod cli;

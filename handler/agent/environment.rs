@@ -1,5 +1,6 @@
 //! The agent side of the contract: `HandlerEnvironment.json`, the sequence number and the
-//! environment variables the guest agent sets for every command (PROTOCOL.md sections 2, 3.2, 6.4).
+//! environment variables the guest agent sets for every command (docs/PROTOCOL.md,
+//! "HandlerEnvironment.json", "Environment variables", "Sequence numbers").
 
 use crate::error::{Code, Failure};
 use serde::Deserialize;
@@ -26,12 +27,13 @@ pub struct HandlerEnvironment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PriorExit {
     NotRun,
-    /// The literal `None` the agent passes after a failed update is retried (PROTOCOL.md 7.4).
+    /// The literal `None` the agent passes after a failed update is retried (docs/PROTOCOL.md,
+    /// "A failed update").
     Unknown,
     Code(i32),
 }
 
-/// Every variable of PROTOCOL.md 6.4, parsed.
+/// Every variable of docs/PROTOCOL.md, "Environment variables", parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentVars {
     pub config_sequence_number: Option<u64>,
@@ -363,7 +365,8 @@ pub fn settings_file_name(seq: u64, extension: Option<&str>) -> String {
 }
 
 /// Pick the sequence number when the agent did not pass one: the most recently modified
-/// `N.settings`, ties broken by the highest N; 0 when there is none (PROTOCOL.md 3.2).
+/// `N.settings`, ties broken by the highest N; 0 when there is none (docs/PROTOCOL.md,
+/// "Sequence numbers").
 pub fn infer_sequence(config_folder: &Path, extension: Option<&str>) -> u64 {
     let mut best: Option<(std::time::SystemTime, u64)> = None;
     let Ok(rd) = fs::read_dir(config_folder) else {

@@ -1,5 +1,6 @@
-//! Telemetry events for the agent's `eventsFolder` (PROTOCOL.md section 8): one JSON file per
+//! Telemetry events for the agent's `eventsFolder`: one JSON file per
 //! event named `<epoch-ns>.json`, string fields only, within the agent's size and count limits.
+//! See docs/PROTOCOL.md, "Telemetry events".
 
 use crate::sys::fsutil;
 use serde::Serialize;

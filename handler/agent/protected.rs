@@ -1,7 +1,8 @@
-//! Decrypting protected settings with the system `openssl` (PROTOCOL.md 3.3): base64 of a DER
+//! Decrypting protected settings with the system `openssl`: base64 of a DER
 //! CMS EnvelopedData, the recipient's `<THUMB>.crt`/`.prv` beside the agent's other files.
 //! `openssl cms` first (3DES and AES), `openssl smime` as the fallback older handlers use.
 //! The system OpenSSL keeps FIPS hosts compliant. Plaintext stays in memory only.
+//! See docs/PROTOCOL.md, "Protected settings".
 
 use crate::error::{Code, Failure};
 use crate::sys::proc;

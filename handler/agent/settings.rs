@@ -1,4 +1,4 @@
-//! `N.settings`: the public settings of DESIGN.md section 5 and the protected settings
+//! `N.settings`: the public settings (README, "Settings") and the protected settings
 //! (decrypted by [`crate::agent::protected`]). Unknown keys are rejected by name.
 
 use crate::error::{Code, Failure};
@@ -28,8 +28,9 @@ pub enum IpoibMode {
     Off,
 }
 
-/// HCA device names (DOMAIN.md 3.5): leave the kernel's, or give InfiniBand HCAs `mlx5_ib<N>`
+/// HCA device names: leave the kernel's, or give InfiniBand HCAs `mlx5_ib<N>`
 /// and accelerated-networking ones `mlx5_an<N>` so every node of a cluster names them alike.
+/// See docs/DOMAIN.md, "HCA names".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HcaNaming {

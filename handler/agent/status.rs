@@ -1,5 +1,6 @@
 //! The status file and heartbeat file: typed documents in the exact shape the agent parses
-//! (PROTOCOL.md sections 4-5), clamped to its 128 KiB limit and written atomically.
+//! (docs/PROTOCOL.md, "Status file" and "Heartbeat"), clamped to its 128 KiB limit and
+//! written atomically.
 
 use crate::error::{Code, Failure};
 use crate::sys::clock;

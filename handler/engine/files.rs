@@ -1,4 +1,4 @@
-//! The names of what we keep in the data directory (`/var/lib/ibdriver`, 0700), in one
+//! The names of what we keep in the data directory (`/var/lib/infiniband-driver-linux`, 0700), in one
 //! place. Every file there is ours, written with `fsutil` (0600, temp + rename, no link
 //! followed) and read with `fsutil::read_regular` (regular files only, bounded).
 

@@ -1,4 +1,4 @@
-//! The stages as one engine, shared by the agent's detached worker ([`crate::verbs::enable::worker`])
+//! The stages as one engine, shared by the agent's detached worker ([`crate::engine::worker`])
 //! and `apply`: detect, plan, run the stages not yet done with the checkpoint around each, and
 //! the verify wait. The callers own status, heartbeat and exit codes.
 

@@ -1,6 +1,6 @@
 //! The Hyper-V KVP pool file `/var/lib/hyperv/.kvp_pool_0`: fixed records of a 512-byte key and
 //! a 2048-byte value, NUL padded. The host writes `IPoIB_Data` (SR-IOV) or `NdDriverVersion`
-//! (Network Direct) there (DOMAIN.md 3.2, 4.4).
+//! (Network Direct) there (docs/DOMAIN.md, "Detection" and "IPoIB").
 
 use serde::Serialize;
 

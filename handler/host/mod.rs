@@ -1,5 +1,5 @@
-//! Host facts, read through the seams of DESIGN.md section 7: every path under `IBDRIVER_ROOT`,
-//! IMDS at `IBDRIVER_IMDS_URL`, programs from `PATH`. Reading changes nothing.
+//! Host facts, read through the seams of docs/ARCHITECTURE.md, "Seams": every path under
+//! `IBDRIVER_ROOT`, IMDS at `IBDRIVER_IMDS_URL`, programs from `PATH`. Reading changes nothing.
 
 pub mod imds;
 pub mod ip;

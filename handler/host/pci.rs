@@ -8,7 +8,7 @@ use std::path::Path;
 
 pub const MELLANOX_VENDOR: u16 = 0x15b3;
 
-/// DOMAIN.md 4.3.
+/// By PCI device id (docs/DOMAIN.md, "Detection").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NicGeneration {

@@ -36,7 +36,7 @@ pub struct Plan {
     pub install: Option<Choice>,
 }
 
-/// Distros this handler serves (DESIGN.md, DOMAIN.md section 6). `Err` says why not.
+/// Distros this handler serves (docs/DOMAIN.md, "Distributions"). `Err` says why not.
 pub fn os_supported(os: &OsRelease) -> Result<(), String> {
     let major = os.version_id.split('.').next().unwrap_or("");
     let ok = match os.id.as_str() {
@@ -59,7 +59,7 @@ pub fn os_supported(os: &OsRelease) -> Result<(), String> {
     }
 }
 
-/// Sizes with Network Direct (non-SR-IOV) RDMA, all retired; DOMAIN.md 4.2.
+/// Sizes with Network Direct (non-SR-IOV) RDMA, all retired (docs/DOMAIN.md, "Detection").
 fn network_direct_size(size: &str) -> bool {
     let s = size.to_ascii_lowercase();
     let s = s.strip_prefix("standard_").unwrap_or(&s);
@@ -237,7 +237,7 @@ fn install_plan(
         Ok(c) => c,
         Err(f) => return refuse(f),
     };
-    // Vendor modules are built on the VM by DKMS and not signed (DOMAIN.md pain point 4):
+    // Vendor modules are built on the VM by DKMS and not signed (docs/DOMAIN.md, "Secure Boot"):
     // with Secure Boot on, prefer the distribution's signed modules, or refuse up front.
     if facts.secure_boot == SecureBoot::Enabled && matches!(choice, Choice::Artifact { .. }) {
         if settings.stack == Stack::Auto

@@ -1,5 +1,5 @@
-//! What to run to install each stack on each distribution family (DOMAIN.md section 2), as
-//! data: argv lists with their purpose and time limit. Pure; [`super`] runs them.
+//! What to run to install each stack on each distribution family (docs/DOMAIN.md, "Install
+//! recipes"), as data: argv lists with their purpose and time limit. Pure; [`super`] runs them.
 
 use crate::host::os_release::OsRelease;
 use crate::host::stack::StackKind;

@@ -1,6 +1,6 @@
 //! `apply [--settings FILE]`: the engine without the agent, for Batch start tasks, image builds
-//! and cloud-init (DESIGN.md section 3). The same stages, checkpoint, lock and exit codes as the
-//! agent's worker; progress goes to stderr, the result line to stdout, the log to
+//! and cloud-init (README, "Operator verbs"). The same stages, checkpoint, lock and exit codes
+//! as the agent's worker; progress goes to stderr, the result line to stdout, the log to
 //! `<data dir>/log/`. Secrets come only from the environment (`IBDRIVER_PACKAGE_URL`,
 //! `IBDRIVER_PROXY`), never from the command line.
 //!

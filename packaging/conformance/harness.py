@@ -2,7 +2,7 @@
 """Conformance harness: the real Azure Linux guest agent code drives a handler zip.
 
 Uses Debian's waagent 2.7.3.0 (`azurelinuxagent`, made available by fetch_waagent.sh) with a
-minimal fake protocol (docs PROTOCOL.md section 10), so install/enable/disable/uninstall run
+minimal fake protocol (described in README.md), so install/enable/disable/uninstall run
 exactly as the agent runs them and every assertion is made on what the agent itself would
 upload (report_ext_handlers_status + vm_status_to_v1, collect_ext_status, collect_heartbeat).
 
@@ -533,7 +533,8 @@ def sc_healthy(ctx):
 def protected_healthy(cipher):
     def run(ctx):
         crt, key, thumb = make_cert(os.path.join(ctx.dir, "certs"))
-        # PROTOCOL.md 3.3: the agent keeps <THUMB>.crt/.prv in Lib.Dir (= configFolder/../..).
+        # docs/PROTOCOL.md, "Protected settings": the agent keeps <THUMB>.crt/.prv in Lib.Dir
+        # (= configFolder/../..).
         shutil.copyfile(crt, os.path.join(ctx.lib, thumb + ".crt"))
         shutil.copyfile(key, os.path.join(ctx.lib, thumb + ".prv"))
         os.chmod(os.path.join(ctx.lib, thumb + ".prv"), 0o600)
@@ -673,7 +674,8 @@ def update_is_noop(ctx, old, new, kept, mark, old_enabled=True):
     agent's sequence since line `mark` of CommandExecution.log, and no work redone. The agent
     disables `old` only when it is still enabled (not on the retry of a failed update)."""
     downgrade = [int(x) for x in new.split(".")] < [int(x) for x in old.split(".")]
-    updater = old if downgrade else new          # PROTOCOL.md 7.4: a downgrade runs A's update
+    # docs/PROTOCOL.md, "Update and downgrade": a downgrade runs A's (the installed) update.
+    updater = old if downgrade else new
     steps = [("disable", old)] if old_enabled else []
     steps += [("update", updater), ("uninstall", old), ("install", new), ("enable", new)]
     lines = {}

@@ -1,5 +1,5 @@
-//! IPoIB `native` mode (DOMAIN.md 3.2): the host's `IPoIB_Data` pairs matched to interfaces by
-//! hardware address (never by name), and the addresses put on them with `ip`.
+//! IPoIB `native` mode (docs/DOMAIN.md, "IPoIB"): the host's `IPoIB_Data` pairs matched to
+//! interfaces by hardware address (never by name), and the addresses put on them with `ip`.
 
 use super::state::{run_cmd, Assignment, Ctx, State, IPOIB_PREFIX};
 use crate::error::{Code, Failure};

@@ -1,4 +1,4 @@
-//! The configure stage (DOMAIN.md section 3): load the RDMA modules the stack needs and make
+//! The configure stage (docs/DOMAIN.md, "Configure"): load the RDMA modules the stack needs, make
 //! them load at boot, enable the stack's service, set up IPoIB per the `ipoib` setting, and
 //! optionally give HCAs stable names. Every step looks before it acts, so running it twice in
 //! a row changes nothing the second time. The network stack is never restarted.

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub const MODULES_LOAD_FILE: &str = "etc/modules-load.d/infiniband-driver-linux.conf";
 pub const STATE_FILE: &str = files::CONFIGURE_STATE;
 pub const WAAGENT_CONF: &str = "etc/waagent.conf";
-/// Every IPoIB address Azure hands out is in 172.16.0.0/16 (DOMAIN.md 3.2).
+/// Every IPoIB address Azure hands out is in 172.16.0.0/16 (docs/DOMAIN.md, "IPoIB").
 pub const IPOIB_PREFIX: u32 = 16;
 
 /// One IPoIB address configure put (or found) on one interface.

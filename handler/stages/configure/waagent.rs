@@ -1,5 +1,5 @@
 //! IPoIB `waagent` mode: `OS.EnableRDMA=y` in `/etc/waagent.conf` and, when needed, a queued
-//! restart of the agent so it reads it (DOMAIN.md 3.1).
+//! restart of the agent so it reads it (docs/DOMAIN.md, "IPoIB").
 
 use super::ipoib::has_ip;
 use super::state::{run_cmd, Assignment, Ctx, State, WAAGENT_CONF};

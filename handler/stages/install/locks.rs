@@ -1,6 +1,6 @@
 //! Waiting for cloud-init and for the package manager's locks before touching packages
-//! (DOMAIN.md 2.1, pain point 7): bounded by `lockTimeoutSeconds`, then a dedicated code.
-//! Locks are only observed (fcntl F_GETLK, pid files), never taken.
+//! (docs/DOMAIN.md, "Package locks and cloud-init"): bounded by `lockTimeoutSeconds`, then a
+//! dedicated code. Locks are only observed (fcntl F_GETLK, pid files), never taken.
 
 use crate::error::{Code, Failure};
 use crate::host::Root;

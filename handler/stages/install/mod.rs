@@ -568,7 +568,7 @@ pub enum Activation {
 
 /// Activate the new drivers: load modules for the inbox stack; reboot for a vendor stack whose
 /// predecessor is still loaded (a live `openibd restart` detaches the VFs and loses IPoIB
-/// netdevs, DOMAIN.md 2.8). At most one reboot per sequence number.
+/// netdevs: docs/DOMAIN.md, "Activation"). At most one reboot per sequence number.
 pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Activation, Failure> {
     let flagged = ctx.root.path("run/reboot-required").exists()
         || ctx.root.path("var/run/reboot-required").exists();

@@ -1,4 +1,4 @@
-//! Keeping DOCA-OFED's user space in place (DOMAIN.md 2.2-2.3, pain point 13): the distribution
+//! Keeping DOCA-OFED's user space (docs/DOMAIN.md, "Keeping DOCA's packages"): the distribution
 //! ships newer rdma-core packages that would replace DOCA's and break it on the next update.
 //! On apt hosts the shadowed packages are held; on dnf/yum hosts they are excluded from the
 //! distribution's BaseOS repositories. Also the DKMS build order fix for DOCA's modules.
