@@ -4,11 +4,12 @@
 //! a process whose start time still matches counts, so disable stops exactly our own worker,
 //! never one found by name or a recycled pid.
 
+use crate::sys::clock::{poll as poll_wait, Look};
 use crate::sys::fsutil;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct WorkerLock {
     path: PathBuf,
@@ -58,16 +59,11 @@ impl WorkerLock {
         poll: Duration,
         give_up: impl Fn() -> bool,
     ) -> std::io::Result<Option<Held>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(h) = self.try_acquire(seq)? {
-                return Ok(Some(h));
-            }
-            if give_up() || Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(poll);
-        }
+        poll_wait(timeout, poll, || match self.try_acquire(seq) {
+            Ok(None) if !give_up() => Look::NotYet(Ok(None)),
+            other => Look::Done(other),
+        })
+        .0
     }
 
     /// The worker holding the lock, if that process still runs (same pid and start time).

@@ -4,11 +4,12 @@
 use crate::engine::lock::WorkerLock;
 use crate::engine::request::{read_request, write_request, Request};
 use crate::error::{Code, Failure};
+use crate::sys::clock::{poll, Look};
 use crate::sys::fsutil;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long stopping the worker waits at each step: for the worker to leave by itself after
 /// the stop request, after SIGTERM, after SIGKILL.
@@ -45,19 +46,17 @@ pub fn stop_worker(data: &Path, waits: StopWaits) -> Result<(), Failure> {
     }
     let lock = WorkerLock::new(data);
     let gone_within = |wait: Duration, pid: Option<u32>| {
-        let deadline = Instant::now() + wait;
-        loop {
+        poll(wait, Duration::from_millis(50), || {
             let alive = lock
                 .holder()
                 .is_some_and(|h| pid.is_none_or(|p| p == h.pid));
-            if !alive {
-                return true;
+            if alive {
+                Look::NotYet(())
+            } else {
+                Look::Done(())
             }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
+        .1
     };
     if gone_within(waits.request, None) {
         return Ok(());

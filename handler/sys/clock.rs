@@ -64,6 +64,63 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// What time it is and how to wait: the system's in production; a test passes its own, so a
+/// wait is as long as the test says and never depends on how loaded the machine is.
+pub trait Clock {
+    fn now(&self) -> Instant;
+    fn sleep(&self, d: Duration);
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+}
+
+/// One look of [`poll_until`].
+pub enum Look<T> {
+    /// Waiting is over (what was waited for came, or there is no point waiting longer).
+    Done(T),
+    /// Not yet; this is what a look found, returned if time runs out.
+    NotYet(T),
+}
+
+/// Look at once, then every `tick`, until a look is [`Look::Done`] or `timeout` has passed;
+/// the last pause is cut to what is left, and there is always a look at the end. Returns the
+/// last look's value and whether it was `Done`. The one wait loop of the handler: every
+/// bounded wait (locks, the worker, ports, interfaces, addresses, an installer) goes through it.
+pub fn poll_until<T>(
+    clock: &dyn Clock,
+    timeout: Duration,
+    tick: Duration,
+    mut look: impl FnMut() -> Look<T>,
+) -> (T, bool) {
+    let deadline = clock.now() + timeout;
+    loop {
+        let value = match look() {
+            Look::Done(v) => return (v, true),
+            Look::NotYet(v) => v,
+        };
+        let now = clock.now();
+        if now >= deadline {
+            return (value, false);
+        }
+        clock.sleep(tick.min(deadline - now));
+    }
+}
+
+/// [`poll_until`] on the real clock.
+pub fn poll<T>(timeout: Duration, tick: Duration, look: impl FnMut() -> Look<T>) -> (T, bool) {
+    poll_until(&SystemClock, timeout, tick, look)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +131,75 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_704_067_199), "2023-12-31T23:59:59Z");
         assert_eq!(rfc3339(1_795_305_600), "2026-11-22T00:00:00Z");
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+
+    /// A clock whose sleeps move it forward and nothing else does.
+    struct FakeClock {
+        now: Cell<Instant>,
+        slept: RefCell<Vec<Duration>>,
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> Instant {
+            self.now.get()
+        }
+        fn sleep(&self, d: Duration) {
+            self.slept.borrow_mut().push(d);
+            self.now.set(self.now.get() + d);
+        }
+    }
+
+    fn fake() -> FakeClock {
+        FakeClock {
+            now: Cell::new(Instant::now()),
+            slept: RefCell::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn it_looks_at_once_then_every_tick_and_the_last_pause_is_what_is_left() {
+        let c = fake();
+        let looks = Cell::new(0);
+        let (v, done) = poll_until(
+            &c,
+            Duration::from_millis(250),
+            Duration::from_millis(100),
+            || {
+                looks.set(looks.get() + 1);
+                Look::NotYet(looks.get())
+            },
+        );
+        assert!(!done);
+        assert_eq!(v, 4);
+        assert_eq!(*c.slept.borrow(), [100, 100, 50].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn a_done_look_ends_the_wait_with_its_value() {
+        let c = fake();
+        let looks = Cell::new(0);
+        let (v, done) = poll_until(&c, Duration::from_secs(60), Duration::from_secs(1), || {
+            looks.set(looks.get() + 1);
+            if looks.get() == 3 {
+                Look::Done("ready")
+            } else {
+                Look::NotYet("waiting")
+            }
+        });
+        assert_eq!((v, done), ("ready", true));
+        assert_eq!(c.slept.borrow().len(), 2);
+        // No time at all: one look, no sleep.
+        let c = fake();
+        let (v, done) = poll_until(&c, Duration::ZERO, Duration::from_secs(1), || {
+            Look::NotYet(7)
+        });
+        assert_eq!((v, done), (7, false));
+        assert!(c.slept.borrow().is_empty());
     }
 }

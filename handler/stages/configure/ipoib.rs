@@ -6,9 +6,10 @@ use crate::error::{Code, Failure};
 use crate::host::ip::addresses_of;
 use crate::host::kvp::IpoibPair;
 use crate::host::Root;
+use crate::sys::clock::{poll, Look};
 use crate::sys::fsutil;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The 6-byte key `IPoIB_Data` uses for an interface's hardware address: a 20-byte IPoIB
 /// address gives its port GUID (last 8 bytes) without the two middle bytes; a 6-byte Ethernet
@@ -106,11 +107,11 @@ pub(super) fn ipoib_native(
     pairs: &[IpoibPair],
     state: &mut State,
 ) -> Result<(), Failure> {
-    let deadline = Instant::now() + ctx.netdev_wait;
-    let (found, missing) = loop {
+    let wait = ctx.netdev_wait;
+    let ((found, missing), _) = poll(wait, Duration::from_millis(500), || {
         let (found, missing) = match_pairs(pairs, &netdevs(ctx.root));
-        if missing.is_empty() || Instant::now() >= deadline || !(ctx.keep_going)() {
-            break (found, missing);
+        if missing.is_empty() || !(ctx.keep_going)() {
+            return Look::Done((found, missing));
         }
         (ctx.progress)(&format!(
             "waiting for the IPoIB interface(s) of {}",
@@ -120,8 +121,8 @@ pub(super) fn ipoib_native(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        std::thread::sleep(Duration::from_millis(500));
-    };
+        Look::NotYet((found, missing))
+    });
     let mut errors = Vec::new();
     for a in &found {
         match ensure_address(&a.netdev, &a.address) {

@@ -75,16 +75,19 @@ pub(super) fn addresses_missing_after(
     assignments: &[Assignment],
     wait: std::time::Duration,
 ) -> bool {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
+    use crate::sys::clock::{poll, Look};
+    let tick = std::time::Duration::from_millis(500);
+    poll(wait, tick, || {
         let missing = assignments
             .iter()
             .any(|a| !has_ip(&crate::host::ip::addresses_of(&a.netdev), &a.address));
-        if !missing || std::time::Instant::now() >= deadline || !(ctx.keep_going)() {
-            return missing;
+        if !missing || !(ctx.keep_going)() {
+            Look::Done(missing)
+        } else {
+            Look::NotYet(missing)
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    })
+    .0
 }
 
 /// The agent's unit on this distribution (Ubuntu/Debian: walinuxagent; others: waagent).

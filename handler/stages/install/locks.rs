@@ -83,7 +83,8 @@ pub fn wait(
 ) -> Result<(), Failure> {
     let start = Instant::now();
     let mut logged = false;
-    loop {
+    let (result, _) = crate::sys::clock::poll(timeout, poll, || {
+        use crate::sys::clock::Look;
         let Some(what) = busy(root, f) else {
             if logged {
                 tracing::info!(
@@ -91,33 +92,29 @@ pub fn wait(
                     "package manager is free"
                 );
             }
-            return Ok(());
+            return Look::Done(Ok(()));
         };
-        if start.elapsed() >= timeout {
-            return Err(Failure::new(
-                Code::LockTimeout,
-                format!(
-                    "waited {} s and {what}; let it finish (unattended upgrades, cloud-init or another extension) \
-                     or raise lockTimeoutSeconds, then run enable again",
-                    timeout.as_secs()
-                ),
-            ));
-        }
         if !keep_going() {
-            return Err(Failure::new(
+            return Look::Done(Err(Failure::new(
                 Code::Superseded,
                 "superseded while waiting for locks",
-            ));
+            )));
         }
         if !logged {
             tracing::info!("waiting: {what}");
             logged = true;
         }
-        std::thread::sleep(
-            poll.min(timeout.saturating_sub(start.elapsed()))
-                .max(Duration::from_millis(10)),
-        );
-    }
+        // What the wait ends with if the lock is still held when the time is up.
+        Look::NotYet(Err(Failure::new(
+            Code::LockTimeout,
+            format!(
+                "waited {} s and {what}; let it finish (unattended upgrades, cloud-init or another extension) \
+                 or raise lockTimeoutSeconds, then run enable again",
+                timeout.as_secs()
+            ),
+        )))
+    });
+    result
 }
 
 #[cfg(test)]

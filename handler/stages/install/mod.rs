@@ -358,15 +358,22 @@ pub fn install(
             pid,
             "an installer from an interrupted run is still running; waiting for it"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(3600);
-        while orphan_installer(&track).is_some() && std::time::Instant::now() < deadline {
-            if !(ctx.keep_going)() {
-                return Err(Failure::new(
-                    Code::Superseded,
-                    "superseded while waiting for the installer",
-                ));
+        let tick = Duration::from_millis(200);
+        let (stopped, _) = crate::sys::clock::poll(Duration::from_secs(3600), tick, || {
+            use crate::sys::clock::Look;
+            if orphan_installer(&track).is_none() {
+                Look::Done(false)
+            } else if !(ctx.keep_going)() {
+                Look::Done(true)
+            } else {
+                Look::NotYet(false)
             }
-            std::thread::sleep(Duration::from_millis(200));
+        });
+        if stopped {
+            return Err(Failure::new(
+                Code::Superseded,
+                "superseded while waiting for the installer",
+            ));
         }
     }
     let _ = std::fs::remove_file(&track);
