@@ -623,6 +623,44 @@ mod tests {
     }
 
     #[test]
+    fn link_chains_resolve_up_to_the_depth_bound_and_loops_are_refused() {
+        // l0 -> l1 -> ... -> l{n-1} -> f: the first link's resolution walks n links.
+        let chain = |n: usize| {
+            tar_gz(|b| {
+                file(b, "f", b"end");
+                for i in 0..n {
+                    let next = if i + 1 == n {
+                        "f".to_string()
+                    } else {
+                        format!("l{}", i + 1)
+                    };
+                    link(b, tar::EntryType::Symlink, &format!("l{i}"), &next);
+                }
+            })
+        };
+        let depth = MAX_LINK_DEPTH as usize;
+        let d = tempfile::tempdir().unwrap();
+        untar_gz(&chain(depth)[..], d.path(), Limits::total(1 << 20)).unwrap();
+        assert_eq!(fs::read(d.path().join("l0")).unwrap(), b"end");
+        let d = tempfile::tempdir().unwrap();
+        let err = untar_gz(&chain(depth + 1)[..], d.path(), Limits::total(1 << 20)).unwrap_err();
+        assert!(
+            matches!(err, ExtractError::UnsafeLink(ref l) if l == "l0"),
+            "{err}"
+        );
+        // a -> b -> a never ends on paper: refused, not followed for ever.
+        let looped = tar_gz(|b| {
+            link(b, tar::EntryType::Symlink, "a", "b");
+            link(b, tar::EntryType::Symlink, "b", "a");
+        });
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            untar_gz(&looped[..], d.path(), Limits::total(1 << 20)),
+            Err(ExtractError::UnsafeLink(_))
+        ));
+    }
+
+    #[test]
     fn modes_are_explicit_and_never_setuid() {
         let mut h = tar::Header::new_gnu();
         h.set_size(1);

@@ -745,21 +745,6 @@ pub fn progress_every(step: u64, emit: impl Fn(u64, u64, u64)) -> impl Fn(u64, O
     }
 }
 
-/// A file's SHA-256 (for callers that verify what is already on disk).
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,39 @@ pub(super) const POLL: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_says_nothing_in_an_attempt_is_too_slow_after_one_window() {
+        let clock = Clock::new(Limits {
+            deadline: Duration::from_secs(60),
+            min_rate: 1000,
+            window: Duration::from_millis(50),
+        });
+        // Between attempts, before any byte, the wait is the retry policy's.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(clock.check(&|| true), Ok(()));
+        clock.begin_attempt();
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(matches!(
+            clock.check(&|| true),
+            Err(Bound::TooSlow { received: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn the_rate_is_bytes_over_the_window_times_the_minimum() {
+        // 95 bytes in about 0.1 s against 100 B/s: enough (95 >= 100 * 0.1), whatever the
+        // window's exact length up to 0.95 s.
+        let clock = Clock::new(Limits {
+            deadline: Duration::from_secs(60),
+            min_rate: 100,
+            window: Duration::from_millis(100),
+        });
+        clock.begin_attempt();
+        clock.got(95);
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(clock.check(&|| true), Ok(()));
+    }
     #[test]
     fn a_window_below_the_rate_names_its_figures() {
         let clock = Clock::new(Limits {
