@@ -84,22 +84,9 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 
 /// The catalog's distro keys that can serve this OS for a stack, most specific first.
 pub fn distro_keys(os: &OsRelease, stack: StackKind) -> Vec<(String, String)> {
-    let v = os.version_id.as_str();
-    let major = v.split('.').next().unwrap_or("").to_string();
-    match os.id.as_str() {
-        "ubuntu" => vec![("ubuntu".into(), v.into())],
-        "rhel" | "almalinux" | "rocky" | "centos" => {
-            let mut keys = vec![("rhel".into(), v.into())];
-            // DOCA's packages are per major release; MLNX_OFED tarballs match one minor only.
-            if stack == StackKind::Doca {
-                keys.push(("rhel".into(), major));
-            }
-            keys
-        }
-        "azurelinux" if major == "3" => vec![("alinux".into(), "3.2".into())],
-        "sles" | "sles_sap" | "sle_hpc" => vec![("sles".into(), v.into())],
-        _ => Vec::new(),
-    }
+    crate::plan::distro::lookup(os)
+        .map(|d| crate::plan::distro::catalog_keys(d, os, stack))
+        .unwrap_or_default()
 }
 
 /// Kernels from 5.6 on cannot build MLNX_OFED 4.9, the last line with ConnectX-3 Pro.
@@ -113,18 +100,7 @@ pub fn kernel_at_least(kernel: &str, major: u64, minor: u64) -> bool {
 }
 
 fn inbox_first(os: &OsRelease) -> Option<&'static str> {
-    match os.id.as_str() {
-        "sles" | "sles_sap" | "sle_hpc" => {
-            Some("SLES 15 ships the InfiniBand stack in its own kernel and rdma-core")
-        }
-        "debian" => {
-            Some("Debian 12 has no vendor build; its kernel and rdma-core serve InfiniBand")
-        }
-        "azurelinux" | "mariner" => {
-            Some("Azure Linux carries the InfiniBand packages in its own repositories")
-        }
-        _ => None,
-    }
+    crate::plan::distro::lookup(os).and_then(|d| d.inbox_first)
 }
 
 fn from_name(url: &str) -> Option<StackKind> {

@@ -2,6 +2,7 @@
 //! Refusals happen here, before anything on the host changes.
 
 pub mod catalog;
+pub mod distro;
 pub mod recipe;
 pub mod stage;
 
@@ -38,24 +39,12 @@ pub struct Plan {
 
 /// Distros this handler serves (docs/DOMAIN.md, "Distributions"). `Err` says why not.
 pub fn os_supported(os: &OsRelease) -> Result<(), String> {
-    let major = os.version_id.split('.').next().unwrap_or("");
-    let ok = match os.id.as_str() {
-        "ubuntu" => ["20.04", "22.04", "24.04"].contains(&os.version_id.as_str()),
-        "rhel" | "almalinux" | "rocky" => ["8", "9"].contains(&major),
-        "centos" => ["7", "8"].contains(&major),
-        "sles" | "sles_sap" | "sle_hpc" => major == "15",
-        "debian" => major == "12",
-        "azurelinux" => major == "3",
-        "mariner" => major == "2",
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    match distro::lookup(os) {
+        Some(_) => Ok(()),
+        None => Err(format!(
             "{} {} is not a supported distribution",
             os.id, os.version_id
-        ))
+        )),
     }
 }
 
@@ -142,7 +131,7 @@ pub fn refusal(facts: &HostFacts) -> Option<Failure> {
     if let Err(why) = os_supported(os) {
         return Some(Failure::new(
             Code::OsUnsupported,
-            format!("{why}; use Ubuntu 20.04-24.04, RHEL/AlmaLinux/Rocky 8-9, SLES 15, Debian 12 or Azure Linux 3"),
+            format!("{why}; use {}", distro::supported_list()),
         ));
     }
     None

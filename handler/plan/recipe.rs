@@ -18,16 +18,9 @@ pub enum Family {
     Tdnf,
 }
 
+/// The package family of a supported distribution (`plan::distro`).
 pub fn family(os: &OsRelease) -> Option<Family> {
-    let major = os.version_id.split('.').next().unwrap_or("");
-    Some(match os.id.as_str() {
-        "ubuntu" | "debian" => Family::Apt,
-        "centos" if major == "7" => Family::Yum,
-        "rhel" | "almalinux" | "rocky" | "centos" => Family::Dnf,
-        "sles" | "sles_sap" | "sle_hpc" => Family::Zypper,
-        "azurelinux" | "mariner" => Family::Tdnf,
-        _ => return None,
-    })
+    crate::plan::distro::lookup(os).map(|d| d.family)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
