@@ -111,83 +111,89 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }),
             _ => Err("usage: diagnose --out FILE".into()),
         },
-        "plan" | "health" | "worker" | "monitor" => {
-            let mut json = false;
-            let mut settings = None;
-            let mut handler_dir = None;
-            let mut seq = None;
-            let mut i = 0;
-            while i < rest.len() {
-                match rest[i].as_str() {
-                    "--json" if verb != "worker" && verb != "monitor" => json = true,
-                    "--settings" if verb == "plan" => {
-                        settings = Some(PathBuf::from(value(rest, &mut i, "--settings")?))
-                    }
-                    "--handler-dir" if verb == "worker" || verb == "monitor" => {
-                        handler_dir = Some(PathBuf::from(value(rest, &mut i, "--handler-dir")?))
-                    }
-                    "--seq" if verb == "worker" => {
-                        seq = Some(
-                            crate::agent::environment::parse_seq(&value(rest, &mut i, "--seq")?)
-                                .ok_or("--seq needs a sequence number (decimal digits)")?,
-                        )
-                    }
-                    other => return Err(format!("{verb}: unknown option {other}")),
-                }
-                i += 1;
-            }
-            match verb.as_str() {
-                "plan" => Ok(Command::Plan { json, settings }),
-                "health" => Ok(Command::Health { json }),
-                "worker" => Ok(Command::Worker {
-                    handler_dir: handler_dir.ok_or("worker needs --handler-dir")?,
-                    seq: seq.ok_or("worker needs --seq")?,
-                }),
-                _ => Ok(Command::Monitor {
-                    handler_dir: handler_dir.ok_or("monitor needs --handler-dir")?,
-                }),
-            }
-        }
-        "fetch" => {
-            let mut url = None;
-            let mut sha256 = None;
-            let mut into = None;
-            let mut size = None;
-            let mut extract = None;
-            let mut i = 0;
-            while i < rest.len() {
-                match rest[i].as_str() {
-                    "--sha256" => sha256 = Some(value(rest, &mut i, "--sha256")?),
-                    "--into" => into = Some(PathBuf::from(value(rest, &mut i, "--into")?)),
-                    "--size" => {
-                        size = Some(
-                            value(rest, &mut i, "--size")?
-                                .parse::<u64>()
-                                .map_err(|_| "--size needs a number")?,
-                        )
-                    }
-                    "--extract" => extract = Some(true),
-                    "--no-extract" => extract = Some(false),
-                    o if o.starts_with("--") => return Err(format!("fetch: unknown option {o}")),
-                    u if url.is_none() => url = Some(u.to_string()),
-                    _ => return Err("fetch takes one URL".into()),
-                }
-                i += 1;
-            }
-            let sha256: String = sha256.ok_or("fetch needs --sha256")?;
-            if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err("--sha256 needs 64 hexadecimal digits".into());
-            }
-            Ok(Command::Fetch {
-                url: url.ok_or("fetch needs a URL")?,
-                sha256,
-                into: into.ok_or("fetch needs --into")?,
-                size,
-                extract,
-            })
-        }
+        "plan" | "health" | "worker" | "monitor" => parse_options(verb, rest),
+        "fetch" => parse_fetch(rest),
         other => Err(format!("unknown verb {other}")),
     }
+}
+
+/// `plan`, `health`, `worker` and `monitor`: flags, each allowed only where it means something.
+fn parse_options(verb: &str, rest: &[String]) -> Result<Command, String> {
+    let mut json = false;
+    let mut settings = None;
+    let mut handler_dir = None;
+    let mut seq = None;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "--json" if verb != "worker" && verb != "monitor" => json = true,
+            "--settings" if verb == "plan" => {
+                settings = Some(PathBuf::from(value(rest, &mut i, "--settings")?))
+            }
+            "--handler-dir" if verb == "worker" || verb == "monitor" => {
+                handler_dir = Some(PathBuf::from(value(rest, &mut i, "--handler-dir")?))
+            }
+            "--seq" if verb == "worker" => {
+                seq = Some(
+                    crate::agent::environment::parse_seq(&value(rest, &mut i, "--seq")?)
+                        .ok_or("--seq needs a sequence number (decimal digits)")?,
+                )
+            }
+            other => return Err(format!("{verb}: unknown option {other}")),
+        }
+        i += 1;
+    }
+    match verb {
+        "plan" => Ok(Command::Plan { json, settings }),
+        "health" => Ok(Command::Health { json }),
+        "worker" => Ok(Command::Worker {
+            handler_dir: handler_dir.ok_or("worker needs --handler-dir")?,
+            seq: seq.ok_or("worker needs --seq")?,
+        }),
+        _ => Ok(Command::Monitor {
+            handler_dir: handler_dir.ok_or("monitor needs --handler-dir")?,
+        }),
+    }
+}
+
+/// `fetch URL --sha256 HEX --into DIR [--size BYTES] [--extract|--no-extract]`.
+fn parse_fetch(rest: &[String]) -> Result<Command, String> {
+    let mut url = None;
+    let mut sha256 = None;
+    let mut into = None;
+    let mut size = None;
+    let mut extract = None;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "--sha256" => sha256 = Some(value(rest, &mut i, "--sha256")?),
+            "--into" => into = Some(PathBuf::from(value(rest, &mut i, "--into")?)),
+            "--size" => {
+                size = Some(
+                    value(rest, &mut i, "--size")?
+                        .parse::<u64>()
+                        .map_err(|_| "--size needs a number")?,
+                )
+            }
+            "--extract" => extract = Some(true),
+            "--no-extract" => extract = Some(false),
+            o if o.starts_with("--") => return Err(format!("fetch: unknown option {o}")),
+            u if url.is_none() => url = Some(u.to_string()),
+            _ => return Err("fetch takes one URL".into()),
+        }
+        i += 1;
+    }
+    let sha256: String = sha256.ok_or("fetch needs --sha256")?;
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err("--sha256 needs 64 hexadecimal digits".into());
+    }
+    Ok(Command::Fetch {
+        url: url.ok_or("fetch needs a URL")?,
+        sha256,
+        into: into.ok_or("fetch needs --into")?,
+        size,
+        extract,
+    })
 }
 
 #[cfg(test)]
