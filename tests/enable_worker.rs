@@ -491,8 +491,10 @@ fn a_worker_under_systemd_gets_the_proxy_through_a_private_file_never_its_comman
     write_exec(
         &w.stubs.join("systemd-run"),
         &format!(
-            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\nset -- \"$@\"\nenvs=''\nwhile [ $# -gt 0 ]; do case \"$1\" in --setenv=*) envs=\"$envs ${{1#--setenv=}}\"; shift;; --*) shift;; *) break;; esac; done\nsetsid env -i $envs \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
-            w.tmp.path().join("calls.log").display()
+            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\ncp -p '{}' '{}' 2>/dev/null\nenvs=''\nwhile [ $# -gt 0 ]; do case \"$1\" in --setenv=*) envs=\"$envs ${{1#--setenv=}}\"; shift;; --*) shift;; *) break;; esac; done\nsetsid env -i $envs \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+            w.tmp.path().join("calls.log").display(),
+            w.data_dir().join("proxy-env.json").display(),
+            w.tmp.path().join("proxy-env.seen").display()
         ),
     );
     w.settings(1, json!({"ipoib": "off"}));
@@ -519,18 +521,23 @@ fn a_worker_under_systemd_gets_the_proxy_through_a_private_file_never_its_comman
         !run.contains("ProxyPw31") && !run.contains("proxy"),
         "{run}"
     );
-    let saved = w.data_dir().join("proxy-env.json");
-    let mode = fs::metadata(&saved).unwrap().permissions().mode();
+    // What the worker found when systemd-run started it: private, and the proxies in it.
+    let seen = w.tmp.path().join("proxy-env.seen");
+    let mode = fs::metadata(&seen).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
-    let vars: serde_json::Value = serde_json::from_slice(&fs::read(&saved).unwrap()).unwrap();
+    let vars: serde_json::Value = serde_json::from_slice(&fs::read(&seen).unwrap()).unwrap();
     assert_eq!(vars["https_proxy"], proxy);
     assert_eq!(vars["NO_PROXY"], "169.254.169.254");
-    // Without proxies in the environment, the next enable's worker gets none left over.
+    // The worker took them: nothing of the credentials stays on disk.
+    let saved = w.data_dir().join("proxy-env.json");
+    assert!(!saved.exists());
+    // Without proxies in the environment, enable leaves none for the next worker.
+    fs::remove_file(&seen).unwrap();
     w.settings(2, json!({"ipoib": "off"}));
     assert_eq!(code(&w.run("enable", 2)), 0);
     assert_eq!(
         status_value(&w.wait_terminal(2, Duration::from_secs(30))),
         "success"
     );
-    assert!(!saved.exists());
+    assert!(!seen.exists() && !saved.exists());
 }

@@ -125,6 +125,8 @@ pub struct Engine<'a> {
     pub keep_going: &'a dyn Fn() -> bool,
     /// One progress line, with the stages' substatus so far.
     pub progress: &'a dyn Fn(&str, &[SubStatus]),
+    /// The proxy variables downloads may use (`sys::runtime`).
+    pub proxy_env: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl Engine<'_> {
@@ -204,6 +206,7 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                     progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
                     loaded_modules: &facts.modules,
                     functions: &ib_functions,
+                    proxy_env: e.proxy_env,
                 }),
                 _ => None,
             };

@@ -27,6 +27,8 @@ const LOCK_POLL: Duration = Duration::from_millis(200);
 pub fn run(inv: &Invocation) -> i32 {
     let seq = inv.agent.seq;
     let data = inv.root.data_dir();
+    // First of all, so the proxy credentials enable left spend as little time on disk as can be.
+    let proxy_env = crate::sys::runtime::take_worker_proxy(&data);
     let _held = match take_lock(inv) {
         Ok(Some(h)) => h,
         Ok(None) => return 0,
@@ -80,6 +82,7 @@ pub fn run(inv: &Invocation) -> i32 {
         settings: &settings,
         keep_going: &keep_going,
         progress: &progress,
+        proxy_env: &proxy_env,
     });
     beat.stop();
     finish(inv, end)

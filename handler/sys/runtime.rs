@@ -72,17 +72,27 @@ impl Runtime {
     }
 }
 
+/// What enable left in the data directory for its worker (nothing once the worker took it).
+pub fn saved_proxy(data_dir: &Path) -> BTreeMap<String, String> {
+    fsutil::read_regular(&data_dir.join(files::PROXY_ENV), fsutil::MAX_READ)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// The proxy variables a worker uses: its own environment's, and for each one it lacks, what
-/// enable left in the data directory.
-pub fn worker_proxy(data_dir: &Path) -> BTreeMap<String, String> {
+/// enable left in the data directory. The file is removed once read: the credentials stay on
+/// disk only between enable and its worker's start (the next enable writes them again).
+pub fn take_worker_proxy(data_dir: &Path) -> BTreeMap<String, String> {
     let mut proxy = Runtime::from_env().proxy;
-    let saved: BTreeMap<String, String> =
-        fsutil::read_regular(&data_dir.join(files::PROXY_ENV), fsutil::MAX_READ)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-    for (k, v) in saved {
+    for (k, v) in saved_proxy(data_dir) {
         proxy.entry(k).or_insert(v);
+    }
+    let path = data_dir.join(files::PROXY_ENV);
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove");
+        }
     }
     proxy
 }
@@ -141,10 +151,17 @@ mod tests {
         let path = d.path().join(files::PROXY_ENV);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{mode:o}");
-        let got = worker_proxy(d.path());
-        assert_eq!(got["IBDRIVER_TEST_PROXY_VAR"], "http://u:p@h:1");
+        assert_eq!(
+            saved_proxy(d.path())["IBDRIVER_TEST_PROXY_VAR"],
+            "http://u:p@h:1"
+        );
         // No proxies any more: the file goes.
         Runtime::default().save_proxy(d.path()).unwrap();
+        assert!(!path.exists());
+        // The worker takes them: read once, then gone from the disk.
+        r.save_proxy(d.path()).unwrap();
+        let got = take_worker_proxy(d.path());
+        assert_eq!(got["IBDRIVER_TEST_PROXY_VAR"], "http://u:p@h:1");
         assert!(!path.exists());
     }
 }

@@ -263,6 +263,7 @@ pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
         settings: &settings,
         keep_going: &wanted,
         progress: &progress,
+        proxy_env: &crate::sys::runtime::Runtime::from_env().proxy,
     });
     match end {
         Err(f) => fail(&f),

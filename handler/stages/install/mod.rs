@@ -37,6 +37,8 @@ pub struct Ctx<'a> {
     pub loaded_modules: &'a std::collections::BTreeSet<String>,
     /// The VM's InfiniBand functions, whose drivers activate loads.
     pub functions: &'a [&'a crate::host::pci::PciFunction],
+    /// The proxy variables the download may use.
+    pub proxy_env: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Run one recipe command, its output to our log, its stderr tail into the failure.
@@ -224,7 +226,7 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     let dest = artifact_dir(ctx.data_dir, sha256);
-    let env = crate::sys::runtime::worker_proxy(ctx.data_dir);
+    let env = ctx.proxy_env;
     let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
     let proxy = crate::net::proxy::choose(
         url.expose(),

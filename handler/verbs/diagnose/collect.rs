@@ -67,7 +67,7 @@ pub(super) fn learn_secrets(
         }
     }
     // The proxy variables enable left for its worker (sys::runtime), credentials and all.
-    for v in crate::sys::runtime::worker_proxy(&root.data_dir()).values() {
+    for v in crate::sys::runtime::saved_proxy(&root.data_dir()).values() {
         if !v.trim().is_empty() {
             redactor.add(v);
         }
