@@ -226,12 +226,11 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     let dest = artifact_dir(ctx.data_dir, sha256);
-    let env = ctx.proxy_env;
-    let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
+        let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
     let proxy = crate::net::proxy::choose(
         url.expose(),
         ctx.settings.protected.proxy.as_ref().map(|p| p.expose()),
-        &env,
+        ctx.proxy_env,
         waagent_conf.as_deref(),
     );
     let progress = fetch::progress_every(5, |pct, _, total| {
