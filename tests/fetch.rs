@@ -256,65 +256,41 @@ fn wrong_checksum_uses_nothing_and_cleans_up() {
         .is_none());
 }
 
-#[test]
-fn a_partial_file_from_an_earlier_run_is_resumed() {
+/// Fetch the 10-file bundle with `partial(bundle)` left in staging by an earlier run; the
+/// outcome and the body bytes the server sent.
+fn fetch_over_partial(partial: impl Fn(&[u8]) -> Vec<u8>) -> (fetch::Outcome, u64, usize) {
     let data = bundle(10, 100_000);
     let server = Server::start(data.clone());
     let dir = tempfile::tempdir().unwrap();
     let req = request(&server, &data, "ofed.tgz");
-    // What a killed worker leaves behind.
     let staging = dir.path().join("staging");
     fs::create_dir_all(&staging).unwrap();
-    let half = data.len() / 2;
-    fs::write(staging.join(format!("{}.part", req.sha256)), &data[..half]).unwrap();
+    fs::write(staging.join(format!("{}.part", req.sha256)), partial(&data)).unwrap();
     let out = Run::new().fetch(&req, dir.path()).unwrap();
-    assert_eq!(out.transferred, (data.len() - half) as u64);
-    assert_eq!(server.sent(), (data.len() - half) as u64);
+    (out, server.sent(), data.len())
+}
+
+#[test]
+fn a_partial_file_from_an_earlier_run_is_resumed() {
+    // What a killed worker leaves behind.
+    let (out, sent, len) = fetch_over_partial(|d| d[..d.len() / 2].to_vec());
+    assert_eq!(out.transferred, (len - len / 2) as u64);
+    assert_eq!(sent, (len - len / 2) as u64);
     assert_eq!(out.files, 11);
 }
 
 #[test]
 fn a_partial_file_longer_than_the_artifact_is_discarded() {
-    let data = bundle(10, 100_000);
-    let server = Server::start(data.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let req = request(&server, &data, "ofed.tgz");
-    let staging = dir.path().join("staging");
-    fs::create_dir_all(&staging).unwrap();
-    let mut longer = data.clone();
-    longer.extend_from_slice(&[7u8; 100]);
-    fs::write(staging.join(format!("{}.part", req.sha256)), &longer).unwrap();
-    let out = Run::new().fetch(&req, dir.path()).unwrap();
-    assert_eq!(server.sent(), data.len() as u64);
+    let (out, sent, len) = fetch_over_partial(|d| [d, &[7u8; 100][..]].concat());
+    assert_eq!(sent, len as u64);
     assert_eq!(out.files, 11);
 }
 
 #[test]
 fn a_complete_partial_file_is_verified_without_downloading_it_again() {
-    let data = bundle(10, 100_000);
-    let server = Server::start(data.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let req = request(&server, &data, "ofed.tgz");
-    let staging = dir.path().join("staging");
-    fs::create_dir_all(&staging).unwrap();
-    fs::write(staging.join(format!("{}.part", req.sha256)), &data).unwrap();
-    let out = Run::new().fetch(&req, dir.path()).unwrap();
-    assert_eq!(server.sent(), 0);
+    let (out, sent, _) = fetch_over_partial(|d| d.to_vec());
+    assert_eq!(sent, 0);
     assert_eq!(out.files, 11);
-}
-
-#[test]
-fn a_body_that_ends_early_without_a_length_is_resumed_not_taken_as_complete() {
-    let data = bundle(10, 100_000);
-    let server = Server::start(data.clone());
-    server.fault(Fault::CloseAfterWithoutLength(5000));
-    let dir = tempfile::tempdir().unwrap();
-    let out = Run::new()
-        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
-        .unwrap();
-    assert_eq!(out.files, 11);
-    assert_eq!(server.request_count(), 2);
-    assert_eq!(server.sent(), data.len() as u64);
 }
 
 #[test]

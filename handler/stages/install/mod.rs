@@ -226,7 +226,7 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     let dest = artifact_dir(ctx.data_dir, sha256);
-        let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
+    let waagent_conf = std::fs::read_to_string(ctx.root.path("etc/waagent.conf")).ok();
     let proxy = crate::net::proxy::choose(
         url.expose(),
         ctx.settings.protected.proxy.as_ref().map(|p| p.expose()),
