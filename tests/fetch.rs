@@ -294,6 +294,42 @@ fn a_complete_partial_file_is_verified_without_downloading_it_again() {
 }
 
 #[test]
+fn a_range_answered_from_another_offset_is_read_from_the_start() {
+    let data = bundle(5, 50_000);
+    let server = Server::start(data.clone());
+    server.fault(Fault::ResetAfter(1000));
+    server.fault(Fault::ShiftedRange);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new()
+        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
+        .unwrap();
+    assert_eq!(out.files, 6);
+}
+
+#[test]
+fn ten_redirects_are_followed_and_the_eleventh_is_refused() {
+    let data = bundle(2, 1000);
+    for (hops, ok) in [(10, true), (11, false)] {
+        let server = Server::start(data.clone());
+        let req = request(&server, &data, "ofed.tgz");
+        for _ in 0..hops {
+            server.fault(Fault::Redirect(req.url.clone()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let r = Run::new().fetch(&req, dir.path());
+        assert_eq!(
+            r.is_ok(),
+            ok,
+            "{hops} redirects: {:?}",
+            r.err().map(|e| e.to_string())
+        );
+        if !ok {
+            assert_eq!(server.request_count(), 11);
+        }
+    }
+}
+
+#[test]
 fn a_server_that_ignores_range_is_read_from_the_start() {
     let data = bundle(5, 50_000);
     let server = Server::start(data.clone());

@@ -660,6 +660,113 @@ mod tests {
         ));
     }
 
+    fn entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn directory_entries_are_made_with_owner_access_and_the_root_entry_is_skipped() {
+        let data = tar_gz(|b| {
+            entry(b, tar::EntryType::Directory, "./", 0o755, b"");
+            entry(b, tar::EntryType::Directory, "d", 0o555, b"");
+            entry(b, tar::EntryType::Directory, "e", 0o7777, b"");
+            file(b, "d2/f", b"x");
+        });
+        let d = tempfile::tempdir().unwrap();
+        untar_gz(&data[..], d.path(), Limits::total(1 << 20)).unwrap();
+        let mode = |p: &str| fs::metadata(d.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("d"), 0o755);
+        assert_eq!(mode("e"), 0o755);
+        // A `./` that is not a directory, and a directory that climbs out, are refused.
+        for (kind, path) in [
+            (tar::EntryType::Regular, "./"),
+            (tar::EntryType::Directory, "../up"),
+            (tar::EntryType::Directory, "/abs"),
+        ] {
+            let bad = tar_gz(|b| entry(b, kind, path, 0o755, b""));
+            let d = tempfile::tempdir().unwrap();
+            assert!(
+                matches!(
+                    untar_gz(&bad[..], d.path(), Limits::total(1 << 20)),
+                    Err(ExtractError::UnsafePath(_))
+                ),
+                "{kind:?} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_size_bound_counts_every_entry_and_data_a_non_file_claims() {
+        let two = tar_gz(|b| {
+            file(b, "a", &[1u8; 600]);
+            file(b, "b", &[2u8; 400]);
+        });
+        // Exactly the bound is allowed; one byte less is not.
+        let d = tempfile::tempdir().unwrap();
+        let got = untar_gz(&two[..], d.path(), Limits::total(1000)).unwrap();
+        assert_eq!((got.files, got.bytes), (2, 1000));
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            untar_gz(&two[..], d.path(), Limits::total(999)),
+            Err(ExtractError::TooLarge(999))
+        ));
+        // A directory entry that carries data: read past, and counted against the bound.
+        let heavy = tar_gz(|b| entry(b, tar::EntryType::Directory, "d", 0o755, &[0u8; 2000]));
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            untar_gz(&heavy[..], d.path(), Limits::total(1000)),
+            Err(ExtractError::TooLarge(1000))
+        ));
+        let d = tempfile::tempdir().unwrap();
+        untar_gz(&heavy[..], d.path(), Limits::total(2000)).unwrap();
+    }
+
+    #[test]
+    fn a_global_pax_header_is_read_past_up_to_its_bound() {
+        let with_global = |size: usize| {
+            tar_gz(|b| {
+                let record = format!("comment={}\n", "c".repeat(size));
+                let record = format!(
+                    "{} {record}",
+                    record.len() + 1 + (record.len() + 1).to_string().len()
+                );
+                entry(
+                    b,
+                    tar::EntryType::XGlobalHeader,
+                    "pax_global_header",
+                    0o644,
+                    record.as_bytes(),
+                );
+                file(b, "f", b"x");
+            })
+        };
+        let d = tempfile::tempdir().unwrap();
+        untar_gz(&with_global(100)[..], d.path(), Limits::total(1 << 30)).unwrap();
+        assert_eq!(fs::read(d.path().join("f")).unwrap(), b"x");
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            untar_gz(
+                &with_global(MAX_HEADER as usize + 10)[..],
+                d.path(),
+                Limits::total(1 << 30)
+            ),
+            Err(ExtractError::HeaderTooLarge)
+        ));
+    }
+
     #[test]
     fn modes_are_explicit_and_never_setuid() {
         let mut h = tar::Header::new_gnu();

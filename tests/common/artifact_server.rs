@@ -28,6 +28,9 @@ pub enum Fault {
     /// Send no Content-Length, this many body bytes, then close cleanly: a body that ends
     /// early with nothing to say it did.
     CloseAfterWithoutLength(usize),
+    /// Answer a Range request with 206 but the whole body from byte 0 (and a Content-Range
+    /// that says so): not the range asked for.
+    ShiftedRange,
 }
 
 pub struct Server {
@@ -94,6 +97,7 @@ impl Server {
                         continue;
                     }
                     (Some(Fault::IgnoreRange), _) | (_, None) => (200, 0),
+                    (Some(Fault::ShiftedRange), Some(_)) => (206, 0),
                     (_, Some(st)) if st >= total => {
                         let _ = write!(conn, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                         continue;
