@@ -163,7 +163,9 @@ mod tests {
         // Between attempts, before any byte, the wait is the retry policy's.
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(clock.check(&|| true), Ok(()));
+        // An attempt starts the window afresh: the pause before it is not judged.
         clock.begin_attempt();
+        assert_eq!(clock.check(&|| true), Ok(()));
         std::thread::sleep(Duration::from_millis(60));
         assert!(matches!(
             clock.check(&|| true),
