@@ -158,15 +158,15 @@ mod tests {
         let clock = Clock::new(Limits {
             deadline: Duration::from_secs(60),
             min_rate: 1000,
-            window: Duration::from_millis(50),
+            window: Duration::from_millis(400),
         });
         // Between attempts, before any byte, the wait is the retry policy's.
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(450));
         assert_eq!(clock.check(&|| true), Ok(()));
         // An attempt starts the window afresh: the pause before it is not judged.
         clock.begin_attempt();
         assert_eq!(clock.check(&|| true), Ok(()));
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(450));
         assert!(matches!(
             clock.check(&|| true),
             Err(Bound::TooSlow { received: 0, .. })
