@@ -4,7 +4,18 @@
 
 use crate::host::os_release::OsRelease;
 use crate::host::stack::StackKind;
-use crate::plan::recipe::Family;
+use serde::Serialize;
+
+/// How a distribution installs packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Apt,
+    Dnf,
+    Yum,
+    Zypper,
+    Tdnf,
+}
 
 /// How the catalog names a distribution's builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

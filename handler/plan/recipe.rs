@@ -4,19 +4,10 @@
 use crate::host::os_release::OsRelease;
 use crate::host::stack::StackKind;
 use crate::plan::catalog::Choice;
-use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Apt,
-    Dnf,
-    Yum,
-    Zypper,
-    Tdnf,
-}
+pub use crate::plan::distro::Family;
 
 /// The package family of a supported distribution (`plan::distro`).
 pub fn family(os: &OsRelease) -> Option<Family> {
