@@ -280,6 +280,41 @@ fn a_partial_file_from_an_earlier_run_is_resumed() {
 }
 
 #[test]
+fn without_a_known_size_a_partial_file_longer_than_the_artifact_is_restarted() {
+    // The server answers the range past its end with 416 and its real length: our partial
+    // file is not its file, so the download starts over rather than retrying that range.
+    let data = bundle(10, 100_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(&server, &data, "ofed.tgz");
+    req.size = None;
+    let staging = dir.path().join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let longer = [&data[..], &[7u8; 100][..]].concat();
+    fs::write(staging.join(format!("{}.part", req.sha256)), longer).unwrap();
+    let out = Run::new().fetch(&req, dir.path()).unwrap();
+    assert_eq!(out.files, 11);
+    assert_eq!(server.sent(), data.len() as u64);
+    assert_eq!(server.request_count(), 2, "one 416, then the whole file");
+}
+
+#[test]
+fn without_a_known_size_a_complete_partial_file_is_not_downloaded_again() {
+    // 416 with the server's length equal to what is here: the file is complete.
+    let data = bundle(10, 100_000);
+    let server = Server::start(data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(&server, &data, "ofed.tgz");
+    req.size = None;
+    let staging = dir.path().join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join(format!("{}.part", req.sha256)), &data).unwrap();
+    let out = Run::new().fetch(&req, dir.path()).unwrap();
+    assert_eq!(out.files, 11);
+    assert_eq!(server.sent(), 0);
+}
+
+#[test]
 fn a_partial_file_longer_than_the_artifact_is_discarded() {
     let (out, sent, len) = fetch_over_partial(|d| [d, &[7u8; 100][..]].concat());
     assert_eq!(sent, len as u64);
