@@ -460,15 +460,7 @@ fn unreadable_protected_settings_have_their_own_codes_and_leak_nothing() {
 #[test]
 fn disable_and_uninstall_remove_our_state_but_keep_logs() {
     let w = World::new("hbv3", HB);
-    fs::create_dir_all(w.root.join("run/systemd/system")).unwrap();
-    // systemd-run stub: record, then start the command detached like a transient unit would.
-    write_exec(
-        &w.stubs.join("systemd-run"),
-        &format!(
-            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\nwhile [ $# -gt 0 ]; do case \"$1\" in --*) shift;; *) break;; esac; done\nsetsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
-            w.tmp.path().join("calls.log").display()
-        ),
-    );
+    w.fake_systemd("", false);
     w.settings(1, json!({}));
     assert_eq!(code(&w.run("enable", 1)), 0);
     assert_eq!(

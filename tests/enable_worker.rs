@@ -225,15 +225,7 @@ fn a_verbs_library_gone_after_success_is_not_a_noop() {
 #[test]
 fn a_noop_enable_points_a_stale_health_timer_at_this_binary() {
     let w = World::new("hbv3", HB);
-    fs::create_dir_all(w.root.join("run/systemd/system")).unwrap();
-    // systemd-run: record, then start the worker detached as a transient unit would.
-    write_exec(
-        &w.stubs.join("systemd-run"),
-        &format!(
-            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\nwhile [ $# -gt 0 ]; do case \"$1\" in --*) shift;; *) break;; esac; done\nsetsid \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
-            w.tmp.path().join("calls.log").display()
-        ),
-    );
+    w.fake_systemd("", false);
     w.settings(1, json!({"ipoib": "off"}));
     assert_eq!(code(&w.run("enable", 1)), 0);
     assert_eq!(
@@ -388,10 +380,9 @@ fn the_workers_heartbeat_carries_its_progress() {
     w.wait_worker_gone(Duration::from_secs(10));
 }
 
-#[test]
-fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
-    let w = World::new("hbv3", HB);
-    // ib_umad is not loaded, and loading it (configure) takes until the test lets it go.
+/// Unload ib_umad from the fake host and make modprobe (configure's) block until the returned
+/// file exists (at most 60 s), then run `then` (shell) and succeed.
+fn hold_modprobe(w: &World, then: &str) -> std::path::PathBuf {
     let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
     let kept: String = modules
         .lines()
@@ -404,11 +395,20 @@ fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
         &w.stubs.join("modprobe"),
         &format!(
             "#!/bin/sh\necho \"modprobe $*\" >> '{calls}'\ni=0\n\
-             while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n",
+             while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+             {then}\nexit 0\n",
             calls = w.tmp.path().join("calls.log").display(),
             release = release.display()
         ),
     );
+    release
+}
+
+#[test]
+fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
+    let w = World::new("hbv3", HB);
+    // ib_umad is not loaded, and loading it (configure) takes until the test lets it go.
+    let release = hold_modprobe(&w, "");
     w.settings(1, json!({"ipoib": "off"}));
     let started = Instant::now();
     assert_eq!(code(&w.run("enable", 1)), 0);
@@ -442,23 +442,11 @@ fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
 fn enable_takes_back_a_sequence_number_whose_worker_was_leaving() {
     let w = World::new("hbv3", HB);
     // ib_umad is not loaded; loading it (configure) takes until the test lets it go.
-    let modules = fs::read_to_string(w.root.join("proc/modules")).unwrap();
-    let kept: String = modules
-        .lines()
-        .filter(|l| !l.starts_with("ib_umad "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    w.set_file("proc/modules", &kept);
-    let release = w.tmp.path().join("release-modprobe");
     let root = w.root.display().to_string();
-    write_exec(
-        &w.stubs.join("modprobe"),
+    let release = hold_modprobe(
+        &w,
         &format!(
-            "#!/bin/sh\necho \"modprobe $*\" >> '{calls}'\ni=0\n\
-             while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
-             grep -q '^ib_umad ' '{root}/proc/modules' || echo 'ib_umad 36864 0 - Live 0x0' >> '{root}/proc/modules'\nexit 0\n",
-            calls = w.tmp.path().join("calls.log").display(),
-            release = release.display()
+            "grep -q '^ib_umad ' '{root}/proc/modules' || echo 'ib_umad 36864 0 - Live 0x0' >> '{root}/proc/modules'"
         ),
     );
     w.settings(1, json!({"ipoib": "off"}));
@@ -486,16 +474,15 @@ fn enable_takes_back_a_sequence_number_whose_worker_was_leaving() {
 #[test]
 fn a_worker_under_systemd_gets_the_proxy_through_a_private_file_never_its_command_line() {
     let w = World::new("hbv3", HB);
-    fs::create_dir_all(w.root.join("run/systemd/system")).unwrap();
-    // Like systemd: the worker starts in a clean environment with only what --setenv gave.
-    write_exec(
-        &w.stubs.join("systemd-run"),
+    // Like systemd: the worker starts in a clean environment with only what --setenv gave;
+    // the stub keeps what the worker will find in proxy-env.json.
+    w.fake_systemd(
         &format!(
-            "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\ncp -p '{}' '{}' 2>/dev/null\nenvs=''\nwhile [ $# -gt 0 ]; do case \"$1\" in --setenv=*) envs=\"$envs ${{1#--setenv=}}\"; shift;; --*) shift;; *) break;; esac; done\nsetsid env -i $envs \"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
-            w.tmp.path().join("calls.log").display(),
+            "cp -p '{}' '{}' 2>/dev/null",
             w.data_dir().join("proxy-env.json").display(),
             w.tmp.path().join("proxy-env.seen").display()
         ),
+        true,
     );
     w.settings(1, json!({"ipoib": "off"}));
     let proxy = "http://proxyuser:ProxyPw31@127.0.0.1:9";

@@ -256,89 +256,86 @@ fn wrong_checksum_uses_nothing_and_cleans_up() {
         .is_none());
 }
 
-/// Fetch the 10-file bundle with `partial(bundle)` left in staging by an earlier run; the
-/// outcome and the body bytes the server sent.
-fn fetch_over_partial(partial: impl Fn(&[u8]) -> Vec<u8>) -> (fetch::Outcome, u64, usize) {
+/// Fetch the 10-file bundle with `partial(bundle)` left in staging by an earlier run, the
+/// request naming the size or not; the outcome, the body bytes the server sent, the bundle's
+/// length and the number of requests.
+fn fetch_over_partial(
+    known_size: bool,
+    partial: impl Fn(&[u8]) -> Vec<u8>,
+) -> (fetch::Outcome, u64, usize, usize) {
     let data = bundle(10, 100_000);
     let server = Server::start(data.clone());
     let dir = tempfile::tempdir().unwrap();
-    let req = request(&server, &data, "ofed.tgz");
+    let mut req = request(&server, &data, "ofed.tgz");
+    if !known_size {
+        req.size = None;
+    }
     let staging = dir.path().join("staging");
     fs::create_dir_all(&staging).unwrap();
     fs::write(staging.join(format!("{}.part", req.sha256)), partial(&data)).unwrap();
     let out = Run::new().fetch(&req, dir.path()).unwrap();
-    (out, server.sent(), data.len())
+    (out, server.sent(), data.len(), server.request_count())
 }
 
 #[test]
 fn a_partial_file_from_an_earlier_run_is_resumed() {
     // What a killed worker leaves behind.
-    let (out, sent, len) = fetch_over_partial(|d| d[..d.len() / 2].to_vec());
+    let (out, sent, len, _) = fetch_over_partial(true, |d| d[..d.len() / 2].to_vec());
     assert_eq!(out.transferred, (len - len / 2) as u64);
     assert_eq!(sent, (len - len / 2) as u64);
     assert_eq!(out.files, 11);
 }
 
 #[test]
-fn without_a_known_size_a_partial_file_longer_than_the_artifact_is_restarted() {
-    // The server answers the range past its end with 416 and its real length: our partial
-    // file is not its file, so the download starts over rather than retrying that range.
-    let data = bundle(10, 100_000);
-    let server = Server::start(data.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let mut req = request(&server, &data, "ofed.tgz");
-    req.size = None;
-    let staging = dir.path().join("staging");
-    fs::create_dir_all(&staging).unwrap();
-    let longer = [&data[..], &[7u8; 100][..]].concat();
-    fs::write(staging.join(format!("{}.part", req.sha256)), longer).unwrap();
-    let out = Run::new().fetch(&req, dir.path()).unwrap();
+fn without_a_known_size_a_complete_partial_file_is_not_downloaded_again() {
+    // 416 with the server's length equal to what is here: the file is complete.
+    let (out, sent, _, _) = fetch_over_partial(false, |d| d.to_vec());
     assert_eq!(out.files, 11);
-    assert_eq!(server.sent(), data.len() as u64);
-    assert_eq!(server.request_count(), 2, "one 416, then the whole file");
+    assert_eq!(sent, 0);
 }
 
 #[test]
-fn without_a_known_size_a_complete_partial_file_is_not_downloaded_again() {
-    // 416 with the server's length equal to what is here: the file is complete.
-    let data = bundle(10, 100_000);
-    let server = Server::start(data.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let mut req = request(&server, &data, "ofed.tgz");
-    req.size = None;
-    let staging = dir.path().join("staging");
-    fs::create_dir_all(&staging).unwrap();
-    fs::write(staging.join(format!("{}.part", req.sha256)), &data).unwrap();
-    let out = Run::new().fetch(&req, dir.path()).unwrap();
+fn without_a_known_size_a_partial_file_longer_than_the_artifact_is_restarted() {
+    // The server answers the range past its end with 416 and its real length: our partial
+    // file is not its file, so the download starts over rather than retrying that range.
+    let (out, sent, len, requests) = fetch_over_partial(false, |d| [d, &[7u8; 100][..]].concat());
     assert_eq!(out.files, 11);
-    assert_eq!(server.sent(), 0);
+    assert_eq!(sent, len as u64);
+    assert_eq!(requests, 2, "one 416, then the whole file");
 }
 
 #[test]
 fn a_partial_file_longer_than_the_artifact_is_discarded() {
-    let (out, sent, len) = fetch_over_partial(|d| [d, &[7u8; 100][..]].concat());
+    let (out, sent, len, _) = fetch_over_partial(true, |d| [d, &[7u8; 100][..]].concat());
     assert_eq!(sent, len as u64);
     assert_eq!(out.files, 11);
 }
 
 #[test]
 fn a_complete_partial_file_is_verified_without_downloading_it_again() {
-    let (out, sent, _) = fetch_over_partial(|d| d.to_vec());
+    let (out, sent, _, _) = fetch_over_partial(true, |d| d.to_vec());
     assert_eq!(sent, 0);
     assert_eq!(out.files, 11);
 }
 
-#[test]
-fn a_range_answered_from_another_offset_is_read_from_the_start() {
+/// A download reset after 1000 bytes whose resuming range request meets `fault`.
+fn resumed_after_a_reset_answered_with(fault: Fault) -> fetch::Outcome {
     let data = bundle(5, 50_000);
     let server = Server::start(data.clone());
     server.fault(Fault::ResetAfter(1000));
-    server.fault(Fault::ShiftedRange);
+    server.fault(fault);
     let dir = tempfile::tempdir().unwrap();
-    let out = Run::new()
+    Run::new()
         .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
-        .unwrap();
-    assert_eq!(out.files, 6);
+        .unwrap()
+}
+
+#[test]
+fn a_range_answered_from_another_offset_is_read_from_the_start() {
+    assert_eq!(
+        resumed_after_a_reset_answered_with(Fault::ShiftedRange).files,
+        6
+    );
 }
 
 #[test]
@@ -366,15 +363,10 @@ fn ten_redirects_are_followed_and_the_eleventh_is_refused() {
 
 #[test]
 fn a_server_that_ignores_range_is_read_from_the_start() {
-    let data = bundle(5, 50_000);
-    let server = Server::start(data.clone());
-    server.fault(Fault::ResetAfter(1000));
-    server.fault(Fault::IgnoreRange);
-    let dir = tempfile::tempdir().unwrap();
-    let out = Run::new()
-        .fetch(&request(&server, &data, "ofed.tgz"), dir.path())
-        .unwrap();
-    assert_eq!(out.files, 6);
+    assert_eq!(
+        resumed_after_a_reset_answered_with(Fault::IgnoreRange).files,
+        6
+    );
 }
 
 #[test]

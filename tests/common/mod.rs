@@ -208,6 +208,24 @@ impl World {
         }
     }
 
+    /// A booted systemd host: `run/systemd/system` exists and a `systemd-run` stub on PATH
+    /// records its call, runs `first` (shell), then starts the command detached as a
+    /// transient unit would. With `clean_env` the command sees only what `--setenv` gave it,
+    /// as under real systemd; otherwise it inherits the caller's environment.
+    pub fn fake_systemd(&self, first: &str, clean_env: bool) {
+        fs::create_dir_all(self.root.join("run/systemd/system")).unwrap();
+        let start = if clean_env { "env -i $envs " } else { "" };
+        write_exec(
+            &self.stubs.join("systemd-run"),
+            &format!(
+                "#!/bin/sh\necho \"systemd-run $*\" >> '{}'\n{first}\nenvs=''\n\
+                 while [ $# -gt 0 ]; do case \"$1\" in --setenv=*) envs=\"$envs ${{1#--setenv=}}\"; shift;; --*) shift;; *) break;; esac; done\n\
+                 setsid {start}\"$@\" </dev/null >/dev/null 2>&1 &\nexit 0\n",
+                self.tmp.path().join("calls.log").display()
+            ),
+        );
+    }
+
     pub fn calls(&self) -> String {
         fs::read_to_string(self.tmp.path().join("calls.log")).unwrap_or_default()
     }
