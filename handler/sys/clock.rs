@@ -163,6 +163,14 @@ mod poll_tests {
     }
 
     #[test]
+    fn the_system_clock_really_waits() {
+        let before = Instant::now();
+        SystemClock.sleep(Duration::from_millis(20));
+        assert!(before.elapsed() >= Duration::from_millis(20));
+        assert!(SystemClock.now() >= before + Duration::from_millis(20));
+    }
+
+    #[test]
     fn it_looks_at_once_then_every_tick_and_the_last_pause_is_what_is_left() {
         let c = fake();
         let looks = Cell::new(0);
