@@ -65,8 +65,8 @@ fn healthy_host_reaches_success_with_health_report_and_noop_after() {
     let state_before = fs::read(w.data_dir().join("state.json")).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(code(&w.run("enable", 1)), 0);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!worker_running(&w.handler_dir));
+    // A worker would exist by now: enable returns only after the worker's exec.
+    assert!(no_worker_within(&w.handler_dir, Duration::from_secs(5)));
     assert_eq!(fs::read(w.status_path(1)).unwrap(), before);
     assert_eq!(
         fs::metadata(w.status_path(1)).unwrap().modified().unwrap(),
@@ -542,7 +542,8 @@ fn uninstall_during_update_keeps_state() {
     // The new version's enable with the same N does no work.
     let before = fs::read(w.status_path(1)).unwrap();
     assert_eq!(code(&w.run("enable", 1)), 0);
-    std::thread::sleep(Duration::from_millis(300));
+    // No worker was started (enable returns only after a worker's exec), so none can write.
+    assert!(no_worker_within(&w.handler_dir, Duration::from_secs(5)));
     assert_eq!(fs::read(w.status_path(1)).unwrap(), before);
 }
 
@@ -567,14 +568,14 @@ fn same_seq_while_worker_runs_is_a_noop_and_newer_seq_supersedes() {
     w.settings(1, json!({}));
     assert_eq!(code(&w.run("enable", 1)), 0);
     // Wait until the worker is in verify (it polls for the port).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !w
-        .status(1)
-        .is_some_and(|v| message(&v).contains("verify: running"))
-    {
-        assert!(Instant::now() < deadline, "worker did not reach verify");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        "the worker to reach verify",
+        Duration::from_secs(30),
+        || {
+            w.status(1)
+                .is_some_and(|v| message(&v).contains("verify: running"))
+        },
+    );
     let pids = || worker_pids(&w.handler_dir).len();
     // The worker is in verify and writes no status while it waits for the port, so a second
     // enable that did anything (a status of its own, a second worker) changes what is seen here.
@@ -602,15 +603,11 @@ fn same_seq_while_worker_runs_is_a_noop_and_newer_seq_supersedes() {
     // A newer N takes over at the next safe point; then the port comes up.
     w.settings(2, json!({}));
     assert_eq!(code(&w.run("enable", 2)), 0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pids() != 1 || w.status(2).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the old worker did not leave for the new one: {} workers",
-            pids()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        "the old worker to leave for the new one",
+        Duration::from_secs(30),
+        || pids() == 1 && w.status(2).is_some(),
+    );
     assert_eq!(status_value(&w.status(2).unwrap()), "transitioning");
     w.set_file(
         "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1/state",
@@ -656,30 +653,19 @@ fn killed_worker_resumes_on_the_next_enable_with_the_same_seq() {
     w.verify_timeout = 60;
     w.settings(1, json!({}));
     assert_eq!(code(&w.run("enable", 1)), 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        let found = fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-            let c = fs::read(e.path().join("cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c);
-            (c.contains("worker") && c.contains(&*w.handler_dir.to_string_lossy()))
-                .then(|| e.file_name().to_string_lossy().parse::<i32>().ok())
-                .flatten()
-        });
-        if let Some(p) = found {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "worker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let pid = wait_value("the worker to start", Duration::from_secs(10), || {
+        worker_pids(&w.handler_dir).first().copied()
+    });
     // Let it reach the verify stage, then kill it hard.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fs::read_to_string(w.data_dir().join("state.json"))
-        .unwrap_or_default()
-        .contains("\"current\": \"verify\"")
-    {
-        assert!(Instant::now() < deadline, "worker never reached verify");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        "the worker to reach verify",
+        Duration::from_secs(10),
+        || {
+            fs::read_to_string(w.data_dir().join("state.json"))
+                .unwrap_or_default()
+                .contains("\"current\": \"verify\"")
+        },
+    );
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -715,11 +701,9 @@ fn a_refused_newer_seq_still_stops_the_older_worker() {
     w.verify_timeout = 60;
     w.settings(1, json!({}));
     assert_eq!(code(&w.run("enable", 1)), 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !worker_running(&w.handler_dir) {
-        assert!(Instant::now() < deadline, "worker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the worker to start", Duration::from_secs(10), || {
+        worker_running(&w.handler_dir)
+    });
     w.settings_raw(
         2,
         r#"{"runtimeSettings":[{"handlerSettings":{"publicSettings":{"bogus":1}}}]}"#,
@@ -776,15 +760,9 @@ fn a_rerun_after_success_verifies_again() {
         "1: DOWN\n",
     );
     assert_eq!(code(&w.run("enable", 1)), 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let v = loop {
-        let v = w.status(1).unwrap();
-        if status_value(&v) == "error" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "still {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let v = wait_value("an error status for 1", Duration::from_secs(20), || {
+        w.status(1).filter(|v| status_value(v) == "error")
+    });
     assert_eq!(status_code(&v), 220, "{}", message(&v));
 }
 

@@ -191,12 +191,8 @@ fn converge(
     for round in 1..=ROUNDS {
         // The agent starts again only once the reboot is over.
         let rebooting = w.root.join("run/rebooting");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while rebooting.exists() {
-            if Instant::now() > deadline {
-                return Err("the simulated reboot never finished".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !poll_for(Duration::from_secs(20), || !rebooting.exists()) {
+            return Err("the simulated reboot never finished".into());
         }
         let mut cmd = w.command(&["enable"], 1);
         cmd.env(LOG_VAR, &case.fault_log);
@@ -211,26 +207,29 @@ fn converge(
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        // Worker gone without a terminal status: it crashed or the VM rebooted. It counts once
+        // no worker shows for five looks in a row, as a reboot requested by a worker that just
+        // died may still be starting one.
+        let mut quiet = 0;
+        let seen = poll_value(Duration::from_secs(60), || {
             let gone = worker_pids(&w.handler_dir).is_empty();
             let status = w.status(1);
-            let value = status.as_ref().map(status_value);
-            if gone && matches!(value.as_deref(), Some("success" | "error")) {
-                return Ok((status.unwrap(), round));
+            match (gone, status.as_ref().map(status_value).as_deref()) {
+                (true, Some("success" | "error")) => return status.map(Some),
+                (true, Some("transitioning")) => quiet += 1,
+                _ => quiet = 0,
             }
-            if gone && value.as_deref() == Some("transitioning") {
-                // Worker gone without a terminal status: it crashed or the VM rebooted. A
-                // reboot requested by a worker that just died may still be starting.
-                std::thread::sleep(Duration::from_millis(100));
-                if worker_pids(&w.handler_dir).is_empty() {
-                    break;
-                }
+            (quiet >= 5).then_some(None)
+        });
+        match seen {
+            Some(Some(terminal)) => return Ok((terminal, round)),
+            Some(None) => {}
+            None => {
+                return Err(format!(
+                    "no progress after enable {round}: {:?}",
+                    w.status(1)
+                ))
             }
-            if Instant::now() > deadline {
-                return Err(format!("no progress after enable {round}: {status:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
     Err(format!(

@@ -14,19 +14,6 @@ use std::time::{Duration, Instant};
 const HB: &str = "Standard_HB120rs_v3";
 const PORT: &str = "sys/bus/pci/devices/0101:00:00.0/infiniband/mlx5_0/ports/1";
 
-/// Poll `cond` until it holds; fail naming `what` after `timeout`.
-fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn log(w: &World) -> String {
-    fs::read_to_string(w.log_dir.join("ibdriver.log")).unwrap_or_default()
-}
-
 fn summary_log(w: &World) -> String {
     fs::read_to_string(w.root.join("var/log/azure/ib-vmext-status")).unwrap_or_default()
 }
@@ -57,18 +44,7 @@ fn worker_command(w: &World, seq: u64) -> Command {
 /// `timeout` (it is killed then).
 fn run_worker_within(w: &World, seq: u64, timeout: Duration) -> Option<i32> {
     let mut child = worker_command(w, seq).spawn().unwrap();
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st.code().unwrap_or(-1));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_exit(&mut child, timeout).map(|st| st.code().unwrap_or(-1))
 }
 
 /// A port-down host whose worker sits in verify for up to `verify_timeout` seconds.
@@ -77,7 +53,7 @@ fn worker_in_verify(verify_timeout: u64) -> World {
     w.verify_timeout = verify_timeout;
     w.settings(1, json!({"ipoib": "off"}));
     assert_eq!(code(&w.run("enable", 1)), 0);
-    wait_for(Duration::from_secs(30), "the worker in verify", || {
+    wait_for("the worker in verify", Duration::from_secs(30), || {
         w.status(1)
             .is_some_and(|v| message(&v).contains("verify: running"))
     });
@@ -146,7 +122,7 @@ fn verify_polls_the_ports_at_its_interval_until_its_timeout() {
         started.elapsed()
     );
     // One check, then a sleep to the deadline: not a loop that checks without sleeping.
-    let waits = log(&w).matches("waiting for ports").count();
+    let waits = w.log().matches("waiting for ports").count();
     assert!((1..=3).contains(&waits), "{waits} port checks logged");
 }
 
@@ -179,7 +155,7 @@ fn a_failure_that_waiting_cannot_fix_ends_verify_at_once() {
     let v = w.wait_terminal(1, Duration::from_secs(25));
     assert_eq!(status_code(&v), 210, "{v}");
     assert_eq!(substatus(&v, "verify")["status"], "error", "{v}");
-    assert!(!log(&w).contains("waiting for ports"), "verify waited");
+    assert!(!w.log().contains("waiting for ports"), "verify waited");
 }
 
 #[test]
@@ -193,7 +169,7 @@ fn the_success_message_has_only_the_parts_there_are() {
     assert!(m.contains("1/1 InfiniBand port(s) ACTIVE"), "{m}");
     assert!(!m.contains("IPoIB (") && !m.contains("note:"), "{m}");
     // Nothing was downloaded: removing the download directories found nothing to warn about.
-    assert!(!log(&w).contains("cannot remove"), "{}", log(&w));
+    assert!(!w.log().contains("cannot remove"), "{}", w.log());
 
     // Default settings on a host with neither the IPoIB record nor the agent's switch: a note.
     w.settings(2, json!({}));
@@ -261,7 +237,7 @@ fn a_resumed_enable_shows_done_stages_and_a_worker_waiting_for_the_lock_leaves_o
     // below is enable's own.
     let lock = hold_worker_lock(&w);
     assert_eq!(code(&w.run("enable", 1)), 0);
-    wait_for(Duration::from_secs(10), "the worker to start", || {
+    wait_for("the worker to start", Duration::from_secs(10), || {
         worker_running(&w.handler_dir)
     });
     let v = w.status(1).unwrap();
@@ -288,9 +264,10 @@ fn a_second_worker_for_the_running_sequence_number_leaves_at_once() {
     );
     assert!(worker_running(&w.handler_dir), "the first worker is gone");
     assert!(
-        log(&w).contains("another worker already runs this sequence number"),
+        w.log()
+            .contains("another worker already runs this sequence number"),
         "{}",
-        log(&w)
+        w.log()
     );
     assert_eq!(code(&w.run("disable", 1)), 0);
     w.wait_worker_gone(Duration::from_secs(10));
@@ -309,7 +286,7 @@ fn an_error_is_not_final_the_same_sequence_number_runs_again() {
     assert_eq!(w.mrseq().as_deref(), Some("1"));
     port_up(&w);
     assert_eq!(code(&w.run("enable", 1)), 0);
-    wait_for(Duration::from_secs(30), "success after the rerun", || {
+    wait_for("success after the rerun", Duration::from_secs(30), || {
         w.status(1).is_some_and(|v| status_value(&v) == "success")
     });
     w.wait_worker_gone(Duration::from_secs(10));
@@ -368,8 +345,8 @@ fn the_workers_heartbeat_carries_its_progress() {
     // The first refresh comes 30 s after the worker started; verify waits longer than that.
     let w = worker_in_verify(60);
     wait_for(
-        Duration::from_secs(45),
         "a heartbeat naming the stage",
+        Duration::from_secs(45),
         || {
             fs::read_to_string(w.handler_dir.join("heartbeat.log"))
                 .is_ok_and(|t| t.contains("enable in progress: verify"))
@@ -410,9 +387,8 @@ fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
     // ib_umad is not loaded, and loading it (configure) takes until the test lets it go.
     let release = hold_modprobe(&w, "");
     w.settings(1, json!({"ipoib": "off"}));
-    let started = Instant::now();
     assert_eq!(code(&w.run("enable", 1)), 0);
-    wait_for(Duration::from_secs(20), "configure's modprobe", || {
+    wait_for("configure's modprobe", Duration::from_secs(20), || {
         w.calls().contains("modprobe ib_umad")
     });
     // A newer sequence number is refused: its NotReady heartbeat is the truth from now on.
@@ -422,16 +398,18 @@ fn a_worker_stuck_in_a_long_step_leaves_a_newer_refusals_heartbeat_alone() {
     );
     assert_eq!(code(&w.run("enable", 2)), 1);
     assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
-    // Past the old worker's next refresh (30 s after it started), the heartbeat is unchanged.
-    let past_refresh = started + Duration::from_secs(33);
-    while Instant::now() < past_refresh {
-        assert_eq!(
-            w.heartbeat()[0]["heartbeat"]["status"],
-            "NotReady",
-            "the old worker's heartbeat landed on the refusal's"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The old worker's next beat (30 s after it started) finds the heartbeat no longer its
+    // own and ends the refresh, leaving the refusal's heartbeat as it was.
+    wait_for(
+        "the old worker's heartbeat to yield",
+        Duration::from_secs(60),
+        || w.log().contains(ibdriver::agent::heartbeat::YIELDED),
+    );
+    assert_eq!(
+        w.heartbeat()[0]["heartbeat"]["status"],
+        "NotReady",
+        "the old worker's heartbeat landed on the refusal's"
+    );
     fs::write(&release, "").unwrap();
     w.wait_worker_gone(Duration::from_secs(20));
     assert_eq!(w.heartbeat()[0]["heartbeat"]["status"], "NotReady");
@@ -451,7 +429,7 @@ fn enable_takes_back_a_sequence_number_whose_worker_was_leaving() {
     );
     w.settings(1, json!({"ipoib": "off"}));
     assert_eq!(code(&w.run("enable", 1)), 0);
-    wait_for(Duration::from_secs(20), "configure's modprobe", || {
+    wait_for("configure's modprobe", Duration::from_secs(20), || {
         w.calls().contains("modprobe ib_umad")
     });
     // A newer sequence number (refused) asks the worker to leave; it is still in modprobe
@@ -464,7 +442,7 @@ fn enable_takes_back_a_sequence_number_whose_worker_was_leaving() {
     assert_eq!(code(&w.run("enable", 1)), 0);
     fs::write(&release, "").unwrap();
     // The worker that was leaving is wanted again and finishes the work.
-    wait_for(Duration::from_secs(30), "success for 1", || {
+    wait_for("success for 1", Duration::from_secs(30), || {
         w.status(1).is_some_and(|v| status_value(&v) == "success")
     });
     w.wait_worker_gone(Duration::from_secs(20));

@@ -136,16 +136,7 @@ fn doca_on_ubuntu_2204_installs_reboots_once_and_resumes() {
     w.settings(1, public);
     assert_eq!(code(&w.run("enable", 1)), 0);
     // The worker installs, records the reboot and asks for it; then it is gone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !w.calls().contains("systemctl reboot") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reboot requested: {:?} {:?}",
-            w.calls(),
-            w.status(1)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_reboot_request(&w, 1);
     w.wait_worker_gone(Duration::from_secs(10));
     let v = w.status(1).unwrap();
     assert_eq!(status_value(&v), "transitioning", "{v}");
@@ -253,11 +244,7 @@ fn a_second_reboot_for_the_same_sequence_number_is_refused_as_a_loop() {
     let (_server, public) = doca_package(&w);
     w.settings(3, public);
     assert_eq!(code(&w.run("enable", 3)), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !w.calls().contains("systemctl reboot") {
-        assert!(std::time::Instant::now() < deadline, "no reboot requested");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_reboot_request(&w, 1);
     w.wait_worker_gone(Duration::from_secs(10));
     // The agent's enable after the reboot: the boot id changed, the work resumes at activate.
     assert_eq!(code(&w.run("enable", 3)), 0);
@@ -357,15 +344,7 @@ fn a_held_dpkg_lock_is_waited_for_then_times_out() {
     holder.wait().unwrap();
     w.settings(2, public);
     assert_eq!(code(&w.run("enable", 2)), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !w.calls().contains("systemctl reboot") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "install did not proceed: {:?}",
-            w.status(2)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_reboot_request(&w, 2);
 }
 
 #[test]
@@ -415,32 +394,49 @@ fn rpm_stubs(w: &World, pm: &str, kernel: &str) {
     shared_stubs(w, "mlnx-ofa_kernel", kernel);
 }
 
+/// Wait (bounded) for the worker of `seq` to ask for the reboot.
+fn wait_reboot_request(w: &World, seq: u64) {
+    assert!(
+        poll_for(Duration::from_secs(30), || w
+            .calls()
+            .contains("systemctl reboot")),
+        "no reboot requested: {:?} {:?}",
+        w.calls(),
+        w.status(seq)
+    );
+}
+
 fn run_to_success(w: &World, seq: u64) -> serde_json::Value {
+    /// Where the first worker left the run: at its end, or waiting for the reboot it asked for.
+    enum Then {
+        Ended(serde_json::Value),
+        Rebooting,
+    }
     assert_eq!(code(&w.run("enable", seq)), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(v) = w.status(seq) {
-            let s = status_value(&v);
-            if s == "success" || s == "error" {
-                w.wait_worker_gone(Duration::from_secs(10));
-                return v;
+    let then = wait_value(
+        &format!("an outcome for {seq}"),
+        Duration::from_secs(40),
+        || {
+            let v = w.status(seq)?;
+            if matches!(status_value(&v).as_str(), "success" | "error") {
+                return Some(Then::Ended(v));
             }
+            (w.calls().contains("systemctl reboot")
+                && !worker_running(&w.handler_dir)
+                && message(&v).contains("rebooting"))
+            .then_some(Then::Rebooting)
+        },
+    );
+    match then {
+        Then::Ended(v) => {
+            w.wait_worker_gone(Duration::from_secs(10));
+            v
         }
-        if w.calls().contains("systemctl reboot")
-            && !worker_running(&w.handler_dir)
-            && w.status(seq)
-                .is_some_and(|v| message(&v).contains("rebooting"))
-        {
+        Then::Rebooting => {
             // The agent's enable after the reboot.
             assert_eq!(code(&w.run("enable", seq)), 0);
-            return w.wait_terminal(seq, Duration::from_secs(30));
+            w.wait_terminal(seq, Duration::from_secs(30))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no outcome: {:?}",
-            w.status(seq)
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -565,15 +561,7 @@ fn mlnx_ofed_49_for_connectx3_pro_on_ubuntu_2004() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !w.calls().contains("systemctl reboot") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reboot: {:?}",
-            w.status(1)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_reboot_request(&w, 1);
     w.wait_worker_gone(Duration::from_secs(10));
     let lines = call_lines(&w);
     let ofed = position(&lines, "mlnxofedinstall");
@@ -767,15 +755,7 @@ fn the_summary_log_names_the_run_that_asks_for_the_reboot() {
     let (_server, public) = doca_package(&w);
     w.settings(1, public);
     assert_eq!(code(&w.run("enable", 1)), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !w.calls().contains("systemctl reboot") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reboot requested: {:?}",
-            w.status(1)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_reboot_request(&w, 1);
     w.wait_worker_gone(Duration::from_secs(10));
     let summary = fs::read_to_string(w.root.join("var/log/azure/ib-vmext-status")).unwrap();
     assert!(

@@ -139,7 +139,7 @@ fn connectx3_pro_on_a_new_kernel_is_refused_before_anything_changes() {
 #[test]
 fn apply_keeps_its_secrets_out_of_every_environ() {
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let w = World::new("hbv3", "Standard_HB120rs_v3");
     let sas = "SAS1SECRETb64";
     let pass = "PROXYPASS9";
@@ -165,15 +165,11 @@ fn apply_keeps_its_secrets_out_of_every_environ() {
         .spawn()
         .unwrap();
     let apply_pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (stub_pid, stub_parent) = loop {
-        if let Ok(t) = std::fs::read_to_string(&pid_file) {
-            let mut it = t.split_whitespace().map(|n| n.parse::<u32>().unwrap());
-            break (it.next().unwrap(), it.next().unwrap());
-        }
-        assert!(Instant::now() < deadline, "apply never ran ip");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (stub_pid, stub_parent) = wait_value("apply to run ip", Duration::from_secs(120), || {
+        let t = std::fs::read_to_string(&pid_file).ok()?;
+        let mut it = t.split_whitespace().map(|n| n.parse::<u32>().unwrap());
+        Some((it.next().unwrap(), it.next().unwrap()))
+    });
     assert_eq!(stub_parent, apply_pid, "ip is apply's own child");
     let mut seen = Vec::new();
     for pid in [apply_pid, stub_pid] {

@@ -863,35 +863,6 @@ fn a_start_task_apply_does_not_undo_the_extensions_no_op_enable() {
 
 // ------------------------------------------------------------------ apply and configure, edge by edge
 
-/// A `command` child that must end within `bound`; killed (and the test failed) otherwise.
-fn output_within(mut c: Command, bound: Duration) -> Output {
-    use std::process::Stdio;
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + bound;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Poll `cond` until it holds or `bound` passes.
-fn wait_for(what: &str, bound: Duration, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + bound;
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn apply_leaves_at_a_safe_point_when_the_extension_is_disabled_during_the_run() {
     use std::process::Stdio;

@@ -18,6 +18,11 @@ pub struct Heartbeat {
 
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(30);
 
+/// Logged when a beat finds the heartbeat no longer this worker's (a disable or a newer
+/// sequence number wrote its own): the refresh ends there.
+pub const YIELDED: &str =
+    "heartbeat refresh ends: a disable or a newer sequence number owns the heartbeat now";
+
 impl Heartbeat {
     /// Refresh `path` until stopped; each beat first asks `wanted`, so once a disable or a
     /// newer sequence number has written its own heartbeat, this worker's never lands on it.
@@ -31,6 +36,7 @@ impl Heartbeat {
             while !s.load(Ordering::Relaxed) {
                 if waited >= HEARTBEAT_PERIOD {
                     if !wanted() {
+                        tracing::info!("{YIELDED}");
                         break;
                     }
                     let msg = m.lock().map(|g| g.clone()).unwrap_or_default();

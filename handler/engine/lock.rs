@@ -27,6 +27,9 @@ pub struct Holder {
     pub seq: u64,
 }
 
+/// Logged once when a lock taker starts waiting: an operator sees why nothing moves.
+pub const WAITING: &str = "waiting for the worker lock: another worker or apply holds it";
+
 impl WorkerLock {
     pub fn new(data_dir: &Path) -> Self {
         WorkerLock {
@@ -59,8 +62,18 @@ impl WorkerLock {
         poll: Duration,
         give_up: impl Fn() -> bool,
     ) -> std::io::Result<Option<Held>> {
+        let mut said = false;
         poll_wait(timeout, poll, || match self.try_acquire(seq) {
-            Ok(None) if !give_up() => Look::NotYet(Ok(None)),
+            Ok(None) if !give_up() => {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::info!(
+                        seq,
+                        holder = ?self.holder().map(|h| h.pid),
+                        "{WAITING}"
+                    );
+                }
+                Look::NotYet(Ok(None))
+            }
             other => Look::Done(other),
         })
         .0
@@ -143,7 +156,20 @@ mod tests {
         std::fs::write(d.path().join("worker.pid"), format!("{pid} {start} 7\n")).unwrap();
         child.kill().unwrap();
         // Not yet reaped: a zombie is no holder.
-        std::thread::sleep(Duration::from_millis(100));
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let (_, dead) =
+            crate::sys::clock::poll(Duration::from_secs(30), Duration::from_millis(10), || {
+                crate::sys::clock::Look::when(zombie())
+            });
+        assert!(dead, "the killed child never became a zombie");
         assert_eq!(l.holder(), None);
         child.wait().unwrap();
         assert_eq!(l.holder(), None);

@@ -50,11 +50,7 @@ pub fn stop_worker(data: &Path, waits: StopWaits) -> Result<(), Failure> {
             let alive = lock
                 .holder()
                 .is_some_and(|h| pid.is_none_or(|p| p == h.pid));
-            if alive {
-                Look::NotYet(())
-            } else {
-                Look::Done(())
-            }
+            Look::when(!alive)
         })
         .1
     };
@@ -96,13 +92,20 @@ mod tests {
         }
     }
 
-    fn pretend_worker(data: &Path, script: &str) -> std::process::Child {
+    /// A shell that runs `traps`, says it is ready, then `body`; it is registered as the worker.
+    fn pretend_worker(data: &Path, traps: &str, body: &str) -> std::process::Child {
+        let ready = data.join("ready");
         let child = std::process::Command::new("sh")
-            .args(["-c", script])
+            .args(["-c", &format!("{traps}\n: > \"$0\"\n{body}")])
+            .arg(&ready)
             .spawn()
             .unwrap();
-        // Let the shell set its traps before it is signalled.
-        std::thread::sleep(Duration::from_millis(200));
+        // It is signalled only once its traps are set.
+        let (_, ready) =
+            crate::sys::clock::poll(Duration::from_secs(30), Duration::from_millis(10), || {
+                crate::sys::clock::Look::when(ready.exists())
+            });
+        assert!(ready, "the pretend worker never started");
         let start = crate::engine::lock::start_time(child.id()).unwrap();
         std::fs::write(
             data.join("worker.pid"),
@@ -122,7 +125,7 @@ mod tests {
     #[test]
     fn a_worker_that_ignores_the_request_and_sigterm_is_killed() {
         let d = tempfile::tempdir().unwrap();
-        let mut child = pretend_worker(d.path(), "trap '' TERM; while :; do sleep 0.1; done");
+        let mut child = pretend_worker(d.path(), "trap '' TERM", "while :; do sleep 0.1; done");
         stop_worker(d.path(), tiny()).unwrap();
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
@@ -132,7 +135,7 @@ mod tests {
     #[test]
     fn a_worker_that_leaves_on_sigterm_is_not_killed() {
         let d = tempfile::tempdir().unwrap();
-        let mut child = pretend_worker(d.path(), "sleep 30");
+        let mut child = pretend_worker(d.path(), "", "sleep 30");
         stop_worker(d.path(), tiny()).unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(child.wait().unwrap().signal(), Some(15));

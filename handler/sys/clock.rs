@@ -92,6 +92,17 @@ pub enum Look<T> {
     NotYet(T),
 }
 
+impl Look<()> {
+    /// Done when `cond` holds: a wait for a condition rather than for a value.
+    pub fn when(cond: bool) -> Look<()> {
+        if cond {
+            Look::Done(())
+        } else {
+            Look::NotYet(())
+        }
+    }
+}
+
 /// Look at once, then every `tick`, until a look is [`Look::Done`] or `timeout` has passed;
 /// the last pause is cut to what is left, and there is always a look at the end. Returns the
 /// last look's value and whether it was `Done`. The one wait loop of the handler: every

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -226,6 +226,11 @@ impl World {
         );
     }
 
+    /// The handler's log so far (empty before the first line).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_dir.join("ibdriver.log")).unwrap_or_default()
+    }
+
     pub fn calls(&self) -> String {
         fs::read_to_string(self.tmp.path().join("calls.log")).unwrap_or_default()
     }
@@ -303,23 +308,16 @@ impl World {
 
     /// Poll (bounded) until the status for `seq` is terminal.
     pub fn wait_terminal(&self, seq: u64, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.status(seq) {
-                let s = v[0]["status"]["status"].as_str().unwrap_or("").to_string();
-                if s == "success" || s == "error" {
-                    // Let the worker finish its last writes (mrseq, heartbeat, timer).
-                    self.wait_worker_gone(Duration::from_secs(10));
-                    return v;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "status {seq} not terminal in time: {:?}",
-                self.status(seq)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let terminal = poll_value(timeout, || {
+            self.status(seq)
+                .filter(|v| matches!(v[0]["status"]["status"].as_str(), Some("success" | "error")))
+        });
+        let Some(v) = terminal else {
+            panic!("status {seq} not terminal in time: {:?}", self.status(seq));
+        };
+        // Let the worker finish its last writes (mrseq, heartbeat, timer).
+        self.wait_worker_gone(Duration::from_secs(10));
+        v
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -327,11 +325,10 @@ impl World {
     }
 
     pub fn wait_worker_gone(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while worker_running(&self.handler_dir) {
-            assert!(Instant::now() < deadline, "worker still running");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            no_worker_within(&self.handler_dir, timeout),
+            "worker still running"
+        );
     }
 
     pub fn heartbeat(&self) -> serde_json::Value {
@@ -460,6 +457,85 @@ impl World {
         self.set_file("etc/os-release", &text);
         self.set_file("proc/sys/kernel/osrelease", &format!("{kernel}\n"));
     }
+}
+
+/// How often the waits below look again.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Look at `look` every [`TICK`] until it gives a value or `bound` passes (None then). Every
+/// wait in the tests is this one loop: it waits for an event, never for a fixed time.
+pub fn poll_value<T>(bound: Duration, mut look: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = look() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// Did `cond` come to hold within `bound`?
+pub fn poll_for(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    poll_value(bound, || cond().then_some(())).is_some()
+}
+
+/// Wait (bounded) for `cond`; fail the test naming `what` when it does not come.
+pub fn wait_for(what: &str, bound: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_for(bound, cond),
+        "timed out after {bound:?} waiting for {what}"
+    );
+}
+
+/// Wait (bounded) for `look` to give a value; fail the test naming `what` when none comes.
+pub fn wait_value<T>(what: &str, bound: Duration, look: impl FnMut() -> Option<T>) -> T {
+    match poll_value(bound, look) {
+        Some(v) => v,
+        None => panic!("timed out after {bound:?} waiting for {what}"),
+    }
+}
+
+/// The exit of `child` within `bound`; None if it was still running then (it is killed and
+/// reaped).
+pub fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    let st = poll_value(bound, || child.try_wait().unwrap());
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    st
+}
+
+/// Run `cmd` to its end with its output captured, failing the test (and killing it) if it
+/// takes longer than `bound`. Its stdin is the caller's choice.
+pub fn output_within(mut cmd: Command, bound: Duration) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait_exit(&mut child, bound).is_none() {
+        panic!("still running after {bound:?}");
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// No worker of `handler_dir` runs, on three looks in a row (one scan of /proc can miss a
+/// process under load), within `bound`.
+pub fn no_worker_within(handler_dir: &Path, bound: Duration) -> bool {
+    let mut quiet = 0;
+    poll_for(bound, || {
+        quiet = if worker_running(handler_dir) {
+            0
+        } else {
+            quiet + 1
+        };
+        quiet >= 3
+    })
 }
 
 /// Is a worker for this handler directory still running? (Scans /proc for our own binary.)

@@ -8,30 +8,15 @@ use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HB: &str = "Standard_HB120rs_v3";
 
 /// Run `cmd` to its end, failing the test (and killing it) if it takes longer than `limit`:
 /// the cases here include files that would make a careless open block forever.
 pub(crate) fn output_within(mut cmd: std::process::Command, limit: Duration) -> Output {
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    cmd.stdin(std::process::Stdio::null());
+    crate::common::output_within(cmd, limit)
 }
 
 fn env_path(w: &World) -> PathBuf {

@@ -6,6 +6,7 @@
 use crate::common::*;
 use crate::seqno::{port_up, wait_for_worker};
 use crate::support::*;
+use ibdriver::engine::lock::WAITING as LOCK_WAITING;
 use serde_json::json;
 use std::fs;
 use std::process::Command;
@@ -135,9 +136,8 @@ fn enable_then_disable(i: usize, host: &'static str) -> Case {
             e.expect_exit(0)?;
             let d = verb(&w, "disable", 1);
             d.expect_exit(0)?;
+            // Enable returned after its worker's exec, so once none runs nothing can write.
             worker_gone(&w)?;
-            // Give a late worker every chance to (wrongly) write after disable.
-            std::thread::sleep(Duration::from_millis(300));
             let hb = heartbeat_state(&w);
             ensure!(
                 hb.as_deref() == Some("NotReady"),
@@ -405,15 +405,16 @@ pub fn cases() -> Vec<Case> {
             w.settings(2, json!({"ipoib": "off"}));
             let r = enable(&w, 2);
             r.expect_exit(0)?;
-            // The worker waits for the lock; nothing may touch the checkpoint meanwhile.
-            let deadline = Instant::now() + Duration::from_millis(800);
-            while Instant::now() < deadline {
-                ensure!(
-                    fs::read(&state).unwrap() == before,
-                    "state.json written while another process holds the worker lock"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // The worker waits for the lock; nothing may touch the checkpoint before that.
+            ensure!(
+                poll_for(SETTLE, || w.log().contains(LOCK_WAITING)),
+                "the worker never waited for the lock: {}",
+                w.log()
+            );
+            ensure!(
+                fs::read(&state).unwrap() == before,
+                "state.json written while another process holds the worker lock"
+            );
             drop(held);
             expect_status(&w, 2, "success", 0)?;
             clean(&w, &[&r])
@@ -430,17 +431,16 @@ pub fn cases() -> Vec<Case> {
             let cp = w.data_dir().join("apply-state.json");
             let r = std::thread::scope(|s| -> Result<Run, String> {
                 let h = s.spawn(|| run_bounded(&w, c, SETTLE));
-                let deadline = Instant::now() + Duration::from_millis(800);
-                while Instant::now() < deadline {
-                    if cp.exists() {
-                        drop(held);
-                        let _ = h.join();
-                        return Err("apply-state.json written before apply held the lock".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                let waiting = poll_for(SETTLE, || apply_log(&w).contains(LOCK_WAITING));
+                let early = cp.exists();
                 drop(held);
-                Ok(h.join().unwrap())
+                let r = h.join().unwrap();
+                ensure!(waiting, "apply never waited for the lock: {}", r.text());
+                ensure!(
+                    !early,
+                    "apply-state.json written before apply held the lock"
+                );
+                Ok(r)
             })?;
             r.expect_exit(0)?;
             ensure!(r.stdout.starts_with("success:"), "{}", r.text());
@@ -458,10 +458,17 @@ pub fn cases() -> Vec<Case> {
         let c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
         let waiter = std::thread::scope(|s| {
             let h = s.spawn(|| run_bounded(&w, c, SETTLE));
-            std::thread::sleep(Duration::from_millis(300));
+            // Once apply waits for the worker's lock, the port comes up and the worker ends.
+            let waiting = poll_for(SETTLE, || apply_log(&w).contains(LOCK_WAITING));
             port_up(&w);
-            h.join().unwrap()
+            (waiting, h.join().unwrap())
         });
+        let (waiting, waiter) = waiter;
+        ensure!(
+            waiting,
+            "apply never waited for the lock: {}",
+            waiter.text()
+        );
         waiter.expect_exit(0)?;
         ensure!(waiter.stdout.starts_with("success:"), "{}", waiter.text());
         expect_status(&w, 1, "success", 0)?;
@@ -471,6 +478,11 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// Take the worker lock from the test process, as a worker (or apply) would hold it.
+/// apply's own log (it runs without the agent's log directory).
+fn apply_log(w: &World) -> String {
+    fs::read_to_string(w.data_dir().join("log/ibdriver.log")).unwrap_or_default()
+}
+
 fn hold_lock(w: &World) -> nix::fcntl::Flock<fs::File> {
     fs::create_dir_all(w.data_dir()).unwrap();
     let f = fs::OpenOptions::new()

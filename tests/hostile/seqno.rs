@@ -6,7 +6,7 @@ use crate::common::*;
 use crate::support::*;
 use serde_json::json;
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn status_files(w: &World) -> Vec<String> {
     fs::read_dir(w.handler_dir.join("status"))
@@ -419,19 +419,14 @@ pub fn cases() -> Vec<Case> {
                 plant(&w);
                 let r = enable(&w, 1);
                 r.expect_exit(0)?;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let s = loop {
-                    if let Ok(Some(s)) = read_status(&w, 1) {
-                        if status_value(&s) == "success" {
-                            break s;
-                        }
-                    }
-                    ensure!(
-                        Instant::now() < deadline,
-                        "status 1 not rewritten: {:?}",
-                        read_status(&w, 1)
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
+                let s = poll_value(Duration::from_secs(10), || {
+                    read_status(&w, 1)
+                        .ok()
+                        .flatten()
+                        .filter(|s| status_value(s) == "success")
+                });
+                let Some(s) = s else {
+                    return Err(format!("status 1 not rewritten: {:?}", read_status(&w, 1)));
                 };
                 ensure!(status_code(&s) == 0, "{s}");
                 worker_gone(&w)?;
@@ -516,11 +511,10 @@ fn heartbeat_message(w: &World) -> String {
 }
 
 pub fn wait_for_worker(w: &World) -> CaseResult {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !worker_running(&w.handler_dir) {
-        ensure!(Instant::now() < deadline, "worker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ensure!(
+        poll_for(Duration::from_secs(15), || worker_running(&w.handler_dir)),
+        "worker did not start"
+    );
     Ok(())
 }
 

@@ -163,18 +163,9 @@ pub fn run_bounded(w: &World, mut cmd: Command, bound: Duration) -> Run {
         .stderr(fs::File::create(&e).unwrap())
         .spawn()
         .unwrap();
-    let deadline = t + bound;
-    let (exit, hung) = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break (st.code(), false);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break (None, true);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let exit = wait_exit(&mut child, bound);
+    let hung = exit.is_none();
+    let exit = exit.and_then(|st| st.code());
     let took = t.elapsed();
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
     Run {
@@ -215,41 +206,28 @@ pub fn hbv3() -> World {
 
 /// The status for `seq` once terminal (bounded), then no worker left.
 pub fn settle(w: &World, seq: u64) -> Result<Value, String> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(v) = read_status(w, seq)? {
-            let s = v[0]["status"]["status"].as_str().unwrap_or("").to_string();
-            if s == "success" || s == "error" {
-                worker_gone(w)?;
-                return Ok(v);
-            }
+    let terminal = poll_value(SETTLE, || match read_status(w, seq) {
+        Ok(Some(v)) => {
+            matches!(v[0]["status"]["status"].as_str(), Some("success" | "error")).then_some(Ok(v))
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "status {seq} not terminal within {SETTLE:?}: {:?}",
-                read_status(w, seq)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    });
+    let v = terminal.unwrap_or_else(|| {
+        Err(format!(
+            "status {seq} not terminal within {SETTLE:?}: {:?}",
+            read_status(w, seq)
+        ))
+    })?;
+    worker_gone(w)?;
+    Ok(v)
 }
 
 pub fn worker_gone(w: &World) -> CaseResult {
-    let deadline = Instant::now() + SETTLE;
-    // Three quiet looks in a row: one scan of /proc can miss a process under load.
-    let mut quiet = 0;
-    while quiet < 3 {
-        if worker_running(&w.handler_dir) {
-            quiet = 0;
-        } else {
-            quiet += 1;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "a worker still runs after {SETTLE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    ensure!(
+        no_worker_within(&w.handler_dir, SETTLE),
+        "a worker still runs after {SETTLE:?}"
+    );
     Ok(())
 }
 
@@ -341,15 +319,11 @@ pub fn succeed(w: &World, seq: u64, public: Value) -> Result<Value, String> {
     r.expect_exit(0)?;
     let v = expect_status(w, seq, "success", 0)?;
     // The worker writes mrseq after the status; the case goes on once it is there.
-    let deadline = Instant::now() + SETTLE;
-    while w.mrseq() != Some(seq.to_string()) {
-        ensure!(
-            Instant::now() < deadline,
-            "mrseq {:?} after success of {seq}",
-            w.mrseq()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ensure!(
+        poll_for(SETTLE, || w.mrseq() == Some(seq.to_string())),
+        "mrseq {:?} after success of {seq}",
+        w.mrseq()
+    );
     worker_gone(w)?;
     clean(w, &[&r])?;
     Ok(v)
