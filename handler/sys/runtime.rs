@@ -164,4 +164,16 @@ mod tests {
         assert_eq!(got["IBDRIVER_TEST_PROXY_VAR"], "http://u:p@h:1");
         assert!(!path.exists());
     }
+
+    #[test]
+    fn a_proxy_file_that_cannot_be_removed_is_an_error_not_a_silent_leftover() {
+        // A directory where the file would be: remove_file fails with something other than
+        // NotFound, and enable must hear of it (the old credentials would otherwise stay).
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join(files::PROXY_ENV)).unwrap();
+        assert!(Runtime::default().save_proxy(d.path()).is_err());
+        // Nothing there at all is fine.
+        let e = tempfile::tempdir().unwrap();
+        Runtime::default().save_proxy(e.path()).unwrap();
+    }
 }
