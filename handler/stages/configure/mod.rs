@@ -11,7 +11,9 @@ mod ipoib;
 pub mod state;
 mod waagent;
 
-pub use state::{load_state, Assignment, Ctx, State, MODULES_LOAD_FILE, STATE_FILE, WAAGENT_CONF};
+pub use state::{
+    load_state, Assignment, Ctx, IpoibInEffect, State, MODULES_LOAD_FILE, STATE_FILE, WAAGENT_CONF,
+};
 use state::{run_cmd, save_state};
 
 use ipoib::{ensure_address, has_ip, ipoib_native};
@@ -183,11 +185,11 @@ pub fn run(ctx: &Ctx) -> Result<State, Failure> {
     let waagent_present = ctx.root.path(WAAGENT_CONF).exists();
     let result = match (ctx.settings.ipoib, pairs) {
         (IpoibMode::Off, _) => {
-            state.ipoib = "off".into();
+            state.ipoib = IpoibInEffect::Off;
             Ok(())
         }
         (IpoibMode::Native | IpoibMode::Auto, Some(pairs)) => {
-            state.ipoib = "native".into();
+            state.ipoib = IpoibInEffect::Native;
             let r = ipoib_native(ctx, &pairs, &mut state);
             // Keep the agent's own switch consistent: after a reboot it assigns the same
             // addresses from the same record before our enable runs. No restart needed.
@@ -205,13 +207,13 @@ pub fn run(ctx: &Ctx) -> Result<State, Failure> {
         )),
         (IpoibMode::Waagent, pairs) | (IpoibMode::Auto, pairs @ None) => {
             if ctx.settings.ipoib == IpoibMode::Auto && !waagent_present {
-                state.ipoib = "off".into();
+                state.ipoib = IpoibInEffect::Off;
                 state.notes.push(
                     "no IPoIB_Data record and no guest agent configuration: IPoIB left alone".into(),
                 );
                 Ok(())
             } else {
-                state.ipoib = "waagent".into();
+                state.ipoib = IpoibInEffect::Waagent;
                 // What the agent should assign, when the host says (verify waits for it).
                 if let Some(pairs) = pairs {
                     state.assignments = match_pairs(&pairs, &netdevs(ctx.root)).0;
@@ -327,7 +329,7 @@ pub fn unmet(
         if !has_ip(&have, &a.address) {
             out.push((
                 Code::IpoibNotConfigured,
-                if state.ipoib == "waagent" {
+                if state.ipoib == IpoibInEffect::Waagent {
                     // The agent assigns them in this mode; 2.9.1.1 never did (WALinuxAgent#3025).
                     format!(
                         "IPoIB address {} is not on {dev}: the guest agent has not assigned it \
@@ -417,7 +419,7 @@ mod tests {
     #[test]
     fn unmet_expectations() {
         let state = State {
-            ipoib: "native".into(),
+            ipoib: IpoibInEffect::Native,
             assignments: vec![Assignment {
                 netdev: "ib0".into(),
                 mac: "00155d33ff2c".into(),
@@ -485,8 +487,8 @@ mod tests {
 
         // A missing address: in waagent mode the agent is the one to blame.
         let devs = vec![("ib0".to_string(), "00:15:5d:33:ff:2c".to_string())];
-        let missing = |mode: &str| State {
-            ipoib: mode.into(),
+        let missing = |mode: IpoibInEffect| State {
+            ipoib: mode,
             assignments: vec![Assignment {
                 netdev: "ib0".into(),
                 mac: "00155d33ff2c".into(),
@@ -495,13 +497,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            unmet(&missing("native"), &modules, &addrs, &devs, &[]),
+            unmet(
+                &missing(IpoibInEffect::Native),
+                &modules,
+                &addrs,
+                &devs,
+                &[]
+            ),
             vec![(
                 Code::IpoibNotConfigured,
                 "IPoIB address 172.16.1.4/16 is not on ib0".to_string()
             )]
         );
-        let waagent = unmet(&missing("waagent"), &modules, &addrs, &devs, &[]);
+        let waagent = unmet(
+            &missing(IpoibInEffect::Waagent),
+            &modules,
+            &addrs,
+            &devs,
+            &[],
+        );
         assert_eq!(waagent.len(), 1);
         assert!(
             waagent[0].1.contains("the guest agent has not assigned it"),

@@ -28,11 +28,33 @@ pub struct Assignment {
     pub address: String,
 }
 
+/// The IPoIB mode configure put in effect: the setting with `auto` resolved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpoibInEffect {
+    /// IPoIB left alone.
+    #[default]
+    Off,
+    /// We assign the addresses from the host's `IPoIB_Data`.
+    Native,
+    /// The guest agent assigns them (`OS.EnableRDMA`).
+    Waagent,
+}
+
+impl std::fmt::Display for IpoibInEffect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IpoibInEffect::Off => "off",
+            IpoibInEffect::Native => "native",
+            IpoibInEffect::Waagent => "waagent",
+        })
+    }
+}
+
 /// What configure did and what the host must keep showing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    /// The IPoIB mode in effect: `native`, `waagent` or `off` (`auto` resolved).
-    pub ipoib: String,
+    pub ipoib: IpoibInEffect,
     pub assignments: Vec<Assignment>,
     /// HCA names configure set (`hcaNaming: stable`): PCI address -> name.
     #[serde(default)]
