@@ -108,10 +108,37 @@ codes! {
 
 /// What the user sees: a code and one line saying what happened and what to do.
 /// Messages never carry secrets; constructors of this type take care of that.
+/// What lay under a failure, kept as data so that a decision never parses a message (an
+/// installer's exit code chooses its hint; an errno says whether to retry). Recorded in the
+/// checkpoint's `last_error` with the message; never shown instead of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Cause {
+    /// A file system or system call error.
+    Io {
+        /// The OS error number, when there was one.
+        errno: Option<i32>,
+    },
+    /// A program we ran: its exit code, or none when a signal or our time limit ended it.
+    Process { program: String, exit: Option<i32> },
+    /// An HTTP exchange: the response status, or none when no response came.
+    Http { status: Option<u16> },
+}
+
+impl Cause {
+    pub fn io(err: &std::io::Error) -> Cause {
+        Cause::Io {
+            errno: err.raw_os_error(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub code: Code,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 impl Failure {
@@ -119,14 +146,32 @@ impl Failure {
         let message: String = message.into();
         // One line: status messages are shown in the portal's single-line field.
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
-        Failure { code, message }
+        Failure {
+            code,
+            message,
+            cause: None,
+        }
+    }
+
+    /// The same failure, with what lay under it.
+    pub fn because(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+
+    /// The exit code of the program whose failure this is, when it exited on its own.
+    pub fn process_exit(&self) -> Option<i32> {
+        match &self.cause {
+            Some(Cause::Process { exit, .. }) => *exit,
+            _ => None,
+        }
     }
 
     pub fn internal(context: &str, err: impl fmt::Display) -> Self {
         Failure::new(Code::Internal, format!("{context}: {err}"))
     }
 
-    pub fn state_io(path: &std::path::Path, err: impl fmt::Display) -> Self {
+    pub fn state_io(path: &std::path::Path, err: std::io::Error) -> Self {
         Failure::new(
             Code::StateIo,
             format!(
@@ -134,6 +179,7 @@ impl Failure {
                 path.display()
             ),
         )
+        .because(Cause::io(&err))
     }
 }
 
