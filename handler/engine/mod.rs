@@ -1,6 +1,6 @@
 //! The stages as one engine, shared by the agent's detached worker ([`crate::engine::worker`])
-//! and `apply`: detect, plan, run the stages not yet done with the checkpoint around each, and
-//! the verify wait. The callers own status, heartbeat and exit codes.
+//! and `apply`: detect, plan, and run the stages not yet done with the checkpoint around each,
+//! each with its context. The callers own status, heartbeat and exit codes.
 
 pub mod checkpoint;
 pub mod done;
@@ -19,10 +19,11 @@ use crate::host::{self, imds, Root};
 use crate::plan::{self, Action, Plan};
 use crate::stages::configure;
 use crate::stages::install;
-use crate::stages::verify::{self, HealthReport};
+use crate::stages::verify::{self, HealthReport, PortWait};
+use crate::sys::clock::SystemClock;
 use crate::sys::logging;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long verify waits for ports to come up. An operator knob for image builds and slow
 /// fabrics; the default covers a port that trains after a reboot.
@@ -75,40 +76,6 @@ fn preflight(plan: &Plan) -> Result<(), Failure> {
     match &plan.action {
         Action::Refuse { failure } => Err(failure.clone()),
         Action::VerifyOnly { .. } | Action::Install { .. } => Ok(()),
-    }
-}
-
-/// The verify stage: wait (bounded) for every InfiniBand port to be ACTIVE.
-fn verify(
-    root: &Root,
-    timeout: Duration,
-    poll: Duration,
-    keep_going: impl Fn() -> bool,
-) -> Result<HealthReport, Failure> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let report = verify::check(root);
-        if report.healthy {
-            return Ok(report);
-        }
-        if !keep_going() {
-            return Err(Failure::new(
-                Code::Superseded,
-                "superseded by a newer sequence number or disable",
-            ));
-        }
-        // Missing software will not fix itself; a link may still come up, and the agent may
-        // still be assigning IPoIB addresses (ipoib waagent).
-        let may_improve = matches!(report.code, Code::PortsNotActive | Code::IpoibNotConfigured);
-        if !may_improve || Instant::now() >= deadline {
-            return Err(report.failure().expect("unhealthy report has a failure"));
-        }
-        tracing::info!("waiting for ports: {}", report.summary);
-        // Sleep in slices so a newer sequence number or disable is noticed quickly.
-        let wake = Instant::now() + poll.min(deadline.saturating_duration_since(Instant::now()));
-        while Instant::now() < wake && keep_going() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 }
 
@@ -286,12 +253,12 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
                     .map(|state| configure_notes = state.notes)
                 }
                 Stage::Verify => {
-                    let r = verify(
-                        e.root,
-                        verify_timeout(),
-                        Duration::from_secs(5),
-                        e.keep_going,
-                    );
+                    let wait = PortWait {
+                        timeout: verify_timeout(),
+                        every: Duration::from_secs(5),
+                        slice: Duration::from_millis(200),
+                    };
+                    let r = verify::wait_until_healthy(&SystemClock, e.root, wait, e.keep_going);
                     last_report = Some(match &r {
                         Ok(rep) => rep.clone(),
                         Err(_) => verify::check(e.root),
