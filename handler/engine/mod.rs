@@ -1,6 +1,6 @@
 //! The stages as one engine, shared by the agent's detached worker ([`crate::engine::worker`])
-//! and `apply`: detect, plan, run the stages not yet done with the checkpoint around each, and
-//! the verify wait. The callers own status, heartbeat and exit codes.
+//! and `apply`: detect, plan, and run the stages not yet done with the checkpoint around each,
+//! each with its context. The callers own status, heartbeat and exit codes.
 
 pub mod checkpoint;
 pub mod done;
@@ -15,14 +15,17 @@ use crate::agent::settings::{RebootPolicy, Settings};
 use crate::agent::status::{StatusValue, SubStatus};
 use crate::engine::checkpoint::{Checkpoint, RunEnd, Stage, Store};
 use crate::error::{Code, Failure};
-use crate::host::{self, imds, Root};
+use crate::host::pci::PciFunction;
+use crate::host::{self, imds, HostFacts, Root};
+use crate::plan::distro::Family;
 use crate::plan::{self, Action, Plan};
 use crate::stages::configure;
 use crate::stages::install;
-use crate::stages::verify::{self, HealthReport};
+use crate::stages::verify::{self, HealthReport, PortWait};
+use crate::sys::clock::SystemClock;
 use crate::sys::logging;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How long verify waits for ports to come up. An operator knob for image builds and slow
 /// fabrics; the default covers a port that trains after a reboot.
@@ -78,40 +81,6 @@ fn preflight(plan: &Plan) -> Result<(), Failure> {
     }
 }
 
-/// The verify stage: wait (bounded) for every InfiniBand port to be ACTIVE.
-fn verify(
-    root: &Root,
-    timeout: Duration,
-    poll: Duration,
-    keep_going: impl Fn() -> bool,
-) -> Result<HealthReport, Failure> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let report = verify::check(root);
-        if report.healthy {
-            return Ok(report);
-        }
-        if !keep_going() {
-            return Err(Failure::new(
-                Code::Superseded,
-                "superseded by a newer sequence number or disable",
-            ));
-        }
-        // Missing software will not fix itself; a link may still come up, and the agent may
-        // still be assigning IPoIB addresses (ipoib waagent).
-        let may_improve = matches!(report.code, Code::PortsNotActive | Code::IpoibNotConfigured);
-        if !may_improve || Instant::now() >= deadline {
-            return Err(report.failure().expect("unhealthy report has a failure"));
-        }
-        tracing::info!("waiting for ports: {}", report.summary);
-        // Sleep in slices so a newer sequence number or disable is noticed quickly.
-        let wake = Instant::now() + poll.min(deadline.saturating_duration_since(Instant::now()));
-        while Instant::now() < wake && keep_going() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
 /// What the stages need, from the agent's worker or from `apply`.
 pub struct Engine<'a> {
     /// `Enable` (the agent's worker) or `Apply`.
@@ -150,18 +119,33 @@ pub struct EngineEnd {
 
 /// Detect, plan and run the stages not yet done for this sequence number and settings.
 pub fn run_engine(e: &Engine) -> EngineEnd {
-    let data = e.root.data_dir();
     let facts = host::detect(e.root, Some(&imds::Policy::default()), true);
-    let ib_functions: Vec<&crate::host::pci::PciFunction> = facts.infiniband_functions().collect();
-    let store = e.store;
-    let seq = e.seq;
-    let mut cp = Checkpoint::resume(store.load(), seq, &e.settings.fingerprint, &facts.boot_id);
+    let (mut cp, plan) = resume(e, &facts);
+    let mut run = Run::new(e, &facts, &plan);
+    let end = checkpoint::run(
+        e.store,
+        &mut cp,
+        &plan.stages,
+        |stage, cp| run.stage(stage, cp),
+        || !(e.keep_going)(),
+    );
+    run.finish(end, cp)
+}
+
+/// The checkpoint to go on from, and the plan for the host as it is now.
+fn resume(e: &Engine, facts: &HostFacts) -> (Checkpoint, Plan) {
+    let mut cp = Checkpoint::resume(
+        e.store.load(),
+        e.seq,
+        &e.settings.fingerprint,
+        &facts.boot_id,
+    );
     // The worker judges the host again with the full probe (the installed stack too): what
     // enable's preflight saw may have changed, and a refusal here must not be skipped. Verify
     // always runs again: a worker never reports success on an old verdict.
     cp.completed.retain(|s| !s.runs_every_time());
     let plan = plan::decide_resuming(
-        &facts,
+        facts,
         &e.settings.public,
         e.settings.protected.package_url.as_ref(),
         cp.install_stages.is_some(),
@@ -169,150 +153,198 @@ pub fn run_engine(e: &Engine) -> EngineEnd {
     if matches!(plan.action, Action::Install { .. }) {
         cp.install_stages = Some(plan.stages.clone());
     }
-    let mut last_report = None;
-    let mut configure_notes: Vec<String> = Vec::new();
-    let last_subs = std::cell::RefCell::new(Vec::new());
-    let progress = |line: &str| (e.progress)(line, &last_subs.borrow());
-    let family = facts.os.as_ref().and_then(crate::plan::recipe::family);
-    // Ask for the reboot a stage recorded; the work resumes after it.
-    let reboot = |stage: &str, purpose: &str| -> Result<(), Failure> {
-        progress(&format!(
+    (cp, plan)
+}
+
+/// One run of the planned stages: what each stage is given, and what the stages leave for
+/// the run's end.
+struct Run<'a> {
+    e: &'a Engine<'a>,
+    facts: &'a HostFacts,
+    plan: &'a Plan,
+    data: PathBuf,
+    family: Option<Family>,
+    functions: Vec<&'a PciFunction>,
+    /// The stages' substatus when the running one began, sent with each progress line.
+    subs: Vec<SubStatus>,
+    /// What the verify stage saw last.
+    report: Option<HealthReport>,
+    /// What configure wants said in the success message.
+    notes: Vec<String>,
+}
+
+impl<'a> Run<'a> {
+    fn new(e: &'a Engine<'a>, facts: &'a HostFacts, plan: &'a Plan) -> Self {
+        Run {
+            e,
+            facts,
+            plan,
+            data: e.root.data_dir(),
+            family: facts.os.as_ref().and_then(crate::plan::recipe::family),
+            functions: facts.infiniband_functions().collect(),
+            subs: Vec::new(),
+            report: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Run `stage` (the checkpoint runner saves `cp` around it).
+    fn stage(&mut self, stage: Stage, cp: &mut Checkpoint) -> Result<(), Failure> {
+        self.subs = stage_substatus(cp, &self.plan.stages);
+        self.progress(&format!("{}: running", stage.name()));
+        match stage {
+            Stage::Preflight => preflight(self.plan),
+            Stage::WaitForLocks => self.with_install(stage, install::wait_for_locks),
+            Stage::Prerequisites => self.with_install(stage, install::prerequisites),
+            Stage::Fetch => self.with_install(stage, install::fetch_artifact),
+            Stage::Install => self.with_install(stage, |ctx| {
+                install::install(ctx, cp, &|c| self.e.store.save(c))
+            }),
+            Stage::PostInstall => self.with_install(stage, install::post_install),
+            Stage::Activate => self.activate(cp),
+            Stage::Repair => self.repair(),
+            Stage::Configure => self.configure(),
+            Stage::Verify => self.verify(),
+        }
+    }
+
+    fn progress(&self, line: &str) {
+        (self.e.progress)(line, &self.subs)
+    }
+
+    fn may_reboot(&self) -> bool {
+        self.e.settings.public.reboot == RebootPolicy::IfRequired
+    }
+
+    /// Run an install stage's `step` with its context; a host without an install plan has
+    /// none (preflight refuses it first).
+    fn with_install<T>(
+        &self,
+        stage: Stage,
+        step: impl FnOnce(&install::Ctx) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let (Some(choice), Some(family)) = (&self.plan.install, self.family) else {
+            return Err(Failure::internal(
+                "install stage",
+                "no install plan for this host",
+            ));
+        };
+        step(&install::Ctx {
+            root: self.e.root,
+            family,
+            kernel: &self.facts.kernel,
+            boot_id: &self.facts.boot_id,
+            choice,
+            settings: self.e.settings,
+            data_dir: &self.data,
+            keep_going: self.e.keep_going,
+            progress: &|line: &str| self.progress(&format!("{}: {line}", stage.name())),
+            loaded_modules: &self.facts.modules,
+            functions: &self.functions,
+            proxy_env: self.e.proxy_env,
+        })
+    }
+
+    fn activate(&self, cp: &mut Checkpoint) -> Result<(), Failure> {
+        let activation = self.with_install(Stage::Activate, |ctx| {
+            install::activate(ctx, cp, self.may_reboot())
+        })?;
+        match activation {
+            install::Activation::Active => Ok(()),
+            install::Activation::Rebooting => {
+                // Record the reboot before asking for it: after it, enable resumes here.
+                self.e.store.save(cp)?;
+                self.reboot("activate", "to activate the drivers")
+            }
+        }
+    }
+
+    fn repair(&self) -> Result<(), Failure> {
+        let Some(family) = self.family else {
+            return Ok(()); // refused in preflight already
+        };
+        // Facts as they are now: an install in this run changed modules and stack.
+        let now = host::detect(self.e.root, None, true);
+        let repaired = install::repair::repair(&install::repair::Ctx {
+            root: self.e.root,
+            family,
+            facts: &now,
+            lock_timeout: Duration::from_secs(self.e.settings.public.lock_timeout_seconds),
+            keep_going: self.e.keep_going,
+            progress: &|line: &str| self.progress(&format!("repair: {line}")),
+        })?;
+        let why = match repaired {
+            install::repair::Repaired::Ready => return Ok(()),
+            install::repair::Repaired::NeedsReboot(why) => why,
+        };
+        install::repair::record_reboot(&self.data, &now, &why, self.may_reboot())?;
+        self.reboot(
+            "repair",
+            &format!("to load the stack's driver for kernel {}", now.kernel),
+        )
+    }
+
+    fn configure(&mut self) -> Result<(), Failure> {
+        // Facts as they are now: an install or repair changed modules and devices.
+        let now = host::detect(self.e.root, None, false);
+        let state = configure::run(&configure::Ctx {
+            root: self.e.root,
+            facts: &now,
+            settings: &self.e.settings.public,
+            data_dir: &self.data,
+            netdev_wait: verify_timeout().min(Duration::from_secs(60)),
+            keep_going: self.e.keep_going,
+            progress: &|line: &str| self.progress(&format!("configure: {line}")),
+        })?;
+        self.notes = state.notes;
+        Ok(())
+    }
+
+    fn verify(&mut self) -> Result<(), Failure> {
+        let wait = PortWait {
+            timeout: verify_timeout(),
+            every: Duration::from_secs(5),
+            slice: Duration::from_millis(200),
+        };
+        let r = verify::wait_until_healthy(&SystemClock, self.e.root, wait, self.e.keep_going);
+        self.report = Some(match &r {
+            Ok(rep) => rep.clone(),
+            Err(_) => verify::check(self.e.root),
+        });
+        r.map(|_| ())
+    }
+
+    /// Ask for the reboot a stage recorded; the work resumes after it.
+    fn reboot(&self, stage: &str, purpose: &str) -> Result<(), Failure> {
+        self.progress(&format!(
             "{stage}: rebooting the VM {purpose}; the work resumes after the reboot"
         ));
-        logging::summary(e.root, &format!("{}: rebooting {purpose}", e.label()));
+        logging::summary(
+            self.e.root,
+            &format!("{}: rebooting {purpose}", self.e.label()),
+        );
         install::request_reboot()?;
         Err(Failure::new(
             Code::Rebooting,
             format!("rebooting {purpose}"),
         ))
-    };
-    let end = checkpoint::run(
-        store,
-        &mut cp,
-        &plan.stages,
-        |stage, cp| {
-            *last_subs.borrow_mut() = stage_substatus(cp, &plan.stages);
-            progress(&format!("{}: running", stage.name()));
-            let install_ctx = match (&plan.install, family) {
-                (Some(choice), Some(family)) => Some(install::Ctx {
-                    root: e.root,
-                    family,
-                    kernel: &facts.kernel,
-                    boot_id: &facts.boot_id,
-                    choice,
-                    settings: e.settings,
-                    data_dir: &data,
-                    keep_going: e.keep_going,
-                    progress: &|line: &str| progress(&format!("{}: {line}", stage.name())),
-                    loaded_modules: &facts.modules,
-                    functions: &ib_functions,
-                    proxy_env: e.proxy_env,
-                }),
-                _ => None,
-            };
-            let needs_ctx = || Failure::internal("install stage", "no install plan for this host");
-            match stage {
-                Stage::Preflight => preflight(&plan),
-                Stage::WaitForLocks => {
-                    install::wait_for_locks(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Prerequisites => {
-                    install::prerequisites(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Fetch => {
-                    install::fetch_artifact(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Install => {
-                    install::install(install_ctx.as_ref().ok_or_else(needs_ctx)?, cp, &|c| {
-                        store.save(c)
-                    })
-                }
-                Stage::PostInstall => {
-                    install::post_install(install_ctx.as_ref().ok_or_else(needs_ctx)?)
-                }
-                Stage::Activate => {
-                    let ctx = install_ctx.as_ref().ok_or_else(needs_ctx)?;
-                    let may_reboot = e.settings.public.reboot == RebootPolicy::IfRequired;
-                    match install::activate(ctx, cp, may_reboot)? {
-                        install::Activation::Active => Ok(()),
-                        install::Activation::Rebooting => {
-                            // Record the reboot before asking for it: after it, enable resumes here.
-                            store.save(cp)?;
-                            reboot("activate", "to activate the drivers")
-                        }
-                    }
-                }
-                Stage::Repair => {
-                    let Some(family) = family else {
-                        return Ok(()); // refused in preflight already
-                    };
-                    // Facts as they are now: an install in this run changed modules and stack.
-                    let now = host::detect(e.root, None, true);
-                    let repaired = install::repair::repair(&install::repair::Ctx {
-                        root: e.root,
-                        family,
-                        facts: &now,
-                        lock_timeout: Duration::from_secs(e.settings.public.lock_timeout_seconds),
-                        keep_going: e.keep_going,
-                        progress: &|line: &str| progress(&format!("repair: {line}")),
-                    })?;
-                    let why = match repaired {
-                        install::repair::Repaired::Ready => return Ok(()),
-                        install::repair::Repaired::NeedsReboot(why) => why,
-                    };
-                    install::repair::record_reboot(
-                        &data,
-                        &now,
-                        &why,
-                        e.settings.public.reboot == RebootPolicy::IfRequired,
-                    )?;
-                    reboot(
-                        "repair",
-                        &format!("to load the stack's driver for kernel {}", now.kernel),
-                    )
-                }
-                Stage::Configure => {
-                    // Facts as they are now: an install or repair changed modules and devices.
-                    let now = host::detect(e.root, None, false);
-                    configure::run(&configure::Ctx {
-                        root: e.root,
-                        facts: &now,
-                        settings: &e.settings.public,
-                        data_dir: &data,
-                        netdev_wait: verify_timeout().min(Duration::from_secs(60)),
-                        keep_going: e.keep_going,
-                        progress: &|line: &str| progress(&format!("configure: {line}")),
-                    })
-                    .map(|state| configure_notes = state.notes)
-                }
-                Stage::Verify => {
-                    let r = verify(
-                        e.root,
-                        verify_timeout(),
-                        Duration::from_secs(5),
-                        e.keep_going,
-                    );
-                    last_report = Some(match &r {
-                        Ok(rep) => rep.clone(),
-                        Err(_) => verify::check(e.root),
-                    });
-                    r.map(|_| ())
-                }
-            }
-        },
-        || !(e.keep_going)(),
-    );
-    let report = last_report.unwrap_or_else(|| verify::check(e.root));
-    if matches!(end, Ok(RunEnd::Completed)) {
-        cp.verified_kernel = Some(facts.kernel.clone());
-        cp.verified_stack = report.stack.clone();
     }
-    EngineEnd {
-        end,
-        cp,
-        stages: plan.stages,
-        report,
-        notes: configure_notes,
+
+    /// The run's end, with the health report (a fresh one when verify did not run) and, on
+    /// success, the kernel and stack it was verified on.
+    fn finish(self, end: Result<RunEnd, Failure>, mut cp: Checkpoint) -> EngineEnd {
+        let report = self.report.unwrap_or_else(|| verify::check(self.e.root));
+        if matches!(end, Ok(RunEnd::Completed)) {
+            cp.verified_kernel = Some(self.facts.kernel.clone());
+            cp.verified_stack = report.stack.clone();
+        }
+        EngineEnd {
+            end,
+            cp,
+            stages: self.plan.stages.clone(),
+            report,
+            notes: self.notes,
+        }
     }
 }
 

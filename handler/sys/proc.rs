@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -105,6 +105,26 @@ fn read_some(r: &mut impl Read, kept: &mut Vec<u8>, buf: &mut [u8]) -> bool {
 }
 
 impl Pipes {
+    /// Take the child's pipes. A stdin with nothing to write is closed at once: the end of
+    /// file is all the program gets.
+    fn of(child: &mut Child, stdin: Option<&[u8]>) -> Pipes {
+        let stdin = match (stdin, child.stdin.take()) {
+            (Some(data), Some(pipe)) if !data.is_empty() => {
+                // Non-blocking, so a program that never reads its stdin cannot hold the loop.
+                let _ = fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+                Some((pipe, data.to_vec(), 0))
+            }
+            _ => None,
+        };
+        Pipes {
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            stdin,
+            out: Vec::new(),
+            err: Vec::new(),
+        }
+    }
+
     fn reading(&self) -> bool {
         self.stdout.is_some() || self.stderr.is_some()
     }
@@ -167,28 +187,6 @@ impl Pipes {
     }
 }
 
-/// The budget ran out: stop the program and everything it started in its group.
-fn stop_group(child: &mut Child, program: &str, timeout: Duration) -> ProcError {
-    let group = Pid::from_raw(child.id() as i32);
-    // The child is not reaped yet, so its pid still names its group.
-    let _ = killpg(group, Signal::SIGTERM);
-    let until = Instant::now() + TERM_GRACE;
-    let mut pause = Duration::from_millis(1);
-    while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-    // Grandchildren that ignored SIGTERM or outlived the leader go too; the group lives on
-    // while any of them does, so its id cannot have been reused.
-    let _ = killpg(group, Signal::SIGKILL);
-    let _ = child.kill();
-    let _ = child.wait();
-    ProcError::Timeout {
-        program: program.to_string(),
-        secs: timeout.as_secs(),
-    }
-}
-
 /// Run `program args...`, feeding `stdin` if given, waiting at most `timeout`.
 pub fn run(
     program: &str,
@@ -196,14 +194,13 @@ pub fn run(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Output, ProcError> {
-    spawn_wait(
-        Command::new(program),
+    let job = Job {
         program,
         args,
         stdin,
         timeout,
-        &|_| {},
-    )
+    };
+    spawn_wait(Command::new(program), &job, &|_| {})
 }
 
 /// [`run`] with extra environment variables; `on_spawn` learns the child's pid before the wait.
@@ -216,22 +213,52 @@ pub fn run_env(
 ) -> Result<Output, ProcError> {
     let mut cmd = Command::new(program);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    spawn_wait(cmd, program, args, None, timeout, on_spawn)
+    let job = Job {
+        program,
+        args,
+        stdin: None,
+        timeout,
+    };
+    spawn_wait(cmd, &job, on_spawn)
+}
+
+/// What to run, with what on its stdin, for how long.
+struct Job<'a> {
+    program: &'a str,
+    args: &'a [&'a str],
+    stdin: Option<&'a [u8]>,
+    timeout: Duration,
 }
 
 /// The one place a program is started. It leads its own process group, so a time budget
 /// stops everything it started, and our pipes are closed when it has exited (after
 /// [`EXIT_GRACE`]) even if a process it left behind still holds them.
-fn spawn_wait(
-    mut cmd: Command,
-    program: &str,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-    on_spawn: &dyn Fn(u32),
-) -> Result<Output, ProcError> {
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
+fn spawn_wait(cmd: Command, job: &Job, on_spawn: &dyn Fn(u32)) -> Result<Output, ProcError> {
+    let mut child = start(cmd, job)?;
+    crate::sys::faultpoint::hit("child started", job.program);
+    on_spawn(child.id());
+    let deadline = Instant::now() + job.timeout;
+    let mut pipes = Pipes::of(&mut child, job.stdin);
+    let mut running = Running {
+        child,
+        job,
+        deadline,
+    };
+    let status = match running.serve(&mut pipes)? {
+        Some(exited) => exited,
+        None => running.reap(&mut pipes)?,
+    };
+    Ok(Output {
+        code: status.code(),
+        stdout: pipes.out,
+        stderr: pipes.err,
+    })
+}
+
+/// Start the program in a process group of its own, its stdout and stderr piped to us.
+fn start(mut cmd: Command, job: &Job) -> Result<Child, ProcError> {
+    cmd.args(job.args)
+        .stdin(if job.stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -239,94 +266,107 @@ fn spawn_wait(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|err| {
+    cmd.spawn().map_err(|err| {
         if err.kind() == std::io::ErrorKind::NotFound {
             ProcError::NotFound {
-                program: program.to_string(),
+                program: job.program.to_string(),
             }
         } else {
             ProcError::Spawn {
-                program: program.to_string(),
+                program: job.program.to_string(),
                 err,
             }
         }
-    })?;
-    crate::sys::faultpoint::hit("child started", program);
-    on_spawn(child.id());
-    let deadline = Instant::now() + timeout;
-    let stdin = match (stdin, child.stdin.take()) {
-        (Some(data), Some(pipe)) => {
-            // Non-blocking, so a program that never reads its stdin cannot hold the loop.
-            let _ = fcntl(pipe.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-            Some((pipe, data.to_vec(), 0))
-        }
-        _ => None,
-    };
-    let mut pipes = Pipes {
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
-        stdin,
-        out: Vec::new(),
-        err: Vec::new(),
-    };
-    if pipes.stdin.as_ref().is_some_and(|(_, d, _)| d.is_empty()) {
-        pipes.stdin = None;
-    }
-    let spawn_error = |err| ProcError::Spawn {
-        program: program.to_string(),
-        err,
-    };
-    // While the pipes are open, poll them; the poll's wait is also how soon we notice that
-    // the program exited with its pipes still held, so it starts short.
-    let mut exited = None;
-    let mut grace_end = deadline;
-    let mut tick = Duration::from_millis(1);
-    while pipes.reading() {
-        let now = Instant::now();
-        if now >= grace_end {
-            if exited.is_some() {
-                break;
-            }
-            return Err(stop_group(&mut child, program, timeout));
-        }
-        pipes.step(tick.min(grace_end - now));
-        if exited.is_none() {
-            if let Some(st) = child.try_wait().map_err(spawn_error)? {
-                exited = Some(st);
-                pipes.stdin = None;
-                grace_end = Instant::now() + EXIT_GRACE;
-            }
-        }
-        tick = (tick * 2).min(Duration::from_millis(20));
-    }
-    // Short programs (ip, systemctl) end within a millisecond or two of closing their
-    // output: poll often at first, then every 5 ms for the long ones.
-    let mut pause = Duration::from_micros(100);
-    let status = loop {
-        if let Some(st) = exited {
-            break st;
-        }
-        match child.try_wait().map_err(spawn_error)? {
-            Some(st) => break st,
-            None if Instant::now() >= deadline => {
-                return Err(stop_group(&mut child, program, timeout));
-            }
-            None => {
-                // A program still writing its stdin after closing stdout and stderr.
-                if pipes.stdin.is_some() {
-                    pipes.step(pause);
-                } else {
-                    thread::sleep(pause);
-                }
-                pause = (pause * 2).min(Duration::from_millis(5));
-            }
-        }
-    };
-    Ok(Output {
-        code: status.code(),
-        stdout: pipes.out,
-        stderr: pipes.err,
     })
+}
+
+/// A started program and when its time budget ends.
+struct Running<'a> {
+    child: Child,
+    job: &'a Job<'a>,
+    deadline: Instant,
+}
+
+impl Running<'_> {
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, ProcError> {
+        self.child.try_wait().map_err(|err| ProcError::Spawn {
+            program: self.job.program.to_string(),
+            err,
+        })
+    }
+
+    /// While the pipes are open, poll them; the poll's wait is also how soon we notice that
+    /// the program exited with its pipes still held, so it starts short. Returns the exit
+    /// status if the program exited meanwhile.
+    fn serve(&mut self, pipes: &mut Pipes) -> Result<Option<ExitStatus>, ProcError> {
+        let mut exited = None;
+        let mut grace_end = self.deadline;
+        let mut tick = Duration::from_millis(1);
+        while pipes.reading() {
+            let now = Instant::now();
+            if now >= grace_end {
+                if exited.is_some() {
+                    break;
+                }
+                return Err(self.stop_group());
+            }
+            pipes.step(tick.min(grace_end - now));
+            if exited.is_none() {
+                if let Some(st) = self.try_wait()? {
+                    exited = Some(st);
+                    pipes.stdin = None;
+                    grace_end = Instant::now() + EXIT_GRACE;
+                }
+            }
+            tick = (tick * 2).min(Duration::from_millis(20));
+        }
+        Ok(exited)
+    }
+
+    /// The program closed its output but has not exited: wait for it within the budget.
+    /// Short programs (ip, systemctl) end within a millisecond or two of closing their
+    /// output: poll often at first, then every 5 ms for the long ones.
+    fn reap(&mut self, pipes: &mut Pipes) -> Result<ExitStatus, ProcError> {
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match self.try_wait()? {
+                Some(st) => return Ok(st),
+                None if Instant::now() >= self.deadline => return Err(self.stop_group()),
+                None => {
+                    // A program still writing its stdin after closing stdout and stderr.
+                    if pipes.stdin.is_some() {
+                        pipes.step(pause);
+                    } else {
+                        thread::sleep(pause);
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// The budget ran out: stop the program and everything it started in its group.
+    fn stop_group(&mut self) -> ProcError {
+        let child = &mut self.child;
+        let group = Pid::from_raw(child.id() as i32);
+        // The child is not reaped yet, so its pid still names its group.
+        let _ = killpg(group, Signal::SIGTERM);
+        let until = Instant::now() + TERM_GRACE;
+        let mut pause = Duration::from_millis(1);
+        while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        // Grandchildren that ignored SIGTERM or outlived the leader go too; the group lives on
+        // while any of them does, so its id cannot have been reused.
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.kill();
+        let _ = child.wait();
+        ProcError::Timeout {
+            program: self.job.program.to_string(),
+            secs: self.job.timeout.as_secs(),
+        }
+    }
 }
 
 /// Is `program` an executable somewhere on PATH?
@@ -383,14 +423,15 @@ mod tests {
     }
 
     fn wait_gone(pid: i32) -> bool {
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if !alive(pid) {
-                return true;
+        use crate::sys::clock::{poll, Look};
+        let (_, gone) = poll(Duration::from_secs(30), Duration::from_millis(20), || {
+            if alive(pid) {
+                Look::NotYet(())
+            } else {
+                Look::Done(())
             }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
+        });
+        gone
     }
 
     fn pid_in(file: &std::path::Path) -> i32 {

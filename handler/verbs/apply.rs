@@ -11,8 +11,8 @@
 //! through an installer, when the extension's disable asks.
 
 use crate::agent::settings::{self, Settings};
-use crate::engine::checkpoint::{RunEnd, Stopped, Store};
-use crate::engine::lock::WorkerLock;
+use crate::engine::checkpoint::{Checkpoint, RunEnd, Stopped, Store};
+use crate::engine::lock::{Held, WorkerLock};
 use crate::engine::request::read_request;
 use crate::engine::{remove_downloads, run_engine, success_summary, Engine, EngineEnd};
 use crate::error::{Code, Failure};
@@ -20,7 +20,7 @@ use crate::host::Root;
 use crate::sys::fsutil;
 use crate::sys::logging;
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// apply's own sequence number, in the checkpoint, the worker lock and `request.json`: never one
@@ -201,103 +201,150 @@ fn fail(f: &Failure) -> i32 {
 }
 
 pub fn run(root: &Root, settings_file: Option<&Path>) -> i32 {
-    if let Err(f) = reexec_without_secrets() {
-        logging::init(None, false);
-        return fail(&f);
-    }
-    let data = root.data_dir();
-    if let Err(e) = fsutil::create_private_dir(&data) {
-        logging::init(None, false);
-        return fail(&Failure::state_io(&data, e));
-    }
-    logging::init(Some(&data.join("log")), false);
+    let data = match start_log(root) {
+        Ok(data) => data,
+        Err(f) => return fail(&f),
+    };
     tracing::info!(version = env!("IBDRIVER_VERSION"), "apply start");
     let settings = match settings_from(settings_file) {
         Ok(s) => s,
         Err(f) => return fail(&f),
     };
-    let lock = WorkerLock::new(&data);
-    let held = match lock.acquire(
+    let _held = match take_lock(&data) {
+        Ok(held) => held,
+        Err(f) => return fail(&f),
+    };
+    let apply = Apply {
+        root,
+        store: Store::named(&data, CHECKPOINT),
+        data,
+    };
+    let end = apply.run_stages(&settings);
+    apply.finish(end)
+}
+
+/// Leave the secrets out of the environment (a re-exec), then log into the data directory;
+/// what fails before that directory exists is logged to stderr only.
+fn start_log(root: &Root) -> Result<PathBuf, Failure> {
+    if let Err(f) = reexec_without_secrets() {
+        logging::init(None, false);
+        return Err(f);
+    }
+    let data = root.data_dir();
+    if let Err(e) = fsutil::create_private_dir(&data) {
+        logging::init(None, false);
+        return Err(Failure::state_io(&data, e));
+    }
+    logging::init(Some(&data.join("log")), false);
+    Ok(data)
+}
+
+/// The worker lock, shared with the extension: its worker leaves at a safe point, so this
+/// waits at most 15 minutes.
+fn take_lock(data: &Path) -> Result<Held, Failure> {
+    let lock = WorkerLock::new(data);
+    match lock.acquire(
         SEQ,
         Duration::from_secs(900),
         Duration::from_millis(200),
         || false,
     ) {
-        Ok(Some(h)) => h,
-        Ok(None) => {
-            return fail(&Failure::new(
-                Code::WorkerStart,
-                "the extension's worker held the lock for 15 minutes; run apply again later",
-            ))
-        }
-        Err(e) => return fail(&Failure::state_io(&data.join("worker.lock"), e)),
-    };
-    let _held = held;
-    // apply leaves at a safe point when the extension's disable asks after apply started (a
-    // stop request written earlier is not for us). The extension's enable waits for the lock.
-    let at_start = read_request(&data);
-    let wanted = || {
-        let now = read_request(&data);
-        now == at_start || !now.is_some_and(|r| r.stop)
-    };
-    let store = Store::named(&data, CHECKPOINT);
-    let last = std::cell::RefCell::new(String::new());
-    let progress = |line: &str, _: &[crate::agent::status::SubStatus]| {
-        // The download reports often; repeat nothing.
-        if *last.borrow() != line {
-            say(line);
-            *last.borrow_mut() = line.to_string();
-        }
-    };
-    let EngineEnd {
-        end,
-        mut cp,
-        report,
-        notes,
-        ..
-    } = run_engine(&Engine {
-        operation: "Apply",
-        store: &store,
-        root,
-        seq: SEQ,
-        settings: &settings,
-        keep_going: &wanted,
-        progress: &progress,
-        proxy_env: &crate::sys::runtime::Runtime::from_env().proxy,
-    });
-    match end {
-        Err(f) => fail(&f),
-        Ok(RunEnd::Rebooting(why)) => {
-            say("the VM reboots to activate the drivers; run apply again after the boot (a Batch start task does) and it resumes");
-            result_line(&format!("rebooting: {why}"));
-            0
-        }
-        Ok(RunEnd::Stopped(at)) => fail(&Failure::new(
-            Code::Superseded,
-            match at {
-                Stopped::BetweenStages => {
-                    "the extension was disabled while apply ran; apply left at a safe point".into()
-                }
-                Stopped::InStage(message) => message,
-            },
+        Ok(Some(held)) => Ok(held),
+        Ok(None) => Err(Failure::new(
+            Code::WorkerStart,
+            "the extension's worker held the lock for 15 minutes; run apply again later",
         )),
-        Ok(RunEnd::Failed(f)) => {
-            if !report.problems.is_empty() {
-                say(&format!("health: {}", report.problems.join("; ")));
+        Err(e) => Err(Failure::state_io(&data.join("worker.lock"), e)),
+    }
+}
+
+/// Where apply works, under the worker lock: the root, the data directory and apply's own
+/// checkpoint.
+struct Apply<'a> {
+    root: &'a Root,
+    data: PathBuf,
+    store: Store,
+}
+
+impl Apply<'_> {
+    /// The engine under apply's sequence number, with its progress on stderr.
+    fn run_stages(&self, settings: &Settings) -> EngineEnd {
+        // apply leaves at a safe point when the extension's disable asks after apply started
+        // (a stop request written earlier is not for us). The extension's enable waits for
+        // the lock.
+        let at_start = read_request(&self.data);
+        let wanted = || {
+            let now = read_request(&self.data);
+            now == at_start || !now.is_some_and(|r| r.stop)
+        };
+        let last = std::cell::RefCell::new(String::new());
+        let progress = |line: &str, _: &[crate::agent::status::SubStatus]| {
+            // The download reports often; repeat nothing.
+            if *last.borrow() != line {
+                say(line);
+                *last.borrow_mut() = line.to_string();
             }
-            fail(&f)
-        }
-        Ok(RunEnd::Completed) => {
-            let summary = success_summary(&report.summary, &data, &notes);
-            cp.succeed(summary.clone());
-            if let Err(f) = store.save(&mut cp) {
-                return fail(&f);
+        };
+        run_engine(&Engine {
+            operation: "Apply",
+            store: &self.store,
+            root: self.root,
+            seq: SEQ,
+            settings,
+            keep_going: &wanted,
+            progress: &progress,
+            proxy_env: &crate::sys::runtime::Runtime::from_env().proxy,
+        })
+    }
+
+    /// Say how the run ended; returns apply's exit code.
+    fn finish(&self, end: EngineEnd) -> i32 {
+        let EngineEnd {
+            end,
+            cp,
+            report,
+            notes,
+            ..
+        } = end;
+        match end {
+            Err(f) => fail(&f),
+            Ok(RunEnd::Rebooting(why)) => {
+                say("the VM reboots to activate the drivers; run apply again after the boot (a Batch start task does) and it resumes");
+                result_line(&format!("rebooting: {why}"));
+                0
             }
-            remove_downloads(&data);
-            logging::summary(root, &format!("Apply: success {summary}"));
-            tracing::info!("apply succeeded: {summary}");
-            result_line(&format!("success: {summary}"));
-            0
+            Ok(RunEnd::Stopped(at)) => fail(&Failure::new(
+                Code::Superseded,
+                match at {
+                    Stopped::BetweenStages => {
+                        "the extension was disabled while apply ran; apply left at a safe point"
+                            .into()
+                    }
+                    Stopped::InStage(message) => message,
+                },
+            )),
+            Ok(RunEnd::Failed(f)) => {
+                if !report.problems.is_empty() {
+                    say(&format!("health: {}", report.problems.join("; ")));
+                }
+                fail(&f)
+            }
+            Ok(RunEnd::Completed) => {
+                self.succeed(cp, success_summary(&report.summary, &self.data, &notes))
+            }
         }
+    }
+
+    /// The checkpoint records the success before the downloads go and the result is said.
+    fn succeed(&self, mut cp: Checkpoint, summary: String) -> i32 {
+        cp.succeed(summary.clone());
+        if let Err(f) = self.store.save(&mut cp) {
+            return fail(&f);
+        }
+        remove_downloads(&self.data);
+        logging::summary(self.root, &format!("Apply: success {summary}"));
+        tracing::info!("apply succeeded: {summary}");
+        result_line(&format!("success: {summary}"));
+        0
     }
 }
