@@ -159,6 +159,12 @@ impl Failure {
         self
     }
 
+    /// The same failure with what to do appended to its message (`...; hint`).
+    pub fn with_hint(mut self, hint: &str) -> Self {
+        self.message = Failure::new(self.code, format!("{}; {hint}", self.message)).message;
+        self
+    }
+
     /// The exit code of the program whose failure this is, when it exited on its own.
     pub fn process_exit(&self) -> Option<i32> {
         match &self.cause {

@@ -83,20 +83,15 @@ pub fn decrypt(
         let args = [
             sub, "-decrypt", "-inform", "DER", "-recip", &crt_s, "-inkey", &prv_s,
         ];
-        match proc::run("openssl", &args, Some(&der), timeout) {
-            Ok(out) if out.success() => return Ok(out.stdout),
-            Ok(out) => {
-                // openssl's stderr names files and error reasons, never plaintext.
-                last = format!(
-                    "openssl {sub} failed ({}): {}",
-                    out.describe_exit(),
-                    out.stderr_tail(200)
-                );
-                tracing::warn!(subcommand = sub, detail = %last, "openssl decrypt failed");
-            }
+        // openssl's stderr names files and error reasons, never plaintext.
+        let ran = proc::run("openssl", &args, Some(&der), timeout)
+            .map_err(proc::Unsuccessful::from)
+            .and_then(|out| out.require_success("openssl", &format!("openssl {sub}"), 200));
+        match ran {
+            Ok(out) => return Ok(out.stdout),
             Err(e) => {
                 last = e.to_string();
-                tracing::warn!(subcommand = sub, error = %e, "openssl could not run");
+                tracing::warn!(subcommand = sub, detail = %last, "openssl decrypt failed");
             }
         }
     }

@@ -23,7 +23,11 @@ fn worker_args(inv: &Invocation) -> Vec<String> {
     ]
 }
 
-fn spawn_systemd(inv: &Invocation, runtime: &Runtime, timeout: Duration) -> Result<(), String> {
+fn spawn_systemd(
+    inv: &Invocation,
+    runtime: &Runtime,
+    timeout: Duration,
+) -> Result<(), proc::Unsuccessful> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -48,15 +52,7 @@ fn spawn_systemd(inv: &Invocation, runtime: &Runtime, timeout: Duration) -> Resu
     args.push(inv.exe.to_string_lossy().into_owned());
     args.extend(worker_args(inv));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    match proc::run("systemd-run", &refs, None, timeout) {
-        Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "systemd-run failed ({}): {}",
-            o.describe_exit(),
-            o.stderr_tail(300)
-        )),
-        Err(e) => Err(e.to_string()),
-    }
+    proc::run_ok("systemd-run", &refs, "systemd-run", timeout).map(|_| ())
 }
 
 fn spawn_session(inv: &Invocation) -> Result<(), Failure> {
@@ -96,7 +92,7 @@ pub fn spawn(inv: &Invocation, timeout: Duration) -> Result<(), Failure> {
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!("systemd-run failed ({e}); starting the worker in its own session")
+                tracing::warn!("{e}; starting the worker in its own session")
             }
         }
     }

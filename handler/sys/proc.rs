@@ -2,6 +2,7 @@
 //! bounded capture of stdout/stderr. The timeout is a promise about the whole process group
 //! the program starts, and about our reads of its pipes, not just about the program itself.
 
+use crate::error::{Cause, Code, Failure};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
@@ -32,10 +33,7 @@ impl Output {
 
     /// `exit code 4` or `killed by a signal`, for messages.
     pub fn describe_exit(&self) -> String {
-        match self.code {
-            Some(c) => format!("exit code {c}"),
-            None => "killed by a signal".into(),
-        }
+        describe_exit(self.code)
     }
 
     /// The last `max` characters of stderr, on one line, for a status message.
@@ -55,6 +53,95 @@ pub enum ProcError {
     },
     #[error("{program} did not finish within {secs} s and was stopped")]
     Timeout { program: String, secs: u64 },
+}
+
+impl ProcError {
+    /// What stopped the program from running to its end, as a failure's cause.
+    pub fn cause(&self) -> Cause {
+        match self {
+            ProcError::NotFound { program } | ProcError::Timeout { program, .. } => {
+                Cause::Process {
+                    program: program.clone(),
+                    exit: None,
+                }
+            }
+            ProcError::Spawn { err, .. } => Cause::io(err),
+        }
+    }
+}
+
+/// A program that did not succeed: it could not run, or it ended other than with exit 0.
+/// The one place a process's end becomes both a message and a [`Cause`].
+#[derive(Debug, Error)]
+pub enum Unsuccessful {
+    #[error(transparent)]
+    Run(#[from] ProcError),
+    #[error("{what} failed ({}): {tail}", describe_exit(*code))]
+    Exit {
+        /// What was run, as a message names it.
+        what: String,
+        program: String,
+        code: Option<i32>,
+        /// The end of its stderr, on one line.
+        tail: String,
+    },
+}
+
+impl Unsuccessful {
+    pub fn cause(&self) -> Cause {
+        match self {
+            Unsuccessful::Run(e) => e.cause(),
+            Unsuccessful::Exit { program, code, .. } => Cause::Process {
+                program: program.clone(),
+                exit: *code,
+            },
+        }
+    }
+
+    /// This as a failure with `code`: `context` and the message, and the cause kept.
+    pub fn failure(&self, code: Code, context: &str) -> Failure {
+        Failure::new(code, format!("{context}{self}")).because(self.cause())
+    }
+}
+
+impl Output {
+    /// `Ok(self)` on exit 0; otherwise the failure of `what` (a message's name for the run)
+    /// with the last `max` characters of its stderr.
+    pub fn require_success(
+        self,
+        program: &str,
+        what: &str,
+        max: usize,
+    ) -> Result<Output, Unsuccessful> {
+        if self.success() {
+            return Ok(self);
+        }
+        // Never stdout: a program's output may be what we keep secret (openssl's plaintext).
+        Err(Unsuccessful::Exit {
+            what: what.to_string(),
+            program: program.to_string(),
+            code: self.code,
+            tail: self.stderr_tail(max),
+        })
+    }
+}
+
+/// `exit code 4` or `killed by a signal`, for messages.
+fn describe_exit(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit code {c}"),
+        None => "killed by a signal".into(),
+    }
+}
+
+/// Run `program` (as [`run`]) and require exit 0; `what` names the run in messages.
+pub fn run_ok(
+    program: &str,
+    args: &[&str],
+    what: &str,
+    timeout: Duration,
+) -> Result<Output, Unsuccessful> {
+    run(program, args, None, timeout)?.require_success(program, what, 300)
 }
 
 /// Keep the end of a text, folded onto one line.
@@ -534,5 +621,33 @@ mod tests {
     #[test]
     fn tail_keeps_the_end() {
         assert_eq!(tail_line("a\nbb\nccc", 5), "b ccc");
+    }
+
+    #[test]
+    fn an_unsuccessful_run_keeps_its_exit_code_as_data_and_never_its_stdout() {
+        let e = run_ok(
+            "sh",
+            &["-c", "echo plaintext; echo 'bad thing' >&2; exit 3"],
+            "sh thing",
+            Duration::from_secs(30),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "sh thing failed (exit code 3): bad thing");
+        let f = e.failure(Code::ConfigureFailed, "configure: ");
+        assert_eq!(f.process_exit(), Some(3));
+        assert_eq!(
+            f.message,
+            "configure: sh thing failed (exit code 3): bad thing"
+        );
+        assert!(!f.message.contains("plaintext"));
+        assert!(run_ok("true", &[], "true", Duration::from_secs(30)).is_ok());
+        let e = run_ok("no-such-program-here", &[], "x", Duration::from_secs(30)).unwrap_err();
+        assert!(
+            matches!(e.cause(), Cause::Process { exit: None, .. }),
+            "{e:?}"
+        );
+        let e = run_ok("sh", &["-c", "kill -9 $$"], "x", Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e.failure(Code::Internal, "").process_exit(), None);
+        assert!(e.to_string().contains("killed by a signal"), "{e}");
     }
 }

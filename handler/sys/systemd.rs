@@ -107,25 +107,13 @@ pub fn remove(root: &Root) -> Result<(), Failure> {
     let (svc, timer) = unit_paths(root);
     if root.systemd_running() {
         let unit = format!("{UNIT}.timer");
-        let out = proc::run(
-            "systemctl",
-            &["disable", "--now", &unit],
-            None,
-            SYSTEMCTL_TIMEOUT,
-        );
-        let why = match out {
-            Ok(o) if o.success() => None,
-            Ok(o) => Some(format!("{}: {}", o.describe_exit(), o.stderr_tail(200))),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(why) = why {
-            return Err(Failure::new(
-                Code::DisableFailed,
-                format!(
-                    "systemctl disable --now {unit} failed ({why}); check systemd with \
-                     'systemctl status {unit}', then disable or remove the extension again"
-                ),
-            ));
+        let what = format!("systemctl disable --now {unit}");
+        let args = ["disable", "--now", unit.as_str()];
+        if let Err(e) = proc::run_ok("systemctl", &args, &what, SYSTEMCTL_TIMEOUT) {
+            return Err(e.failure(Code::DisableFailed, "").with_hint(&format!(
+                "check systemd with 'systemctl status {unit}', then disable or remove the \
+                 extension again"
+            )));
         }
         // A health check already running finishes quickly; stopping it keeps it from
         // writing a heartbeat after ours.

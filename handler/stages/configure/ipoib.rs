@@ -8,6 +8,7 @@ use crate::host::kvp::IpoibPair;
 use crate::host::Root;
 use crate::sys::clock::{poll, Look};
 use crate::sys::fsutil;
+use crate::sys::proc::Unsuccessful;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ pub(super) fn has_ip(addresses: &[String], cidr: &str) -> bool {
 
 /// `dev` up with `cidr` on it. `Ok(true)`: added now; `Ok(false)`: it was there already, or
 /// someone (the agent) added it in between.
-pub(super) fn ensure_address(dev: &str, cidr: &str) -> Result<bool, String> {
+pub(super) fn ensure_address(dev: &str, cidr: &str) -> Result<bool, Unsuccessful> {
     run_cmd("ip", &["link", "set", "dev", dev, "up"], 30)?;
     if has_ip(&addresses_of(dev), cidr) {
         return Ok(false);
@@ -130,7 +131,7 @@ pub(super) fn ipoib_native(
             Ok(false) => {
                 tracing::info!(netdev = %a.netdev, address = %a.address, "IPoIB address already set")
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     state.assignments = found;

@@ -97,10 +97,10 @@ fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
                 optional_failed = true;
                 state.notes.push(format!(
                     "nvidia_peermem did not load ({}); GPUDirect RDMA is unavailable until the GPU driver provides it",
-                    proc::tail_line(&e, 200)
+                    proc::tail_line(&e.to_string(), 200)
                 ));
             } else {
-                failed.push(format!("{m}: {}", proc::tail_line(&e, 200)));
+                failed.push(format!("{m}: {}", proc::tail_line(&e.to_string(), 200)));
             }
         }
     }
@@ -146,7 +146,7 @@ fn enable_services(ctx: &Ctx) {
 }
 
 /// `rdma dev set CURRENT name WANTED`.
-fn rename_hca(current: &str, wanted: &str) -> Result<(), String> {
+fn rename_hca(current: &str, wanted: &str) -> Result<(), proc::Unsuccessful> {
     run_cmd("rdma", &["dev", "set", current, "name", wanted], 30).map(|_| ())
 }
 

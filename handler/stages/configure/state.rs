@@ -96,16 +96,8 @@ pub(super) fn run_cmd(
     program: &str,
     args: &[&str],
     timeout_secs: u64,
-) -> Result<proc::Output, String> {
-    tracing::info!("running {program} {}", args.join(" "));
-    match proc::run(program, args, None, Duration::from_secs(timeout_secs)) {
-        Ok(o) if o.success() => Ok(o),
-        Ok(o) => Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            o.describe_exit(),
-            o.stderr_tail(300)
-        )),
-        Err(e) => Err(format!("cannot run {program}: {e}")),
-    }
+) -> Result<proc::Output, proc::Unsuccessful> {
+    let what = format!("{program} {}", args.join(" "));
+    tracing::info!("running {what}");
+    proc::run_ok(program, args, &what, Duration::from_secs(timeout_secs))
 }

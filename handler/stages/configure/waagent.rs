@@ -144,7 +144,7 @@ pub(super) fn waagent_enable(
                 if let Err(e) = run_cmd("systemctl", &["--no-block", "try-restart", unit], 60) {
                     state.notes.push(format!(
                         "the guest agent was not restarted ({}); it reads OS.EnableRDMA at its next start",
-                        proc::tail_line(&e, 200)
+                        proc::tail_line(&e.to_string(), 200)
                     ));
                 }
             }
