@@ -9,160 +9,32 @@
 //! from the file after verification instead. Every download has a deadline, a minimum rate and
 //! a stop callback, checked while it waits on the network as well as between attempts.
 
-use super::rate::{self, Clock, POLL};
-use super::{extract, http};
+mod error;
+mod request;
+mod staging;
 
-use crate::error::{Code, Failure};
+pub use crate::net::http::RetryPolicy;
+pub use crate::net::rate::Limits;
+pub use error::FetchError;
+pub use request::{Options, Outcome, Request};
+
+use crate::net::rate::{Clock, POLL};
 use crate::net::url::{file_name, redact_url};
+use crate::net::{extract, http};
+use error::io_at;
 use sha2::{Digest, Sha256};
+use staging::Staging;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::time::Duration;
-use thiserror::Error;
-
-pub use http::RetryPolicy;
-pub use rate::Limits;
 
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the download and the extraction thread.
 const IN_FLIGHT: usize = 8;
 /// No driver bundle comes near this; a bigger one is a mistake or an attack.
 pub const DEFAULT_MAX_EXTRACT: u64 = 16 * 1024 * 1024 * 1024;
-
-#[derive(Debug, Error)]
-pub enum FetchError {
-    #[error("download of {url} failed: {detail}")]
-    Permanent { url: String, detail: String },
-    #[error("download of {url} still failing after {attempts} attempts: {detail}")]
-    Exhausted {
-        url: String,
-        attempts: u32,
-        detail: String,
-    },
-    #[error("download of {url} too slow: {window_bytes} bytes in the last {window_s} s ({received} bytes in {elapsed_s} s in all), below the required {min_rate} bytes/s")]
-    TooSlow {
-        url: String,
-        received: u64,
-        elapsed_s: u64,
-        window_bytes: u64,
-        window_s: u64,
-        min_rate: u64,
-    },
-    #[error("download of {url} did not finish within {limit_s} s: {received} bytes received")]
-    Deadline {
-        url: String,
-        received: u64,
-        limit_s: u64,
-    },
-    #[error("download of {url} stopped: superseded by a newer sequence number or disable")]
-    Stopped { url: String },
-    #[error("checksum mismatch for {url}: expected {expected}, got {actual}")]
-    Checksum {
-        url: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("size mismatch for {url}: expected {expected} bytes, got {actual}")]
-    Size {
-        url: String,
-        expected: u64,
-        actual: u64,
-    },
-    #[error("cannot unpack {url}: {err}")]
-    Extract {
-        url: String,
-        err: extract::ExtractError,
-    },
-    #[error("staging error at {path}: {err}")]
-    Io { path: String, err: io::Error },
-    #[error("{path} already exists; nothing was replaced")]
-    Exists { path: String },
-    #[error("{0}")]
-    Proxy(String),
-}
-
-impl FetchError {
-    /// The time bound that ended a download of `url` (shown redacted).
-    fn bound(url: &str, b: rate::Bound) -> FetchError {
-        let url = url.to_string();
-        match b {
-            rate::Bound::Stopped => FetchError::Stopped { url },
-            rate::Bound::Deadline { received, limit_s } => FetchError::Deadline {
-                url,
-                received,
-                limit_s,
-            },
-            rate::Bound::TooSlow {
-                received,
-                elapsed_s,
-                window_bytes,
-                window_s,
-                min_rate,
-            } => FetchError::TooSlow {
-                url,
-                received,
-                elapsed_s,
-                window_bytes,
-                window_s,
-                min_rate,
-            },
-        }
-    }
-
-    pub fn failure(&self) -> Failure {
-        let (code, hint) = match self {
-            FetchError::Checksum { .. } | FetchError::Size { .. } => (
-                Code::ChecksumMismatch,
-                "the artifact is not the one the catalog or settings name; check package/mirror settings",
-            ),
-            FetchError::Io { .. } => (Code::StateIo, "check free space under /var/lib"),
-            FetchError::Extract { .. } => (Code::DownloadFailed, "the archive is corrupt or unsafe"),
-            FetchError::Stopped { .. } => (Code::Superseded, "the newer work goes on"),
-            FetchError::Exists { .. } => (Code::StateIo, "move it away or choose another directory"),
-            _ => (Code::DownloadFailed, "check network access, proxy and mirror settings"),
-        };
-        Failure::new(code, format!("{self}; {hint}"))
-    }
-}
-
-/// What to fetch. `url` may carry a SAS token: only [`redact_url`] of it is ever shown.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub url: String,
-    pub sha256: String,
-    pub size: Option<u64>,
-    /// Unpack a `.tar.gz` into the destination instead of storing the file.
-    pub extract: bool,
-}
-
-pub struct Options<'a> {
-    pub proxy: Option<String>,
-    pub retry: RetryPolicy,
-    pub max_extract: u64,
-    pub limits: Limits,
-    pub sleep: &'a dyn Fn(Duration),
-    /// Called with (bytes so far, total if known) as the download advances.
-    pub progress: &'a dyn Fn(u64, Option<u64>),
-    /// Polled while downloading and between retries: false stops the fetch
-    /// ([`FetchError::Stopped`]) within a fraction of a second.
-    pub keep_going: &'a dyn Fn() -> bool,
-    /// `dest` is ours (the handler's data directory): a previous result there is replaced
-    /// once the new one is verified. Otherwise nothing at `dest` is ever removed or replaced.
-    pub replace: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The extracted directory, or the downloaded file.
-    pub path: PathBuf,
-    pub size: u64,
-    /// Bytes received over the network in this run (a resume counts only what was missing).
-    pub transferred: u64,
-    pub files: u64,
-}
 
 /// Does this URL name a gzip'd tarball?
 pub fn is_tarball(url: &str) -> bool {
@@ -203,25 +75,6 @@ impl Read for ChannelReader {
     }
 }
 
-struct Staging {
-    part: PathBuf,
-    unpack: PathBuf,
-}
-
-impl Staging {
-    fn clear(&self) {
-        let _ = fs::remove_file(&self.part);
-        let _ = fs::remove_dir_all(&self.unpack);
-    }
-}
-
-fn io_at(path: &Path) -> impl Fn(io::Error) -> FetchError + '_ {
-    move |err| FetchError::Io {
-        path: path.display().to_string(),
-        err,
-    }
-}
-
 /// Fetch `req` into `dest` (a directory for tarballs, else a directory to put the file in),
 /// staging under `staging` (a directory of ours: its `<sha256>.part` and `<sha256>.unpack`
 /// are replaced freely). Nothing reaches `dest` before size and checksum match; unless
@@ -234,11 +87,7 @@ pub fn fetch(
     opts: &Options,
 ) -> Result<Outcome, FetchError> {
     crate::sys::fsutil::create_private_dir(staging).map_err(io_at(staging))?;
-    let key = req.sha256.to_ascii_lowercase();
-    let st = Staging {
-        part: staging.join(format!("{key}.part")),
-        unpack: staging.join(format!("{key}.unpack")),
-    };
+    let st = Staging::new(staging, &req.sha256);
     let clock = Clock::new(opts.limits);
     let r = match attempt(req, &st, opts, &clock) {
         // The server cannot resume a partial file we kept: start over once, from zero.
@@ -558,20 +407,8 @@ fn attempt(
         Some(Ok(x)) => x.files,
         Some(Err(err)) => {
             // A wrong size or checksum explains a corrupt archive better than its error does.
-            if let Some(expected) = req.size.filter(|s| *s != offset) {
-                return Ok(Err(FetchError::Size {
-                    url: url_shown,
-                    expected,
-                    actual: offset,
-                }));
-            }
-            let digest = hex(&hasher.finalize());
-            if digest != req.sha256.to_ascii_lowercase() {
-                return Ok(Err(FetchError::Checksum {
-                    url: url_shown,
-                    expected: req.sha256.to_ascii_lowercase(),
-                    actual: digest,
-                }));
+            if let Err(e) = req.verify(offset, &hex(&hasher.finalize())) {
+                return Ok(Err(e));
             }
             return Ok(Err(FetchError::Extract {
                 url: url_shown,
@@ -599,24 +436,8 @@ fn finish(
     mut got: Got,
     opts: &Options,
 ) -> Result<Outcome, FetchError> {
+    req.verify(got.size, &got.digest)?;
     let url = redact_url(&req.url);
-    if let Some(expected) = req.size {
-        if expected != got.size {
-            return Err(FetchError::Size {
-                url,
-                expected,
-                actual: got.size,
-            });
-        }
-    }
-    let expected = req.sha256.to_ascii_lowercase();
-    if got.digest != expected {
-        return Err(FetchError::Checksum {
-            url,
-            expected,
-            actual: got.digest,
-        });
-    }
     if got.deferred {
         // Verified: the archive is the one asked for, so only the total bound applies now.
         let _ = fs::remove_dir_all(&st.unpack);
@@ -748,58 +569,6 @@ pub fn progress_every(step: u64, emit: impl Fn(u64, u64, u64)) -> impl Fn(u64, O
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_error_names_its_code_and_what_to_do() {
-        let cases = [
-            (
-                FetchError::Io {
-                    path: "/p".into(),
-                    err: io::Error::from(io::ErrorKind::StorageFull),
-                },
-                Code::StateIo,
-                "check free space",
-            ),
-            (
-                FetchError::Extract {
-                    url: "u".into(),
-                    err: extract::ExtractError::Corrupt("bad".into()),
-                },
-                Code::DownloadFailed,
-                "corrupt or unsafe",
-            ),
-            (
-                FetchError::Exists { path: "/p".into() },
-                Code::StateIo,
-                "move it away",
-            ),
-            (
-                FetchError::Stopped { url: "u".into() },
-                Code::Superseded,
-                "newer work",
-            ),
-            (
-                FetchError::Checksum {
-                    url: "u".into(),
-                    expected: "a".into(),
-                    actual: "b".into(),
-                },
-                Code::ChecksumMismatch,
-                "not the one",
-            ),
-            (
-                FetchError::Proxy("no proxy".into()),
-                Code::DownloadFailed,
-                "check network access",
-            ),
-        ];
-        for (e, code, hint) in cases {
-            let f = e.failure();
-            assert_eq!(f.code, code, "{e}");
-            assert!(f.message.contains(hint), "{}", f.message);
-            assert!(f.message.starts_with(&e.to_string()), "{}", f.message);
-        }
-    }
 
     #[test]
     fn the_channel_reader_hands_on_every_byte_in_order_whatever_the_buffer() {
