@@ -8,31 +8,33 @@
 //! at most 4 bytes per compressed byte (plus 1 MiB); an archive that inflates more is unpacked
 //! from the file after verification instead. Every download has a deadline, a minimum rate and
 //! a stop callback, checked while it waits on the network as well as between attempts.
+//!
+//! This file runs the steps in order and holds the cleanup rules. The pieces: `request` (what
+//! is asked for and what comes of it), `error` ([`FetchError`]), `staging` (the two staging
+//! paths of an artifact), `transfer` (the download with its retries and resume) and `unpack` (the
+//! extraction thread, and the unpack deferred until after verification).
 
 mod error;
 mod request;
 mod staging;
+mod transfer;
+mod unpack;
 
 pub use crate::net::http::RetryPolicy;
 pub use crate::net::rate::Limits;
 pub use error::FetchError;
 pub use request::{Options, Outcome, Request};
 
-use crate::net::rate::{Clock, POLL};
+use crate::net::rate::Clock;
 use crate::net::url::{file_name, redact_url};
-use crate::net::{extract, http};
 use error::io_at;
-use sha2::{Digest, Sha256};
 use staging::Staging;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use transfer::{Got, Restart};
 
-const CHUNK: usize = 256 * 1024;
-/// Chunks in flight between the download and the extraction thread.
-const IN_FLIGHT: usize = 8;
 /// No driver bundle comes near this; a bigger one is a mistake or an attack.
 pub const DEFAULT_MAX_EXTRACT: u64 = 16 * 1024 * 1024 * 1024;
 
@@ -44,35 +46,6 @@ pub fn is_tarball(url: &str) -> bool {
         .unwrap_or("")
         .to_ascii_lowercase();
     path.ends_with(".tgz") || path.ends_with(".tar.gz")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Feeds the extraction thread from the bounded channel.
-struct ChannelReader {
-    rx: Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(next) => {
-                    self.cur = next;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// Fetch `req` into `dest` (a directory for tarballs, else a directory to put the file in),
@@ -89,12 +62,12 @@ pub fn fetch(
     crate::sys::fsutil::create_private_dir(staging).map_err(io_at(staging))?;
     let st = Staging::new(staging, &req.sha256);
     let clock = Clock::new(opts.limits);
-    let r = match attempt(req, &st, opts, &clock) {
+    let r = match transfer::run(req, &st, opts, &clock) {
         // The server cannot resume a partial file we kept: start over once, from zero.
         Err(Restart) => {
             tracing::warn!(url = %redact_url(&req.url), "server ignored Range; downloading from the start");
             st.clear();
-            attempt(req, &st, opts, &clock).unwrap_or_else(|_| {
+            transfer::run(req, &st, opts, &clock).unwrap_or_else(|_| {
                 Err(FetchError::Permanent {
                     url: redact_url(&req.url),
                     detail: "the server restarted the transfer twice".into(),
@@ -122,313 +95,6 @@ pub fn fetch(
     r
 }
 
-/// Marker: the partial file cannot be resumed.
-struct Restart;
-
-struct Got {
-    size: u64,
-    transferred: u64,
-    digest: String,
-    files: u64,
-    /// The archive inflated past the pre-verification bound: unpack it from the verified file.
-    deferred: bool,
-}
-
-type Extracting = Result<extract::Extracted, extract::ExtractError>;
-type Extractor = std::thread::JoinHandle<Extracting>;
-
-/// Hands a chunk to the extractor. One that stopped is fed no more and its result kept in
-/// `extracted` (an archive past the inflation bound is unpacked from the file once verified);
-/// the download goes on either way, so the checksum, known in the end, decides whether an
-/// archive error means a corrupt artifact or the wrong one, whatever the timing.
-fn feed(
-    chunk: &[u8],
-    tx: &mut Option<SyncSender<Vec<u8>>>,
-    extractor: &mut Option<Extractor>,
-    extracted: &mut Option<Extracting>,
-    deferred: &mut bool,
-) {
-    let Some(t) = tx else { return };
-    if t.send(chunk.to_vec()).is_ok() {
-        return;
-    }
-    *tx = None;
-    let r = join(extractor.take());
-    if matches!(r, Err(extract::ExtractError::InflationBound { .. })) {
-        tracing::info!("archive inflates past the bound before verification; unpacking after it");
-        *deferred = true;
-    } else {
-        *extracted = Some(r);
-    }
-}
-
-fn join(h: Option<Extractor>) -> Extracting {
-    match h {
-        Some(h) => h
-            .join()
-            .unwrap_or_else(|_| Err(extract::ExtractError::Corrupt("extractor panicked".into()))),
-        None => Err(extract::ExtractError::Corrupt("extractor gone".into())),
-    }
-}
-
-fn attempt(
-    req: &Request,
-    st: &Staging,
-    opts: &Options,
-    clock: &Clock,
-) -> Result<Result<Got, FetchError>, Restart> {
-    let url_shown = redact_url(&req.url);
-    let client = match http::client(opts.proxy.as_deref()) {
-        Ok(a) => a,
-        Err(e) => return Ok(Err(FetchError::Proxy(e))),
-    };
-    let mut file = match OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&st.part)
-    {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(io_at(&st.part)(e))),
-    };
-    let mut offset = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if req.size.is_some_and(|s| offset > s) {
-        offset = 0;
-        if let Err(e) = file.set_len(0) {
-            return Ok(Err(io_at(&st.part)(e)));
-        }
-    }
-    let _ = fs::remove_dir_all(&st.unpack);
-
-    // The extraction thread, fed the same bytes as the file. Until the checksum is known it
-    // may inflate only a bounded multiple of what it was given.
-    let (mut tx, mut extractor): (Option<SyncSender<Vec<u8>>>, Option<Extractor>) = if req.extract {
-        if let Err(e) = crate::sys::fsutil::create_private_dir(&st.unpack) {
-            return Ok(Err(io_at(&st.unpack)(e)));
-        }
-        let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(IN_FLIGHT);
-        let root = st.unpack.clone();
-        let limits = extract::Limits {
-            max_bytes: opts.max_extract,
-            inflation: Some(extract::UNVERIFIED_INFLATION),
-        };
-        let handle = std::thread::spawn(move || {
-            extract::untar_gz(
-                ChannelReader {
-                    rx,
-                    cur: Vec::new(),
-                    pos: 0,
-                },
-                &root,
-                limits,
-            )
-        });
-        (Some(tx), Some(handle))
-    } else {
-        (None, None)
-    };
-    let mut extracted: Option<Extracting> = None;
-    let mut deferred = false;
-    let mut hasher = Sha256::new();
-    // Whatever an earlier run left: hash it and replay it to the extractor.
-    if offset > 0 {
-        let mut done = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        let _ = file.seek(SeekFrom::Start(0));
-        while done < offset {
-            let want = CHUNK.min((offset - done) as usize);
-            if let Err(e) = file.read_exact(&mut buf[..want]) {
-                return Ok(Err(io_at(&st.part)(e)));
-            }
-            hasher.update(&buf[..want]);
-            feed(
-                &buf[..want],
-                &mut tx,
-                &mut extractor,
-                &mut extracted,
-                &mut deferred,
-            );
-            done += want as u64;
-        }
-        tracing::info!(url = %url_shown, offset, "resuming a partial download");
-    }
-    if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-        return Ok(Err(io_at(&st.part)(e)));
-    }
-
-    let mut total = req.size;
-    let mut transferred = 0u64;
-    let mut last: Option<String> = None;
-    let mut outcome: Option<Result<(), FetchError>> = None;
-    // Failures in a row: an attempt that moved the transfer forward starts the count again,
-    // so a link that resets every few hundred megabytes still finishes a large bundle (the
-    // minimum-progress rule ends one that resets every few bytes).
-    let mut try_no = 0u32;
-    let mut progress_mark = transferred;
-    'attempts: loop {
-        try_no += 1;
-        if try_no > opts.retry.attempts.max(1) {
-            break;
-        }
-        if try_no > 1 {
-            if let Err(e) = clock
-                .pause(opts.retry.delay(try_no - 1), opts.keep_going, opts.sleep)
-                .map_err(|b| FetchError::bound(&url_shown, b))
-            {
-                outcome = Some(Err(e));
-                break;
-            }
-        }
-        if let Err(e) = clock
-            .check(opts.keep_going)
-            .map_err(|b| FetchError::bound(&url_shown, b))
-        {
-            outcome = Some(Err(e));
-            break;
-        }
-        let (etx, erx) = sync_channel::<http::Event>(IN_FLIGHT);
-        clock.begin_attempt();
-        http::spawn(
-            &client,
-            &req.url,
-            offset,
-            total,
-            clock.remaining(),
-            CHUNK,
-            etx,
-        );
-        let step = loop {
-            match erx.recv_timeout(POLL) {
-                Ok(http::Event::Start { total: t }) => {
-                    if t.is_some() {
-                        total = t;
-                    }
-                }
-                Ok(http::Event::Chunk(chunk)) => {
-                    if let Err(e) = file.write_all(&chunk) {
-                        return Ok(Err(io_at(&st.part)(e)));
-                    }
-                    hasher.update(&chunk);
-                    offset += chunk.len() as u64;
-                    transferred += chunk.len() as u64;
-                    clock.got(chunk.len() as u64);
-                    if let Some(expected) = req.size.filter(|s| offset > *s) {
-                        outcome = Some(Err(FetchError::Size {
-                            url: url_shown.clone(),
-                            expected,
-                            actual: offset,
-                        }));
-                        break 'attempts;
-                    }
-                    feed(
-                        &chunk,
-                        &mut tx,
-                        &mut extractor,
-                        &mut extracted,
-                        &mut deferred,
-                    );
-                    (opts.progress)(offset, total);
-                }
-                Ok(http::Event::End(step)) => break step,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    break http::Step::Transient("download thread ended".into())
-                }
-            }
-            if let Err(e) = clock
-                .check(opts.keep_going)
-                .map_err(|b| FetchError::bound(&url_shown, b))
-            {
-                outcome = Some(Err(e));
-                break 'attempts;
-            }
-        };
-        clock.end_attempt();
-        match step {
-            http::Step::Complete if total.is_none_or(|t| offset >= t) => {
-                outcome = Some(Ok(()));
-                break;
-            }
-            http::Step::CompleteAt(n) if n == offset => {
-                outcome = Some(Ok(()));
-                break;
-            }
-            http::Step::Complete | http::Step::CompleteAt(_) => {
-                last = Some(format!("body ended at {offset} of {total:?} bytes"))
-            }
-            http::Step::Transient(detail) => last = Some(detail),
-            http::Step::Permanent(detail) => {
-                outcome = Some(Err(FetchError::Permanent {
-                    url: url_shown.clone(),
-                    detail,
-                }));
-                break;
-            }
-            http::Step::RangeIgnored => {
-                drop(tx);
-                if let Some(h) = extractor {
-                    let _ = h.join();
-                }
-                return Err(Restart);
-            }
-        }
-        tracing::warn!(url = %url_shown, attempt = try_no, offset, "transient download failure: {}", last.as_deref().unwrap_or(""));
-        if transferred > progress_mark {
-            progress_mark = transferred;
-            try_no = 1;
-        }
-    }
-
-    drop(tx);
-    if extractor.is_some() {
-        let r = join(extractor);
-        if matches!(r, Err(extract::ExtractError::InflationBound { .. })) {
-            deferred = true;
-        } else {
-            extracted = Some(r);
-        }
-    }
-    let result = match outcome {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(e),
-        None => Err(FetchError::Exhausted {
-            url: url_shown.clone(),
-            attempts: opts.retry.attempts,
-            detail: last.unwrap_or_default(),
-        }),
-    };
-    if let Err(e) = result {
-        return Ok(Err(e));
-    }
-    let files = match extracted {
-        Some(Ok(x)) => x.files,
-        Some(Err(err)) => {
-            // A wrong size or checksum explains a corrupt archive better than its error does.
-            if let Err(e) = req.verify(offset, &hex(&hasher.finalize())) {
-                return Ok(Err(e));
-            }
-            return Ok(Err(FetchError::Extract {
-                url: url_shown,
-                err,
-            }));
-        }
-        None => 0,
-    };
-    if let Err(e) = file.sync_all() {
-        return Ok(Err(io_at(&st.part)(e)));
-    }
-    Ok(Ok(Got {
-        size: offset,
-        transferred,
-        digest: hex(&hasher.finalize()),
-        files,
-        deferred,
-    }))
-}
-
 fn finish(
     req: &Request,
     st: &Staging,
@@ -439,16 +105,7 @@ fn finish(
     req.verify(got.size, &got.digest)?;
     let url = redact_url(&req.url);
     if got.deferred {
-        // Verified: the archive is the one asked for, so only the total bound applies now.
-        let _ = fs::remove_dir_all(&st.unpack);
-        crate::sys::fsutil::create_private_dir(&st.unpack).map_err(io_at(&st.unpack))?;
-        let f = File::open(&st.part).map_err(io_at(&st.part))?;
-        got.files = extract::untar_gz(f, &st.unpack, extract::Limits::total(opts.max_extract))
-            .map_err(|err| FetchError::Extract {
-                url: url.clone(),
-                err,
-            })?
-            .files;
+        got.files = unpack::from_verified(st, opts.max_extract, &url)?;
     }
     // Verified (and unpacked): move into place.
     crate::sys::faultpoint::hit("fetch moves into place", dest);
@@ -569,30 +226,6 @@ pub fn progress_every(step: u64, emit: impl Fn(u64, u64, u64)) -> impl Fn(u64, O
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_channel_reader_hands_on_every_byte_in_order_whatever_the_buffer() {
-        let (tx, rx) = sync_channel(4);
-        for chunk in [&b"abc"[..], b"", b"defgh", b"i"] {
-            tx.send(chunk.to_vec()).unwrap();
-        }
-        drop(tx);
-        let mut r = ChannelReader {
-            rx,
-            cur: Vec::new(),
-            pos: 0,
-        };
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2];
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, b"abcdefghi");
-    }
 
     #[test]
     fn progress_is_told_once_per_step_crossed() {
