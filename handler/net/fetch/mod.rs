@@ -11,10 +11,12 @@
 //!
 //! This file runs the steps in order and holds the cleanup rules. The pieces: `request` (what
 //! is asked for and what comes of it), `error` ([`FetchError`]), `staging` (the two staging
-//! paths of an artifact), `transfer` (the download with its retries and resume) and `unpack` (the
-//! extraction thread, and the unpack deferred until after verification).
+//! paths of an artifact), `transfer` (the download with its retries and resume), `unpack` (the
+//! extraction thread, and the unpack deferred until after verification) and `place` (moving the
+//! verified result to its destination).
 
 mod error;
+mod place;
 mod request;
 mod staging;
 mod transfer;
@@ -26,12 +28,10 @@ pub use error::FetchError;
 pub use request::{Options, Outcome, Request};
 
 use crate::net::rate::Clock;
-use crate::net::url::{file_name, redact_url};
+use crate::net::url::redact_url;
 use error::io_at;
 use staging::Staging;
 use std::fs;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use transfer::{Got, Restart};
 
@@ -95,6 +95,8 @@ pub fn fetch(
     r
 }
 
+/// A complete download: verified, unpacked now if unpacking it alongside was deferred, then
+/// moved into place.
 fn finish(
     req: &Request,
     st: &Staging,
@@ -103,109 +105,16 @@ fn finish(
     opts: &Options,
 ) -> Result<Outcome, FetchError> {
     req.verify(got.size, &got.digest)?;
-    let url = redact_url(&req.url);
     if got.deferred {
-        got.files = unpack::from_verified(st, opts.max_extract, &url)?;
+        got.files = unpack::from_verified(st, opts.max_extract, &redact_url(&req.url))?;
     }
-    // Verified (and unpacked): move into place.
-    crate::sys::faultpoint::hit("fetch moves into place", dest);
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        // 0755 whatever the umask; an existing directory (the user's DIR) is left as it is.
-        crate::sys::fsutil::ensure_system_dir(parent).map_err(io_at(parent))?;
-    }
-    let path = if req.extract {
-        fs::set_permissions(&st.unpack, fs::Permissions::from_mode(0o755))
-            .map_err(io_at(&st.unpack))?;
-        if opts.replace && fs::symlink_metadata(dest).is_ok() {
-            fs::remove_dir_all(dest).map_err(io_at(dest))?;
-        }
-        if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
-            // An existing directory receives the entries, none of which may replace anything:
-            // all are checked before the first moves, so a clash leaves DIR as it was.
-            let entries: Vec<_> = fs::read_dir(&st.unpack)
-                .map_err(io_at(&st.unpack))?
-                .collect::<Result<_, _>>()
-                .map_err(io_at(&st.unpack))?;
-            if let Some(clash) = entries
-                .iter()
-                .map(|e| dest.join(e.file_name()))
-                .find(|t| fs::symlink_metadata(t).is_ok())
-            {
-                return Err(FetchError::Io {
-                    path: clash.display().to_string(),
-                    err: io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "the archive has an entry of that name and it already exists; nothing was moved",
-                    ),
-                });
-            }
-            for e in entries {
-                move_new(&e.path(), &dest.join(e.file_name()))?;
-            }
-            let _ = fs::remove_dir(&st.unpack);
-        } else {
-            move_new(&st.unpack, dest)?;
-        }
-        let _ = fs::remove_file(&st.part);
-        dest.to_path_buf()
-    } else {
-        crate::sys::fsutil::ensure_system_dir(dest).map_err(io_at(dest))?;
-        let target = dest.join(file_name(&req.url));
-        fs::set_permissions(&st.part, fs::Permissions::from_mode(0o644))
-            .map_err(io_at(&st.part))?;
-        if opts.replace {
-            fs::rename(&st.part, &target).map_err(io_at(&target))?;
-        } else {
-            move_new(&st.part, &target)?;
-        }
-        target
-    };
+    let path = place::into_place(req, st, dest, opts.replace)?;
     Ok(Outcome {
         path,
         size: got.size,
         transferred: got.transferred,
         files: got.files,
     })
-}
-
-/// Rename `from` to `to` only when nothing is at `to` (never replacing a user's file).
-fn move_new(from: &Path, to: &Path) -> Result<(), FetchError> {
-    use std::os::unix::ffi::OsStrExt;
-    let exists = || FetchError::Exists {
-        path: to.display().to_string(),
-    };
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
-    let (Some(cf), Some(ct)) = (c(from), c(to)) else {
-        return Err(io_at(to)(io::Error::from(io::ErrorKind::InvalidInput)));
-    };
-    // The system call itself: glibc 2.17, the floor the release binary links against, has no
-    // renameat2 wrapper.
-    // SAFETY: two valid NUL-terminated paths; the call reads them and nothing else.
-    let rc = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_renameat2,
-            nix::libc::AT_FDCWD,
-            cf.as_ptr(),
-            nix::libc::AT_FDCWD,
-            ct.as_ptr(),
-            nix::libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(nix::libc::EEXIST) => Err(exists()),
-        // A kernel before 3.15, or a filesystem without the flag: check, then rename.
-        Some(nix::libc::ENOSYS) | Some(nix::libc::EINVAL) => {
-            if fs::symlink_metadata(to).is_ok() {
-                return Err(exists());
-            }
-            fs::rename(from, to).map_err(io_at(to))
-        }
-        _ => Err(io_at(to)(err)),
-    }
 }
 
 /// A progress callback that calls `emit(percent, done, total)` each time the download crosses
@@ -237,23 +146,5 @@ mod tests {
         p(50, None);
         p(50, Some(0));
         assert_eq!(*seen.borrow(), [0, 10, 20, 100]);
-    }
-
-    #[test]
-    fn moving_onto_anything_that_exists_is_refused_and_replaces_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let from = d.path().join("new");
-        let to = d.path().join("theirs");
-        fs::write(&from, b"ours").unwrap();
-        fs::write(&to, b"theirs").unwrap();
-        assert!(matches!(
-            move_new(&from, &to),
-            Err(FetchError::Exists { .. })
-        ));
-        assert_eq!(fs::read(&to).unwrap(), b"theirs");
-        let free = d.path().join("free");
-        move_new(&from, &free).unwrap();
-        assert_eq!(fs::read(&free).unwrap(), b"ours");
-        assert!(!from.exists());
     }
 }
