@@ -9,21 +9,21 @@
 //! artifact is verified a cap on inflated bytes relative to the compressed bytes read (a
 //! gzip bomb stops there). The tar crate only reads entries; every file is created here.
 
+mod tree;
+
+pub use tree::safe_relative;
+
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use thiserror::Error;
+use tree::{Node, Tree};
 
 /// What one tar header (with its GNU long name or pax records) may take once inflated.
 pub const MAX_HEADER: u64 = 1 << 20;
-/// How deep a chain of symlinks may go (the kernel's own limit).
-const MAX_LINK_DEPTH: u32 = 40;
-
 #[derive(Debug, Error)]
 pub enum ExtractError {
     #[error("archive entry {0} has an unsafe path")]
@@ -68,94 +68,6 @@ impl Limits {
 
 /// Before verification at most 4 bytes per compressed byte read, plus 1 MiB.
 pub const UNVERIFIED_INFLATION: (u64, u64) = (4, 1 << 20);
-
-/// Turn an archive path into a relative path of normal components, or refuse it.
-pub fn safe_relative(raw: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in raw.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
-/// What the archive put at a path.
-#[derive(Debug, Clone)]
-enum Node {
-    Dir,
-    File,
-    Link(PathBuf),
-}
-
-/// The tree an archive builds, as recorded entry by entry.
-#[derive(Default)]
-struct Tree {
-    nodes: HashMap<PathBuf, Node>,
-}
-
-impl Tree {
-    /// Where a symlink at `link` with `target` ends up, as components below the root; `None`
-    /// when any step of it (through other recorded links) climbs above the root, is absolute
-    /// or loops. Names the archive did not create count as plain directories.
-    fn resolve(&self, link: &Path, target: &Path) -> Option<Vec<OsString>> {
-        let start: Vec<OsString> = link
-            .parent()
-            .map(|p| p.iter().map(|c| c.to_os_string()).collect())
-            .unwrap_or_default();
-        let mut depth = 0;
-        self.walk(start, target, &mut depth)
-    }
-
-    fn walk(&self, mut at: Vec<OsString>, target: &Path, depth: &mut u32) -> Option<Vec<OsString>> {
-        *depth += 1;
-        if *depth > MAX_LINK_DEPTH {
-            return None;
-        }
-        for c in target.components() {
-            match c {
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    at.pop()?;
-                }
-                Component::Normal(n) => {
-                    at.push(n.to_os_string());
-                    let here: PathBuf = at.iter().collect();
-                    if let Some(Node::Link(t)) = self.nodes.get(&here) {
-                        at.pop();
-                        at = self.walk(at, t, depth)?;
-                    }
-                }
-                Component::RootDir | Component::Prefix(_) => return None,
-            }
-        }
-        Some(at)
-    }
-
-    /// Every proper prefix of `rel` must be a directory of this archive (or not exist yet, and
-    /// then it is made one): never a link, never a file.
-    fn parents(&mut self, root: &Path, rel: &Path, shown: &str) -> Result<(), ExtractError> {
-        let mut p = PathBuf::new();
-        let parts: Vec<_> = rel.components().collect();
-        for c in &parts[..parts.len().saturating_sub(1)] {
-            p.push(c);
-            match self.nodes.get(&p) {
-                Some(Node::Dir) => {}
-                Some(_) => return Err(ExtractError::UnsafePath(shown.to_string())),
-                None => {
-                    let d = root.join(&p);
-                    fs::create_dir(&d).map_err(io_err(&d))?;
-                    fs::set_permissions(&d, fs::Permissions::from_mode(0o755))
-                        .map_err(io_err(&d))?;
-                    self.nodes.insert(p.clone(), Node::Dir);
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> ExtractError + '_ {
     move |err| ExtractError::Io {
@@ -281,21 +193,66 @@ pub fn untar_gz(input: impl Read, root: &Path, limits: Limits) -> Result<Extract
         inflation: limits.inflation,
     };
     let mut archive = tar::Archive::new(inflated);
-    let mut done = Extracted::default();
-    let mut data_bytes = 0u64;
-    let mut tree = Tree::default();
-    let mut links: Vec<(PathBuf, PathBuf, String)> = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut unpacking = Unpacking::new(root, limits, &meter);
     let mut entries = archive.entries().map_err(|e| meter.explain(e))?;
-    loop {
-        meter.header_from.set(Some(meter.inflated.get()));
-        let next = entries.next();
-        meter.header_from.set(None);
-        let mut entry = match next {
-            None => break,
-            Some(Err(e)) => return Err(meter.explain(e)),
-            Some(Ok(e)) => e,
-        };
+    while let Some(next) = next_entry(&mut entries, &meter) {
+        let mut entry = next.map_err(|e| meter.explain(e))?;
+        unpacking.entry(&mut entry)?;
+    }
+    // Drain the gzip trailer so a truncated or corrupt tail is an error, not a silent success.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| meter.explain(e))?;
+    unpacking.make_links()
+}
+
+/// The next entry, its header (with any GNU long name or pax records) metered against
+/// [`MAX_HEADER`] while the tar reader takes it in.
+fn next_entry<'a, R: Read>(
+    entries: &mut tar::Entries<'a, R>,
+    meter: &Meter,
+) -> Option<io::Result<tar::Entry<'a, R>>> {
+    meter.header_from.set(Some(meter.inflated.get()));
+    let next = entries.next();
+    meter.header_from.set(None);
+    next
+}
+
+/// A symlink entry, made only once the whole tree is known.
+struct PendingLink {
+    rel: PathBuf,
+    target: PathBuf,
+    shown: String,
+}
+
+/// One extraction under way: what the archive built so far and what it may still take.
+struct Unpacking<'a> {
+    root: &'a Path,
+    limits: Limits,
+    meter: &'a Meter,
+    tree: Tree,
+    links: Vec<PendingLink>,
+    done: Extracted,
+    /// Entry data read so far, whatever the entry; counted against `limits.max_bytes`.
+    data_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Unpacking<'a> {
+    fn new(root: &'a Path, limits: Limits, meter: &'a Meter) -> Unpacking<'a> {
+        Unpacking {
+            root,
+            limits,
+            meter,
+            tree: Tree::default(),
+            links: Vec::new(),
+            done: Extracted::default(),
+            data_bytes: 0,
+            buf: vec![0u8; 256 * 1024],
+        }
+    }
+
+    /// One archive entry, judged and made, by its kind.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), ExtractError> {
         let raw = entry
             .path()
             .map_err(|e| ExtractError::Corrupt(e.to_string()))?
@@ -307,124 +264,202 @@ pub fn untar_gz(input: impl Read, root: &Path, limits: Limits) -> Result<Extract
             if entry.size() > MAX_HEADER {
                 return Err(ExtractError::HeaderTooLarge);
             }
-            drain(&mut entry, &mut buf, &meter)?;
-            continue;
+            drain(entry, &mut self.buf, self.meter)?;
+            return Ok(());
         }
-        let Some(rel) = safe_relative(&raw) else {
-            // `./` alone is the archive's root directory entry.
-            if kind == tar::EntryType::Directory && raw.components().all(|c| c == Component::CurDir)
-            {
-                continue;
-            }
-            return Err(ExtractError::UnsafePath(shown));
+        let Some(rel) = self.destination(&raw, kind, &shown)? else {
+            return Ok(());
         };
-        tree.parents(root, &rel, &shown)?;
-        let dest = root.join(&rel);
+        let dest = self.root.join(&rel);
         // No setuid, setgid or sticky bit and no group/other write; the exec bits stay.
         let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
-        let existing = tree.nodes.get(&rel).cloned();
         match kind {
-            tar::EntryType::Directory => {
-                match existing {
-                    Some(Node::Dir) => {}
-                    Some(_) => return Err(ExtractError::Duplicate(shown)),
-                    None => {
-                        fs::create_dir(&dest).map_err(io_err(&dest))?;
-                        tree.nodes.insert(rel.clone(), Node::Dir);
-                    }
-                }
-                fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
-                    .map_err(io_err(&dest))?;
-            }
+            tar::EntryType::Directory => self.dir(rel, &dest, mode, &shown)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if existing.is_some() {
-                    return Err(ExtractError::Duplicate(shown));
-                }
-                if data_bytes.saturating_add(entry.size()) > limits.max_bytes {
-                    return Err(ExtractError::TooLarge(limits.max_bytes));
-                }
-                let mut written = 0u64;
-                let mut f: File = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&dest)
-                    .map_err(io_err(&dest))?;
-                tree.nodes.insert(rel.clone(), Node::File);
-                loop {
-                    let n = entry.read(&mut buf).map_err(|e| meter.explain(e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    data_bytes += n as u64;
-                    written += n as u64;
-                    if data_bytes > limits.max_bytes {
-                        return Err(ExtractError::TooLarge(limits.max_bytes));
-                    }
-                    f.write_all(&buf[..n]).map_err(io_err(&dest))?;
-                }
-                // fchmod: the umask never decides a mode.
-                f.set_permissions(fs::Permissions::from_mode(mode | 0o600))
-                    .map_err(io_err(&dest))?;
-                done.files += 1;
-                done.bytes += written;
+                self.file(entry, rel, &dest, mode, &shown)?
             }
-            tar::EntryType::Symlink => {
-                if existing.is_some() {
-                    return Err(ExtractError::Duplicate(shown));
-                }
-                let target = link_target(&entry, "symlink", &shown)?;
-                tree.nodes.insert(rel.clone(), Node::Link(target.clone()));
-                links.push((rel, target, shown));
-            }
-            tar::EntryType::Link => {
-                if existing.is_some() {
-                    return Err(ExtractError::Duplicate(shown));
-                }
-                let target = link_target(&entry, "hard link", &shown)?;
-                let target_rel = safe_relative(&target)
-                    .ok_or_else(|| ExtractError::UnsafeLink(shown.clone()))?;
-                // The target and every directory on the way to it are this archive's own,
-                // never reached through a link.
-                let mut p = PathBuf::new();
-                let parts: Vec<_> = target_rel.components().collect();
-                for c in &parts[..parts.len() - 1] {
-                    p.push(c);
-                    if !matches!(tree.nodes.get(&p), Some(Node::Dir)) {
-                        return Err(ExtractError::UnsafeLink(shown));
-                    }
-                }
-                if !matches!(tree.nodes.get(&target_rel), Some(Node::File)) {
-                    return Err(ExtractError::UnsafeLink(shown));
-                }
-                let src = root.join(&target_rel);
-                fs::hard_link(&src, &dest).map_err(io_err(&dest))?;
-                tree.nodes.insert(rel, Node::File);
-            }
+            tar::EntryType::Symlink => self.symlink(entry, rel, shown)?,
+            tar::EntryType::Link => self.hard_link(entry, rel, &dest, &shown)?,
             // Devices, fifos, sparse files and the rest have no place in a driver bundle.
             _ => return Err(ExtractError::UnsupportedType(shown)),
         }
         // Data a non-file entry claims to carry is read past, and counted.
-        data_bytes += drain(&mut entry, &mut buf, &meter)?;
-        if data_bytes > limits.max_bytes {
-            return Err(ExtractError::TooLarge(limits.max_bytes));
+        let rest = drain(entry, &mut self.buf, self.meter)?;
+        self.count(rest)
+    }
+
+    /// The entry's path below the root, its parents made directories of this archive; `None`
+    /// for the archive's own root directory, which is skipped.
+    fn destination(
+        &mut self,
+        raw: &Path,
+        kind: tar::EntryType,
+        shown: &str,
+    ) -> Result<Option<PathBuf>, ExtractError> {
+        let Some(rel) = safe_relative(raw) else {
+            // `./` alone is the archive's root directory entry.
+            if kind == tar::EntryType::Directory && raw.components().all(|c| c == Component::CurDir)
+            {
+                return Ok(None);
+            }
+            return Err(ExtractError::UnsafePath(shown.to_string()));
+        };
+        self.parents(&rel, shown)?;
+        Ok(Some(rel))
+    }
+
+    /// Every proper prefix of `rel` must be a directory of this archive (or not exist yet, and
+    /// then it is made one): never a link, never a file.
+    fn parents(&mut self, rel: &Path, shown: &str) -> Result<(), ExtractError> {
+        let mut p = PathBuf::new();
+        let parts: Vec<_> = rel.components().collect();
+        for c in &parts[..parts.len().saturating_sub(1)] {
+            p.push(c);
+            match self.tree.nodes.get(&p) {
+                Some(Node::Dir) => {}
+                Some(_) => return Err(ExtractError::UnsafePath(shown.to_string())),
+                None => {
+                    let d = self.root.join(&p);
+                    fs::create_dir(&d).map_err(io_err(&d))?;
+                    fs::set_permissions(&d, fs::Permissions::from_mode(0o755))
+                        .map_err(io_err(&d))?;
+                    self.tree.nodes.insert(p.clone(), Node::Dir);
+                }
+            }
         }
+        Ok(())
     }
-    // Drain the gzip trailer so a truncated or corrupt tail is an error, not a silent success.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| meter.explain(e))?;
-    // The whole tree is known: each link is judged against it, then all are made.
-    for (rel, target, shown) in &links {
-        if tree.resolve(rel, target).is_none() {
-            return Err(ExtractError::UnsafeLink(shown.clone()));
+
+    /// Entry data read: over the size bound ends the extraction.
+    fn count(&mut self, n: u64) -> Result<(), ExtractError> {
+        self.data_bytes += n;
+        if self.data_bytes > self.limits.max_bytes {
+            return Err(ExtractError::TooLarge(self.limits.max_bytes));
         }
+        Ok(())
     }
-    for (rel, target, _) in &links {
-        let dest = root.join(rel);
-        std::os::unix::fs::symlink(target, &dest).map_err(io_err(&dest))?;
+
+    /// Only a directory may meet a directory entry of the same name; any other entry must be
+    /// the first at its path.
+    fn refuse_existing(&self, rel: &Path, shown: &str) -> Result<(), ExtractError> {
+        if self.tree.nodes.contains_key(rel) {
+            return Err(ExtractError::Duplicate(shown.to_string()));
+        }
+        Ok(())
     }
-    Ok(done)
+
+    /// A directory: made unless the archive made it already, with owner access whatever the
+    /// archive says.
+    fn dir(
+        &mut self,
+        rel: PathBuf,
+        dest: &Path,
+        mode: u32,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        match self.tree.nodes.get(&rel) {
+            Some(Node::Dir) => {}
+            Some(_) => return Err(ExtractError::Duplicate(shown.to_string())),
+            None => {
+                fs::create_dir(dest).map_err(io_err(dest))?;
+                self.tree.nodes.insert(rel, Node::Dir);
+            }
+        }
+        fs::set_permissions(dest, fs::Permissions::from_mode(mode | 0o700)).map_err(io_err(dest))
+    }
+
+    /// A regular file: created new (never through a link), its data copied within the size
+    /// bound, its mode set on the open file.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        rel: PathBuf,
+        dest: &Path,
+        mode: u32,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        self.refuse_existing(&rel, shown)?;
+        if self.data_bytes.saturating_add(entry.size()) > self.limits.max_bytes {
+            return Err(ExtractError::TooLarge(self.limits.max_bytes));
+        }
+        let mut f: File = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(dest)
+            .map_err(io_err(dest))?;
+        self.tree.nodes.insert(rel, Node::File);
+        let mut written = 0u64;
+        loop {
+            let n = entry
+                .read(&mut self.buf)
+                .map_err(|e| self.meter.explain(e))?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            self.count(n as u64)?;
+            f.write_all(&self.buf[..n]).map_err(io_err(dest))?;
+        }
+        // fchmod: the umask never decides a mode.
+        f.set_permissions(fs::Permissions::from_mode(mode | 0o600))
+            .map_err(io_err(dest))?;
+        self.done.files += 1;
+        self.done.bytes += written;
+        Ok(())
+    }
+
+    /// A symlink: recorded now, judged and made once the whole tree is known.
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<R>,
+        rel: PathBuf,
+        shown: String,
+    ) -> Result<(), ExtractError> {
+        self.refuse_existing(&rel, &shown)?;
+        let target = link_target(entry, "symlink", &shown)?;
+        self.tree
+            .nodes
+            .insert(rel.clone(), Node::Link(target.clone()));
+        self.links.push(PendingLink { rel, target, shown });
+        Ok(())
+    }
+
+    /// A hard link: only to a regular file this archive made, reached through its own
+    /// directories.
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<R>,
+        rel: PathBuf,
+        dest: &Path,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
+        self.refuse_existing(&rel, shown)?;
+        let target = link_target(entry, "hard link", shown)?;
+        let target_rel = self
+            .tree
+            .own_file(&target)
+            .ok_or_else(|| ExtractError::UnsafeLink(shown.to_string()))?;
+        let src = self.root.join(&target_rel);
+        fs::hard_link(&src, dest).map_err(io_err(dest))?;
+        self.tree.nodes.insert(rel, Node::File);
+        Ok(())
+    }
+
+    /// The whole tree is known: each link is judged against it, then all are made.
+    fn make_links(self) -> Result<Extracted, ExtractError> {
+        for l in &self.links {
+            if self.tree.resolve(&l.rel, &l.target).is_none() {
+                return Err(ExtractError::UnsafeLink(l.shown.clone()));
+            }
+        }
+        for l in &self.links {
+            let dest = self.root.join(&l.rel);
+            std::os::unix::fs::symlink(&l.target, &dest).map_err(io_err(&dest))?;
+        }
+        Ok(self.done)
+    }
 }
 
 fn drain<R: Read>(entry: &mut R, buf: &mut [u8], meter: &Meter) -> Result<u64, ExtractError> {
@@ -440,6 +475,7 @@ fn drain<R: Read>(entry: &mut R, buf: &mut [u8], meter: &Meter) -> Result<u64, E
 
 #[cfg(test)]
 mod tests {
+    use super::tree::MAX_LINK_DEPTH;
     use super::*;
 
     fn tar_gz(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
