@@ -120,10 +120,7 @@ impl Unpacker {
     /// The transfer starts over: the extractor is told the input ended and waited for, and
     /// what it made is dropped with it.
     pub(super) fn abandon(self) {
-        drop(self.tx);
-        if let Some(h) = self.extractor {
-            let _ = h.join();
-        }
+        drop(self);
     }
 
     /// The download is over: the extractor is told the input ended and waited for.
@@ -134,7 +131,7 @@ impl Unpacker {
             self.keep(r);
         }
         Unpacked {
-            extracted: self.extracted,
+            extracted: self.extracted.take(),
             deferred: self.deferred,
         }
     }
@@ -150,6 +147,18 @@ impl Unpacker {
 }
 
 /// The extractor's result; a thread that panicked or was never started gives a corrupt one.
+impl Drop for Unpacker {
+    /// Every way out of a transfer, an early staging-file error included, ends the extraction
+    /// thread before the caller removes what was unpacked: no thread is left writing into a
+    /// directory being deleted. Closing the channel ends the thread's input, so this is bounded.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.extractor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 fn join(h: Option<JoinHandle<Extracting>>) -> Extracting {
     match h {
         Some(h) => h
