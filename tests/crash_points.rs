@@ -1,6 +1,6 @@
 //! The crash-point campaign: the worker dies (SIGKILL to itself, no destructors, no flush) at
 //! each of its effects in turn (every file write before and after its rename, every append,
-//! every child started, every stage boundary; `handler/faultpoint.rs`), then enable runs again,
+//! every child started, every stage boundary; `handler/sys/faultpoint.rs`), then enable runs again,
 //! as the agent would, until the sequence number is done. Every run must converge to the same
 //! final state: success, the installer started once and never again, one reboot, every
 //! stage completed, staging cleaned, and a status file that parses at every moment.

@@ -1,4 +1,6 @@
-//! UTC timestamps in the ISO-8601 form the agent writes (`2024-01-01T00:00:00Z`).
+//! Time: deadlines that bound a whole operation, UTC timestamps in the ISO-8601 form the agent
+//! writes (`2024-01-01T00:00:00Z`), and `poll_until`, the one bounded wait loop, over a `Clock`
+//! a test can replace.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -254,7 +254,10 @@ fn take_lock(data: &Path) -> Result<Held, Failure> {
             Code::WorkerStart,
             "the extension's worker held the lock for 15 minutes; run apply again later",
         )),
-        Err(e) => Err(Failure::state_io(&data.join("worker.lock"), e)),
+        Err(e) => Err(Failure::state_io(
+            &data.join(crate::engine::files::WORKER_LOCK),
+            e,
+        )),
     }
 }
 
