@@ -281,7 +281,7 @@ fn auto_choice_per_distro_and_nic() {
             m.generation = Some(nic);
         }
         let p = plan::decide(&f, &PublicSettings::default(), None);
-        let got = match (&p.action, &p.install) {
+        let got = match (&p.action, p.install()) {
             (Action::Refuse { failure }, _) => format!("refuse {}", failure.code.number()),
             (Action::Install { .. }, Some(Choice::Inbox { .. })) => {
                 assert_eq!(

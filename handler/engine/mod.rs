@@ -223,7 +223,7 @@ impl<'a> Run<'a> {
         stage: Stage,
         step: impl FnOnce(&install::Ctx) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
-        let (Some(choice), Some(family)) = (&self.plan.install, self.family) else {
+        let (Some(choice), Some(family)) = (self.plan.install(), self.family) else {
             return Err(Failure::internal(
                 "install stage",
                 "no install plan for this host",

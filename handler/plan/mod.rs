@@ -21,20 +21,48 @@ use serde::Serialize;
 pub enum Action {
     /// Drivers are present: verify them and report.
     VerifyOnly { stack: StackKind },
-    /// Install (see `Plan::install`), activate, then verify.
-    Install { reason: String },
+    /// Install what `choice` names, activate, then verify.
+    Install {
+        reason: String,
+        /// Shown as the plan's `install` (the JSON of the plan verb and the status).
+        #[serde(skip)]
+        choice: Choice,
+    },
     /// Refuse with this failure.
     Refuse { failure: Failure },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub action: Action,
     pub stages: Vec<Stage>,
     pub summary: String,
-    /// What the catalog and settings choose when drivers must be installed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub install: Option<Choice>,
+}
+
+impl Plan {
+    /// What the catalog and settings chose, when drivers must be installed.
+    pub fn install(&self) -> Option<&Choice> {
+        match &self.action {
+            Action::Install { choice, .. } => Some(choice),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Plan {
+    /// `action`, `stages`, `summary`, and `install` (the choice) when there is one.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("Plan", 4)?;
+        m.serialize_field("action", &self.action)?;
+        m.serialize_field("stages", &self.stages)?;
+        m.serialize_field("summary", &self.summary)?;
+        match self.install() {
+            Some(choice) => m.serialize_field("install", choice)?,
+            None => m.skip_field("install")?,
+        }
+        m.end()
+    }
 }
 
 /// Distros this handler serves (docs/DOMAIN.md, "Distributions"). `Err` says why not.
@@ -70,7 +98,6 @@ fn refuse(failure: Failure) -> Plan {
         summary: failure.message.clone(),
         action: Action::Refuse { failure },
         stages: vec![Stage::Preflight],
-        install: None,
     }
 }
 
@@ -254,9 +281,8 @@ fn install_plan(
     };
     Plan {
         summary: format!("{reason}: install {}", describe(&choice)),
-        action: Action::Install { reason },
+        action: Action::Install { reason, choice },
         stages,
-        install: Some(choice),
     }
 }
 
@@ -280,7 +306,6 @@ fn verify_plan(facts: &HostFacts, os: &OsRelease, functions: usize) -> Plan {
         ),
         action: Action::VerifyOnly { stack },
         stages: Stage::VERIFY_ONLY.to_vec(),
-        install: None,
     }
 }
 
