@@ -246,90 +246,109 @@ pub fn parse_vars(get: impl Fn(&str) -> Option<String>) -> Result<AgentVars, Age
     vars.extension_path = get("AZURE_GUEST_AGENT_EXTENSION_PATH").map(PathBuf::from);
     vars.extension_version = get("AZURE_GUEST_AGENT_EXTENSION_VERSION");
     vars.wire_protocol_address = get("AZURE_GUEST_AGENT_WIRE_PROTOCOL_ADDRESS");
-    if let Some(v) = get("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES") {
-        match serde_json::from_str::<Vec<serde_json::Value>>(&v) {
-            Ok(items) => {
-                for item in items {
-                    match (item.get("Key").and_then(|k| k.as_str()), item.get("Value")) {
-                        (Some(k), Some(val)) => {
-                            let val = val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string());
-                            vars.supported_features.insert(k.to_string(), val);
-                        }
-                        _ => vars.warnings.push("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES has an entry without Key/Value".into()),
-                    }
-                }
-            }
-            Err(_) => vars
-                .warnings
-                .push("AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES is not a JSON array".into()),
-        }
+    let warnings = &mut vars.warnings;
+    if let Some(v) = get(SUPPORTED_FEATURES) {
+        vars.supported_features = supported_features(&v, warnings);
     }
-    vars.extension_name = match get("ConfigExtensionName").filter(|s| !s.is_empty()) {
-        Some(n) if valid_extension_name(&n) => Some(n),
-        Some(_) => {
-            // The value itself is not logged: it failed the checks that make it safe to show.
-            vars.warnings.push(format!(
-                "ConfigExtensionName is not a plain name (1-{MAX_EXTENSION_NAME} characters, \
-                 no '/', no '..', no control characters)"
-            ));
-            None
-        }
-        None => None,
-    };
+    vars.extension_name = get("ConfigExtensionName")
+        .filter(|s| !s.is_empty())
+        .and_then(|n| extension_name(n, warnings));
     for (name, slot) in [
-        (
-            "AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE",
-            &mut vars.uninstall_cmd_exit_code,
-        ),
-        (
-            "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE",
-            &mut vars.disable_cmd_exit_code,
-        ),
+        (UNINSTALL_EXIT_CODE, &mut vars.uninstall_cmd_exit_code),
+        (DISABLE_EXIT_CODE, &mut vars.disable_cmd_exit_code),
     ] {
         if let Some(v) = get(name) {
-            *slot = parse_prior_exit(&v);
-            if slot.is_none() {
-                vars.warnings
-                    .push(format!("{name} has an unexpected value"));
-            }
+            *slot = prior_exit(&v, name, warnings);
         }
     }
-    if let Some(v) = get("AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS") {
-        #[derive(Deserialize)]
-        struct Item {
-            #[serde(rename = "extensionName")]
-            extension_name: String,
-            #[serde(rename = "exitCode")]
-            exit_code: serde_json::Value,
-        }
-        let name = "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS";
-        match serde_json::from_str::<Vec<Item>>(&v) {
-            Ok(items) => {
-                for it in items {
-                    let code = match it.exit_code {
-                        serde_json::Value::String(s) => parse_prior_exit(&s),
-                        serde_json::Value::Number(n) => {
-                            n.as_i64().map(|n| PriorExit::Code(n as i32))
-                        }
-                        serde_json::Value::Null => Some(PriorExit::Unknown),
-                        _ => None,
-                    };
-                    match code {
-                        Some(c) => vars
-                            .disable_cmd_exit_codes_multiple
-                            .push((it.extension_name, c)),
-                        None => vars
-                            .warnings
-                            .push(format!("{name} has an unexpected exit code")),
-                    }
-                }
-            }
-            Err(_) => vars.warnings.push(format!("{name} is not a JSON list")),
-        }
+    if let Some(v) = get(DISABLE_EXIT_CODES_MULTIPLE) {
+        vars.disable_cmd_exit_codes_multiple = prior_exits_of_extensions(&v, warnings);
     }
     vars.updating_from_version = get("AZURE_GUEST_AGENT_UPDATING_FROM_VERSION");
     vars.version = get("VERSION");
     Ok(vars)
+}
+
+// The optional variables whose names our warnings quote.
+const SUPPORTED_FEATURES: &str = "AZURE_GUEST_AGENT_EXTENSION_SUPPORTED_FEATURES";
+const UNINSTALL_EXIT_CODE: &str = "AZURE_GUEST_AGENT_UNINSTALL_CMD_EXIT_CODE";
+const DISABLE_EXIT_CODE: &str = "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODE";
+const DISABLE_EXIT_CODES_MULTIPLE: &str =
+    "AZURE_GUEST_AGENT_DISABLE_CMD_EXIT_CODES_MULTIPLE_EXTENSIONS";
+
+/// The supported-features list, `[{"Key": ..., "Value": ...}]`: what we cannot read is warned
+/// about and left out.
+fn supported_features(v: &str, warnings: &mut Vec<String>) -> BTreeMap<String, String> {
+    let mut features = BTreeMap::new();
+    let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(v) else {
+        warnings.push(format!("{SUPPORTED_FEATURES} is not a JSON array"));
+        return features;
+    };
+    for item in items {
+        match (item.get("Key").and_then(|k| k.as_str()), item.get("Value")) {
+            (Some(k), Some(val)) => {
+                let val = val.as_str().map_or_else(|| val.to_string(), str::to_string);
+                features.insert(k.to_string(), val);
+            }
+            _ => warnings.push(format!(
+                "{SUPPORTED_FEATURES} has an entry without Key/Value"
+            )),
+        }
+    }
+    features
+}
+
+/// `ConfigExtensionName` when it is a plain name; anything else is warned about and ignored.
+fn extension_name(n: String, warnings: &mut Vec<String>) -> Option<String> {
+    if valid_extension_name(&n) {
+        return Some(n);
+    }
+    // The value itself is not logged: it failed the checks that make it safe to show.
+    warnings.push(format!(
+        "ConfigExtensionName is not a plain name (1-{MAX_EXTENSION_NAME} characters, \
+         no '/', no '..', no control characters)"
+    ));
+    None
+}
+
+/// One exit-code variable; a value we cannot read is warned about and treated as absent.
+fn prior_exit(v: &str, name: &str, warnings: &mut Vec<String>) -> Option<PriorExit> {
+    let code = parse_prior_exit(v);
+    if code.is_none() {
+        warnings.push(format!("{name} has an unexpected value"));
+    }
+    code
+}
+
+/// The other extensions' disable exit codes, `[{"extensionName": ..., "exitCode": ...}]`
+/// with the code a number, a string or null; what we cannot read is warned about and left out.
+fn prior_exits_of_extensions(v: &str, warnings: &mut Vec<String>) -> Vec<(String, PriorExit)> {
+    #[derive(Deserialize)]
+    struct Item {
+        #[serde(rename = "extensionName")]
+        extension_name: String,
+        #[serde(rename = "exitCode")]
+        exit_code: serde_json::Value,
+    }
+    let name = DISABLE_EXIT_CODES_MULTIPLE;
+    let Ok(items) = serde_json::from_str::<Vec<Item>>(v) else {
+        warnings.push(format!("{name} is not a JSON list"));
+        return Vec::new();
+    };
+    let mut codes = Vec::new();
+    for it in items {
+        let code = match it.exit_code {
+            serde_json::Value::String(s) => parse_prior_exit(&s),
+            serde_json::Value::Number(n) => n.as_i64().map(|n| PriorExit::Code(n as i32)),
+            serde_json::Value::Null => Some(PriorExit::Unknown),
+            _ => None,
+        };
+        match code {
+            Some(c) => codes.push((it.extension_name, c)),
+            None => warnings.push(format!("{name} has an unexpected exit code")),
+        }
+    }
+    codes
 }
 
 /// The longest `ConfigExtensionName` we accept; it becomes part of a file name (with

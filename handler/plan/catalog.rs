@@ -3,7 +3,7 @@
 //! stack, with the artifact's URL and SHA-256. Settings (`stack`, `version`, `package`,
 //! `mirror`, protected `packageUrl`) override it. Pure: no I/O beyond the embedded text.
 
-use crate::agent::settings::{PublicSettings, Secret, Stack};
+use crate::agent::settings::{PackageRef, PublicSettings, Secret, Stack};
 use crate::error::{Code, Failure};
 use crate::host::os_release::OsRelease;
 use crate::host::pci::NicGeneration;
@@ -157,64 +157,98 @@ pub fn select(
     s: &PublicSettings,
     package_url: Option<&Secret>,
 ) -> Result<Choice, Failure> {
-    let mlx4 = t.nic.is_mlx4();
     if let Some(pkg) = &s.package {
-        let url = match (package_url, &pkg.url) {
-            (Some(secret), _) => secret.clone(),
-            (None, Some(u)) => Secret::new(u.clone()),
-            (None, None) => {
-                return Err(Failure::new(
-                    Code::SettingsInvalid,
-                    "package has no url: set package.url, or the protected setting packageUrl",
-                ))
-            }
-        };
-        let stack = match s.stack {
-            Stack::Doca => StackKind::Doca,
-            Stack::MlnxOfed => StackKind::MlnxOfed,
-            _ => from_name(url.expose()).ok_or_else(|| {
-                Failure::new(
-                    Code::SettingsInvalid,
-                    "cannot tell the stack of the custom package from its name; set stack to doca or mlnx-ofed",
-                )
-            })?,
-        };
-        return Ok(Choice::Artifact {
-            stack,
-            version: s.version.clone().unwrap_or_else(|| "custom".into()),
-            kind: kind_of(url.expose()),
-            url,
-            sha256: pkg.sha256.to_ascii_lowercase(),
-            custom: true,
-        });
+        return custom_package(pkg, s, package_url);
     }
-    let stack = match s.stack {
-        Stack::Inbox => {
-            return Ok(Choice::Inbox {
-                reason: "settings ask for the inbox stack".into(),
-            })
+    let stack = match wanted_stack(t, s) {
+        Wanted::Inbox(reason) => return Ok(Choice::Inbox { reason }),
+        Wanted::Vendor(stack) => stack,
+    };
+    connectx3_limits(t, s, stack)?;
+    let candidates = candidates(cat, t, stack);
+    let os_name = format!("{} {}", t.os.id, t.os.version_id);
+    if candidates.is_empty() {
+        return no_build(t, s, stack, &os_name);
+    }
+    let chosen = match &s.version {
+        Some(v) => pinned(&candidates, v, stack, &os_name)?,
+        None => newest(&candidates),
+    };
+    Ok(catalog_artifact(chosen, stack, s.mirror.as_deref()))
+}
+
+/// The package the settings name. Its URL: the protected `packageUrl` first, since only that
+/// one may carry a SAS token; its stack: the setting, else what its file name says.
+fn custom_package(
+    pkg: &PackageRef,
+    s: &PublicSettings,
+    package_url: Option<&Secret>,
+) -> Result<Choice, Failure> {
+    let url = match (package_url, &pkg.url) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(u)) => Secret::new(u.clone()),
+        (None, None) => {
+            return Err(Failure::new(
+                Code::SettingsInvalid,
+                "package has no url: set package.url, or the protected setting packageUrl",
+            ))
         }
+    };
+    let stack = match s.stack {
         Stack::Doca => StackKind::Doca,
         Stack::MlnxOfed => StackKind::MlnxOfed,
-        Stack::Auto if mlx4 => StackKind::MlnxOfed,
-        Stack::Auto => match inbox_first(t.os) {
-            Some(reason) if s.version.is_none() => {
-                return Ok(Choice::Inbox {
-                    reason: reason.into(),
-                })
-            }
-            _ => StackKind::Doca,
-        },
+        _ => from_name(url.expose()).ok_or_else(|| {
+            Failure::new(
+                Code::SettingsInvalid,
+                "cannot tell the stack of the custom package from its name; set stack to doca or mlnx-ofed",
+            )
+        })?,
     };
-    if mlx4 && stack == StackKind::Doca {
+    Ok(Choice::Artifact {
+        stack,
+        version: s.version.clone().unwrap_or_else(|| "custom".into()),
+        kind: kind_of(url.expose()),
+        url,
+        sha256: pkg.sha256.to_ascii_lowercase(),
+        custom: true,
+    })
+}
+
+/// What the settings and the NIC ask for before the catalog is consulted.
+enum Wanted {
+    /// The distribution's stack, and why.
+    Inbox(String),
+    Vendor(StackKind),
+}
+
+/// `auto` means MLNX_OFED for ConnectX-3 Pro (the only vendor line that still drives it), the
+/// inbox stack where the distribution prefers it and no version is pinned, else DOCA-OFED.
+fn wanted_stack(t: &Target, s: &PublicSettings) -> Wanted {
+    match s.stack {
+        Stack::Inbox => Wanted::Inbox("settings ask for the inbox stack".into()),
+        Stack::Doca => Wanted::Vendor(StackKind::Doca),
+        Stack::MlnxOfed => Wanted::Vendor(StackKind::MlnxOfed),
+        Stack::Auto if t.nic.is_mlx4() => Wanted::Vendor(StackKind::MlnxOfed),
+        Stack::Auto => match inbox_first(t.os) {
+            Some(reason) if s.version.is_none() => Wanted::Inbox(reason.into()),
+            _ => Wanted::Vendor(StackKind::Doca),
+        },
+    }
+}
+
+/// ConnectX-3 Pro has one vendor line, MLNX_OFED 4.9 LTS, and it does not build on 5.6 and
+/// newer kernels: refuse what cannot work before looking for a build.
+fn connectx3_limits(t: &Target, s: &PublicSettings, stack: StackKind) -> Result<(), Failure> {
+    if !t.nic.is_mlx4() {
+        return Ok(());
+    }
+    if stack == StackKind::Doca {
         return Err(unavailable(
             "DOCA-OFED does not support ConnectX-3 Pro; use stack mlnx-ofed (4.9 LTS) or inbox"
                 .into(),
         ));
     }
-    if mlx4
-        && kernel_at_least(t.kernel, 5, 6)
-        && s.version.as_deref().is_none_or(|v| v.starts_with("4.9"))
+    if kernel_at_least(t.kernel, 5, 6) && s.version.as_deref().is_none_or(|v| v.starts_with("4.9"))
     {
         return Err(unavailable(format!(
             "ConnectX-3 Pro needs MLNX_OFED 4.9 LTS, which cannot build on kernel {} (5.6 or newer); \
@@ -222,8 +256,13 @@ pub fn select(
             t.kernel
         )));
     }
+    Ok(())
+}
+
+/// The catalog's builds of `stack` for this distribution and architecture that drive this NIC.
+fn candidates<'c>(cat: &'c Catalog, t: &Target, stack: StackKind) -> Vec<&'c Entry> {
     let keys = distro_keys(t.os, stack);
-    let mut candidates: Vec<&Entry> = cat
+    let mut found: Vec<&Entry> = cat
         .entries
         .iter()
         .filter(|e| e.stack == stack && e.arch == t.arch)
@@ -234,68 +273,89 @@ pub fn select(
         .collect();
     // DOCA 3 dropped ConnectX-4; ConnectX-3 Pro stays on the 4.9 LTS line.
     if t.nic == NicGeneration::ConnectX4 && stack == StackKind::Doca {
-        candidates.retain(|e| compare_versions(&e.version, "3") == Ordering::Less);
+        found.retain(|e| compare_versions(&e.version, "3") == Ordering::Less);
     }
-    if mlx4 {
-        candidates.retain(|e| e.version.starts_with("4.9"));
+    if t.nic.is_mlx4() {
+        found.retain(|e| e.version.starts_with("4.9"));
     }
-    let os_name = format!("{} {}", t.os.id, t.os.version_id);
-    if candidates.is_empty() {
-        if s.stack == Stack::Auto && !mlx4 && s.version.is_none() {
-            return Ok(Choice::Inbox {
-                reason: format!("the catalog has no DOCA-OFED build for {os_name}"),
-            });
-        }
-        return Err(unavailable(format!(
-            "the catalog has no {} build for {os_name} on {}; use stack inbox or the package setting",
-            stack.as_str(),
-            t.arch
-        )));
+    found
+}
+
+/// No build fits: a choice left to us falls back to the inbox stack; a stack or version the
+/// settings ask for, or ConnectX-3 Pro's one line, is refused rather than quietly changed.
+fn no_build(
+    t: &Target,
+    s: &PublicSettings,
+    stack: StackKind,
+    os_name: &str,
+) -> Result<Choice, Failure> {
+    if s.stack == Stack::Auto && !t.nic.is_mlx4() && s.version.is_none() {
+        return Ok(Choice::Inbox {
+            reason: format!("the catalog has no DOCA-OFED build for {os_name}"),
+        });
     }
-    let chosen = match &s.version {
-        Some(v) => candidates.iter().find(|e| &e.version == v).copied().ok_or_else(|| {
-            let mut have: Vec<&str> = candidates.iter().map(|e| e.version.as_str()).collect();
-            have.sort_by(|a, b| compare_versions(a, b));
-            have.dedup();
-            Failure::new(
-                Code::VersionNotInCatalog,
-                format!(
-                    "{} version {v} is not in the catalog for {os_name}; available: {}; or use the package setting",
-                    stack.as_str(),
-                    have.join(", ")
-                ),
-            )
-        })?,
-        None => {
-            let pool: Vec<&&Entry> = if candidates.iter().any(|e| e.current) {
-                candidates.iter().filter(|e| e.current).collect()
-            } else {
-                candidates.iter().collect()
-            };
-            pool.into_iter()
-                .max_by(|a, b| compare_versions(&a.version, &b.version))
-                .copied()
-                .expect("candidates is not empty")
-        }
+    Err(unavailable(format!(
+        "the catalog has no {} build for {os_name} on {}; use stack inbox or the package setting",
+        stack.as_str(),
+        t.arch
+    )))
+}
+
+/// The candidate of the pinned version; the refusal lists the versions there are.
+fn pinned<'c>(
+    candidates: &[&'c Entry],
+    v: &str,
+    stack: StackKind,
+    os_name: &str,
+) -> Result<&'c Entry, Failure> {
+    candidates.iter().find(|e| e.version == v).copied().ok_or_else(|| {
+        let mut have: Vec<&str> = candidates.iter().map(|e| e.version.as_str()).collect();
+        have.sort_by(|a, b| compare_versions(a, b));
+        have.dedup();
+        Failure::new(
+            Code::VersionNotInCatalog,
+            format!(
+                "{} version {v} is not in the catalog for {os_name}; available: {}; or use the package setting",
+                stack.as_str(),
+                have.join(", ")
+            ),
+        )
+    })
+}
+
+/// The newest of the builds Azure's HPC images still pin, or of all when none is pinned.
+/// `candidates` is not empty.
+fn newest<'c>(candidates: &[&'c Entry]) -> &'c Entry {
+    let pool: Vec<&&Entry> = if candidates.iter().any(|e| e.current) {
+        candidates.iter().filter(|e| e.current).collect()
+    } else {
+        candidates.iter().collect()
     };
-    let url = match &s.mirror {
+    pool.into_iter()
+        .max_by(|a, b| compare_versions(&a.version, &b.version))
+        .copied()
+        .expect("candidates is not empty")
+}
+
+/// The choice of a catalog entry, downloaded from the mirror when the settings name one.
+fn catalog_artifact(chosen: &Entry, stack: StackKind, mirror: Option<&str>) -> Choice {
+    let url = match mirror {
         Some(m) => apply_mirror(&chosen.url, m),
         None => chosen.url.clone(),
     };
-    Ok(Choice::Artifact {
+    Choice::Artifact {
         stack,
         version: chosen.version.clone(),
         url: Secret::new(url),
         sha256: chosen.sha256.clone(),
         kind: chosen.kind.clone(),
         custom: false,
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::settings::PackageRef;
     use crate::host::os_release;
 
     fn os(id: &str, v: &str) -> OsRelease {

@@ -2,12 +2,23 @@
 //! build tools), fetch, install, post-install (DKMS check), activate (reboot or module load).
 //! Every stage is idempotent: each checks the host before it acts, so a worker killed anywhere
 //! and started again converges, and an installer that finished is not run again.
+//!
+//! The stages are the public functions here, in their order. What they share: `command` runs
+//! one recipe command, `installer` tracks the install commands (and explains mlnxofedinstall's
+//! exit codes), `marker` records what was installed, `dkms` checks DKMS's builds.
 
+mod command;
+mod dkms;
+mod installer;
 pub mod locks;
+mod marker;
 pub mod pins;
 
 pub mod remove;
 pub mod repair;
+
+pub use command::run;
+pub use dkms::dkms_installed;
 
 use crate::agent::settings::Settings;
 use crate::engine::checkpoint::Checkpoint;
@@ -18,6 +29,7 @@ use crate::net::fetch;
 use crate::plan::catalog::Choice;
 use crate::plan::recipe::{self, Cmd, Family};
 use crate::sys::proc;
+use marker::Markers;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,91 +51,6 @@ pub struct Ctx<'a> {
     pub functions: &'a [&'a crate::host::pci::PciFunction],
     /// The proxy variables the download may use.
     pub proxy_env: &'a std::collections::BTreeMap<String, String>,
-}
-
-/// Run one recipe command, its output to our log, its stderr tail into the failure.
-pub fn run(cmd: &Cmd, code_on_failure: Code) -> Result<proc::Output, Failure> {
-    run_tracked(cmd, code_on_failure, None)
-}
-
-/// [`run`], recording the child in `track` (pid and start time) while it runs, so a worker that
-/// replaces a killed one waits for an installer that outlived it instead of starting another.
-fn run_tracked(
-    cmd: &Cmd,
-    code_on_failure: Code,
-    track: Option<&Path>,
-) -> Result<proc::Output, Failure> {
-    let shown = cmd.argv.join(" ");
-    tracing::info!(purpose = %cmd.purpose, "running {shown}");
-    let args: Vec<&str> = cmd.argv[1..].iter().map(String::as_str).collect();
-    // This run's installer and everything it starts carry a mark in their environment that
-    // names this run, recorded in `track` before the start: a worker that died before it
-    // recorded the pid (or after the installer forked) still finds them, while what an
-    // installer that finished left running (its track file is gone) is never waited for.
-    let nonce = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let mut env = cmd.env.clone();
-    if let Some(t) = track {
-        if let Err(e) = crate::sys::fsutil::write_atomic(t, format!("pending {nonce}\n").as_bytes())
-        {
-            return Err(Failure::state_io(t, e));
-        }
-        env.push((INSTALLER_MARK.into(), installer_mark(t, &nonce)));
-    }
-    let record = |pid: u32| {
-        if let Some(t) = track {
-            let start = crate::engine::lock::start_time(pid).unwrap_or(0);
-            let line = format!("{pid} {start} {nonce}\n");
-            if let Err(e) = crate::sys::fsutil::write_atomic(t, line.as_bytes()) {
-                tracing::warn!(error = %e, "cannot record the installer's pid");
-            }
-        }
-    };
-    let result = proc::run_env(&cmd.argv[0], &args, &env, cmd.timeout, &record);
-    if let Some(t) = track {
-        let _ = std::fs::remove_file(t);
-    }
-    let out = result.map_err(|e| Failure::new(code_on_failure, format!("{}: {e}", cmd.purpose)))?;
-    for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-        let text = String::from_utf8_lossy(stream);
-        for line in text
-            .lines()
-            .rev()
-            .take(200)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            tracing::info!(stream = name, "{line}");
-        }
-    }
-    if out.success() {
-        return Ok(out);
-    }
-    Err(Failure::new(
-        code_on_failure,
-        format!(
-            "{} failed ({}): {}",
-            cmd.purpose,
-            out.describe_exit(),
-            tail(&out)
-        ),
-    ))
-}
-
-fn tail(out: &proc::Output) -> String {
-    let err = out.stderr_tail(300);
-    if err.is_empty() {
-        proc::tail_line(&String::from_utf8_lossy(&out.stdout), 300)
-    } else {
-        err
-    }
 }
 
 pub fn wait_for_locks(ctx: &Ctx) -> Result<(), Failure> {
@@ -260,89 +187,6 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What the marker records for `choice`.
-fn marker_for(choice: &Choice) -> stack::InstalledMarker {
-    match choice {
-        Choice::Inbox { .. } => stack::InstalledMarker {
-            stack: StackKind::Inbox,
-            version: String::new(),
-            sha256: "inbox".into(),
-        },
-        Choice::Artifact {
-            stack,
-            version,
-            sha256,
-            ..
-        } => stack::InstalledMarker {
-            stack: *stack,
-            version: version.clone(),
-            sha256: sha256.to_ascii_lowercase(),
-        },
-    }
-}
-
-/// Is the chosen stack already in place? Inbox: the host has the verbs library. A vendor
-/// artifact: this handler installed exactly it (a DOCA version cannot be read back from the
-/// host, and a preinstalled stack of another version must be replaced when one is pinned).
-fn already_installed(ctx: &Ctx) -> bool {
-    match ctx.choice {
-        Choice::Inbox { .. } => {
-            stack::detect(ctx.root).is_some_and(|h| h.kind == StackKind::Inbox && h.verbs_library)
-        }
-        Choice::Artifact { .. } => {
-            stack::read_marker(ctx.root).is_some_and(|m| m == marker_for(ctx.choice))
-                && stack::detect(ctx.root).is_some()
-        }
-    }
-}
-
-/// The environment variable that marks an installer we started (its value: the track file).
-const INSTALLER_MARK: &str = "IBDRIVER_INSTALLER_OF";
-
-/// An installer a killed worker left running: its pid, while that process lives. The pid
-/// record is the quick answer; the environment mark finds an installer whose worker died
-/// before recording it, and the children of one whose main process already ended.
-fn orphan_installer(track: &Path) -> Option<u32> {
-    let text = crate::sys::fsutil::read_trimmed(track)?;
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let recorded = match fields[..] {
-        [pid, start, _] => pid
-            .parse::<u32>()
-            .ok()
-            .filter(|p| start.parse::<u64>().ok() == crate::engine::lock::start_time(*p)),
-        _ => None,
-    };
-    let nonce = fields.last()?;
-    recorded.or_else(|| {
-        marked_process(&format!(
-            "{INSTALLER_MARK}={}",
-            installer_mark(track, nonce)
-        ))
-    })
-}
-
-/// The value of [`INSTALLER_MARK`] for one run of a tracked installer.
-fn installer_mark(track: &Path, nonce: &str) -> String {
-    format!("{}#{nonce}", track.display())
-}
-
-/// A live process (not this one) whose environment holds exactly `entry`. Real /proc: the
-/// processes are real, whatever the host root.
-fn marked_process(entry: &str) -> Option<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        if pid == me || crate::engine::lock::start_time(pid).is_none() {
-            return None;
-        }
-        let environ = std::fs::read(e.path().join("environ")).ok()?;
-        environ
-            .split(|b| *b == 0)
-            .any(|v| v == entry.as_bytes())
-            .then_some(pid)
-    })
-}
-
 /// `persist` saves the checkpoint: that this sequence number's installer ran must be on disk
 /// before it runs, or a worker killed between the installer's end and the stage's end would
 /// find the stack "already installed", forget that it replaced loaded drivers and skip the
@@ -352,70 +196,55 @@ pub fn install(
     cp: &mut Checkpoint,
     persist: &dyn Fn(&mut Checkpoint) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
-    let track = ctx.data_dir.join("installer.pid");
-    if let Some(pid) = orphan_installer(&track) {
-        (ctx.progress)("waiting for the installer an interrupted run started");
-        tracing::warn!(
-            pid,
-            "an installer from an interrupted run is still running; waiting for it"
-        );
-        let tick = Duration::from_millis(200);
-        let (stopped, _) = crate::sys::clock::poll(Duration::from_secs(3600), tick, || {
-            use crate::sys::clock::Look;
-            if orphan_installer(&track).is_none() {
-                Look::Done(false)
-            } else if !(ctx.keep_going)() {
-                Look::Done(true)
-            } else {
-                Look::NotYet(false)
-            }
-        });
-        if stopped {
-            return Err(Failure::new(
-                Code::Superseded,
-                "superseded while waiting for the installer",
-            ));
-        }
-    }
+    let track = ctx.data_dir.join(installer::TRACK_FILE);
+    installer::wait_for_orphan(&track, ctx.keep_going, ctx.progress)?;
     let _ = std::fs::remove_file(&track);
-    if ctx.family == Family::Apt && dpkg_interrupted(ctx.root) {
-        // A package run cut short leaves dpkg half-configured; apt refuses to go on until this.
-        let mut fix = Cmd::new_public(
-            "finish an interrupted dpkg run",
-            1800,
-            &["dpkg", "--configure", "-a"],
-        );
-        fix.env
-            .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
-        run(&fix, Code::PackageInstallFailed)?;
-    }
-    let installed = ctx.data_dir.join(stack::MARKER);
-    let started = ctx.data_dir.join(INSTALLING);
-    let mine = marker_for(ctx.choice);
-    let record = |path: &Path| {
-        let bytes = serde_json::to_vec(&mine).expect("marker serializes");
-        crate::sys::fsutil::write_atomic(path, &bytes).map_err(|e| Failure::state_io(path, e))
-    };
-    if already_installed(ctx) {
+    finish_interrupted_dpkg(ctx)?;
+    let markers = Markers::new(ctx.data_dir, ctx.choice);
+    if marker::already_installed(ctx.root, ctx.choice) {
         tracing::info!("the chosen stack is already installed; the installer is not run again");
         return Ok(());
     }
     // An earlier run of ours started this very install and the host now has the stack: that
     // run's installer finished (the worker was stopped after it), so it is not run twice.
     let chosen = vendor_stack(ctx.choice).unwrap_or(StackKind::Inbox);
-    let ours_started = crate::sys::fsutil::read_regular(&started, crate::sys::fsutil::MAX_READ)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<stack::InstalledMarker>(&b).ok())
-        .is_some_and(|m| m == mine);
+    let ours_started = markers.started_by_us();
     cp.installer_ran = true;
     persist(cp)?;
     if ours_started && stack::detect(ctx.root).is_some_and(|h| h.kind == chosen) {
         tracing::info!("an interrupted run's installer completed this install");
-        record(&installed)?;
-        let _ = std::fs::remove_file(&started);
+        return markers.complete();
+    }
+    markers.begin()?;
+    run_installers(ctx, &track)?;
+    markers.complete()
+}
+
+/// A package run cut short leaves dpkg half-configured; apt refuses to go on until it is
+/// finished.
+fn finish_interrupted_dpkg(ctx: &Ctx) -> Result<(), Failure> {
+    if ctx.family != Family::Apt || !dpkg_interrupted(ctx.root) {
         return Ok(());
     }
-    record(&started)?;
+    let mut fix = Cmd::new_public(
+        "finish an interrupted dpkg run",
+        1800,
+        &["dpkg", "--configure", "-a"],
+    );
+    fix.env
+        .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
+    run(&fix, Code::PackageInstallFailed)?;
+    Ok(())
+}
+
+/// dpkg keeps pending work in `/var/lib/dpkg/updates/` while a run is unfinished.
+fn dpkg_interrupted(root: &Root) -> bool {
+    !crate::sys::fsutil::dir_names(&root.path("var/lib/dpkg/updates")).is_empty()
+}
+
+/// The recipe's install commands for the choice, each tracked in `track`. A package manager
+/// waits for the locks again first; mlnxofedinstall takes none, and its exit code is explained.
+fn run_installers(ctx: &Ctx, track: &Path) -> Result<(), Failure> {
     if vendor_stack(ctx.choice) == Some(StackKind::Doca) {
         pins::before_doca(ctx.root, ctx.family)
             .map_err(|e| Failure::state_io(&ctx.root.path("etc/dkms"), e))?;
@@ -430,54 +259,20 @@ pub fn install(
     );
     for cmd in &cmds {
         (ctx.progress)(&cmd.purpose);
-        if !cmd.argv[0].ends_with("/mlnxofedinstall") {
+        let is_ofed = cmd.argv[0].ends_with("/mlnxofedinstall");
+        if !is_ofed {
             // apt-daily or unattended-upgrades may have started since wait-for-locks.
             wait_for_locks(ctx)?;
         }
-        let is_ofed = cmd.argv[0].ends_with("/mlnxofedinstall");
-        match run_tracked(cmd, Code::PackageInstallFailed, Some(&track)) {
-            Ok(_) => {}
-            Err(f) if is_ofed => {
-                let code = f
-                    .message
-                    .split("exit code ")
-                    .nth(1)
-                    .and_then(|s| s.split(')').next())
-                    .and_then(|s| s.parse::<i32>().ok());
-                return Err(Failure::new(
-                    Code::InstallerFailed,
-                    format!(
-                        "mlnxofedinstall exited {}: {}; {}",
-                        code.map(|c| c.to_string())
-                            .unwrap_or_else(|| "abnormally".into()),
-                        code.map(recipe::mlnxofedinstall_exit)
-                            .unwrap_or("the installer failed"),
-                        f.message
-                    ),
-                ));
+        command::run_tracked(cmd, Code::PackageInstallFailed, Some(track)).map_err(|f| {
+            if is_ofed {
+                installer::mlnxofedinstall_failed(f)
+            } else {
+                f
             }
-            Err(f) => return Err(f),
-        }
+        })?;
     }
-    record(&installed)?;
-    let _ = std::fs::remove_file(&started);
     Ok(())
-}
-
-/// Written before an installer starts: which install an interrupted run was doing.
-const INSTALLING: &str = "installing.json";
-
-/// dpkg keeps pending work in `/var/lib/dpkg/updates/` while a run is unfinished.
-fn dpkg_interrupted(root: &Root) -> bool {
-    !crate::sys::fsutil::dir_names(&root.path("var/lib/dpkg/updates")).is_empty()
-}
-
-/// `dkms status -k <kernel>` lines: `name/version, kernel, arch: installed`.
-pub fn dkms_installed(status: &str, module: &str, kernel: &str) -> bool {
-    status.lines().any(|l| {
-        let l = l.trim();
-        l.starts_with(&format!("{module}/")) || l.starts_with(&format!("{module},"))
-    } && l.contains(kernel) && l.contains(": installed"))
 }
 
 pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
@@ -485,7 +280,7 @@ pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
         return Ok(());
     };
     if stack == StackKind::Doca {
-        check_dkms(ctx)?;
+        dkms::check_dkms(ctx.root, ctx.family, ctx.kernel)?;
     }
     refresh_boot_files(ctx);
     if stack != StackKind::Doca {
@@ -526,44 +321,6 @@ pub fn refresh_initramfs(family: Family, k: &str) {
     if let Err(f) = run(&cmd, Code::PackageInstallFailed) {
         tracing::warn!("{}", f.message);
     }
-}
-
-fn check_dkms(ctx: &Ctx) -> Result<(), Failure> {
-    let out = proc::run(
-        "dkms",
-        &["status", "-k", ctx.kernel],
-        None,
-        Duration::from_secs(120),
-    )
-    .map_err(|e| Failure::new(Code::DkmsFailed, format!("cannot run dkms: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for m in recipe::dkms_modules(ctx.family) {
-        if !dkms_installed(&text, m, ctx.kernel) {
-            let log = find_make_log(ctx.root, m)
-                .map(|p| {
-                    crate::sys::fsutil::read_trimmed(&p)
-                        .map(|t| proc::tail_line(&t, 400))
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default();
-            return Err(Failure::new(
-                Code::DkmsFailed,
-                format!(
-                    "DKMS did not build {m} for kernel {}; make.log ends: {log}",
-                    ctx.kernel
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn find_make_log(root: &Root, module: &str) -> Option<PathBuf> {
-    let base = root.path(&format!("var/lib/dkms/{module}"));
-    crate::sys::fsutil::dir_names(&base)
-        .into_iter()
-        .map(|v| base.join(v).join("build/make.log"))
-        .find(|p| p.exists())
 }
 
 /// What activation decided.
@@ -613,16 +370,7 @@ pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Acti
     let needs_reboot = flagged || (vendor && old_loaded && cp.installer_ran);
     if !needs_reboot {
         if !vendor {
-            // What configure will ask for, IPoIB included (configure leaves it loaded or not
-            // used, as the setting says).
-            let modules = crate::stages::configure::wanted_modules(ctx.functions, true, false);
-            let mut args = vec!["-a", "-b", "-q"];
-            args.extend(modules.iter().map(String::as_str));
-            match proc::run("modprobe", &args, None, Duration::from_secs(120)) {
-                Ok(o) if o.success() => {}
-                Ok(o) => tracing::warn!("modprobe: {}", o.stderr_tail(300)),
-                Err(e) => tracing::warn!("modprobe: {e}"),
-            }
+            load_inbox_modules(ctx.functions);
         }
         return Ok(Activation::Active);
     }
@@ -633,6 +381,19 @@ pub fn activate(ctx: &Ctx, cp: &mut Checkpoint, may_reboot: bool) -> Result<Acti
     }
     cp.reboots += 1;
     Ok(Activation::Rebooting)
+}
+
+/// Load what configure will ask for, IPoIB included (configure leaves it loaded or not used,
+/// as the setting says). A failure is logged, not fatal.
+fn load_inbox_modules(functions: &[&crate::host::pci::PciFunction]) {
+    let modules = crate::stages::configure::wanted_modules(functions, true, false);
+    let mut args = vec!["-a", "-b", "-q"];
+    args.extend(modules.iter().map(String::as_str));
+    match proc::run("modprobe", &args, None, Duration::from_secs(120)) {
+        Ok(o) if o.success() => {}
+        Ok(o) => tracing::warn!("modprobe: {}", o.stderr_tail(300)),
+        Err(e) => tracing::warn!("modprobe: {e}"),
+    }
 }
 
 fn reboot_required() -> Failure {
@@ -663,25 +424,5 @@ pub fn request_reboot() -> Result<(), Failure> {
                 out.stderr_tail(200)
             ),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dkms_status_lines() {
-        let s = "mlnx-ofed-kernel/25.10.OFED.25.10.1.2.8.1, 5.15.0-1073-azure, x86_64: installed\n\
-                 iser/25.10, 5.15.0-1073-azure, x86_64: built\n";
-        assert!(dkms_installed(s, "mlnx-ofed-kernel", "5.15.0-1073-azure"));
-        assert!(!dkms_installed(s, "iser", "5.15.0-1073-azure"));
-        assert!(!dkms_installed(s, "mlnx-ofed-kernel", "6.8.0"));
-        let warned = "mlnx-ofed-kernel/25.10, 6.8.0-1021-azure, x86_64: installed (WARNING! Diff between built and installed module!)";
-        assert!(dkms_installed(
-            warned,
-            "mlnx-ofed-kernel",
-            "6.8.0-1021-azure"
-        ));
     }
 }

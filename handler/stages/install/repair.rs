@@ -262,68 +262,86 @@ pub fn repair(ctx: &Ctx) -> Result<Repaired, Failure> {
     tracing::warn!("kernel drift: {why}; repairing");
     (ctx.progress)(&format!("{why}; repairing"));
     let kernel = ctx.facts.kernel.as_str();
-    let kind = ctx.facts.stack.as_ref().map(|s| s.kind);
-    match kind {
+    match ctx.facts.stack.as_ref().map(|s| s.kind) {
         Some(StackKind::Doca) | Some(StackKind::MlnxOfed)
             if dkms_registered(ctx.root, ctx.family) =>
         {
-            let mut wanted = recipe::header_packages(ctx.family, kernel);
-            wanted.extend(recipe::build_packages(ctx.family, StackKind::Doca));
-            (ctx.progress)(&format!("installing headers for {kernel}"));
-            install(ctx, &wanted).map_err(|f| {
-                Failure::new(
-                    Code::RepairFailed,
-                    format!(
-                        "kernel {kernel} needs the stack's modules rebuilt, but its headers would not install ({}); boot the previous kernel or install linux headers for {kernel}",
-                        f.message
-                    ),
-                )
-            })?;
-            (ctx.progress)(&format!("rebuilding the DKMS modules for {kernel}"));
-            run(
-                &Cmd::new_public(
-                    "rebuild the DKMS modules",
-                    3600,
-                    &["dkms", "autoinstall", "-k", kernel],
-                ),
-                Code::RepairFailed,
-            )?;
-            super::refresh_initramfs(ctx.family, kernel);
+            rebuild_with_dkms(ctx, kernel)?
         }
-        Some(StackKind::Doca) | Some(StackKind::MlnxOfed) => {
+        Some(kind @ (StackKind::Doca | StackKind::MlnxOfed)) => {
             return Err(Failure::new(
                 Code::RepairFailed,
                 format!(
                     "{why}, and the installed {} stack was built for another kernel without DKMS; \
                      boot the kernel it was built for, or redeploy with stack doca or inbox",
-                    kind.map(|k| k.as_str()).unwrap_or("vendor")
+                    kind.as_str()
                 ),
             ));
         }
-        Some(StackKind::Inbox) | None => {
-            let Some(pkg) = inbox_module_package(ctx.family, kernel) else {
-                return Err(Failure::new(
-                    Code::RepairFailed,
-                    format!("{why}; install the kernel's RDMA modules for {kernel} or boot the previous kernel"),
-                ));
-            };
-            (ctx.progress)(&format!("installing {pkg}"));
-            install(ctx, std::slice::from_ref(&pkg)).map_err(|f| {
-                Failure::new(
-                    Code::RepairFailed,
-                    format!(
-                        "{why}, and {pkg} would not install ({}); boot the previous kernel or install {pkg} and run enable again",
-                        f.message
-                    ),
-                )
-            })?;
-        }
+        Some(StackKind::Inbox) | None => install_inbox_modules(ctx, kernel, &why)?,
     }
     if let Err(e) = crate::sys::proc::run("depmod", &["-a", kernel], None, Duration::from_secs(300))
     {
         tracing::warn!("depmod: {e}");
     }
-    match drift(ctx.root, ctx.facts) {
+    after_repair(drift(ctx.root, ctx.facts), loaded, kernel)
+}
+
+/// A vendor stack registered with DKMS: headers and build tools for `kernel`, then DKMS
+/// builds the stack's modules for it, and the initramfs gets them.
+fn rebuild_with_dkms(ctx: &Ctx, kernel: &str) -> Result<(), Failure> {
+    let mut wanted = recipe::header_packages(ctx.family, kernel);
+    wanted.extend(recipe::build_packages(ctx.family, StackKind::Doca));
+    (ctx.progress)(&format!("installing headers for {kernel}"));
+    install(ctx, &wanted).map_err(|f| {
+        Failure::new(
+            Code::RepairFailed,
+            format!(
+                "kernel {kernel} needs the stack's modules rebuilt, but its headers would not install ({}); boot the previous kernel or install linux headers for {kernel}",
+                f.message
+            ),
+        )
+    })?;
+    (ctx.progress)(&format!("rebuilding the DKMS modules for {kernel}"));
+    run(
+        &Cmd::new_public(
+            "rebuild the DKMS modules",
+            3600,
+            &["dkms", "autoinstall", "-k", kernel],
+        ),
+        Code::RepairFailed,
+    )?;
+    super::refresh_initramfs(ctx.family, kernel);
+    Ok(())
+}
+
+/// The inbox stack: the package with the kernel's RDMA modules, where the distribution has
+/// one apart from the kernel's own.
+fn install_inbox_modules(ctx: &Ctx, kernel: &str, why: &str) -> Result<(), Failure> {
+    let Some(pkg) = inbox_module_package(ctx.family, kernel) else {
+        return Err(Failure::new(
+            Code::RepairFailed,
+            format!(
+                "{why}; install the kernel's RDMA modules for {kernel} or boot the previous kernel"
+            ),
+        ));
+    };
+    (ctx.progress)(&format!("installing {pkg}"));
+    install(ctx, std::slice::from_ref(&pkg)).map_err(|f| {
+        Failure::new(
+            Code::RepairFailed,
+            format!(
+                "{why}, and {pkg} would not install ({}); boot the previous kernel or install {pkg} and run enable again",
+                f.message
+            ),
+        )
+    })
+}
+
+/// What the repair achieved, from the drift found after it (`loaded`: the distribution's
+/// driver was loaded before it, and a rebuild cannot replace a loaded module).
+fn after_repair(now: Option<Drift>, loaded: bool, kernel: &str) -> Result<Repaired, Failure> {
+    match now {
         None if loaded => {
             tracing::info!(kernel, "rebuilt; the distribution's driver is still loaded");
             Ok(Repaired::NeedsReboot(format!(
