@@ -54,9 +54,20 @@ def strip_tests(text):
     return text[: m.start()] if m else text
 
 
+# One pass over the text, so that `//` inside a string is no comment and a quote inside a
+# comment no string: raw strings, ordinary strings (an escape may be a backslash-newline),
+# char literals holding a quote, and line comments.
+TOKENS = re.compile(
+    r'r(#*)"[\s\S]*?"\1'
+    r'|"(?:\\[\s\S]|[^"\\])*"'
+    r"|'(?:\\.|[^'\\])'"
+    r"|//[^\n]*"
+)
+
+
 def strip_comments(text):
-    text = re.sub(r"//[^\n]*", "", text)
-    return re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+    """The text with comments removed and every string literal emptied."""
+    return TOKENS.sub(lambda m: "" if m.group(0).startswith("//") else '""', text)
 
 
 def expand_groups(code):

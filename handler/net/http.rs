@@ -184,9 +184,32 @@ fn request(
     chunk: usize,
     tx: &std::sync::mpsc::SyncSender<Event>,
 ) -> Step {
+    let resp = match follow(client, url, offset, known_total, deadline) {
+        Ok(r) => r,
+        Err(step) => return step,
+    };
+    let total = match body_total(&resp, offset, known_total) {
+        Ok(t) => t,
+        Err(step) => return step,
+    };
+    if tx.send(Event::Start { total }).is_err() {
+        return Step::Permanent("stopped".into());
+    }
+    stream(resp.into_reader(), chunk, tx)
+}
+
+/// GET `url` from `offset`, following at most [`MAX_REDIRECTS`] redirects: the first response
+/// that is not a redirect, or the step that ends this attempt.
+fn follow(
+    client: &Client,
+    url: &str,
+    offset: u64,
+    known_total: Option<u64>,
+    deadline: Duration,
+) -> Result<ureq::Response, Step> {
     let mut url = url.to_string();
     let mut hops = 0;
-    let resp = loop {
+    loop {
         let mut req = client.agent.get(&url).timeout(deadline);
         if offset > 0 {
             req = req.set("Range", &format!("bytes={offset}-"));
@@ -198,53 +221,51 @@ fn request(
                 req = req.set("Proxy-Authorization", auth);
             }
         }
-        let resp = match req.call() {
-            Ok(r) => r,
-            Err(e) => return failed(e, offset, known_total),
-        };
+        let resp = req.call().map_err(|e| failed(e, offset, known_total))?;
         if !matches!(resp.status(), 301 | 302 | 303 | 307 | 308) {
-            break resp;
+            return Ok(resp);
         }
         hops += 1;
         if hops > MAX_REDIRECTS {
-            return Step::Permanent(format!("more than {MAX_REDIRECTS} redirects"));
+            return Err(Step::Permanent(format!(
+                "more than {MAX_REDIRECTS} redirects"
+            )));
         }
-        let Some(next) = resp
+        url = resp
             .header("Location")
             .and_then(|l| redirect_target(&url, l))
-        else {
-            return Step::Permanent(format!(
-                "HTTP {} redirect to a missing or unusable location (only http and https URLs with a host are followed)",
-                resp.status()
-            ));
-        };
-        url = next;
-    };
-    let mut total = known_total;
+            .ok_or_else(|| {
+                Step::Permanent(format!(
+                    "HTTP {} redirect to a missing or unusable location (only http and https URLs with a host are followed)",
+                    resp.status()
+                ))
+            })?;
+    }
+}
+
+/// The artifact's total size as the response head gives it, or the step that ends this
+/// attempt: a resumed request must come back as the range asked for.
+fn body_total(
+    resp: &ureq::Response,
+    offset: u64,
+    known_total: Option<u64>,
+) -> Result<Option<u64>, Step> {
     match resp.status() {
         206 => match resp.header("Content-Range").and_then(parse_content_range) {
-            Some((start, t)) if start == offset => {
-                if t.is_some() {
-                    total = t;
-                }
-            }
-            _ => return Step::RangeIgnored,
+            Some((start, t)) if start == offset => Ok(t.or(known_total)),
+            _ => Err(Step::RangeIgnored),
         },
-        200 if offset > 0 => return Step::RangeIgnored,
-        200 => {
-            if let Some(len) = resp
-                .header("Content-Length")
-                .and_then(|v| v.trim().parse().ok())
-            {
-                total = Some(len);
-            }
-        }
-        other => return Step::Permanent(format!("unexpected HTTP {other}")),
+        200 if offset > 0 => Err(Step::RangeIgnored),
+        200 => Ok(resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse().ok())
+            .or(known_total)),
+        other => Err(Step::Permanent(format!("unexpected HTTP {other}"))),
     }
-    if tx.send(Event::Start { total }).is_err() {
-        return Step::Permanent("stopped".into());
-    }
-    let mut body = resp.into_reader();
+}
+
+/// The body, `chunk` bytes at a time, to the download thread.
+fn stream(mut body: impl Read, chunk: usize, tx: &std::sync::mpsc::SyncSender<Event>) -> Step {
     loop {
         let mut buf = vec![0u8; chunk];
         match body.read(&mut buf) {
