@@ -20,19 +20,39 @@ pub struct Cmd {
     pub env: Vec<(String, String)>,
     pub purpose: String,
     pub timeout: Duration,
+    pub kind: CmdKind,
+}
+
+/// What a command is, which decides how it is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmdKind {
+    /// Runs the package manager, itself or inside (apt, dnf, the stack's uninstaller): it
+    /// starts only once the package locks are free.
+    Packages,
+    /// mlnxofedinstall: run without waiting for the package locks; its exit code has a
+    /// documented meaning ([`mlnxofedinstall_exit`]).
+    OfedInstaller,
+    /// Needs no package lock (DKMS, depmod, the initramfs).
+    Plain,
 }
 
 impl Cmd {
-    pub fn new_public(purpose: &str, timeout_secs: u64, argv: &[&str]) -> Cmd {
-        Cmd::new(purpose, timeout_secs, argv)
+    /// A command of `kind` built outside the recipes (repair, uninstall).
+    pub fn of_kind(kind: CmdKind, purpose: &str, timeout_secs: u64, argv: &[&str]) -> Cmd {
+        Cmd {
+            kind,
+            ..Cmd::new(purpose, timeout_secs, argv)
+        }
     }
 
+    /// A package-manager command, as every recipe builds but one.
     fn new(purpose: &str, timeout_secs: u64, argv: &[&str]) -> Cmd {
         Cmd {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             purpose: purpose.to_string(),
             timeout: Duration::from_secs(timeout_secs),
+            kind: CmdKind::Packages,
         }
     }
 
@@ -283,18 +303,23 @@ pub fn install_cmds(
             let dir = artifact
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            let mut c = Cmd::new("run mlnxofedinstall", OFED_TIMEOUT, &[])
-                .arg(format!("{dir}/mlnxofedinstall"))
-                // Never flash firmware from a VM: the VF's firmware belongs to the host.
-                .args(&[
-                    "--without-fw-update",
-                    "--force",
-                    "--skip-unsupported-devices-check",
-                    "--add-kernel-support",
-                ])
-                .args(&["--kernel", kernel])
-                .arg("--kernel-sources")
-                .arg(kernel_sources(f, kernel));
+            let mut c = Cmd::of_kind(
+                CmdKind::OfedInstaller,
+                "run mlnxofedinstall",
+                OFED_TIMEOUT,
+                &[],
+            )
+            .arg(format!("{dir}/mlnxofedinstall"))
+            // Never flash firmware from a VM: the VF's firmware belongs to the host.
+            .args(&[
+                "--without-fw-update",
+                "--force",
+                "--skip-unsupported-devices-check",
+                "--add-kernel-support",
+            ])
+            .args(&["--kernel", kernel])
+            .arg("--kernel-sources")
+            .arg(kernel_sources(f, kernel));
             if f != Family::Apt {
                 c = c.arg("--skip-repo");
             }
@@ -385,6 +410,7 @@ mod tests {
         );
         let argv: Vec<String> = cmds.iter().map(|c| c.argv.join(" ")).collect();
         assert_eq!(argv[0], "dpkg -i /d/doca-host.deb");
+        assert!(cmds.iter().all(|c| c.kind == CmdKind::Packages), "{cmds:?}");
         assert_eq!(argv[1], "apt-get update -q");
         assert!(argv[2].starts_with(
             "apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=900"
@@ -413,6 +439,7 @@ mod tests {
             900,
         );
         let a = cmds[0].argv.join(" ");
+        assert_eq!(cmds[0].kind, CmdKind::OfedInstaller);
         assert!(
             a.starts_with("/d/ofed/MLNX_OFED_LINUX-4.9/mlnxofedinstall --without-fw-update"),
             "{a}"

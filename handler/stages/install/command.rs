@@ -3,7 +3,7 @@
 //! ([`super::installer`]), so that a later worker can find it.
 
 use super::installer::Track;
-use crate::error::{Code, Failure};
+use crate::error::{Cause, Code, Failure};
 use crate::plan::recipe::Cmd;
 use crate::sys::proc;
 use std::path::Path;
@@ -34,7 +34,9 @@ pub(super) fn run_tracked(
     if let Some(t) = &track {
         t.end();
     }
-    let out = result.map_err(|e| Failure::new(code_on_failure, format!("{}: {e}", cmd.purpose)))?;
+    let out = result.map_err(|e| {
+        Failure::new(code_on_failure, format!("{}: {e}", cmd.purpose)).because(e.cause())
+    })?;
     log_output(&out);
     if out.success() {
         return Ok(out);
@@ -47,7 +49,11 @@ pub(super) fn run_tracked(
             out.describe_exit(),
             tail(&out)
         ),
-    ))
+    )
+    .because(Cause::Process {
+        program: cmd.argv[0].clone(),
+        exit: out.code,
+    }))
 }
 
 /// The last 200 lines of each stream, in order, into our log.

@@ -143,13 +143,9 @@ fn marked_process(entry: &str) -> Option<u32> {
 
 /// A failed mlnxofedinstall, with what its exit code means.
 pub(super) fn mlnxofedinstall_failed(f: Failure) -> Failure {
-    let code = f
-        .message
-        .split("exit code ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.parse::<i32>().ok());
-    Failure::new(
+    let code = f.process_exit();
+    let cause = f.cause.clone();
+    let mut failure = Failure::new(
         Code::InstallerFailed,
         format!(
             "mlnxofedinstall exited {}: {}; {}",
@@ -159,5 +155,7 @@ pub(super) fn mlnxofedinstall_failed(f: Failure) -> Failure {
                 .unwrap_or("the installer failed"),
             f.message
         ),
-    )
+    );
+    failure.cause = cause;
+    failure
 }

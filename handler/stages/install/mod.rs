@@ -27,7 +27,7 @@ use crate::host::stack::{self, StackKind};
 use crate::host::Root;
 use crate::net::fetch;
 use crate::plan::catalog::Choice;
-use crate::plan::recipe::{self, Cmd, Family};
+use crate::plan::recipe::{self, Cmd, CmdKind, Family};
 use crate::sys::proc;
 use marker::Markers;
 use std::path::{Path, PathBuf};
@@ -226,7 +226,8 @@ fn finish_interrupted_dpkg(ctx: &Ctx) -> Result<(), Failure> {
     if ctx.family != Family::Apt || !dpkg_interrupted(ctx.root) {
         return Ok(());
     }
-    let mut fix = Cmd::new_public(
+    let mut fix = Cmd::of_kind(
+        CmdKind::Packages,
         "finish an interrupted dpkg run",
         1800,
         &["dpkg", "--configure", "-a"],
@@ -259,13 +260,12 @@ fn run_installers(ctx: &Ctx, track: &Path) -> Result<(), Failure> {
     );
     for cmd in &cmds {
         (ctx.progress)(&cmd.purpose);
-        let is_ofed = cmd.argv[0].ends_with("/mlnxofedinstall");
-        if !is_ofed {
+        if cmd.kind == CmdKind::Packages {
             // apt-daily or unattended-upgrades may have started since wait-for-locks.
             wait_for_locks(ctx)?;
         }
         command::run_tracked(cmd, Code::PackageInstallFailed, Some(track)).map_err(|f| {
-            if is_ofed {
+            if cmd.kind == CmdKind::OfedInstaller {
                 installer::mlnxofedinstall_failed(f)
             } else {
                 f
@@ -290,7 +290,8 @@ pub fn post_install(ctx: &Ctx) -> Result<(), Failure> {
     let hold = pins::after_doca(ctx.root, ctx.family)
         .map_err(|e| Failure::state_io(&ctx.root.path("etc"), e))?;
     if !hold.is_empty() {
-        let mut cmd = Cmd::new_public(
+        let mut cmd = Cmd::of_kind(
+            CmdKind::Packages,
             "hold the packages DOCA replaces",
             300,
             &["apt-mark", "hold"],
@@ -311,12 +312,18 @@ fn refresh_boot_files(ctx: &Ctx) {
 /// Rebuild the initramfs of `k`; a failure is logged, not fatal.
 pub fn refresh_initramfs(family: Family, k: &str) {
     let cmd = match family {
-        Family::Apt => Cmd::new_public(
+        Family::Apt => Cmd::of_kind(
+            CmdKind::Plain,
             "rebuild the initramfs",
             600,
             &["update-initramfs", "-u", "-k", k],
         ),
-        _ => Cmd::new_public("rebuild the initramfs", 600, &["dracut", "-f", "--kver", k]),
+        _ => Cmd::of_kind(
+            CmdKind::Plain,
+            "rebuild the initramfs",
+            600,
+            &["dracut", "-f", "--kver", k],
+        ),
     };
     if let Err(f) = run(&cmd, Code::PackageInstallFailed) {
         tracing::warn!("{}", f.message);

@@ -22,7 +22,7 @@ use super::pins;
 use crate::error::{Code, Failure};
 use crate::host::stack::{self, InstalledMarker, StackKind};
 use crate::host::Root;
-use crate::plan::recipe::{Cmd, Family};
+use crate::plan::recipe::{Cmd, CmdKind, Family};
 use crate::sys::proc;
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,8 @@ pub enum Step {
 }
 
 fn uninstaller_cmd(root: &Root) -> Cmd {
-    Cmd::new_public(
+    Cmd::of_kind(
+        CmdKind::Packages,
         "run the stack's uninstaller",
         1800,
         &[&root.path(UNINSTALLER).to_string_lossy(), "--force"],
@@ -96,7 +97,8 @@ fn uninstaller_cmd(root: &Root) -> Cmd {
 fn remove_packages(f: Family, packages: &[String], lock_wait: u64) -> Cmd {
     let mut c = match f {
         Family::Apt => {
-            let mut c = Cmd::new_public(
+            let mut c = Cmd::of_kind(
+                CmdKind::Packages,
                 "purge the DOCA packages",
                 1800,
                 &["apt-get", "purge", "-y", "-q"],
@@ -107,16 +109,30 @@ fn remove_packages(f: Family, packages: &[String], lock_wait: u64) -> Cmd {
                 .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
             c
         }
-        Family::Dnf => Cmd::new_public("remove the DOCA packages", 1800, &["dnf", "remove", "-y"]),
-        Family::Yum => Cmd::new_public("remove the DOCA packages", 1800, &["yum", "remove", "-y"]),
-        Family::Zypper => Cmd::new_public(
+        Family::Dnf => Cmd::of_kind(
+            CmdKind::Packages,
+            "remove the DOCA packages",
+            1800,
+            &["dnf", "remove", "-y"],
+        ),
+        Family::Yum => Cmd::of_kind(
+            CmdKind::Packages,
+            "remove the DOCA packages",
+            1800,
+            &["yum", "remove", "-y"],
+        ),
+        Family::Zypper => Cmd::of_kind(
+            CmdKind::Packages,
             "remove the DOCA packages",
             1800,
             &["zypper", "--non-interactive", "remove"],
         ),
-        Family::Tdnf => {
-            Cmd::new_public("remove the DOCA packages", 1800, &["tdnf", "remove", "-y"])
-        }
+        Family::Tdnf => Cmd::of_kind(
+            CmdKind::Packages,
+            "remove the DOCA packages",
+            1800,
+            &["tdnf", "remove", "-y"],
+        ),
     };
     c.argv.extend(packages.iter().cloned());
     c
@@ -124,12 +140,14 @@ fn remove_packages(f: Family, packages: &[String], lock_wait: u64) -> Cmd {
 
 fn refresh_initramfs(f: Family, kernel: &str) -> Cmd {
     match f {
-        Family::Apt => Cmd::new_public(
+        Family::Apt => Cmd::of_kind(
+            CmdKind::Plain,
             "rebuild the initramfs",
             600,
             &["update-initramfs", "-u", "-k", kernel],
         ),
-        _ => Cmd::new_public(
+        _ => Cmd::of_kind(
+            CmdKind::Plain,
             "rebuild the initramfs",
             600,
             &["dracut", "-f", "--kver", kernel],
@@ -170,7 +188,8 @@ pub fn plan(
                     .cloned()
                     .collect();
                 if !held.is_empty() {
-                    let mut c = Cmd::new_public(
+                    let mut c = Cmd::of_kind(
+                        CmdKind::Packages,
                         "release the packages DOCA held",
                         300,
                         &["apt-mark", "unhold"],
@@ -319,7 +338,7 @@ pub fn run(
                 ),
             ));
         }
-        if cmd.argv[0] != "update-initramfs" && cmd.argv[0] != "dracut" {
+        if cmd.kind == CmdKind::Packages {
             super::locks::wait(
                 root,
                 f,

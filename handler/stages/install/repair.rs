@@ -8,7 +8,7 @@ use super::{locks, run};
 use crate::error::{Code, Failure};
 use crate::host::stack::StackKind;
 use crate::host::{HostFacts, Root};
-use crate::plan::recipe::{self, Cmd, Family};
+use crate::plan::recipe::{self, Cmd, CmdKind, Family};
 use std::time::Duration;
 
 /// What the repair stage needs.
@@ -304,7 +304,8 @@ fn rebuild_with_dkms(ctx: &Ctx, kernel: &str) -> Result<(), Failure> {
     })?;
     (ctx.progress)(&format!("rebuilding the DKMS modules for {kernel}"));
     run(
-        &Cmd::new_public(
+        &Cmd::of_kind(
+            CmdKind::Plain,
             "rebuild the DKMS modules",
             3600,
             &["dkms", "autoinstall", "-k", kernel],
