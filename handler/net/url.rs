@@ -30,6 +30,20 @@ pub fn file_name(url: &str) -> String {
     }
 }
 
+/// The URL's path in lower case, without query string or fragment: what names its file type.
+pub fn lower_path(url: &str) -> String {
+    url.split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Does this URL name a gzip'd tarball?
+pub fn is_tarball(url: &str) -> bool {
+    let path = lower_path(url);
+    path.ends_with(".tgz") || path.ends_with(".tar.gz")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

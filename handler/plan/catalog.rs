@@ -20,7 +20,7 @@ pub struct Entry {
     pub distro: String,
     pub distro_version: String,
     pub arch: String,
-    pub kind: String,
+    pub kind: ArtifactKind,
     pub url: String,
     pub sha256: String,
     /// Still pinned by Azure's HPC images.
@@ -57,7 +57,7 @@ pub enum Choice {
         #[serde(serialize_with = "redacted")]
         url: Secret,
         sha256: String,
-        kind: String,
+        kind: ArtifactKind,
         custom: bool,
     },
 }
@@ -114,21 +114,49 @@ fn from_name(url: &str) -> Option<StackKind> {
     }
 }
 
-fn kind_of(url: &str) -> String {
-    let path = url
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    for k in ["deb", "rpm", "tgz"] {
-        if path.ends_with(&format!(".{k}")) {
-            return k.into();
+/// The form of a driver artifact: the catalog says it; for a custom package its URL does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// A DOCA repository package for apt.
+    Deb,
+    /// A DOCA repository package for rpm.
+    Rpm,
+    /// A gzip'd tarball (MLNX_OFED): unpacked as it downloads.
+    Tgz,
+    /// Anything else a custom package URL names: stored as it is.
+    File,
+}
+
+impl ArtifactKind {
+    /// The kind a URL's path names (`.deb`, `.rpm`, `.tgz` or `.tar.gz`; else a plain file).
+    pub fn of_url(url: &str) -> ArtifactKind {
+        let path = crate::net::url::lower_path(url);
+        if path.ends_with(".deb") {
+            ArtifactKind::Deb
+        } else if path.ends_with(".rpm") {
+            ArtifactKind::Rpm
+        } else if crate::net::url::is_tarball(url) {
+            ArtifactKind::Tgz
+        } else {
+            ArtifactKind::File
         }
     }
-    if path.ends_with(".tar.gz") {
-        "tgz".into()
-    } else {
-        "file".into()
+
+    /// Is it unpacked into a directory on download (rather than kept as one file)?
+    pub fn is_unpacked(self) -> bool {
+        self == ArtifactKind::Tgz
+    }
+}
+
+impl std::fmt::Display for ArtifactKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArtifactKind::Deb => "deb",
+            ArtifactKind::Rpm => "rpm",
+            ArtifactKind::Tgz => "tgz",
+            ArtifactKind::File => "file",
+        })
     }
 }
 
@@ -207,7 +235,7 @@ fn custom_package(
     Ok(Choice::Artifact {
         stack,
         version: s.version.clone().unwrap_or_else(|| "custom".into()),
-        kind: kind_of(url.expose()),
+        kind: ArtifactKind::of_url(url.expose()),
         url,
         sha256: pkg.sha256.to_ascii_lowercase(),
         custom: true,
@@ -348,7 +376,7 @@ fn catalog_artifact(chosen: &Entry, stack: StackKind, mirror: Option<&str>) -> C
         version: chosen.version.clone(),
         url: Secret::new(url),
         sha256: chosen.sha256.clone(),
-        kind: chosen.kind.clone(),
+        kind: chosen.kind,
         custom: false,
     }
 }
@@ -541,7 +569,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(&c, Choice::Artifact { stack: StackKind::Doca, custom: true, kind, .. } if kind == "deb")
+            matches!(&c, Choice::Artifact { stack: StackKind::Doca, custom: true, kind, .. } if *kind == ArtifactKind::Deb)
         );
         let o = os("ubuntu", "22.04");
         let secret = Secret::new("https://acct.blob/c/MLNX_OFED_LINUX-x.tgz?sig=SECRET".into());

@@ -257,6 +257,9 @@ pub fn install_cmds(
     kernel: &str,
     lock_wait: u64,
 ) -> Vec<Cmd> {
+    let artifact = artifact
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     match choice {
         Choice::Inbox { .. } => {
             let mut v: Vec<Cmd> = refresh(f).into_iter().collect();
@@ -266,71 +269,70 @@ pub fn install_cmds(
         Choice::Artifact {
             stack: StackKind::Doca,
             ..
-        } => {
-            let pkg = artifact
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            let mut v = Vec::new();
-            match f {
-                Family::Apt => {
-                    let mut add = Cmd::new("add the DOCA repository", 600, &["dpkg", "-i", &pkg]);
-                    add.env
-                        .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
-                    v.push(add);
-                }
-                _ => v.push(Cmd::new(
-                    "add the DOCA repository",
-                    600,
-                    &["rpm", "-Uvh", "--replacepkgs", &pkg],
-                )),
-            }
-            v.extend(refresh(f));
-            let mut install = install_packages(f, &["doca-ofed".to_string()], lock_wait);
-            if f == Family::Apt {
-                // An upgrade must replace the packages held after the previous DOCA install.
-                install.argv.insert(
-                    install.argv.len() - 1,
-                    "--allow-change-held-packages".into(),
-                );
-            }
-            v.push(install);
-            v
-        }
+        } => doca_cmds(f, &artifact, lock_wait),
         Choice::Artifact {
             stack: StackKind::MlnxOfed,
             ..
-        } => {
-            let dir = artifact
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            let mut c = Cmd::of_kind(
-                CmdKind::OfedInstaller,
-                "run mlnxofedinstall",
-                OFED_TIMEOUT,
-                &[],
-            )
-            .arg(format!("{dir}/mlnxofedinstall"))
-            // Never flash firmware from a VM: the VF's firmware belongs to the host.
-            .args(&[
-                "--without-fw-update",
-                "--force",
-                "--skip-unsupported-devices-check",
-                "--add-kernel-support",
-            ])
-            .args(&["--kernel", kernel])
-            .arg("--kernel-sources")
-            .arg(kernel_sources(f, kernel));
-            if f != Family::Apt {
-                c = c.arg("--skip-repo");
-            }
-            c = c.args(&["--tmpdir", &format!("{dir}.tmp")]);
-            vec![c]
-        }
+        } => vec![mlnxofedinstall(f, &artifact, kernel)],
         Choice::Artifact {
             stack: StackKind::Inbox,
             ..
         } => Vec::new(),
     }
+}
+
+/// DOCA-OFED: the repository package `pkg` added, the lists refreshed, `doca-ofed` installed.
+fn doca_cmds(f: Family, pkg: &str, lock_wait: u64) -> Vec<Cmd> {
+    let mut v = Vec::new();
+    match f {
+        Family::Apt => {
+            let mut add = Cmd::new("add the DOCA repository", 600, &["dpkg", "-i", pkg]);
+            add.env
+                .push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
+            v.push(add);
+        }
+        _ => v.push(Cmd::new(
+            "add the DOCA repository",
+            600,
+            &["rpm", "-Uvh", "--replacepkgs", pkg],
+        )),
+    }
+    v.extend(refresh(f));
+    let mut install = install_packages(f, &["doca-ofed".to_string()], lock_wait);
+    if f == Family::Apt {
+        // An upgrade must replace the packages held after the previous DOCA install.
+        install.argv.insert(
+            install.argv.len() - 1,
+            "--allow-change-held-packages".into(),
+        );
+    }
+    v.push(install);
+    v
+}
+
+/// MLNX_OFED: the bundle's installer in the unpacked directory `dir`, built for `kernel`.
+fn mlnxofedinstall(f: Family, dir: &str, kernel: &str) -> Cmd {
+    let mut c = Cmd::of_kind(
+        CmdKind::OfedInstaller,
+        "run mlnxofedinstall",
+        OFED_TIMEOUT,
+        &[],
+    )
+    .arg(format!("{dir}/mlnxofedinstall"))
+    // Never flash firmware from a VM: the VF's firmware belongs to the host.
+    .args(&[
+        "--without-fw-update",
+        "--force",
+        "--skip-unsupported-devices-check",
+        "--add-kernel-support",
+    ])
+    .args(&["--kernel", kernel])
+    .arg("--kernel-sources")
+    .arg(kernel_sources(f, kernel));
+    if f != Family::Apt {
+        c = c.arg("--skip-repo");
+    }
+    c.args(&["--tmpdir", &format!("{dir}.tmp")])
 }
 
 /// `mlnxofedinstall` exit codes (NVIDIA's manual) in words.
@@ -360,6 +362,7 @@ mod tests {
     use super::*;
     use crate::agent::settings::Secret;
     use crate::host::os_release;
+    use crate::plan::catalog::ArtifactKind;
 
     fn os(id: &str, v: &str) -> OsRelease {
         os_release::parse(&format!("ID={id}\nVERSION_ID=\"{v}\"\n")).unwrap()
@@ -398,7 +401,7 @@ mod tests {
             version: "3.2.1".into(),
             url: Secret::new("https://x/doca-host.deb".into()),
             sha256: "0".repeat(64),
-            kind: "deb".into(),
+            kind: ArtifactKind::Deb,
             custom: false,
         };
         let cmds = install_cmds(
@@ -428,7 +431,7 @@ mod tests {
             version: "4.9-6.0.6.0".into(),
             url: Secret::new("https://x/MLNX.tgz".into()),
             sha256: "0".repeat(64),
-            kind: "tgz".into(),
+            kind: ArtifactKind::Tgz,
             custom: false,
         };
         let cmds = install_cmds(

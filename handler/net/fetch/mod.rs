@@ -38,15 +38,7 @@ use transfer::{Got, Restart};
 /// No driver bundle comes near this; a bigger one is a mistake or an attack.
 pub const DEFAULT_MAX_EXTRACT: u64 = 16 * 1024 * 1024 * 1024;
 
-/// Does this URL name a gzip'd tarball?
-pub fn is_tarball(url: &str) -> bool {
-    let path = url
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    path.ends_with(".tgz") || path.ends_with(".tar.gz")
-}
+pub use crate::net::url::is_tarball;
 
 /// Fetch `req` into `dest` (a directory for tarballs, else a directory to put the file in),
 /// staging under `staging` (a directory of ours: its `<sha256>.part` and `<sha256>.unpack`

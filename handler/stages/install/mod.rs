@@ -134,7 +134,7 @@ pub fn artifact_path(data_dir: &Path, choice: &Choice) -> Option<PathBuf> {
         return None;
     };
     let dir = artifact_dir(data_dir, sha256);
-    if kind == "tgz" {
+    if kind.is_unpacked() {
         // The bundle's one top-level directory (MLNX_OFED_LINUX-<ver>-<os>-<arch>).
         let top = crate::sys::fsutil::dir_names(&dir)
             .into_iter()
@@ -179,7 +179,7 @@ pub fn fetch_artifact(ctx: &Ctx) -> Result<(), Failure> {
         url: url.expose().to_string(),
         sha256: sha256.clone(),
         size: None,
-        extract: kind == "tgz",
+        extract: kind.is_unpacked(),
     };
     let out =
         fetch::fetch(&req, &ctx.data_dir.join("staging"), &dest, &opts).map_err(|e| e.failure())?;
