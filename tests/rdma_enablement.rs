@@ -1231,3 +1231,55 @@ fn the_monitor_loads_a_lost_module_and_renames_an_hca_back() {
         w.heartbeat()
     );
 }
+
+/// An `ip` whose `addr add` fails with `answer`; with `agent_wins`, the address shows on ib0
+/// from that moment on (the guest agent assigned it in between).
+fn ip_whose_add_fails(w: &World, answer: &str, agent_wins: bool) {
+    let state = w.tmp.path().join("agent-assigned");
+    write_exec(
+        &w.stubs.join("ip"),
+        &format!(
+            "#!/bin/sh\necho \"ip $*\" >> '{calls}'\n\
+             case \"$*\" in\n\
+             *'addr add'*) {win} echo 'RTNETLINK answers: {answer}' >&2; exit 2;;\n\
+             *'link set'*) exit 0;;\n\
+             esac\n\
+             if [ -e '{state}' ]; then echo '[{{\"ifname\":\"ib0\",\"addr_info\":[{{\"family\":\"inet\",\"local\":\"172.16.1.4\",\"prefixlen\":16}}]}}]'; \
+             else echo '[{{\"ifname\":\"ib0\",\"addr_info\":[]}}]'; fi\n",
+            calls = w.tmp.path().join("calls.log").display(),
+            win = if agent_wins {
+                format!(": > '{}';", state.display())
+            } else {
+                String::new()
+            },
+            state = state.display(),
+        ),
+    );
+}
+
+#[test]
+fn ipoib_native_reports_a_failed_address_add_and_accepts_one_the_agent_made_meanwhile() {
+    // `ip addr add` refused and the address is not there: configure says why.
+    let mut w = World::new("hbv3", HB);
+    w.verify_timeout = 1;
+    w.kvp(&[("IPoIB_Data", "NUMPAIRS:1|00155D33FF2C:172.16.1.4|")]);
+    ip_whose_add_fails(&w, "Operation not permitted", false);
+    let out = apply(&w, json!({"ipoib": "native"}));
+    let (stdout, _) = text(&out);
+    assert_eq!(code(&out), 14, "{stdout}");
+    assert!(
+        stdout.contains("RTNETLINK answers: Operation not permitted"),
+        "{stdout}"
+    );
+    // Refused because the agent put the same address there first: that is success.
+    let w = World::new("hbv3", HB);
+    w.kvp(&[("IPoIB_Data", "NUMPAIRS:1|00155D33FF2C:172.16.1.4|")]);
+    ip_whose_add_fails(&w, "File exists", true);
+    let out = apply(&w, json!({"ipoib": "native"}));
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    assert!(
+        w.calls().contains("ip addr add 172.16.1.4/16 dev ib0"),
+        "{}",
+        w.calls()
+    );
+}

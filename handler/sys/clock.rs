@@ -129,6 +129,23 @@ pub fn poll_until<T>(
     }
 }
 
+/// [`poll_until`] for work that can be called off: it also ends, with the last look's value,
+/// as soon as a look is not done and `keep_going` says the work is no longer wanted (a disable
+/// or a newer sequence number).
+pub fn poll_while_wanted<T>(
+    clock: &dyn Clock,
+    timeout: Duration,
+    tick: Duration,
+    keep_going: &dyn Fn() -> bool,
+    mut look: impl FnMut() -> Look<T>,
+) -> T {
+    poll_until(clock, timeout, tick, || match look() {
+        Look::NotYet(v) if !keep_going() => Look::Done(v),
+        done_or_waiting => done_or_waiting,
+    })
+    .0
+}
+
 /// [`poll_until`] on the real clock.
 pub fn poll<T>(timeout: Duration, tick: Duration, look: impl FnMut() -> Look<T>) -> (T, bool) {
     poll_until(&SystemClock, timeout, tick, look)
@@ -222,5 +239,43 @@ mod poll_tests {
         });
         assert_eq!((v, done), (7, false));
         assert!(c.slept.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_wait_for_unwanted_work_ends_at_once_and_a_wanted_one_runs_its_course() {
+        // Done at the first look: no pause, whatever keep_going says.
+        let c = fake();
+        let v = poll_while_wanted(
+            &c,
+            Duration::from_secs(9),
+            Duration::from_secs(1),
+            &|| false,
+            || Look::Done(1),
+        );
+        assert_eq!((v, c.slept.borrow().len()), (1, 0));
+        // Not done and no longer wanted: the look's value at once, no pause.
+        let c = fake();
+        let v = poll_while_wanted(
+            &c,
+            Duration::from_secs(9),
+            Duration::from_secs(1),
+            &|| false,
+            || Look::NotYet(2),
+        );
+        assert_eq!((v, c.slept.borrow().len()), (2, 0));
+        // Not done and still wanted: it waits the whole time.
+        let c = fake();
+        let v = poll_while_wanted(
+            &c,
+            Duration::from_secs(3),
+            Duration::from_secs(1),
+            &|| true,
+            || Look::NotYet(3),
+        );
+        assert_eq!(v, 3);
+        assert_eq!(
+            c.slept.borrow().iter().sum::<Duration>(),
+            Duration::from_secs(3)
+        );
     }
 }

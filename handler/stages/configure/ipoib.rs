@@ -6,7 +6,7 @@ use crate::error::{Code, Failure};
 use crate::host::ip::addresses_of;
 use crate::host::kvp::IpoibPair;
 use crate::host::Root;
-use crate::sys::clock::{poll, Look};
+use crate::sys::clock::{poll_while_wanted, Look, SystemClock};
 use crate::sys::fsutil;
 use crate::sys::proc::Unsuccessful;
 use std::collections::BTreeMap;
@@ -109,9 +109,10 @@ pub(super) fn ipoib_native(
     state: &mut State,
 ) -> Result<(), Failure> {
     let wait = ctx.netdev_wait;
-    let ((found, missing), _) = poll(wait, Duration::from_millis(500), || {
+    let tick = Duration::from_millis(500);
+    let (found, missing) = poll_while_wanted(&SystemClock, wait, tick, ctx.keep_going, || {
         let (found, missing) = match_pairs(pairs, &netdevs(ctx.root));
-        if missing.is_empty() || !(ctx.keep_going)() {
+        if missing.is_empty() {
             return Look::Done((found, missing));
         }
         (ctx.progress)(&format!(

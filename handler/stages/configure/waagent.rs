@@ -75,19 +75,18 @@ pub(super) fn addresses_missing_after(
     assignments: &[Assignment],
     wait: std::time::Duration,
 ) -> bool {
-    use crate::sys::clock::{poll, Look};
+    use crate::sys::clock::{poll_while_wanted, Look, SystemClock};
     let tick = std::time::Duration::from_millis(500);
-    poll(wait, tick, || {
+    poll_while_wanted(&SystemClock, wait, tick, ctx.keep_going, || {
         let missing = assignments
             .iter()
             .any(|a| !has_ip(&crate::host::ip::addresses_of(&a.netdev), &a.address));
-        if !missing || !(ctx.keep_going)() {
-            Look::Done(missing)
+        if missing {
+            Look::NotYet(true)
         } else {
-            Look::NotYet(missing)
+            Look::Done(false)
         }
     })
-    .0
 }
 
 /// The agent's unit on this distribution (Ubuntu/Debian: walinuxagent; others: waagent).
