@@ -164,15 +164,18 @@ mod tests {
     }
 }
 
+/// The tests' clock: its sleeps move it forward and nothing else does, so a wait is as long as
+/// the test says, however loaded the machine.
 #[cfg(test)]
-mod poll_tests {
-    use super::*;
+pub(crate) mod fake {
+    use super::Clock;
     use std::cell::{Cell, RefCell};
+    use std::time::{Duration, Instant};
 
-    /// A clock whose sleeps move it forward and nothing else does.
-    struct FakeClock {
-        now: Cell<Instant>,
-        slept: RefCell<Vec<Duration>>,
+    pub(crate) struct FakeClock {
+        pub(crate) now: Cell<Instant>,
+        /// Every pause asked for, in order.
+        pub(crate) slept: RefCell<Vec<Duration>>,
     }
 
     impl Clock for FakeClock {
@@ -185,12 +188,19 @@ mod poll_tests {
         }
     }
 
-    fn fake() -> FakeClock {
+    pub(crate) fn fake() -> FakeClock {
         FakeClock {
             now: Cell::new(Instant::now()),
             slept: RefCell::new(Vec::new()),
         }
     }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::fake::fake;
+    use super::*;
+    use std::cell::Cell;
 
     #[test]
     fn the_system_clock_really_waits() {
@@ -243,39 +253,30 @@ mod poll_tests {
 
     #[test]
     fn a_wait_for_unwanted_work_ends_at_once_and_a_wanted_one_runs_its_course() {
-        // Done at the first look: no pause, whatever keep_going says.
-        let c = fake();
-        let v = poll_while_wanted(
-            &c,
-            Duration::from_secs(9),
-            Duration::from_secs(1),
-            &|| false,
-            || Look::Done(1),
-        );
-        assert_eq!((v, c.slept.borrow().len()), (1, 0));
-        // Not done and no longer wanted: the look's value at once, no pause.
-        let c = fake();
-        let v = poll_while_wanted(
-            &c,
-            Duration::from_secs(9),
-            Duration::from_secs(1),
-            &|| false,
-            || Look::NotYet(2),
-        );
-        assert_eq!((v, c.slept.borrow().len()), (2, 0));
-        // Not done and still wanted: it waits the whole time.
-        let c = fake();
-        let v = poll_while_wanted(
-            &c,
-            Duration::from_secs(3),
-            Duration::from_secs(1),
-            &|| true,
-            || Look::NotYet(3),
-        );
-        assert_eq!(v, 3);
-        assert_eq!(
-            c.slept.borrow().iter().sum::<Duration>(),
-            Duration::from_secs(3)
-        );
+        // (done at the first look, still wanted, value, seconds paused): a done look or
+        // unwanted work ends at once; wanted work not done waits the whole 3 s.
+        for (done, wanted, paused) in [(true, false, 0), (false, false, 0), (false, true, 3)] {
+            let c = fake();
+            let v = poll_while_wanted(
+                &c,
+                Duration::from_secs(3),
+                Duration::from_secs(1),
+                &|| wanted,
+                || {
+                    if done {
+                        Look::Done(1)
+                    } else {
+                        Look::NotYet(2)
+                    }
+                },
+            );
+            assert_eq!(v, if done { 1 } else { 2 });
+            let total: Duration = c.slept.borrow().iter().sum();
+            assert_eq!(
+                total,
+                Duration::from_secs(paused),
+                "done {done}, wanted {wanted}"
+            );
+        }
     }
 }

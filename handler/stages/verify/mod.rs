@@ -105,30 +105,8 @@ impl Clock for UntilStopped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::{Cell, RefCell};
-
-    /// A clock whose sleeps move it forward and nothing else does.
-    struct FakeClock {
-        now: Cell<Instant>,
-        slept: RefCell<Vec<Duration>>,
-    }
-
-    impl Clock for FakeClock {
-        fn now(&self) -> Instant {
-            self.now.get()
-        }
-        fn sleep(&self, d: Duration) {
-            self.slept.borrow_mut().push(d);
-            self.now.set(self.now.get() + d);
-        }
-    }
-
-    fn fake() -> FakeClock {
-        FakeClock {
-            now: Cell::new(Instant::now()),
-            slept: RefCell::new(Vec::new()),
-        }
-    }
+    use crate::sys::clock::fake::fake;
+    use std::cell::Cell;
 
     #[test]
     fn a_pause_between_checks_is_sliced_and_ends_at_a_stop() {
