@@ -51,7 +51,7 @@ pub enum Choice {
     /// The distribution's own packages (rdma-core and the kernel's modules).
     Inbox { reason: String },
     Artifact {
-        stack: StackKind,
+        stack: VendorStack,
         version: String,
         /// Shown without query string or credentials; the full URL is used only to download.
         #[serde(serialize_with = "redacted")]
@@ -103,14 +103,37 @@ fn inbox_first(os: &OsRelease) -> Option<&'static str> {
     crate::plan::distro::lookup(os).and_then(|d| d.inbox_first)
 }
 
-fn from_name(url: &str) -> Option<StackKind> {
+fn from_name(url: &str) -> Option<VendorStack> {
     let name = crate::net::url::file_name(url).to_ascii_lowercase();
     if name.starts_with("doca-host") {
-        Some(StackKind::Doca)
+        Some(VendorStack::Doca)
     } else if name.starts_with("mlnx_ofed") {
-        Some(StackKind::MlnxOfed)
+        Some(VendorStack::MlnxOfed)
     } else {
         None
+    }
+}
+
+/// A stack an artifact installs: one of the vendor's (the distribution's inbox stack comes
+/// from its own package manager, never from an artifact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VendorStack {
+    Doca,
+    MlnxOfed,
+}
+
+impl VendorStack {
+    /// The installed-stack kind this becomes on the host.
+    pub fn kind(self) -> StackKind {
+        match self {
+            VendorStack::Doca => StackKind::Doca,
+            VendorStack::MlnxOfed => StackKind::MlnxOfed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.kind().as_str()
     }
 }
 
@@ -192,14 +215,14 @@ pub fn select(
         Wanted::Inbox(reason) => return Ok(Choice::Inbox { reason }),
         Wanted::Vendor(stack) => stack,
     };
-    connectx3_limits(t, s, stack)?;
-    let candidates = candidates(cat, t, stack);
+    connectx3_limits(t, s, stack.kind())?;
+    let candidates = candidates(cat, t, stack.kind());
     let os_name = format!("{} {}", t.os.id, t.os.version_id);
     if candidates.is_empty() {
-        return no_build(t, s, stack, &os_name);
+        return no_build(t, s, stack.kind(), &os_name);
     }
     let chosen = match &s.version {
-        Some(v) => pinned(&candidates, v, stack, &os_name)?,
+        Some(v) => pinned(&candidates, v, stack.kind(), &os_name)?,
         None => newest(&candidates),
     };
     Ok(catalog_artifact(chosen, stack, s.mirror.as_deref()))
@@ -223,8 +246,8 @@ fn custom_package(
         }
     };
     let stack = match s.stack {
-        Stack::Doca => StackKind::Doca,
-        Stack::MlnxOfed => StackKind::MlnxOfed,
+        Stack::Doca => VendorStack::Doca,
+        Stack::MlnxOfed => VendorStack::MlnxOfed,
         _ => from_name(url.expose()).ok_or_else(|| {
             Failure::new(
                 Code::SettingsInvalid,
@@ -246,7 +269,7 @@ fn custom_package(
 enum Wanted {
     /// The distribution's stack, and why.
     Inbox(String),
-    Vendor(StackKind),
+    Vendor(VendorStack),
 }
 
 /// `auto` means MLNX_OFED for ConnectX-3 Pro (the only vendor line that still drives it), the
@@ -254,12 +277,12 @@ enum Wanted {
 fn wanted_stack(t: &Target, s: &PublicSettings) -> Wanted {
     match s.stack {
         Stack::Inbox => Wanted::Inbox("settings ask for the inbox stack".into()),
-        Stack::Doca => Wanted::Vendor(StackKind::Doca),
-        Stack::MlnxOfed => Wanted::Vendor(StackKind::MlnxOfed),
-        Stack::Auto if t.nic.is_mlx4() => Wanted::Vendor(StackKind::MlnxOfed),
+        Stack::Doca => Wanted::Vendor(VendorStack::Doca),
+        Stack::MlnxOfed => Wanted::Vendor(VendorStack::MlnxOfed),
+        Stack::Auto if t.nic.is_mlx4() => Wanted::Vendor(VendorStack::MlnxOfed),
         Stack::Auto => match inbox_first(t.os) {
             Some(reason) if s.version.is_none() => Wanted::Inbox(reason.into()),
-            _ => Wanted::Vendor(StackKind::Doca),
+            _ => Wanted::Vendor(VendorStack::Doca),
         },
     }
 }
@@ -366,7 +389,7 @@ fn newest<'c>(candidates: &[&'c Entry]) -> &'c Entry {
 }
 
 /// The choice of a catalog entry, downloaded from the mirror when the settings name one.
-fn catalog_artifact(chosen: &Entry, stack: StackKind, mirror: Option<&str>) -> Choice {
+fn catalog_artifact(chosen: &Entry, stack: VendorStack, mirror: Option<&str>) -> Choice {
     let url = match mirror {
         Some(m) => apply_mirror(&chosen.url, m),
         None => chosen.url.clone(),
@@ -418,7 +441,7 @@ mod tests {
                 version,
                 url,
                 ..
-            } => (*stack, version.as_str(), url.expose()),
+            } => (stack.kind(), version.as_str(), url.expose()),
             other => panic!("expected an artifact, got {other:?}"),
         }
     }
@@ -569,7 +592,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(&c, Choice::Artifact { stack: StackKind::Doca, custom: true, kind, .. } if *kind == ArtifactKind::Deb)
+            matches!(&c, Choice::Artifact { stack: VendorStack::Doca, custom: true, kind, .. } if *kind == ArtifactKind::Deb)
         );
         let o = os("ubuntu", "22.04");
         let secret = Secret::new("https://acct.blob/c/MLNX_OFED_LINUX-x.tgz?sig=SECRET".into());

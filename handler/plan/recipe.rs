@@ -3,7 +3,7 @@
 
 use crate::host::os_release::OsRelease;
 use crate::host::stack::StackKind;
-use crate::plan::catalog::Choice;
+use crate::plan::catalog::{Choice, VendorStack};
 use std::path::Path;
 use std::time::Duration;
 
@@ -267,17 +267,13 @@ pub fn install_cmds(
             v
         }
         Choice::Artifact {
-            stack: StackKind::Doca,
+            stack: VendorStack::Doca,
             ..
         } => doca_cmds(f, &artifact, lock_wait),
         Choice::Artifact {
-            stack: StackKind::MlnxOfed,
+            stack: VendorStack::MlnxOfed,
             ..
         } => vec![mlnxofedinstall(f, &artifact, kernel)],
-        Choice::Artifact {
-            stack: StackKind::Inbox,
-            ..
-        } => Vec::new(),
     }
 }
 
@@ -397,7 +393,7 @@ mod tests {
     #[test]
     fn doca_on_ubuntu() {
         let choice = Choice::Artifact {
-            stack: StackKind::Doca,
+            stack: VendorStack::Doca,
             version: "3.2.1".into(),
             url: Secret::new("https://x/doca-host.deb".into()),
             sha256: "0".repeat(64),
@@ -427,7 +423,7 @@ mod tests {
     #[test]
     fn mlnx_ofed_never_flashes_firmware() {
         let choice = Choice::Artifact {
-            stack: StackKind::MlnxOfed,
+            stack: VendorStack::MlnxOfed,
             version: "4.9-6.0.6.0".into(),
             url: Secret::new("https://x/MLNX.tgz".into()),
             sha256: "0".repeat(64),

@@ -26,7 +26,7 @@ fn marker_for(choice: &Choice) -> stack::InstalledMarker {
             sha256,
             ..
         } => stack::InstalledMarker {
-            stack: *stack,
+            stack: stack.kind(),
             version: version.clone(),
             sha256: sha256.to_ascii_lowercase(),
         },

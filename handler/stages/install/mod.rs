@@ -66,7 +66,7 @@ pub fn wait_for_locks(ctx: &Ctx) -> Result<(), Failure> {
 
 fn vendor_stack(choice: &Choice) -> Option<StackKind> {
     match choice {
-        Choice::Artifact { stack, .. } => Some(*stack),
+        Choice::Artifact { stack, .. } => Some(stack.kind()),
         Choice::Inbox { .. } => None,
     }
 }
