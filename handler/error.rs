@@ -109,7 +109,8 @@ codes! {
 /// What the user sees: a code and one line saying what happened and what to do.
 /// Messages never carry secrets; constructors of this type take care of that.
 /// What lay under a failure, kept as data so that a decision never parses a message (an
-/// installer's exit code chooses its hint; an errno says whether to retry). Recorded in the
+/// installer's exit code chooses its hint). A download's failures keep their cause in
+/// `net::fetch::FetchError`, whose variants are the decisions made on them. Recorded in the
 /// checkpoint's `last_error` with the message; never shown instead of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -121,8 +122,6 @@ pub enum Cause {
     },
     /// A program we ran: its exit code, or none when a signal or our time limit ended it.
     Process { program: String, exit: Option<i32> },
-    /// An HTTP exchange: the response status, or none when no response came.
-    Http { status: Option<u16> },
 }
 
 impl Cause {
