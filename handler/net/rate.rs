@@ -1,6 +1,7 @@
 //! The time bounds of one fetch: an overall deadline, a minimum rate over every window, and
 //! the stop callback, checked while the download waits on the network and between attempts.
 
+use crate::sys::clock::{Clock as Time, SystemClock};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,10 @@ pub enum Bound {
     },
 }
 
-/// The deadline and minimum-progress rule across all attempts of one fetch.
-pub(super) struct Clock {
+/// The deadline and minimum-progress rule across all attempts of one fetch, on `time` (the
+/// system's; a test's own, so that its windows do not depend on the machine's load).
+pub(super) struct Clock<'t> {
+    time: &'t dyn Time,
     limits: Limits,
     start: Instant,
     window_start: Cell<Instant>,
@@ -55,10 +58,17 @@ pub(super) struct Clock {
     in_attempt: Cell<bool>,
 }
 
-impl Clock {
-    pub(super) fn new(limits: Limits) -> Clock {
-        let now = Instant::now();
+impl Clock<'static> {
+    pub(super) fn new(limits: Limits) -> Clock<'static> {
+        Clock::on(&SystemClock, limits)
+    }
+}
+
+impl<'t> Clock<'t> {
+    pub(super) fn on(time: &'t dyn Time, limits: Limits) -> Clock<'t> {
+        let now = time.now();
         Clock {
+            time,
             limits,
             start: now,
             window_start: Cell::new(now),
@@ -72,7 +82,7 @@ impl Clock {
     /// pauses before it are not judged.
     pub(super) fn begin_attempt(&self) {
         if self.received.get() == 0 {
-            self.window_start.set(Instant::now());
+            self.window_start.set(self.time.now());
             self.window_bytes.set(0);
         }
         self.in_attempt.set(true);
@@ -88,14 +98,14 @@ impl Clock {
     }
 
     pub(super) fn remaining(&self) -> Duration {
-        self.limits.deadline.saturating_sub(self.start.elapsed())
+        self.limits.deadline.saturating_sub(self.since(self.start))
     }
 
     pub(super) fn check(&self, keep_going: &dyn Fn() -> bool) -> Result<(), Bound> {
         if !keep_going() {
             return Err(Bound::Stopped);
         }
-        if self.start.elapsed() >= self.limits.deadline {
+        if self.since(self.start) >= self.limits.deadline {
             return Err(Bound::Deadline {
                 received: self.received.get(),
                 limit_s: self.limits.deadline.as_secs(),
@@ -108,22 +118,26 @@ impl Clock {
         if self.received.get() == 0 && !self.in_attempt.get() {
             return Ok(());
         }
-        let w = self.window_start.get().elapsed();
+        let w = self.since(self.window_start.get());
         if w >= self.limits.window {
             let needed = (self.limits.min_rate as f64 * w.as_secs_f64()) as u64;
             if self.window_bytes.get() < needed {
                 return Err(Bound::TooSlow {
                     received: self.received.get(),
-                    elapsed_s: self.start.elapsed().as_secs(),
+                    elapsed_s: self.since(self.start).as_secs(),
                     window_bytes: self.window_bytes.get(),
                     window_s: w.as_secs(),
                     min_rate: self.limits.min_rate,
                 });
             }
-            self.window_start.set(Instant::now());
+            self.window_start.set(self.time.now());
             self.window_bytes.set(0);
         }
         Ok(())
+    }
+
+    fn since(&self, then: Instant) -> Duration {
+        self.time.now().saturating_duration_since(then)
     }
 
     /// The pause before a retry, in slices, so a stop or the deadline is seen.
@@ -152,21 +166,28 @@ pub(super) const POLL: Duration = Duration::from_millis(100);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::clock::fake::fake;
 
     #[test]
     fn a_server_that_says_nothing_in_an_attempt_is_too_slow_after_one_window() {
-        let clock = Clock::new(Limits {
-            deadline: Duration::from_secs(60),
-            min_rate: 1000,
-            window: Duration::from_millis(400),
-        });
+        let time = fake();
+        let clock = Clock::on(
+            &time,
+            Limits {
+                deadline: Duration::from_secs(600),
+                min_rate: 1000,
+                window: Duration::from_secs(60),
+            },
+        );
         // Between attempts, before any byte, the wait is the retry policy's.
-        std::thread::sleep(Duration::from_millis(450));
+        time.sleep(Duration::from_secs(90));
         assert_eq!(clock.check(&|| true), Ok(()));
         // An attempt starts the window afresh: the pause before it is not judged.
         clock.begin_attempt();
         assert_eq!(clock.check(&|| true), Ok(()));
-        std::thread::sleep(Duration::from_millis(450));
+        time.sleep(Duration::from_secs(59));
+        assert_eq!(clock.check(&|| true), Ok(()));
+        time.sleep(Duration::from_secs(1));
         assert!(matches!(
             clock.check(&|| true),
             Err(Bound::TooSlow { received: 0, .. })
@@ -175,27 +196,34 @@ mod tests {
 
     #[test]
     fn the_rate_is_bytes_over_the_window_times_the_minimum() {
-        // 95 bytes in about 0.1 s against 100 B/s: enough (95 >= 100 * 0.1), whatever the
-        // window's exact length up to 0.95 s.
-        let clock = Clock::new(Limits {
-            deadline: Duration::from_secs(60),
-            min_rate: 100,
-            window: Duration::from_millis(100),
-        });
-        clock.begin_attempt();
-        clock.got(95);
-        std::thread::sleep(Duration::from_millis(110));
-        assert_eq!(clock.check(&|| true), Ok(()));
+        // Against 100 B/s over a 10 s window: 1000 bytes in 10 s is enough, 999 is not.
+        for (bytes, ok) in [(1000, true), (999, false)] {
+            let time = fake();
+            let limits = Limits {
+                deadline: Duration::from_secs(600),
+                min_rate: 100,
+                window: Duration::from_secs(10),
+            };
+            let clock = Clock::on(&time, limits);
+            clock.begin_attempt();
+            clock.got(bytes);
+            time.sleep(Duration::from_secs(10));
+            assert_eq!(clock.check(&|| true).is_ok(), ok, "{bytes} bytes");
+        }
     }
     #[test]
     fn a_window_below_the_rate_names_its_figures() {
-        let clock = Clock::new(Limits {
-            deadline: Duration::from_secs(60),
-            min_rate: 1000,
-            window: Duration::ZERO,
-        });
+        let time = fake();
+        let clock = Clock::on(
+            &time,
+            Limits {
+                deadline: Duration::from_secs(60),
+                min_rate: 1000,
+                window: Duration::ZERO,
+            },
+        );
         clock.got(10);
-        std::thread::sleep(Duration::from_millis(20));
+        time.sleep(Duration::from_secs(2));
         let e = clock.check(&|| true).unwrap_err();
         assert!(
             matches!(

@@ -50,7 +50,7 @@ struct Transfer<'a> {
     req: &'a Request,
     opts: &'a Options<'a>,
     st: &'a Staging,
-    clock: &'a Clock,
+    clock: &'a Clock<'a>,
     /// The URL as it may be shown.
     url_shown: String,
     file: File,
