@@ -511,28 +511,25 @@ mod tests {
 
     fn wait_gone(pid: i32) -> bool {
         use crate::sys::clock::{poll, Look};
-        let (_, gone) = poll(Duration::from_secs(30), Duration::from_millis(20), || {
-            if alive(pid) {
-                Look::NotYet(())
-            } else {
-                Look::Done(())
-            }
-        });
-        gone
+        poll(Duration::from_secs(30), Duration::from_millis(20), || {
+            Look::when(!alive(pid))
+        })
+        .1
     }
 
     fn pid_in(file: &std::path::Path) -> i32 {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(p) = std::fs::read_to_string(file)
+        use crate::sys::clock::{poll, Look};
+        let (pid, found) = poll(Duration::from_secs(30), Duration::from_millis(10), || {
+            match std::fs::read_to_string(file)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
             {
-                return p;
+                Some(p) => Look::Done(p),
+                None => Look::NotYet(0),
             }
-            assert!(Instant::now() < until, "no pid in {}", file.display());
-            thread::sleep(Duration::from_millis(10));
-        }
+        });
+        assert!(found, "no pid in {}", file.display());
+        pid
     }
 
     #[test]

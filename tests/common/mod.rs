@@ -463,18 +463,15 @@ impl World {
 pub const TICK: Duration = Duration::from_millis(20);
 
 /// Look at `look` every [`TICK`] until it gives a value or `bound` passes (None then). Every
-/// wait in the tests is this one loop: it waits for an event, never for a fixed time.
+/// wait in the tests goes through the handler's own wait loop (`sys::clock::poll`): it waits
+/// for an event, never for a fixed time.
 pub fn poll_value<T>(bound: Duration, mut look: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(v) = look() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(TICK);
-    }
+    use ibdriver::sys::clock::{poll, Look};
+    poll(bound, TICK, || match look() {
+        Some(v) => Look::Done(Some(v)),
+        None => Look::NotYet(None),
+    })
+    .0
 }
 
 /// Did `cond` come to hold within `bound`?

@@ -144,7 +144,6 @@ fn marked_process(entry: &str) -> Option<u32> {
 /// A failed mlnxofedinstall, with what its exit code means.
 pub(super) fn mlnxofedinstall_failed(f: Failure) -> Failure {
     let code = f.process_exit();
-    let cause = f.cause.clone();
     let mut failure = Failure::new(
         Code::InstallerFailed,
         format!(
@@ -156,6 +155,6 @@ pub(super) fn mlnxofedinstall_failed(f: Failure) -> Failure {
             f.message
         ),
     );
-    failure.cause = cause;
+    failure.cause = f.cause;
     failure
 }

@@ -93,11 +93,7 @@ impl Clock for UntilStopped<'_> {
 
     fn sleep(&self, d: Duration) {
         poll_until(self.clock, d, self.slice, || {
-            if (self.keep_going)() {
-                Look::NotYet(())
-            } else {
-                Look::Done(())
-            }
+            Look::when(!(self.keep_going)())
         });
     }
 }
