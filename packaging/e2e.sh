@@ -7,23 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf 'e2e.sh: %s\n' "$*" >&2; }
-command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
-
 bin=target/x86_64-unknown-linux-gnu/release/ibdriver
 [ -x "$bin" ] || packaging/build.sh >/dev/null
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+base=$(packaging/bookworm-base.sh)
 cache=target/e2e
-base="$cache/bookworm-minbase.tar"
-mkdir -p "$cache"
-if [ ! -f "$base" ]; then
-  log "debootstrap --variant=minbase bookworm (once per machine)"
-  t0=$(date +%s)
-  rm -rf "$cache/build"
-  debootstrap --variant=minbase bookworm "$cache/build" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-    || { tail -20 "$cache/debootstrap.log"; exit 1; }
-  tar -C "$cache/build" -cf "$base.tmp" . && mv "$base.tmp" "$base" && rm -rf "$cache/build"
-  log "debootstrap took $(( $(date +%s) - t0 )) s"
-fi
 
 root="$cache/root"
 rm -rf "$root"; mkdir -p "$root"

@@ -1,0 +1,103 @@
+# Sourced by every scenario script in the guest. Results go to the host's share, one line a
+# check: `PASS <scenario>/<check> [detail]` or `FAIL <scenario>/<check> <why>`.
+set -u
+NAME=OpenSource.HpcCompute.InfiniBandDriverLinux
+HW_SYSFS=/var/lib/ibtest/hw/sys
+export IBDRIVER_SYSFS="$HW_SYSFS"
+
+say() { echo "$*"; echo "$*" >/dev/console; }
+pass() { say "PASS $SCENARIO/$1${2:+ $2}"; echo "PASS $SCENARIO/$1${2:+ $2}" >> "$S/results.txt"; }
+fail() { say "FAIL $SCENARIO/$1 ${2:-}"; echo "FAIL $SCENARIO/$1 ${2:-}" >> "$S/results.txt"; }
+# check NAME CMD...: passes when CMD succeeds; a failure quotes the end of its output.
+check() {
+  _n=$1; shift
+  if _out=$("$@" 2>&1); then pass "$_n"; else fail "$_n" "$(printf '%s' "$_out" | tail -n 3 | tr '\n' ' ')"; fi
+}
+# wait_until SECONDS CMD...: polls CMD every half second until it succeeds or time runs out.
+wait_until() {
+  _end=$(( $(date +%s) + $1 )); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$_end" ] || return 1
+    sleep 0.5
+  done
+}
+# check_within NAME SECONDS CMD...
+check_within() {
+  _n=$1; _s=$2; shift 2
+  if wait_until "$_s" "$@"; then pass "$_n"; else fail "$_n" "not within $_s s: $*"; fi
+}
+note() { echo "$*" >> "$S/timings.txt"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+guest_reboot() { touch "$S/reboot-requested"; exit 0; }
+
+# The extension's files as the agent lays them out, without the agent (scenarios that test
+# the handler's own units): handler dir, HandlerEnvironment.json, settings for seq 0.
+HD=/var/lib/waagent/$NAME-1.0.0
+fake_agent_layout() {
+  mkdir -p "$HD/bin" "$HD/config" "$HD/status" "/var/log/azure/$NAME/events"
+  install -m 0755 "$S/bin/ibdriver" "$HD/bin/ibdriver"
+  cp "$S/dist/HandlerManifest.json" "$HD/"
+  cat > "$HD/HandlerEnvironment.json" <<JSON
+[{"name":"$NAME","version":1.0,"handlerEnvironment":{"logFolder":"/var/log/azure/$NAME",
+"configFolder":"$HD/config","statusFolder":"$HD/status","heartbeatFile":"$HD/heartbeat.log",
+"eventsFolder":"/var/log/azure/$NAME/events"}}]
+JSON
+  printf '%s' "{\"runtimeSettings\":[{\"handlerSettings\":{\"publicSettings\":$1}}]}" > "$HD/config/0.settings"
+}
+# fake_agent VERB: runs the handler as the agent would (cwd, ConfigSequenceNumber).
+fake_agent() {
+  (cd "$HD" && ConfigSequenceNumber=0 "$HD/bin/ibdriver" "$1")
+}
+status_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["status"]["status"])' "$1" 2>/dev/null; }
+# status_line FILE: "status code message" of a status file, for failure details.
+status_line() {
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))[0]["status"]; print(s["status"], s.get("code"), s.get("formattedMessage",{}).get("message"))' "$1" 2>&1
+}
+# check_status NAME FILE WANT: the status file says WANT (a failure quotes its message).
+check_status() {
+  if status_is "$2" "$3"; then pass "$1"; else fail "$1" "$(status_line "$2")"; fi
+}
+status_is() { [ "$(status_of "$1")" = "$2" ]; }
+status_settled() { s=$(status_of "$1"); [ "$s" = success ] || [ "$s" = error ]; }
+
+# The real agent (Debian's waagent, as a systemd service) against the fake fabric on loopback
+# (wireserver.py), serving our release zip with these public and protected settings. The
+# agent's environment carries the hardware seam, which it passes on to every handler command.
+WIRE=/var/lib/ibwire
+wire() { python3 /opt/ibwire/wireserver.py "$@"; }
+start_agent() {
+  mkdir -p /opt/ibwire
+  cp "$S/guest/wireserver.py" "$S/guest/agent-setup.sh" /opt/ibwire/
+  ZIP=$(ls "$S"/dist/*.zip | head -n1)
+  cp "$ZIP" /opt/ibwire/
+  printf '%s' "$1" > /opt/ibwire/public.json
+  _args="--public-settings @/opt/ibwire/public.json"
+  if [ -n "$2" ]; then
+    (umask 077; printf '%s' "$2" > /opt/ibwire/protected.json)
+    _args="$_args --protected-settings @/opt/ibwire/protected.json"
+  fi
+  echo "WIRESERVER_ARGS=$_args" > /etc/default/ibwire-fabric
+  sh /opt/ibwire/agent-setup.sh --period 2 --fabric-unit "/opt/ibwire/$(basename "$ZIP")" "$WIRE" >/dev/null
+  mkdir -p /etc/systemd/system/walinuxagent.service.d
+  printf '[Service]\nEnvironment=IBDRIVER_SYSFS=%s\n' "$HW_SYSFS" > /etc/systemd/system/walinuxagent.service.d/ibtest-hw.conf
+  systemctl daemon-reload
+  systemctl start walinuxagent.service
+}
+# The handler's status for a sequence number, as the agent laid it out.
+AGENT_HD=/var/lib/waagent/$NAME-1.0.0
+# uploaded_status JQ-LIKE: reads the newest status blob the agent uploaded; prints
+# "<extension status> <code> <handler status>" for our handler.
+uploaded() {
+  python3 - "$WIRE/status/status-latest.json" <<'PY'
+import json, sys
+blob = json.load(open(sys.argv[1]))
+for h in blob.get("aggregateStatus", {}).get("handlerAggregateStatus", []):
+    if h.get("handlerName", "").endswith("InfiniBandDriverLinux"):
+        st = (h.get("runtimeSettingsStatus") or {}).get("settingsStatus", {}).get("status", {})
+        subs = ",".join(f'{s.get("name")}={s.get("status")}' for s in st.get("substatus") or [])
+        print(st.get("status"), st.get("code"), h.get("status"), subs)
+PY
+}
+LOG=/var/log/azure/$NAME/ibdriver.log
+count_in_log() { grep -c "$1" "$LOG" 2>/dev/null || true; }
+loaded() { for m in "$@"; do grep -q "^$m " /proc/modules || { echo "$m not loaded"; return 1; }; done; }

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The VM tier: boots the Debian 12 guest image (image.sh) under QEMU once per scenario and runs
+# the scenario inside it with real systemd, apt, modprobe, ip and reboots. Only the hardware is
+# recorded (the hbv3 tree, read through IBDRIVER_SYSFS). The guest's only NIC is on a QEMU hub
+# with no other port; inside, Azure's addresses have prohibit routes before anything starts.
+# Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: every scenario)
+#   IBDRIVER_VM_ACCEL=kvm   use KVM instead of TCG (where nested KVM works)
+#   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 1200)
+# Prints `PASS|FAIL <scenario>/<check> ...` lines and ends with `vm: N passed, N failed`.
+# Each scenario leaves target/vm/<scenario>/{console.log,results.txt,timings.txt,share/}.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+log() { printf 'vm: %s\n' "$*" >&2; }
+ALL="agent-service agent-restart health-timer inbox-reboot cloud-init"
+scenarios=${*:-$ALL}
+boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-1200}
+MAX_BOOTS=4
+
+give_up() { echo "FAIL vm/setup $*"; echo "vm: 0 passed, 1 failed"; exit 1; }
+for s in $scenarios; do
+  [ -f "packaging/vm/scenarios/$s.sh" ] || give_up "no scenario named $s (scenarios: $ALL)"
+done
+command -v qemu-system-x86_64 >/dev/null 2>&1 ||
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null; } ||
+  give_up "qemu-system-x86_64 is not installed and could not be installed"
+command -v mkfs.vfat >/dev/null 2>&1 && command -v mcopy >/dev/null 2>&1 ||
+  apt-get install -y -qq --no-install-recommends dosfstools mtools >/dev/null ||
+  give_up "dosfstools and mtools (for the cloud-init seed disk) could not be installed"
+command -v qemu-img >/dev/null 2>&1 || apt-get install -y -qq qemu-utils >/dev/null || give_up "no qemu-img"
+if [ "${IBDRIVER_VM_ACCEL:-tcg}" = kvm ]; then accel=(-accel kvm -cpu host); else accel=(-accel tcg,thread=multi -cpu max); fi
+qemu-system-x86_64 "${accel[@]}" -machine q35 -display none -S -monitor none -serial none \
+  -nodefaults -no-user-config -daemonize -pidfile /tmp/ibtest-qemu-probe.pid >/dev/null 2>&1 \
+  && kill "$(cat /tmp/ibtest-qemu-probe.pid)" 2>/dev/null \
+  || give_up "qemu-system-x86_64 cannot start a ${IBDRIVER_VM_ACCEL:-tcg} machine here"
+
+bin=target/x86_64-unknown-linux-gnu/release/ibdriver
+[ -x "$bin" ] || packaging/build.sh >/dev/null || give_up "packaging/build.sh failed"
+t_img=$(date +%s)
+image=$(packaging/vm/image.sh) || give_up "the guest image could not be built (packaging/vm/image.sh)"
+log "image $image ready in $(( $(date +%s) - t_img )) s"
+
+# One boot of a scenario's guest; its serial console is appended to console.log.
+boot() {
+  local dir=$1 cmdline=$2; shift 2
+  timeout --foreground -k 10 "$boot_timeout" qemu-system-x86_64 "${accel[@]}" -m 2048 -smp 2 \
+    -nographic -no-reboot -nodefaults -no-user-config -serial stdio -monitor none \
+    -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
+    -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 ibtest $cmdline" \
+    -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2" "$@" \
+    -virtfs "local,path=$dir/share,mount_tag=share,security_model=none" \
+    -netdev hubport,id=n0,hubid=0 -device virtio-net-pci,netdev=n0 \
+    </dev/null >>"$dir/console.log" 2>&1
+}
+
+# A NoCloud seed disk (label CIDATA) whose user-data comes from the scenario's directory.
+seed_disk() {
+  local dir=$1 src=packaging/vm/scenarios/cloud-init
+  rm -f "$dir/seed.img"
+  mkfs.vfat -n CIDATA -C "$dir/seed.img" 32768 >/dev/null &&
+    mcopy -i "$dir/seed.img" "$src/user-data" "$src/meta-data" "$bin" ::
+}
+
+passed=0 failed=0
+run_scenario() {
+  local s=$1 dir=target/vm/$1 t0 extra=() cmdline="cloud-init=disabled" n
+  t0=$(date +%s)
+  rm -rf "$dir"; mkdir -p "$dir/share/bin" "$dir/share/dist"
+  cp -r packaging/vm/guest "$dir/share/guest"
+  cp -r packaging/vm/scenarios "$dir/share/guest/scenarios"
+  install -m 0755 "$bin" "$dir/share/bin/ibdriver"
+  cp HandlerManifest.json manifest/manifest.xml "$dir/share/dist/"
+  cp dist/*.zip "$dir/share/dist/" 2>/dev/null || true
+  echo "$s" > "$dir/share/scenario"
+  : > "$dir/share/results.txt"
+  qemu-img create -q -f qcow2 -F raw -b "$image/disk.img" "$dir/disk.qcow2"
+  if [ "$s" = cloud-init ]; then
+    seed_disk "$dir" || { echo "FAIL $s/seed could not make the NoCloud seed disk"; failed=$((failed + 1)); return; }
+    extra=(-drive "file=$dir/seed.img,if=virtio,format=raw,readonly=on"); cmdline=""
+  fi
+  for n in $(seq 1 $MAX_BOOTS); do
+    local tb; tb=$(date +%s)
+    echo "=== host: boot $n $(date -u +%FT%TZ)" >> "$dir/console.log"
+    boot "$dir" "$cmdline" "${extra[@]}"; local rc=$?
+    echo "boot $n: qemu ran $(( $(date +%s) - tb )) s (exit $rc)" >> "$dir/share/timings.txt"
+    if [ "$rc" -ne 0 ]; then
+      echo "FAIL $s/boot$n qemu exited $rc (timeout ${boot_timeout} s is 124; see $dir/console.log)" >> "$dir/share/results.txt"
+      break
+    fi
+    [ -f "$dir/share/done" ] && break
+    [ -f "$dir/share/reboot-requested" ] && { rm -f "$dir/share/reboot-requested"; continue; }
+    echo "FAIL $s/boot$n the guest stopped before the scenario finished (see $dir/console.log)" >> "$dir/share/results.txt"
+    break
+  done
+  [ -f "$dir/share/done" ] || grep -q "^FAIL $s/boot" "$dir/share/results.txt" ||
+    echo "FAIL $s/boots the scenario did not finish within $MAX_BOOTS boots" >> "$dir/share/results.txt"
+  grep -q . "$dir/share/results.txt" || echo "FAIL $s/results the guest reported no check" >> "$dir/share/results.txt"
+  echo "scenario: $(( $(date +%s) - t0 )) s in all" >> "$dir/share/timings.txt"
+  cp "$dir/share/results.txt" "$dir/results.txt"; cp "$dir/share/timings.txt" "$dir/timings.txt" 2>/dev/null
+  cat "$dir/results.txt"
+  passed=$(( passed + $(grep -c '^PASS ' "$dir/results.txt") ))
+  failed=$(( failed + $(grep -c '^FAIL ' "$dir/results.txt") ))
+  rm -f "$dir/disk.qcow2"
+  log "$s: $(( $(date +%s) - t0 )) s ($(tr '\n' ';' < "$dir/timings.txt"))"
+}
+
+for s in $scenarios; do run_scenario "$s"; done
+echo "vm: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
