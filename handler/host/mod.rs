@@ -1,5 +1,7 @@
 //! Host facts, read through the seams of docs/ARCHITECTURE.md, "Seams": every path under
-//! `IBDRIVER_ROOT`, IMDS at `IBDRIVER_IMDS_URL`, programs from `PATH`. Reading changes nothing.
+//! `IBDRIVER_ROOT`, the hardware (PCI, InfiniBand, VMBus, EFI) under `IBDRIVER_SYSFS`
+//! ([`Root::sysfs`]), IMDS at `IBDRIVER_IMDS_URL`, programs from `PATH`. Reading changes
+//! nothing.
 
 pub mod imds;
 pub mod ip;
@@ -17,8 +19,13 @@ use std::collections::BTreeSet;
 
 pub const VMBUS_PCI_PASSTHROUGH: &str = "44c4f61d-4444-4400-9d52-802e27ede19f";
 pub const VMBUS_NETWORK_DIRECT: &str = "8c2eaf3d-32a7-4b09-ab99-bd1f1c86b501";
-const EFI_SECURE_BOOT: &str =
-    "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// The EFI Secure Boot variable, below the sysfs directory (a hardware fact: firmware).
+pub const EFI_SECURE_BOOT: &str =
+    "firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// The PCI functions, below the sysfs directory.
+pub const PCI_DEVICES: &str = "bus/pci/devices";
+/// The VMBus devices, below the sysfs directory.
+pub const VMBUS_DEVICES: &str = "bus/vmbus/devices";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Vmbus {
@@ -27,8 +34,9 @@ pub struct Vmbus {
     pub network_direct: bool,
 }
 
+/// The VMBus devices' `class_id`s, from the sysfs directory.
 pub fn read_vmbus(root: &Root) -> Vmbus {
-    let dir = root.path("sys/bus/vmbus/devices");
+    let dir = root.sysfs(VMBUS_DEVICES);
     let mut v = Vmbus::default();
     for name in dir_names(&dir) {
         v.devices += 1;
@@ -109,6 +117,8 @@ impl HostFacts {
 }
 
 /// The parts that are pure file reads: cheap enough for the no-op enable and the monitor.
+/// The Mellanox functions come from the sysfs directory; the kernel, boot id and modules are
+/// the running system's state and come from the root's `/proc` and `lib/modules`.
 pub struct Sysfs {
     pub kernel: String,
     pub boot_id: String,
@@ -120,7 +130,7 @@ pub fn read_sysfs(root: &Root) -> Sysfs {
     let kernel = read_trimmed(&root.path("proc/sys/kernel/osrelease")).unwrap_or_default();
     Sysfs {
         boot_id: read_trimmed(&root.path("proc/sys/kernel/random/boot_id")).unwrap_or_default(),
-        mellanox: pci::scan(&root.path("sys/bus/pci/devices")),
+        mellanox: pci::scan(&root.sysfs(PCI_DEVICES)),
         modules: loaded_modules(root, &kernel),
         kernel,
     }
@@ -173,7 +183,7 @@ pub fn detect(root: &Root, imds_policy: Option<&imds::Policy>, probe_stack: bool
         },
         None => (None, None),
     };
-    let efi = std::fs::read(root.path(EFI_SECURE_BOOT))
+    let efi = crate::sys::fsutil::read_regular(&root.sysfs(EFI_SECURE_BOOT), 64)
         .ok()
         .and_then(|b| parse_efi_secure_boot(&b));
     let secure_boot = secure_boot(efi, imds.as_ref().and_then(|c| c.secure_boot()));

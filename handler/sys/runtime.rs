@@ -1,5 +1,5 @@
 //! What we take from our own process environment, read once at the edge: the seams (root,
-//! IMDS URL, verify timeout), `PATH`, the agent's version variable and the proxy variables.
+//! sysfs directory, IMDS URL, verify timeout), `PATH`, the agent's version variable and the proxy variables.
 //! The worker's environment and the health unit's are generated from it.
 //!
 //! systemd-run starts the worker in a clean environment, so enable hands the values on. The
@@ -14,16 +14,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Handed to the worker on its command line: none of them is a secret.
-pub const PASSED_VARS: [&str; 5] = [
+pub const PASSED_VARS: [&str; 6] = [
     "IBDRIVER_ROOT",
+    "IBDRIVER_SYSFS",
     "IBDRIVER_IMDS_URL",
     "IBDRIVER_VERIFY_TIMEOUT_SECONDS",
     "PATH",
     "AZURE_GUEST_AGENT_EXTENSION_VERSION",
 ];
 
-/// Handed to the health unit: what it needs to look at the same host.
-pub const UNIT_VARS: [&str; 2] = ["IBDRIVER_ROOT", "IBDRIVER_IMDS_URL"];
+/// Handed to the health unit: what it needs to look at the same host (and the same hardware).
+pub const UNIT_VARS: [&str; 3] = ["IBDRIVER_ROOT", "IBDRIVER_SYSFS", "IBDRIVER_IMDS_URL"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Runtime {
@@ -115,6 +116,7 @@ mod tests {
         let r = Runtime::from_lookup(lookup(&[
             ("PATH", "/usr/bin"),
             ("IBDRIVER_ROOT", "/tmp/r"),
+            ("IBDRIVER_SYSFS", "/rec/sysfs"),
             ("IBDRIVER_IMDS_URL", ""),
             ("https_proxy", "http://u:secret@p:3128"),
             ("NO_PROXY", "169.254.169.254"),
@@ -124,6 +126,7 @@ mod tests {
             r.passed,
             vec![
                 ("IBDRIVER_ROOT", "/tmp/r".into()),
+                ("IBDRIVER_SYSFS", "/rec/sysfs".into()),
                 ("PATH", "/usr/bin".into())
             ]
         );
@@ -134,7 +137,7 @@ mod tests {
         assert!(!r.passed.iter().any(|(_, v)| v.contains("secret")));
         assert_eq!(
             r.unit_vars().map(|(k, _)| *k).collect::<Vec<_>>(),
-            ["IBDRIVER_ROOT"]
+            ["IBDRIVER_ROOT", "IBDRIVER_SYSFS"]
         );
     }
 

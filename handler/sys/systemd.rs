@@ -4,6 +4,7 @@
 use crate::error::{Code, Failure};
 use crate::host::Root;
 use crate::sys::proc;
+use crate::sys::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,8 +32,13 @@ fn quote(word: &str) -> String {
 }
 
 pub fn service_unit(exe: &Path, handler_dir: &Path) -> String {
+    unit_text(&Runtime::from_env(), exe, handler_dir)
+}
+
+/// The service unit for `runtime`'s [`crate::sys::runtime::UNIT_VARS`].
+fn unit_text(runtime: &Runtime, exe: &Path, handler_dir: &Path) -> String {
     let mut env = String::new();
-    for (key, v) in crate::sys::runtime::Runtime::from_env().unit_vars() {
+    for (key, v) in runtime.unit_vars() {
         env.push_str(&format!("Environment={}\n", quote(&format!("{key}={v}"))));
     }
     format!(
@@ -151,5 +157,26 @@ mod tests {
         );
         assert!(u.contains("ExecStart=\"/var/lib/waagent/H-1.0/bin/ibdriver\" monitor --handler-dir \"/var/lib/waagent/H-1.0\""));
         assert_eq!(quote("a%b\"c"), "\"a%%b\\\"c\"");
+    }
+
+    #[test]
+    fn the_unit_carries_the_root_and_the_sysfs_directory() {
+        let env = [
+            ("IBDRIVER_ROOT", "/r"),
+            ("IBDRIVER_SYSFS", "/rec/sys"),
+            ("PATH", "/bin"),
+        ];
+        let runtime = Runtime::from_lookup(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        });
+        let u = unit_text(&runtime, Path::new("/b/ibdriver"), Path::new("/h"));
+        assert!(u.contains("Environment=\"IBDRIVER_ROOT=/r\"\n"), "{u}");
+        assert!(
+            u.contains("Environment=\"IBDRIVER_SYSFS=/rec/sys\"\n"),
+            "{u}"
+        );
+        assert!(!u.contains("PATH="), "{u}");
     }
 }

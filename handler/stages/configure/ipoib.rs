@@ -63,17 +63,17 @@ pub fn netdev_of<'a>(netdevs: &'a [(String, String)], mac: &str) -> Option<&'a s
         .map(|(n, _)| n.as_str())
 }
 
-/// Every network interface with its hardware address: `/sys/class/net` and the netdevs of the
-/// Mellanox PCI functions (names never matter, only addresses).
+/// Every network interface with its hardware address: `class/net` and the netdevs of the
+/// Mellanox PCI functions, both from the sysfs directory (names never matter, only addresses).
 pub fn netdevs(root: &Root) -> Vec<(String, String)> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let class = root.path("sys/class/net");
+    let class = root.sysfs("class/net");
     for name in fsutil::dir_names(&class) {
         if let Some(a) = fsutil::read_trimmed(&class.join(&name).join("address")) {
             out.insert(name, a);
         }
     }
-    for f in crate::host::pci::scan(&root.path("sys/bus/pci/devices")) {
+    for f in crate::host::pci::scan(&root.sysfs(crate::host::PCI_DEVICES)) {
         for n in f.netdevs {
             if let Some(a) = n.address {
                 out.entry(n.name).or_insert(a);

@@ -94,6 +94,8 @@ pub enum Drift {
 
 /// Is the loaded `module` the stack's own build? Compares the loaded module's `srcversion`
 /// (sysfs) with those of the vendor files for this kernel (`modinfo`). `None`: cannot tell.
+/// `/sys/module` is the running kernel's state, not a hardware fact: it is read on the root,
+/// never from a recorded sysfs tree (`IBDRIVER_SYSFS`), like `/proc/modules`.
 fn loaded_is_vendor(root: &Root, kernel: &str, module: &str, files: &[String]) -> Option<bool> {
     let loaded =
         crate::sys::fsutil::read_trimmed(&root.path(&format!("sys/module/{module}/srcversion")))?;

@@ -206,15 +206,16 @@ pub(super) fn collect_settings(b: &mut Bundle, config: &Path) {
     }
 }
 
-/// Port attributes from `/sys/class/infiniband`, else from the PCI devices' `infiniband/`.
+/// Port attributes from `class/infiniband`, else from the PCI devices' `infiniband/`, both
+/// in the sysfs directory.
 pub(super) fn ib_ports(root: &Root) -> Option<String> {
-    let class = root.path("sys/class/infiniband");
+    let class = root.sysfs("class/infiniband");
     let mut devices: Vec<(String, PathBuf)> = dir_names(&class)
         .into_iter()
         .map(|n| (n.clone(), class.join(n)))
         .collect();
     if devices.is_empty() {
-        let pci = root.path("sys/bus/pci/devices");
+        let pci = root.sysfs(crate::host::PCI_DEVICES);
         for f in dir_names(&pci) {
             let ib = pci.join(&f).join("infiniband");
             devices.extend(dir_names(&ib).into_iter().map(|n| (n.clone(), ib.join(n))));
