@@ -30,7 +30,8 @@ def owned():
     paths = set()
     for lst in glob.glob("/var/lib/dpkg/info/*.list"):
         paths.update(line.rstrip("\n") for line in open(lst, errors="replace"))
-    return paths
+    # Merged /usr: dpkg lists /lib/x, the walk finds /usr/lib/x.
+    return paths | {"/usr" + p for p in paths if p.startswith(("/lib", "/bin", "/sbin"))}
 
 
 def main():

@@ -1,9 +1,10 @@
 # cloud-init: a NoCloud seed disk whose user-data runs `ibdriver apply` at first boot; the real
 # cloud-init runs it, and this reads its result and exit code.
 . "$S/guest/lib.sh"
-check_within cloud-init-finishes 900 sh -c 'cloud-init status | grep -Eq "status: (done|error)"'
-check cloud-init-done sh -c 'cloud-init status --long 2>&1 | grep -q "status: done"'
-check datasource-nocloud sh -c 'cloud-init status --long 2>&1 | grep -qi "nocloud"'
+check cloud-init-finishes timeout 900 cloud-init status --wait
+cloud-init status --long > "$S/state/cloud-init-status.txt" 2>&1
+check cloud-init-done grep -q "status: done" "$S/state/cloud-init-status.txt"
+check datasource-nocloud grep -qi nocloud "$S/state/cloud-init-status.txt"
 check apply-ran test -f /var/log/ibdriver-apply.rc
 check apply-exit-0 sh -c '[ "$(cat /var/log/ibdriver-apply.rc)" = 0 ] || { cat /var/log/ibdriver-apply.out; false; }'
 check apply-says-success grep -q '^success' /var/log/ibdriver-apply.out

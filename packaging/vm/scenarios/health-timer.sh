@@ -14,8 +14,9 @@ fake_agent enable
 check_within enable-settles 900 status_settled "$HD/status/0.status"
 check_status enable-success "$HD/status/0.status" success
 note "health-timer: enable to success $(( $(date +%s) - t0 )) s"
-check timer-listed sh -c 'systemctl list-timers --all --no-legend | grep -q "ibdriver-health.timer"'
-check timer-active systemctl is-active --quiet ibdriver-health.timer
+# verify writes success, then installs the monitor.
+check_within timer-listed 60 sh -c 'systemctl list-timers --all --no-legend | grep -q "ibdriver-health.timer"'
+check_within timer-active 60 systemctl is-active --quiet ibdriver-health.timer
 check ipoib-address-on-dummy sh -c 'ip -4 -o addr show dev ib0 | grep -q " 172.16.1.4/16 "'
 
 # The timer's 5-minute period shortened for the test by a runtime drop-in (the unit files we
@@ -29,8 +30,14 @@ hb0=$(mtime "$HD/heartbeat.log"); tr0=$(triggered); t_before=$(date +%s%N)
 check timer-is-ours sh -c '[ "$(systemctl show ibdriver-health.timer -p FragmentPath --value)" = /etc/systemd/system/ibdriver-health.timer ]'
 fired() { t=$(triggered); [ -n "$t" ] && [ "$t" != 0 ] && [ "$t" != "$tr0" ]; }
 check_within timer-fires 180 fired
-ran_after() { [ "$(systemctl show ibdriver-health.service -p ExecMainExitTimestampMonotonic --value)" -gt "$(triggered)" ]; }
-check_within monitor-runs 120 ran_after
+# The service the timer started ran to its end, successfully, after the trigger.
+ran_after() {
+  t=$(triggered); [ "$t" != "$tr0" ] || return 1
+  [ "$(systemctl show ibdriver-health.service -p InactiveEnterTimestampMonotonic --value)" -gt "$t" ] &&
+    [ "$(systemctl show ibdriver-health.service -p Result --value)" = success ]
+}
+if wait_until 120 ran_after; then pass monitor-runs; else
+  fail monitor-runs "$(systemctl show ibdriver-health.service -p InactiveEnterTimestampMonotonic -p Result -p ExecMainStatus | tr '\n' ' ') trigger $(triggered)"; fi
 advanced() { m=$(mtime "$HD/heartbeat.log"); [ "$m" -gt "$hb0" ] && [ "$m" -gt "$t_before" ]; }
 check_within heartbeat-advances 60 advanced
 
