@@ -25,14 +25,6 @@ if [ ! -f "$PYDIR/azurelinuxagent/ga/exthandlers.py" ]; then
 fi
 [ -f "$PYDIR/azurelinuxagent/ga/exthandlers.py" ] || { echo "azurelinuxagent not found in $deb" >&2; exit 1; }
 
-# The agent imports `distro` (osutil factory). Install it for whatever interpreter `python3`
-# is: pip first (pyenv/venv); Debian's own python3 refuses plain pip (PEP 668) and may lack pip,
-# so then the Debian package.
-if ! python3 -c 'import distro' 2>/dev/null; then
-    python3 -m pip install --quiet distro >&2 ||
-        python3 -m pip install --quiet --break-system-packages distro >&2 ||
-        apt-get install -y -q python3-distro >&2 ||
-        { apt-get update >&2 && apt-get install -y -q python3-distro >&2; }
-fi
+. "$(dirname "$0")/distro.sh"
 PYTHONPATH="$PYDIR" python3 -c 'import azurelinuxagent.ga.exthandlers' >&2
 echo "$PYDIR"

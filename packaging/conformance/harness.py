@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Conformance harness: the real Azure Linux guest agent code drives a handler zip.
 
-Uses Debian's waagent 2.7.3.0 (`azurelinuxagent`, made available by fetch_waagent.sh) with a
-minimal fake protocol (described in README.md), so install/enable/disable/uninstall run
-exactly as the agent runs them and every assertion is made on what the agent itself would
-upload (report_ext_handlers_status + vm_status_to_v1, collect_ext_status, collect_heartbeat).
+Imports one agent line per run: Debian's waagent 2.7.3.0 (made available by fetch_waagent.sh)
+or upstream 2.15.0.1 (upstream_agent.sh), with a minimal fake protocol that answers that line's
+calls (described in README.md), so install/enable/disable/uninstall run exactly as that agent
+runs them and every assertion is made on what the agent itself would upload
+(report_ext_handlers_status + vm_status_to_v1, collect_ext_status, collect_heartbeat).
 
-    harness.py --zip dist/H-V.zip --work target/conformance/run [--scenario NAME ...]
+    harness.py --zip dist/H-V.zip --work target/conformance/run --agent-path DIR [--scenario NAME ...]
 
-Prints "PASS name" / "FAIL name: reason" per scenario, then "N passed, M failed";
-exits 1 if any scenario failed, 2 on a setup error. See README.md beside this file.
+Prints "PASS <agent version>/<scenario>" / "FAIL <agent version>/<scenario>: reason" per
+scenario, then "N passed, M failed"; exits 1 if any scenario failed, 2 on a setup error.
+See README.md beside this file.
 """
 import argparse
 import base64
@@ -75,23 +77,43 @@ def oneline(text, limit=300):
 
 # ---------------------------------------------------------------- agent code and fake protocol
 def import_agent(path):
+    """Imports one agent line's code (one per process: both lines are `azurelinuxagent`) and
+    returns the names of the patches it needed."""
     if path:
         sys.path.insert(0, path)
     global conf, exthandlers, restapi, wire, event, logger, AGENT_VERSION
     from azurelinuxagent.common import conf, event, logger
     from azurelinuxagent.common.protocol import restapi, wire
     from azurelinuxagent.common.version import AGENT_VERSION
-    from azurelinuxagent.common.utils import textutil
     from azurelinuxagent.ga import exthandlers
-    # 2.7.3.0 calls traceback.format_exception(etype=...), removed in Python 3.10, so every
-    # error path that formats an exception (e.g. run()'s) dies with TypeError on Debian 12's
-    # Python 3.11 too. Same output, current signature:
+    patches = ["format_exception"] if fix_format_exception() else []
+    # A status read failure is retried 5x with 2 s sleeps; we poll ourselves instead.
+    exthandlers._STATUS_FILE_RETRY_DELAY = 0
+    clamp_command_timeouts()
+    return patches
+
+
+def fix_format_exception():
+    """2.7.3.0 calls traceback.format_exception(etype=...), removed in Python 3.10, so every
+    error path that formats an exception (e.g. run()'s) dies with TypeError on Debian 12's
+    Python 3.11 too. When the agent's own function fails that way, it gets one with the same
+    output and the current signature (2.15.0.1's works as it is). Returns whether it patched."""
+    from azurelinuxagent.common.utils import textutil
+    try:
+        raise ValueError("probe")
+    except ValueError as e:
+        try:
+            textutil.format_exception(e)
+            return False
+        except TypeError:
+            pass
     textutil.format_exception = lambda e: "%s\n%s" % (e, "".join(traceback.format_exception(
         type(e), e, e.__traceback__)))
-    # A status read failure is retried 5x with 2 s sleeps; we poll ourselves instead.
-    if hasattr(exthandlers, "_STATUS_FILE_RETRY_DELAY"):
-        exthandlers._STATUS_FILE_RETRY_DELAY = 0
-    # Keep a hanging handler from stalling the run for the agent's 5/15 minutes.
+    return True
+
+
+def clamp_command_timeouts():
+    """Keeps a hanging handler from stalling the run for the agent's 5/15 minutes."""
     launch = exthandlers.ExtHandlerInstance.launch_command
 
     def clamped(self, cmd, cmd_name=None, *args, **kwargs):
@@ -102,17 +124,19 @@ def import_agent(path):
 
 
 class FakeProtocol:
-    """What ExtHandlersHandler calls on its protocol (2.7.3.0 names; 2.15 ones where free).
+    """What ExtHandlersHandler calls on its protocol, common to both lines; the subclasses add
+    exactly one line's names, so a call the other line would make fails loudly.
     Agent cgroups stay off: CGroupConfigurator is never initialize()d, so commands run via
     plain Popen + setsid, as on a VM without systemd cgroup support."""
 
     def __init__(self, zip_path, versions):
         self.zip_path = zip_path
         self.versions = versions     # what the handler manifest lists (all from the one zip)
-        self.client = self           # 2.7 calls protocol.client.get_goal_state() etc.
+        self.client = self           # both lines reach part of the wire client through it
         self.incarnation = 0
         self.egs = None
         self.vm_status = None
+        self.downloads = 0           # packages "downloaded" (the zip was not in lib/ yet)
 
     def set_extensions(self, extensions):
         self.incarnation += 1        # a new goal state is what makes CRP's change visible
@@ -128,19 +152,6 @@ class FakeProtocol:
         # accidental wire-server call on this machine.
         return "127.0.0.1"
 
-    def get_extensions_goal_state(self):
-        return self.egs
-
-    def get_goal_state(self):
-        return types.SimpleNamespace(incarnation=self.egs.id, extensions_goal_state=self.egs,
-                                     history=None, fetch_extension_manifest=self._manifest)
-
-    def _manifest(self, *_):
-        return types.SimpleNamespace(pkg_list=self._pkgs())
-
-    def get_ext_handler_pkgs(self, ext_handler):
-        return self._pkgs()
-
     def _pkgs(self):
         pkgs = restapi.ExtHandlerPackageList()
         for version in self.versions:
@@ -149,10 +160,28 @@ class FakeProtocol:
             pkgs.versions.append(pkg)
         return pkgs
 
+    def report_vm_status(self, vm_status):
+        self.vm_status = vm_status
+
+
+class Protocol27(FakeProtocol):
+    """2.7.3.0: goal state pieces and packages come from protocol methods; every report also
+    writes lib/waagent_status.<incarnation>.json (get_incarnation, get_status_blob_data)."""
+
+    def get_extensions_goal_state(self):
+        return self.egs
+
+    def get_goal_state(self):    # called as protocol.client.get_goal_state().incarnation
+        return types.SimpleNamespace(incarnation=self.egs.id)
+
+    def get_ext_handler_pkgs(self, ext_handler):
+        return self._pkgs()
+
     def download_ext_handler_pkg(self, uri, destination):
-        # Only reached when lib/H__V.zip is missing (e.g. re-install after uninstall); answering
-        # False would make the agent sleep 60 s per retry.
+        # Only reached when lib/H__V.zip is missing; answering False would make the agent
+        # sleep 60 s per retry. The agent unzips it and keeps the zip.
         shutil.copyfile(uri, destination)
+        self.downloads += 1
         return True
 
     def get_incarnation(self):
@@ -161,8 +190,38 @@ class FakeProtocol:
     def get_status_blob_data(self):
         return None
 
-    def report_vm_status(self, vm_status):
-        self.vm_status = vm_status
+
+class Protocol215(FakeProtocol):
+    """2.15.0.1: everything hangs off get_goal_state() (extensions_goal_state, history,
+    fetch_extension_manifest); packages come through client.download_zip_package."""
+
+    def get_goal_state(self):
+        return types.SimpleNamespace(extensions_goal_state=self.egs, history=None,
+                                     fetch_extension_manifest=self._manifest)
+
+    def _manifest(self, name, uris):
+        return types.SimpleNamespace(pkg_list=self._pkgs())
+
+    def download_zip_package(self, package_name, uris, target_file, target_directory,
+                             use_verify_header, signature, enforce_signature):
+        # Only reached when lib/H__V.zip is missing. The agent's own unzip, which deletes the zip.
+        shutil.copyfile(uris[0], target_file)
+        self.downloads += 1
+        wire.WireClient._try_expand_zip_package(package_name, target_file, target_directory)
+
+
+# What differs between the agent lines this harness knows (README, "The two agent lines"). A
+# version not listed is a setup error: nobody has checked its source against these.
+#   heartbeat_message: the report replaces the handler-level message with heartbeat.log's
+#                      formattedMessage (2.7.3.0 copies only the heartbeat's status)
+#   keeps_download:    lib/<Name>__<Version>.zip stays after a download (2.15.0.1 deletes it)
+LINES = {
+    "2.7.3.0": types.SimpleNamespace(protocol=Protocol27, heartbeat_message=False,
+                                     keeps_download=True),
+    "2.15.0.1": types.SimpleNamespace(protocol=Protocol215, heartbeat_message=True,
+                                      keeps_download=False),
+}
+LINE = None   # the entry of LINES for the imported agent
 
 
 # ---------------------------------------------------------------- fake IMDS and stub programs
@@ -253,7 +312,7 @@ class Ctx:
         # version of its own (the agent's directory name and AZURE_GUEST_AGENT_EXTENSION_VERSION
         # tell the handler which version it is).
         self.versions = [opts.version, next_version(opts.version)]
-        self.dir = os.path.join(os.path.abspath(opts.work), scenario)
+        self.dir = os.path.join(os.path.abspath(opts.work), AGENT_VERSION, scenario)
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lib, self.log = os.path.join(self.dir, "lib"), os.path.join(self.dir, "log")
         self.host = os.path.join(self.dir, "host")
@@ -283,7 +342,7 @@ class Ctx:
         # Pre-placed packages: the agent reuses lib/H__V.zip instead of downloading.
         for v in self.versions:
             shutil.copyfile(opts.zip, os.path.join(self.lib, "%s__%s.zip" % (self.name, v)))
-        self.protocol = FakeProtocol(os.path.abspath(opts.zip), self.versions)
+        self.protocol = LINE.protocol(os.path.abspath(opts.zip), self.versions)
         self.agent = None
         self.cmdlog = os.path.join(self.log, self.name, "CommandExecution.log")
 
@@ -439,6 +498,33 @@ def describe(rep):
         st.get("code"), (st.get("formattedMessage") or {}).get("message")), 600)
 
 
+def reported_message(rep):
+    return ((rep or {}).get("formattedMessage") or {}).get("message") or ""
+
+
+def heartbeat_message(ctx):
+    """heartbeat.log's message, read by the agent's own collector."""
+    try:
+        hb = ctx.instance().collect_heartbeat()
+    except Exception as e:  # ExtensionError: heartbeat file missing or malformed
+        raise Fail("collect_heartbeat(): %s" % e)
+    return ((hb or {}).get("formattedMessage") or {}).get("message") or ""
+
+
+def check_handler_message(ctx, rep, agent_says):
+    """The handler-level message CRP shows. 2.15.0.1 puts the handler's heartbeat message there
+    on every report (so that message must carry what the customer needs, a failure's cause
+    included); 2.7.3.0 keeps the agent's own message, which contains `agent_says`."""
+    got = reported_message(rep)
+    if LINE.heartbeat_message:
+        hb = heartbeat_message(ctx)
+        check(hb and got == hb, "%s reports the heartbeat's message %r, got %r"
+              % (AGENT_VERSION, hb, got))
+    else:
+        check(agent_says in got, "%s reports its own message (%r), got %r"
+              % (AGENT_VERSION, agent_says, got))
+
+
 def handler_status_text(hs):
     return "none" if hs is None else oneline("%s/%s %r" % (hs.status, hs.code, hs.message))
 
@@ -457,6 +543,7 @@ def enable_healthy(ctx, seq=0, public=None, protected=None, thumb=None):
     # A heartbeat problem is persisted during one report but only shows in the next one.
     rep = ctx.report()
     check(rep.get("status") == "Ready", "handler status not Ready: " + describe(rep))
+    check_handler_message(ctx, rep, "Plugin enabled")
     try:
         hb = ctx.instance().collect_heartbeat()
     except Exception as e:  # ExtensionError: heartbeat file missing or malformed
@@ -495,6 +582,12 @@ def expect_failure(ctx, hs, exit_code, codes):
     st = settings_status(rep)
     check(st["status"] == "error" and isinstance(st.get("code"), int) and st["code"] in codes,
           "expected status error with code in %s, got %s" % (codes, describe(rep)))
+    check(rep.get("status") == "NotReady", "handler status after a failed enable: " + describe(rep))
+    check_handler_message(ctx, rep, "Non-zero exit code: %d," % exit_code)
+    if LINE.heartbeat_message:   # the cause the settings status gives is what CRP shows
+        cause = (st.get("formattedMessage") or {}).get("message") or ""
+        check(cause.startswith(reported_message(rep)), "handler message %r is not the cause %r"
+              % (reported_message(rep), cause))
     with open(ctx.cmdlog, errors="replace") as f:
         logged = f.read() + (hs.message or "")
     for bad in ("Traceback (most recent call last)", "panicked"):
@@ -525,7 +618,13 @@ def events_valid(ctx):
 
 
 def sc_healthy(ctx):
+    # A fresh VM: the package is not in lib/ yet, so the agent gets it through the protocol.
+    package = os.path.join(ctx.lib, "%s__%s.zip" % (ctx.name, ctx.version))
+    os.remove(package)
     enable_healthy(ctx)
+    check(ctx.protocol.downloads == 1, "agent downloads: %d, expected 1" % ctx.protocol.downloads)
+    check(os.path.exists(package) == LINE.keeps_download, "%s %s the downloaded package" % (
+        AGENT_VERSION, "deleted" if LINE.keeps_download else "kept"))
     events_valid(ctx)
     restart_is_noop(ctx)
 
@@ -640,6 +739,12 @@ def sc_uninstall_after_failed_disable(ctx):
     check("Non-zero exit code: 14," in (hs.message or "") and "DisableFailed" in (hs.message or ""),
           "expected disable exit 14 with DisableFailed in the message: " + text)
     check(len(ctx.runs("uninstall")) == uninstalls, "agent ran uninstall after a failed disable")
+    rep = ctx.report()
+    check(rep is not None and rep.get("code") == 1010, "reported after the failed disable: "
+          + describe(rep))
+    # 2.15.0.1 shows the heartbeat's message here, which a failed disable leaves as enable's
+    # "RDMA ready ..." (README, "The two agent lines"): only the code says disable failed.
+    check_handler_message(ctx, rep, "DisableFailed")
     check(os.path.isdir(ctx.base), "handler dir removed after a failed disable")
     units = glob.glob(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.*"))
     check(len(units) == 2, "unit files of a timer that could not be disabled are gone: %s" % units)
@@ -786,36 +891,83 @@ def default_identity(zip_path):
     return (m.group(1), m.group(2)) if m else (None, None)
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zip", required=True, help="handler package to test")
-    ap.add_argument("--work", required=True, help="scratch dir; one subdir per scenario")
+    ap.add_argument("--work", required=True, help="scratch dir; WORK/<agent version>/<scenario>")
     ap.add_argument("--hosts", default=os.path.join(REPO, "tests/fixtures/hosts"),
                     help="fixture host roots: DIR/hbv3 (drivers present), DIR/dseries (no IB)")
     ap.add_argument("--name", help="handler name Publisher.Type (default: manifest.xml)")
     ap.add_argument("--version", help="handler version (default: manifest.xml)")
     ap.add_argument("--scenario", action="append", help="run only these (repeatable)")
     ap.add_argument("--imds-url", help="use this IMDS instead of the built-in fake")
-    ap.add_argument("--agent-path", default=os.environ.get("WAAGENT_PYTHONPATH", DEFAULT_AGENT_PATH),
-                    help="dir holding azurelinuxagent (fetch_waagent.sh prints it)")
+    ap.add_argument("--agent-path", help="dir holding azurelinuxagent (what fetch_waagent.sh or "
+                    "upstream_agent.sh prints; default $WAAGENT_PYTHONPATH, else fetch_waagent.sh's)")
     opts = ap.parse_args()
     name, version = default_identity(opts.zip)
     opts.name, opts.version = opts.name or name, opts.version or version
+    return opts
+
+
+def load_line(agent_path):
+    """Imports the agent from agent_path (never from elsewhere) and selects its line."""
+    global LINE
+    given = agent_path or os.environ.get("WAAGENT_PYTHONPATH") or DEFAULT_AGENT_PATH
+    package = os.path.join(given, "azurelinuxagent")
+    check(os.path.isdir(package), "no azurelinuxagent in %s: run fetch_waagent.sh (2.7.3.0) or "
+          "upstream_agent.sh (2.15.0.1) and pass what it prints as --agent-path" % given)
     try:
-        check(os.path.isfile(opts.zip), "no such zip: " + opts.zip)
-        check(opts.name and opts.version, "handler name/version unknown: pass --name/--version")
-        check(shutil.which("openssl"), "openssl not found on PATH")
-        for host in {h for _, h, _ in SCENARIOS}:
-            check(os.path.isdir(os.path.join(opts.hosts, host)), "missing fixture host %s/%s"
-                  % (opts.hosts, host))
-        try:
-            import_agent(opts.agent_path if os.path.isdir(opts.agent_path) else None)
-        except ImportError as e:
-            raise Fail("cannot import azurelinuxagent (%s): run fetch_waagent.sh and pass "
-                       "--agent-path" % e)
-        wanted = opts.scenario or [n for n, _, _ in SCENARIOS]
-        unknown = set(wanted) - {n for n, _, _ in SCENARIOS}
-        check(not unknown, "unknown scenario(s): %s" % ", ".join(sorted(unknown)))
+        patches = import_agent(given)
+    except ImportError as e:
+        raise Fail("cannot import azurelinuxagent from %s: %s" % (given, e))
+    import azurelinuxagent
+    check(os.path.dirname(os.path.abspath(azurelinuxagent.__file__)) == os.path.abspath(package),
+          "imported azurelinuxagent from %s, not from %s" % (azurelinuxagent.__file__, given))
+    check(AGENT_VERSION in LINES, "agent %s is not one of the lines this harness knows (%s)"
+          % (AGENT_VERSION, ", ".join(LINES)))
+    LINE = LINES[AGENT_VERSION]
+    return patches
+
+
+def setup(opts):
+    """Checks the inputs and imports the agent; returns the scenarios to run and the patches
+    the agent needed. Raises Fail on a setup error."""
+    check(os.path.isfile(opts.zip), "no such zip: " + opts.zip)
+    check(opts.name and opts.version, "handler name/version unknown: pass --name/--version")
+    check(shutil.which("openssl"), "openssl not found on PATH")
+    for host in {h for _, h, _ in SCENARIOS}:
+        check(os.path.isdir(os.path.join(opts.hosts, host)), "missing fixture host %s/%s"
+              % (opts.hosts, host))
+    wanted = opts.scenario or [n for n, _, _ in SCENARIOS]
+    unknown = set(wanted) - {n for n, _, _ in SCENARIOS}
+    check(not unknown, "unknown scenario(s): %s" % ", ".join(sorted(unknown)))
+    return wanted, load_line(opts.agent_path)
+
+
+def run_scenario(opts, scenario, host, fn):
+    """Runs one scenario, prints its PASS/FAIL line (labelled with the agent line) and
+    returns whether it passed."""
+    label, ctx = "%s/%s" % (AGENT_VERSION, scenario), None
+    try:
+        ctx = Ctx(opts, scenario, host)
+        fn(ctx)
+        print("PASS %s" % label, flush=True)
+        return True
+    except Fail as e:
+        print("FAIL %s: %s" % (label, oneline(e, 1000)), flush=True)
+    except Exception as e:  # a harness or agent-API problem, reported the same way
+        print("FAIL %s: %s: %s" % (label, type(e).__name__, oneline(e)), flush=True)
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        if ctx is not None:
+            ctx.cleanup()
+    return False
+
+
+def main():
+    opts = parse_args()
+    try:
+        wanted, patches = setup(opts)
     except Fail as e:
         print("harness setup error: %s" % e, file=sys.stderr)
         return 2
@@ -823,29 +975,17 @@ def main():
     opts.hosts = os.path.abspath(opts.hosts)
     opts.base_path = os.environ.get("PATH", "/usr/bin:/bin")
     opts.imds_url = opts.imds_url or start_imds()
-    print("agent %s, handler %s %s, work %s" % (AGENT_VERSION, opts.name, opts.version,
-                                                 os.path.abspath(opts.work)), flush=True)
-    passed = failed = 0
+    print("agent %s (patched: %s), handler %s %s, work %s" % (
+        AGENT_VERSION, ", ".join(patches) or "nothing", opts.name, opts.version,
+        os.path.join(os.path.abspath(opts.work), AGENT_VERSION)), flush=True)
+    start, passed, failed = time.monotonic(), 0, 0
     for scenario, host, fn in SCENARIOS:
-        if scenario not in wanted:
-            continue
-        ctx = None
-        try:
-            ctx = Ctx(opts, scenario, host)
-            fn(ctx)
-            print("PASS %s" % scenario, flush=True)
-            passed += 1
-        except Fail as e:
-            print("FAIL %s: %s" % (scenario, oneline(e, 1000)), flush=True)
-            failed += 1
-        except Exception as e:  # a harness or agent-API problem, reported the same way
-            print("FAIL %s: %s: %s" % (scenario, type(e).__name__, oneline(e)), flush=True)
-            traceback.print_exc(file=sys.stderr)
-            failed += 1
-        finally:
-            if ctx is not None:
-                ctx.cleanup()
-    print("%d passed, %d failed" % (passed, failed))
+        if scenario in wanted:
+            ok = run_scenario(opts, scenario, host, fn)
+            passed, failed = passed + ok, failed + (not ok)
+    print("agent %s: %d scenarios in %.0f s" % (AGENT_VERSION, passed + failed,
+                                                 time.monotonic() - start))
+    print("%d passed, %d failed" % (passed, failed), flush=True)
     return 1 if failed else 0
 
 
