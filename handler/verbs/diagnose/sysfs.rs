@@ -28,6 +28,8 @@ pub const ATTR_CAP: u64 = 4096;
 pub const MAX_ENTRIES: usize = 1024;
 pub const MAX_FILES: usize = 10_000;
 pub const TREE_CAP: u64 = 4 * 1024 * 1024;
+/// How many of the left-out paths the manifest names (the rest are counted).
+const MAX_NOTES: usize = 20;
 
 /// What `host::pci::scan` reads of a function, and the subsystem ids that tell boards apart.
 const PCI_ATTRS: [&str; 5] = [
@@ -53,12 +55,22 @@ pub struct Tree {
     pub dirs: Vec<String>,
     pub files: Vec<(String, Vec<u8>)>,
     pub bytes: u64,
+    /// The first [`MAX_NOTES`] of what was left out, and why.
     pub left_out: Vec<String>,
+    /// How many were left out in all.
+    pub left_out_count: usize,
 }
 
 impl Tree {
     fn full(&self) -> bool {
         self.files.len() >= MAX_FILES || self.bytes >= TREE_CAP
+    }
+
+    fn leave_out(&mut self, why: String) {
+        self.left_out_count += 1;
+        if self.left_out.len() < MAX_NOTES {
+            self.left_out.push(why);
+        }
     }
 
     /// The subdirectories of `src` (through links), at most [`MAX_ENTRIES`], recorded as
@@ -69,7 +81,7 @@ impl Tree {
             .filter(|n| src.join(n).is_dir())
             .collect();
         if names.len() > MAX_ENTRIES {
-            self.left_out.push(format!(
+            self.leave_out(format!(
                 "{rel}: {} entries, the first {MAX_ENTRIES} kept",
                 names.len()
             ));
@@ -99,25 +111,24 @@ impl Tree {
         match fs::symlink_metadata(src) {
             Err(_) => return,
             Ok(m) if !m.is_file() => {
-                self.left_out.push(format!("{rel}: not a regular file"));
+                self.leave_out(format!("{rel}: not a regular file"));
                 return;
             }
             Ok(_) => {}
         }
         if self.full() {
-            self.left_out
-                .push(format!("{rel}: the tree's cap was reached"));
+            self.leave_out(format!("{rel}: the tree's cap was reached"));
             return;
         }
         match fsutil::read_regular(src, ATTR_CAP) {
             Ok(bytes) if !binary && std::str::from_utf8(&bytes).is_err() => {
-                self.left_out.push(format!("{rel}: not UTF-8 text"))
+                self.leave_out(format!("{rel}: not UTF-8 text"))
             }
             Ok(bytes) => {
                 self.bytes += bytes.len() as u64;
                 self.files.push((rel.to_string(), bytes));
             }
-            Err(e) => self.left_out.push(format!("{rel}: {e}")),
+            Err(e) => self.leave_out(format!("{rel}: {e}")),
         }
     }
 
@@ -236,25 +247,28 @@ pub(super) fn collect(b: &mut Bundle, root: &Root) {
     for d in &t.dirs {
         b.dir(&format!("{SYSFS}/{d}"));
     }
-    let mut kept = 0;
-    for (rel, bytes) in &t.files {
-        if !b.member(&format!("{SYSFS}/{rel}"), bytes) {
-            b.missing(
-                &format!("{SYSFS}/"),
-                &source,
-                "left out in part: the bundle size cap was reached",
-            );
-            break;
-        }
-        kept += 1;
-    }
+    let kept = t
+        .files
+        .iter()
+        .take_while(|(rel, bytes)| b.member(&format!("{SYSFS}/{rel}"), bytes))
+        .count();
     let mut detail = format!(
         "{kept} attribute files of the hardware facts; replay with `ibdriver plan --sysfs`"
     );
-    if !t.left_out.is_empty() {
-        detail.push_str(&format!("; left out: {}", t.left_out.join("; ")));
+    if kept < t.files.len() {
+        detail.push_str(&format!(
+            "; the bundle size cap was reached: {} files not added",
+            t.files.len() - kept
+        ));
     }
-    let state = if t.left_out.is_empty() {
+    if t.left_out_count > 0 {
+        detail.push_str(&format!(
+            "; {} left out: {}",
+            t.left_out_count,
+            t.left_out.join("; ")
+        ));
+    }
+    let state = if t.left_out_count == 0 && kept == t.files.len() {
         State::Collected
     } else {
         State::Truncated
@@ -358,6 +372,23 @@ mod tests {
         );
         assert!(left.contains("0001:00:00.0/class"), "{left}");
         assert!(!t.files.iter().any(|(_, b)| b.starts_with(b"hunter2")));
+    }
+
+    #[test]
+    fn what_is_left_out_is_counted_and_the_first_ones_named() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::new(d.path());
+        for i in 0..30 {
+            // A directory where the attribute should be: not a regular file.
+            let dev = root.sysfs(&format!("{}/dev{i:02}", host::VMBUS_DEVICES));
+            fs::create_dir_all(dev.join("class_id")).unwrap();
+            fs::write(dev.join("device_id"), "{x}\n").unwrap();
+        }
+        let t = record(&root);
+        assert_eq!(t.files.len(), 30);
+        assert_eq!(t.left_out_count, 30);
+        assert_eq!(t.left_out.len(), MAX_NOTES);
+        assert!(t.left_out[0].ends_with("dev00/class_id: not a regular file"));
     }
 
     #[test]
