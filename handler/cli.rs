@@ -12,6 +12,8 @@ pub enum Command {
     Plan {
         json: bool,
         settings: Option<PathBuf>,
+        /// Replay a recorded hardware tree (a diagnose bundle's `sysfs/`) instead of `/sys`.
+        sysfs: Option<PathBuf>,
     },
     Health {
         json: bool,
@@ -46,15 +48,20 @@ pub enum Command {
 
 pub const USAGE: &str = "usage: ibdriver <verb> [options]
 agent verbs:    install | enable | disable | uninstall | update
-operator verbs: plan [--json] [--settings FILE]   what enable would do on this host
+operator verbs: plan [--json] [--settings FILE] [--sysfs DIR]
+                                                  what enable would do on this host; with
+                                                  --sysfs, on the hardware recorded in DIR
+                                                  (a diagnose bundle's sysfs/; no IMDS)
                 health [--json]                   RDMA health; exit 0 only when usable
                 fetch URL --sha256 HEX --into DIR [--size BYTES] [--extract|--no-extract]
                                                   download, verify and unpack one artifact
                 apply [--settings FILE]           install, configure and verify in the
                                                   foreground (Batch start tasks, image builds)
-                diagnose --out FILE               support bundle (.tar.gz), secrets redacted
+                diagnose --out FILE               support bundle (.tar.gz), secrets redacted,
+                                                  with the hardware facts under sysfs/
                 version
-environment:    IBDRIVER_ROOT (host root, default /), IBDRIVER_IMDS_URL,
+environment:    IBDRIVER_ROOT (host root, default /), IBDRIVER_SYSFS (the directory
+                hardware facts are read from, default <root>/sys), IBDRIVER_IMDS_URL,
                 IBDRIVER_VERIFY_TIMEOUT_SECONDS (default 120); for apply only:
                 IBDRIVER_PACKAGE_URL, IBDRIVER_PROXY (the protected settings)";
 
@@ -121,6 +128,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 fn parse_options(verb: &str, rest: &[String]) -> Result<Command, String> {
     let mut json = false;
     let mut settings = None;
+    let mut sysfs = None;
     let mut handler_dir = None;
     let mut seq = None;
     let mut i = 0;
@@ -129,6 +137,9 @@ fn parse_options(verb: &str, rest: &[String]) -> Result<Command, String> {
             "--json" if verb != "worker" && verb != "monitor" => json = true,
             "--settings" if verb == "plan" => {
                 settings = Some(PathBuf::from(value(rest, &mut i, "--settings")?))
+            }
+            "--sysfs" if verb == "plan" => {
+                sysfs = Some(PathBuf::from(value(rest, &mut i, "--sysfs")?))
             }
             "--handler-dir" if verb == "worker" || verb == "monitor" => {
                 handler_dir = Some(PathBuf::from(value(rest, &mut i, "--handler-dir")?))
@@ -144,7 +155,11 @@ fn parse_options(verb: &str, rest: &[String]) -> Result<Command, String> {
         i += 1;
     }
     match verb {
-        "plan" => Ok(Command::Plan { json, settings }),
+        "plan" => Ok(Command::Plan {
+            json,
+            settings,
+            sysfs,
+        }),
         "health" => Ok(Command::Health { json }),
         "worker" => Ok(Command::Worker {
             handler_dir: handler_dir.ok_or("worker needs --handler-dir")?,
@@ -211,7 +226,16 @@ mod tests {
             p("plan --json"),
             Ok(Command::Plan {
                 json: true,
-                settings: None
+                settings: None,
+                sysfs: None
+            })
+        );
+        assert_eq!(
+            p("plan --sysfs /b/sysfs --json"),
+            Ok(Command::Plan {
+                json: true,
+                settings: None,
+                sysfs: Some("/b/sysfs".into())
             })
         );
         assert_eq!(
@@ -237,6 +261,9 @@ mod tests {
             "worker --handler-dir /h --seq 01",
             "frobnicate",
             "health --settings f",
+            "plan --sysfs",
+            "health --sysfs /s",
+            "apply --sysfs /s",
         ] {
             assert!(p(bad).is_err(), "{bad}");
         }

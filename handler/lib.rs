@@ -136,7 +136,11 @@ fn dispatch(cmd: Command) -> i32 {
         Command::Update => agent_verb(Operation::Update, verbs::update::run),
         Command::Worker { handler_dir, seq } => verbs::worker::run(&handler_dir, seq),
         Command::Monitor { handler_dir } => verbs::monitor::run(&handler_dir),
-        Command::Plan { json, settings } => verbs::plan::run(settings.as_deref(), json),
+        Command::Plan {
+            json,
+            settings,
+            sysfs,
+        } => verbs::plan::run(settings.as_deref(), sysfs.as_deref(), json),
         Command::Fetch {
             url,
             sha256,

@@ -482,6 +482,8 @@ fn a_worker_under_systemd_gets_the_proxy_through_a_private_file_never_its_comman
         .expect("the worker was started with systemd-run");
     assert!(run.contains("--setenv=PATH="), "{run}");
     assert!(run.contains("--setenv=IBDRIVER_ROOT="), "{run}");
+    // Unset, the hardware seam is not passed: the worker reads <root>/sys like enable.
+    assert!(!run.contains("IBDRIVER_SYSFS"), "{run}");
     assert!(
         !run.contains("ProxyPw31") && !run.contains("proxy"),
         "{run}"

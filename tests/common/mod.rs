@@ -266,6 +266,8 @@ impl World {
             .env("ConfigSequenceNumber", seq.to_string())
             .env("AZURE_GUEST_AGENT_EXTENSION_VERSION", VERSION)
             .env("IBDRIVER_ROOT", &self.root)
+            // The hardware is the root's own `sys/` unless a test moves it.
+            .env_remove("IBDRIVER_SYSFS")
             .env("IBDRIVER_IMDS_URL", &self.imds_url)
             .env(
                 "IBDRIVER_VERIFY_TIMEOUT_SECONDS",

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 pub const FILE_CAP: u64 = 5 * 1024 * 1024;
 pub const BUNDLE_CAP: u64 = 64 * 1024 * 1024;
-pub(super) const TOP: &str = "ibdriver-diagnose";
+/// The bundle's top directory: every member is below it.
+pub const TOP: &str = "ibdriver-diagnose";
 pub(super) const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) const IMDS_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) const SECRET_ENV: [&str; 8] = [
@@ -95,6 +96,28 @@ impl Bundle {
         self.total += len;
         self.members.push((format!("{TOP}/{name}"), clean));
         self.part(name, source, state, detail, len);
+    }
+
+    /// A directory member (`name/`, written 0700), before what is in it.
+    pub(super) fn dir(&mut self, name: &str) {
+        self.members.push((format!("{TOP}/{name}/"), Vec::new()));
+    }
+
+    /// A member with no part of its own (the files of a tree whose part says what it holds):
+    /// text is redacted, other bytes (the EFI variable) are kept. `false`: the size cap was
+    /// reached, nothing was added.
+    pub(super) fn member(&mut self, name: &str, bytes: &[u8]) -> bool {
+        let clean = match std::str::from_utf8(bytes) {
+            Ok(text) => self.redactor.redact(text).into_bytes(),
+            Err(_) => bytes.to_vec(),
+        };
+        let len = clean.len() as u64;
+        if self.total + len > BUNDLE_CAP {
+            return false;
+        }
+        self.total += len;
+        self.members.push((format!("{TOP}/{name}"), clean));
+        true
     }
 
     /// A host file, its tail when longer than [`FILE_CAP`].

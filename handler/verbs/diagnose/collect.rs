@@ -260,17 +260,18 @@ pub(super) fn collect_host(b: &mut Bundle, root: &Root) {
     b.file("host/os-release", &root.path("etc/os-release"));
     b.file("host/waagent.conf", &root.path("etc/waagent.conf"));
     b.file("host/proc-modules", &root.path("proc/modules"));
+    let class = root.sysfs("class/infiniband").display().to_string();
     match ib_ports(root) {
         Some(text) => b.text(
             "host/ib-ports.txt",
-            "/sys/class/infiniband/*/ports/*",
+            &format!("{class}/*/ports/*"),
             &text,
             State::Collected,
             None,
         ),
         None => b.missing(
             "host/ib-ports.txt",
-            "/sys/class/infiniband",
+            &class,
             "no InfiniBand device registered",
         ),
     }

@@ -6,8 +6,10 @@
 //! agent's view (`HandlerEnvironment.json`, `status/`, `config/*.settings`, heartbeat,
 //! `waagent.log`, `CommandExecution.log`, `waagent.conf`), the host (kernel, os-release,
 //! `/proc/modules`, every InfiniBand port, `ip -j addr`, the health report, the installed stack,
-//! `ofed_info -s`, `dkms status`) and IMDS compute metadata. A part that is absent, a program
-//! that is not on PATH or an IMDS that does not answer is recorded, never fatal.
+//! `ofed_info -s`, `dkms status`), IMDS compute metadata, and under `sysfs/` a plain-file
+//! copy of the hardware facts the handler reads, for `plan --sysfs` ([`sysfs`] has its
+//! rules). A part that is absent, a program that is not on PATH or an IMDS that does not
+//! answer is recorded, never fatal.
 //!
 //! Every member passes through [`redact::Redactor::redact`] (see that module for the rules)
 //! after the structural passes: `protectedSettings` blobs are replaced, and IMDS loses
@@ -19,11 +21,13 @@
 //!
 //! Each file is capped at [`FILE_CAP`] (logs keep their tail), the bundle at [`BUNDLE_CAP`]
 //! before compression. The bundle is written atomically (temp file beside it, fsync, rename)
-//! with mode 0600.
+//! with mode 0600; its members are regular files (0600) and, for `sysfs/`, directories
+//! (0700), never links.
 
 mod bundle;
 mod collect;
 mod redact;
+mod sysfs;
 
 use collect::{collect_handler, collect_host, find_handler, host_path, learn_secrets};
 
@@ -36,15 +40,18 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use bundle::{to_json, Bundle, Part, State, TOP};
-pub use bundle::{BUNDLE_CAP, FILE_CAP};
+use bundle::{to_json, Bundle, Part, State};
+pub use bundle::{BUNDLE_CAP, FILE_CAP, TOP};
 pub use redact::Redactor;
+pub use sysfs::SYSFS;
 
 #[derive(Serialize)]
 struct Manifest<'a> {
     tool: String,
     created: String,
     root: String,
+    /// The directory the hardware facts were read from (`IBDRIVER_SYSFS`, default `<root>/sys`).
+    sysfs: String,
     handler: Option<String>,
     exact_values_scrubbed: usize,
     notes: &'a [String],
@@ -91,16 +98,22 @@ fn gather(root: &Root) -> (Vec<(String, Vec<u8>)>, usize, usize) {
     b.file("logs/waagent.log", &root.path("var/log/waagent.log"));
     collect_handler(&mut b, &found);
     collect_host(&mut b, root);
+    sysfs::collect(&mut b, root);
     let missing = b
         .parts
         .iter()
         .filter(|p| matches!(p.state, State::Missing | State::Failed))
         .count();
-    let collected = b.members.len();
+    let collected = b
+        .parts
+        .iter()
+        .filter(|p| matches!(p.state, State::Collected | State::Truncated))
+        .count();
     let manifest = Manifest {
         tool: format!("ibdriver {} diagnose", env!("IBDRIVER_VERSION")),
         created: crate::sys::clock::now_rfc3339(),
         root: root.base().display().to_string(),
+        sysfs: root.sysfs_dir().display().to_string(),
         handler: found
             .as_ref()
             .ok()
@@ -130,9 +143,14 @@ fn write_bundle(
     for (name, data) in members {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
-        h.set_mode(0o600);
         h.set_mtime(mtime);
-        h.set_entry_type(tar::EntryType::Regular);
+        if name.ends_with('/') {
+            h.set_mode(0o700);
+            h.set_entry_type(tar::EntryType::Directory);
+        } else {
+            h.set_mode(0o600);
+            h.set_entry_type(tar::EntryType::Regular);
+        }
         h.set_cksum();
         tar.append_data(&mut h, name, data.as_slice())?;
     }
