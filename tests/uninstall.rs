@@ -211,6 +211,14 @@ fn disable_that_cannot_stop_the_health_timer_fails_with_205_and_keeps_the_units(
     assert!(summary.contains("error 205"), "{summary}");
     // No status file for a disable: the last enable's outcome stands.
     assert!(w.status(1).is_none());
+    // The heartbeat carries the cause (2.15 agents show its message as the handler's).
+    let hb = w.heartbeat();
+    assert_eq!(hb[0]["heartbeat"]["status"], "NotReady");
+    assert_eq!(hb[0]["heartbeat"]["code"], 205);
+    let msg = hb[0]["heartbeat"]["formattedMessage"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(msg.contains("systemctl status ibdriver-health.timer"), "{msg}");
 
     // Once systemd cooperates, disable succeeds and says so in the heartbeat.
     write_exec(&w.stubs.join("systemctl"), "#!/bin/sh\nexit 0\n");

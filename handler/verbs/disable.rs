@@ -8,7 +8,9 @@
 //! uninstall, keeps the handler directory and retries the whole sequence on the next goal
 //! state. A package installer a killed worker left running is not stopped: it finishes rather
 //! than leave dpkg or rpm half done.
-//! Heartbeat: disable writes `NotReady` "disabled: ...", which matches what the agent itself
+//! Heartbeat: a failed disable writes `NotReady` with the first failure's code and message
+//! (agents from 2.15 show the heartbeat's message as the handler's, so the cause and what to
+//! do are what the customer sees). A successful disable writes `NotReady` "disabled: ...", which matches what the agent itself
 //! records for a disabled handler ("Plugin disabled", NotReady). Nothing refreshes it
 //! afterwards, so after 600 s the agent shows `Unresponsive`: with the monitor stopped nothing
 //! on the VM reports for the extension any more, which is what that state says. (A `Ready`
@@ -37,6 +39,7 @@ pub fn run(inv: &Invocation) -> i32 {
         for f in &failures {
             super::report(inv, f);
         }
+        inv.heartbeat(HeartbeatState::NotReady, first.code, &first.message);
         return first.code.exit_code();
     }
     inv.heartbeat(

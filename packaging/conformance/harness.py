@@ -742,9 +742,12 @@ def sc_uninstall_after_failed_disable(ctx):
     rep = ctx.report()
     check(rep is not None and rep.get("code") == 1010, "reported after the failed disable: "
           + describe(rep))
-    # 2.15.0.1 shows the heartbeat's message here, which a failed disable leaves as enable's
-    # "RDMA ready ..." (README, "The two agent lines"): only the code says disable failed.
+    # 2.15.0.1 shows the heartbeat's message here: a failed disable writes NotReady with its
+    # cause, so the customer sees why and what to do, not enable's "RDMA ready".
     check_handler_message(ctx, rep, "DisableFailed")
+    hb = heartbeat_message(ctx) or ""
+    check("ibdriver-health" in hb and "RDMA ready" not in hb,
+          "the heartbeat after a failed disable does not carry its cause: %r" % hb)
     check(os.path.isdir(ctx.base), "handler dir removed after a failed disable")
     units = glob.glob(os.path.join(ctx.host, "etc/systemd/system/ibdriver-health.*"))
     check(len(units) == 2, "unit files of a timer that could not be disabled are gone: %s" % units)
