@@ -6,6 +6,8 @@
 # Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: every scenario)
 #   IBDRIVER_VM_ACCEL=kvm   use KVM instead of TCG (where nested KVM works)
 #   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 1200)
+#   IBDRIVER_VM_BIN=FILE   test this handler binary (also put into the release zip the agent
+#                          gets) instead of the release build
 # Prints `PASS|FAIL <scenario>/<check> ...` lines and ends with `vm: N passed, N failed`.
 # Each scenario leaves target/vm/<scenario>/{console.log,results.txt,timings.txt,share/}.
 set -uo pipefail
@@ -33,8 +35,13 @@ qemu-system-x86_64 "${accel[@]}" -machine q35 -display none -S -monitor none -se
   && kill "$(cat /tmp/ibtest-qemu-probe.pid)" 2>/dev/null \
   || give_up "qemu-system-x86_64 cannot start a ${IBDRIVER_VM_ACCEL:-tcg} machine here"
 
-bin=target/x86_64-unknown-linux-gnu/release/ibdriver
-[ -x "$bin" ] || packaging/build.sh >/dev/null || give_up "packaging/build.sh failed"
+bin=${IBDRIVER_VM_BIN:-target/x86_64-unknown-linux-gnu/release/ibdriver}
+zip=$(ls dist/*.zip 2>/dev/null | head -n1)
+if [ -z "${IBDRIVER_VM_BIN:-}" ] && { [ ! -x "$bin" ] || [ -z "$zip" ]; }; then
+  packaging/build.sh >/dev/null || give_up "packaging/build.sh failed"
+  zip=$(ls dist/*.zip | head -n1)
+fi
+[ -x "$bin" ] && [ -f "$zip" ] || give_up "no handler binary $bin or release zip in dist/"
 t_img=$(date +%s)
 image=$(packaging/vm/image.sh) || give_up "the guest image could not be built (packaging/vm/image.sh)"
 log "image $image ready in $(( $(date +%s) - t_img )) s"
@@ -69,7 +76,14 @@ run_scenario() {
   cp -r packaging/vm/scenarios "$dir/share/guest/scenarios"
   install -m 0755 "$bin" "$dir/share/bin/ibdriver"
   cp HandlerManifest.json manifest/manifest.xml "$dir/share/dist/"
-  cp dist/*.zip "$dir/share/dist/" 2>/dev/null || true
+  # The zip the agent downloads carries the binary under test.
+  python3 - "$zip" "$bin" "$dir/share/dist/$(basename "$zip")" <<'PY'
+import sys, zipfile
+src, binary, out = sys.argv[1:]
+with zipfile.ZipFile(src) as z, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as o:
+    for info in z.infolist():
+        o.writestr(info, open(binary, "rb").read() if info.filename == "bin/ibdriver" else z.read(info))
+PY
   echo "$s" > "$dir/share/scenario"
   : > "$dir/share/results.txt"
   qemu-img create -q -f qcow2 -F raw -b "$image/disk.img" "$dir/disk.qcow2"

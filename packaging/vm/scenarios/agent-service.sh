@@ -20,7 +20,7 @@ check worker-in-transient-unit grep -q 'worker started as a transient systemd un
 check inbox-installed sh -c 'dpkg-query -W -f="\${Status}\n" rdma-core | grep -q "install ok installed"'
 check modules-loaded loaded ib_uverbs ib_umad rdma_ucm ib_ipoib
 check ipoib-address sh -c 'ip -4 -o addr show dev ib0 | grep -q " 172.16.1.4/16 "'
-check health-timer-installed systemctl is-active --quiet ibdriver-health.timer
+check_within health-timer-installed 60 systemctl is-active --quiet ibdriver-health.timer
 # The proxy password reached the handler only encrypted; nothing we or the agent wrote has it.
 leaks() {
   grep -rlF "$SECRET" /var/log /var/lib/infiniband-driver-linux "$AGENT_HD" "$WIRE/status" /etc/systemd /run/systemd/transient 2>/dev/null
