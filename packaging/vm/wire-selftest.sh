@@ -9,6 +9,7 @@
 #   sudo packaging/vm/wire-selftest.sh            (idempotent: the root is made once and reused)
 #   IBWIRE_REBUILD_ROOT=1 / IBWIRE_REBUILD_ZIP=1  force a new root / a new release zip
 #   IBWIRE_TIMEOUT=240                            seconds allowed per goal state
+#   IBWIRE_BLOB_TYPE=PageBlob                     status blob type in ExtensionsConfig (default BlockBlob)
 #
 # Prints PASS/FAIL lines, the figures, and `wire-selftest: N passed, N failed`; exit 0 iff none failed.
 set -uo pipefail
@@ -21,9 +22,13 @@ work=${IBWIRE_WORK:-$repo/target/wire-selftest}
 root=$work/root
 tarball=${IBWIRE_MINBASE:-/work/main/target/e2e/bookworm-minbase.tar}
 timeout=${IBWIRE_TIMEOUT:-240}
+blob_type=${IBWIRE_BLOB_TYPE:-BlockBlob}   # or PageBlob
+idle=${IBWIRE_IDLE:-13}                    # seconds watched after the second goal state
 mirror=${IBWIRE_MIRROR:-http://deb.debian.org/debian}
 name=OpenSource.HpcCompute.InfiniBandDriverLinux
 mkdir -p "$work"
+exec 9>"$work/.lock"
+flock -n 9 || { echo "wire-selftest: another run holds $work/.lock" >&2; exit 2; }
 
 pass=0 fail=0
 ok() { pass=$((pass + 1)); echo "PASS $*"; }
@@ -84,8 +89,11 @@ agent_version=$(chroot "$root" dpkg-query -W -f '${Version}' waagent 2>/dev/null
 log "waagent $agent_version in the root"
 
 # ---- a clean agent state, our files in the root ----------------------------------------------------
-rm -rf "$root/var/lib/waagent" "$root/var/log/azure" "$root/var/log/waagent.log" "$root/opt/ibwire" "$root/run/waagent"*
-rm -f "$root/var/run/waagent.pid" "$root/var/run/waagent-extn.pid"
+# (never through $root/var/run: it is a symlink to /run, which outside the chroot is the host's)
+rm -rf "$root/var/lib/waagent" "$root/var/log/azure" "$root/var/log/waagent.log" "$root/opt/ibwire"
+# Stale N_waagent.pid files: the agent waits for (then SIGKILLs) the process they name, and in a
+# fresh PID namespace that pid is likely the agent itself.
+rm -f "$root"/run/*waagent*.pid "$root/run/ibwire-ready"
 mkdir -p "$root/opt/ibwire" "$root/var/lib/waagent"
 cp packaging/vm/guest/wireserver.py packaging/vm/guest/agent-setup.sh "$root/opt/ibwire/"
 cp "$zip" "$root/opt/ibwire/"
@@ -126,7 +134,7 @@ ws() { in_root python3 /opt/ibwire/wireserver.py "$@"; }
 echo "t_start $(date +%s.%N)"
 ws serve --zip "$ZIP_IN" --state-dir /var/lib/ibwire \
   --public-settings @/opt/ibwire/public1.json --protected-settings @/opt/ibwire/protected1.json \
-  --ready-file /run/ibwire-ready 2>"$WORK/server.log" &
+  --blob-type "$BLOB_TYPE" --ready-file /run/ibwire-ready 2>"$WORK/server.log" &
 for i in $(seq 100); do [ -f "$root/run/ibwire-ready" ] && break; sleep 0.1; done
 [ -f "$root/run/ibwire-ready" ] && echo "server_ready 1" || { echo "server_ready 0"; exit 0; }
 echo "t_agent $(date +%s.%N)"
@@ -136,13 +144,14 @@ ws wait --incarnation 1 --timeout "$timeout" >"$WORK/wait1.json"; echo "wait1 $?
 echo "t_bump $(date +%s.%N)"
 ws bump --public-settings @/opt/ibwire/public2.json >"$WORK/bump.json"; echo "bump $?"
 ws wait --incarnation 2 --timeout "$timeout" >"$WORK/wait2.json"; echo "wait2 $?"
+sleep "$IDLE"   # idle: the agent keeps uploading every goal-state period
 ws state >"$WORK/state.json"
 kill -0 "$agent" 2>/dev/null && echo "agent_alive 1" || echo "agent_alive 0"
 EOF
 rm -f "$root/run/ibwire-ready"
 mkdir -p "$root/run"
 log "running the fabric and the agent in a namespace (up to $((2 * timeout)) s)"
-ZIP_IN=$zip_in WORK=$work timeout $((2 * timeout + 60)) unshare --net --pid --mount --fork --kill-child \
+ZIP_IN=$zip_in WORK=$work BLOB_TYPE=$blob_type IDLE=$idle timeout $((2 * timeout + idle + 60)) unshare --net --pid --mount --fork --kill-child \
   bash "$work/inner.sh" >"$work/inner.out" 2>"$work/inner.err"
 for m in "$root/proc" "$root/dev"; do mountpoint -q "$m" && { log "unmounting leftover $m"; umount -l "$m"; }; done
 val() { sed -n "s/^$1 //p" "$work/inner.out" | tail -n1; }
@@ -217,6 +226,7 @@ if [ "$(val wait2)" = 0 ]; then
 else
   ko "uploaded blob (seqNo 1) matches status/1.status (no blob)"
 fi
+check "agent kept uploading while idle (at least 3 uploads)" test "$(grep -c '"event": "upload"' "$out/events.jsonl")" -ge 3
 check "status-latest.json is a decoded status blob" python3 -c 'import json,sys;d=json.load(open(sys.argv[1]));assert d["aggregateStatus"]["handlerAggregateStatus"]' "$out/status-latest.json"
 check "agent still running at the end (no crash)" test "$(val agent_alive)" = 1
 check "no Python traceback in waagent.log" bash -c "! grep -q 'Traceback\|TypeError' '$root/var/log/waagent.log'"
@@ -240,14 +250,17 @@ for inc in (1, 2):
     gs, ec, man, z = served("goalstate", inc), served("extensionsConfig", inc), served("manifest", inc), served("zip", inc)
     parts = []
     if inc == 1 and gs: parts.append("agent start -> first goalstate %.2f s" % (gs - t_agent))
+    if inc == 1 and r: parts.append("agent start -> status uploaded %.2f s" % (r["time"] - t_agent) if "time" in r else "")
     if ec and man: parts.append("extensionsConfig -> manifest %.2f s" % (man - ec))
     if ec and z: parts.append("extensionsConfig -> zip %.2f s" % (z - ec))
-    if r: parts.append("extensionsConfig -> status uploaded (seqNo %d, %s) %.2f s (upload #%d)" % (r["seqNo"], r["extStatus"], r["secondsFromGoalState"], r["upload"]))
+    if r:
+        parts.append("status uploaded (seqNo %d, %s, upload #%d): %.2f s after the goal state was set, %.2f s after the agent fetched its ExtensionsConfig"
+                     % (r["seqNo"], r["extStatus"], r["upload"], r["secondsFromSet"], r["secondsFromExtensionsConfig"]))
     print("figure incarnation %d: %s" % (inc, "; ".join(parts) or "none"))
 ups = [e for e in ev if e["event"] == "upload"]
 if len(ups) > 1:
     gaps = [b["time"] - a["time"] for a, b in zip(ups, ups[1:])]
-    print("figure uploads: %d, channels %s, median gap %.2f s" % (len(ups), sorted(set(u["channel"] for u in ups)), sorted(gaps)[len(gaps) // 2]))
+    print("figure uploads: %d, channels %s, blob types %s, median gap %.2f s" % (len(ups), sorted(set(u["channel"] for u in ups)), sorted(set(u["blobType"] for u in ups)), sorted(gaps)[len(gaps) // 2]))
 PY
 log "logs: $work/{server.log,agent.stdout,inner.out,inner.err}, $root/var/log/waagent.log; blobs: $out"
 echo "wire-selftest: $pass passed, $fail failed"

@@ -120,10 +120,16 @@ ${after:+Requires=$after}
 ${after:+After=$after}
 
 [Service]
+# A stale N_waagent.pid makes the agent wait for (and at last SIGKILL) the process it names.
+ExecStartPre=/bin/sh -c 'rm -f /run/*_waagent.pid'
 ExecStart=
 ExecStart=/usr/sbin/waagent -run-exthandlers -debug
 EOF
-systemctl daemon-reload
-[ -n "$fabric_zip" ] && systemctl enable ibwire-fabric.service >/dev/null 2>&1 || true
-systemctl enable walinuxagent.service >/dev/null 2>&1 || true
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  [ -z "$fabric_zip" ] || systemctl enable ibwire-fabric.service >/dev/null 2>&1 || true
+  systemctl enable walinuxagent.service >/dev/null 2>&1 || true
+else
+  echo "agent-setup.sh: systemd is not running here; units written, not reloaded" >&2
+fi
 echo "agent-setup.sh: done; start with: systemctl start ${after:+$after }walinuxagent.service"

@@ -148,6 +148,7 @@ class Fabric:
             self.name = self.name or (m.group(1) if m else DEFAULT_NAME)
             self.version = self.version or (m.group(2) if m else DEFAULT_VERSION)
         self.blob_type = args.blob_type
+        self.vm_size = args.vm_size
         self.tenant = Tenant(args.state_dir, args.cipher)
         self.container_id = str(uuid.uuid4())
         self.deployment = uuid.uuid4().hex
@@ -301,7 +302,7 @@ class Fabric:
   <Plugins />
 </PluginVersionManifest>
 """
-        self.served.setdefault(inc, {})
+        self.served.setdefault(inc, {})["set"] = time.time()
         self.event("goalstate-set", incarnation=inc, seqNo=self.seqno, state=self.ext_state,
                    protected=self.protected is not None)
 
@@ -395,11 +396,13 @@ class Fabric:
             if (hs["name"] == self.name and hs["sequenceNumber"] == self.seqno and hs["extStatus"] in TERMINAL
                     and self.incarnation not in self.reached):
                 served = self.served.get(self.incarnation, {})
-                t0 = served.get("extensionsConfig") or served.get("goalstate")
-                self.reached[self.incarnation] = dict(summary, secondsFromGoalState=(
-                    round(summary["time"] - t0, 3) if t0 else None), handler=hs)
+                since = lambda k: round(summary["time"] - served[k], 3) if k in served else None
+                r = dict(summary, handler=hs, secondsFromSet=since("set"),
+                         secondsFromGoalState=since("goalstate"), secondsFromExtensionsConfig=since("extensionsConfig"))
+                self.reached[self.incarnation] = r
                 self.event("reached", incarnation=self.incarnation, seqNo=self.seqno, upload=n,
-                           secondsFromGoalState=self.reached[self.incarnation]["secondsFromGoalState"],
+                           secondsFromSet=r["secondsFromSet"], secondsFromGoalState=r["secondsFromGoalState"],
+                           secondsFromExtensionsConfig=r["secondsFromExtensionsConfig"],
                            status=hs["status"], extStatus=hs["extStatus"], extCode=hs["extCode"])
         self.event("upload", n=n, channel=channel, blobType=btype, handlers=summary["handlers"])
         self.lock.notify_all()
@@ -484,6 +487,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path.startswith("/statusblob/"):
             blob = f.blobs.get(path)
             return (200, bytes(blob), "application/octet-stream") if blob is not None else (404, "", "text/plain")
+        if path in ("/metadata/instance", "/metadata/instance/compute"):
+            # The agent asks 169.254.169.254 first and, when it cannot connect, the WireServer.
+            compute = {"location": "ibwire", "name": "ibwire-vm", "offer": "debian-12", "osType": "Linux",
+                       "placementGroupId": "", "platformFaultDomain": "0", "platformUpdateDomain": "0",
+                       "publisher": "Debian", "resourceGroupName": "ibwire", "sku": "12", "subscriptionId":
+                       "00000000-0000-0000-0000-000000000000", "tags": "", "version": "0.0.0",
+                       "vmId": f.container_id, "vmSize": f.vm_size, "vmScaleSetName": "", "zone": ""}
+            if path.endswith("/compute"):
+                return 200, json.dumps(compute), "application/json"
+            return 200, json.dumps({"compute": compute, "network": {"interface": [{
+                "macAddress": "000000000000", "ipv4": {"ipAddress": [{"privateIpAddress": "127.0.0.1",
+                                                                      "publicIpAddress": ""}], "subnet": []},
+                "ipv6": {"ipAddress": []}}]}}), "application/json"
         if path == "/control/state":
             return 200, json.dumps(f.state(), indent=2), "application/json"
         return None
@@ -629,6 +645,7 @@ def main():
     s.add_argument("--incarnation", type=int, default=1)
     s.add_argument("--seqno", type=int, default=0)
     s.add_argument("--blob-type", choices=("BlockBlob", "PageBlob"), default="BlockBlob")
+    s.add_argument("--vm-size", default="Standard_HB120rs_v3", help="vmSize in the IMDS answers (agent telemetry only)")
     s.add_argument("--cipher", choices=("des3", "aes256"), default="aes256", help="protected settings cipher")
     s.add_argument("--ready-file", help="written once both ports listen")
     b = sub.add_parser("bump", help="new incarnation (new settings, new seqNo unless --keep-seqno)")
