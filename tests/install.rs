@@ -763,3 +763,63 @@ fn the_summary_log_names_the_run_that_asks_for_the_reboot() {
         "{summary}"
     );
 }
+
+/// `ibdriver apply` from cloud-init's `runcmd` (user-data at first boot): cloud-init cannot
+/// finish before its own child does, so apply must not wait for it, or it runs out
+/// `lockTimeoutSeconds` and fails with 213 on every first boot. Outside cloud-init it waits.
+#[test]
+fn apply_under_cloud_init_does_not_wait_for_cloud_init_to_finish() {
+    let w = World::new("hbv3-noverbs", HB);
+    apt_stubs(&w, "5.15.0-1073-azure");
+    w.set_file("run/cloud-init/enabled", "");
+    let (_server, mut public) = doca_package(&w);
+    public["lockTimeoutSeconds"] = json!(2);
+    let file = w.tmp.path().join("apply-settings.json");
+    write(&file, public.to_string());
+    // A parent process named cloud-init, as cloud-init's runcmd script is.
+    let cloud_init = w.tmp.path().join("bin/cloud-init");
+    write_exec(&cloud_init, "#!/bin/sh\n\"$@\"\n");
+    let apply = |under_cloud_init: bool| {
+        let c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
+        let mut outer = std::process::Command::new(if under_cloud_init {
+            cloud_init.as_os_str()
+        } else {
+            c.get_program()
+        });
+        if under_cloud_init {
+            outer.arg(c.get_program());
+        }
+        outer.args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => outer.env(k, v),
+                None => outer.env_remove(k),
+            };
+        }
+        outer.output().unwrap()
+    };
+
+    let out = apply(false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 14, "{stdout}");
+    assert!(
+        stdout.contains("213") && stdout.contains("cloud-init has not finished"),
+        "{stdout}"
+    );
+    assert!(!w.calls().contains("apt-get"), "{}", w.calls());
+
+    let out = apply(true);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stdout.contains("213"), "{stdout}\n{stderr}");
+    assert!(
+        w.calls().contains("apt-get"),
+        "{}\n{stdout}\n{stderr}",
+        w.calls()
+    );
+    // apply keeps its log in the data directory.
+    let log = fs::read_to_string(w.data_dir().join("log/ibdriver.log")).unwrap_or_default();
+    assert!(log.contains("running under cloud-init"), "{log}");
+}

@@ -218,7 +218,10 @@ fn disable_that_cannot_stop_the_health_timer_fails_with_205_and_keeps_the_units(
     let msg = hb[0]["heartbeat"]["formattedMessage"]["message"]
         .as_str()
         .unwrap();
-    assert!(msg.contains("systemctl status ibdriver-health.timer"), "{msg}");
+    assert!(
+        msg.contains("systemctl status ibdriver-health.timer"),
+        "{msg}"
+    );
 
     // Once systemd cooperates, disable succeeds and says so in the heartbeat.
     write_exec(&w.stubs.join("systemctl"), "#!/bin/sh\nexit 0\n");

@@ -30,12 +30,44 @@ fn pid_file_alive(path: &Path) -> Option<i32> {
     (pid > 0 && crate::engine::lock::start_time(pid as u32).is_some()).then_some(pid)
 }
 
-/// What is busy right now, in words; `None` when the way is clear.
-pub fn busy(root: &Root, f: Family) -> Option<String> {
+/// `pid`'s parent and its command name (`comm`), from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
+    let ppid = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ppid, comm))
+}
+
+/// The cloud-init process we run under, if any (`ibdriver apply` from user-data's `runcmd`):
+/// cloud-init cannot finish before we do, so waiting for it would only run out the clock.
+/// Walks our own ancestors (never more than 64 of them) for a process named `cloud-init`.
+pub fn cloud_init_ancestor() -> Option<u32> {
+    let (mut pid, _) = parent_of(std::process::id())?;
+    for _ in 0..64 {
+        if pid <= 1 {
+            return None;
+        }
+        let (ppid, comm) = parent_of(pid)?;
+        if comm == "cloud-init" {
+            return Some(pid);
+        }
+        pid = ppid;
+    }
+    None
+}
+
+/// What is busy right now, in words; `None` when the way is clear. `under_cloud_init`: we are
+/// cloud-init's own child, so it is not waited for (the package locks still are).
+pub fn busy(root: &Root, f: Family, under_cloud_init: bool) -> Option<String> {
     // cloud-init's generator writes run/cloud-init/enabled when it will run this boot (and
     // `disabled` when not); result.json marks the end of its last stage.
     let ci = root.path("run/cloud-init");
-    if ci.join("enabled").exists()
+    if !under_cloud_init
+        && ci.join("enabled").exists()
         && !ci.join("disabled").exists()
         && !ci.join("result.json").exists()
     {
@@ -83,9 +115,16 @@ pub fn wait(
 ) -> Result<(), Failure> {
     let start = Instant::now();
     let mut logged = false;
+    let parent = cloud_init_ancestor();
+    if let Some(pid) = parent {
+        tracing::info!(
+            pid,
+            "running under cloud-init: not waiting for it to finish, only for the package locks"
+        );
+    }
     let (result, _) = crate::sys::clock::poll(timeout, poll, || {
         use crate::sys::clock::Look;
-        let Some(what) = busy(root, f) else {
+        let Some(what) = busy(root, f, parent.is_some()) else {
             if logged {
                 tracing::info!(
                     waited_s = start.elapsed().as_secs(),
@@ -129,7 +168,7 @@ mod tests {
         let lock = root.path("var/lib/dpkg/lock-frontend");
         std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
         std::fs::write(&lock, "").unwrap();
-        assert_eq!(busy(&root, Family::Apt), None);
+        assert_eq!(busy(&root, Family::Apt, false), None);
         let mut holder = Command::new("python3")
             .args(["-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"])
             .arg(&lock)
@@ -142,7 +181,7 @@ mod tests {
             &mut line,
         )
         .unwrap();
-        let what = busy(&root, Family::Apt).expect("lock seen");
+        let what = busy(&root, Family::Apt, false).expect("lock seen");
         assert!(
             what.contains("lock-frontend") && what.contains(&holder.id().to_string()),
             "{what}"
@@ -174,14 +213,20 @@ mod tests {
         let root = Root::new(d.path());
         std::fs::create_dir_all(root.path("run/cloud-init")).unwrap();
         // Present but disabled (or never enabled): not waited for.
-        assert_eq!(busy(&root, Family::Zypper), None);
+        assert_eq!(busy(&root, Family::Zypper, false), None);
         std::fs::write(root.path("run/cloud-init/enabled"), "").unwrap();
-        assert!(busy(&root, Family::Zypper).unwrap().contains("cloud-init"));
+        assert!(busy(&root, Family::Zypper, false)
+            .unwrap()
+            .contains("cloud-init"));
+        // cloud-init's own child does not wait for cloud-init.
+        assert_eq!(busy(&root, Family::Zypper, true), None);
         std::fs::write(root.path("run/cloud-init/result.json"), "{}").unwrap();
-        assert_eq!(busy(&root, Family::Zypper), None);
+        assert_eq!(busy(&root, Family::Zypper, false), None);
         std::fs::write(root.path("run/zypp.pid"), std::process::id().to_string()).unwrap();
-        assert!(busy(&root, Family::Zypper).unwrap().contains("zypp.pid"));
+        assert!(busy(&root, Family::Zypper, false)
+            .unwrap()
+            .contains("zypp.pid"));
         std::fs::write(root.path("run/zypp.pid"), "999999999").unwrap();
-        assert_eq!(busy(&root, Family::Zypper), None);
+        assert_eq!(busy(&root, Family::Zypper, false), None);
     }
 }
