@@ -67,7 +67,6 @@ seed_disk() {
     mcopy -i "$dir/seed.img" "$src/user-data" "$src/meta-data" "$bin" ::
 }
 
-passed=0 failed=0
 run_scenario() {
   local s=$1 dir=target/vm/$1 t0 extra=() cmdline="cloud-init=disabled" n
   t0=$(date +%s)
@@ -88,7 +87,7 @@ PY
   : > "$dir/share/results.txt"
   qemu-img create -q -f qcow2 -F raw -b "$image/disk.img" "$dir/disk.qcow2"
   if [ "$s" = cloud-init ]; then
-    seed_disk "$dir" || { echo "FAIL $s/seed could not make the NoCloud seed disk"; failed=$((failed + 1)); return; }
+    seed_disk "$dir" || { echo "FAIL $s/seed could not make the NoCloud seed disk" > "$dir/results.txt"; return; }
     extra=(-drive "file=$dir/seed.img,if=virtio,format=raw,readonly=on"); cmdline=""
   fi
   for n in $(seq 1 $MAX_BOOTS); do
@@ -110,13 +109,27 @@ PY
   grep -q . "$dir/share/results.txt" || echo "FAIL $s/results the guest reported no check" >> "$dir/share/results.txt"
   echo "scenario: $(( $(date +%s) - t0 )) s in all" >> "$dir/share/timings.txt"
   cp "$dir/share/results.txt" "$dir/results.txt"; cp "$dir/share/timings.txt" "$dir/timings.txt" 2>/dev/null
-  cat "$dir/results.txt"
-  passed=$(( passed + $(grep -c '^PASS ' "$dir/results.txt") ))
-  failed=$(( failed + $(grep -c '^FAIL ' "$dir/results.txt") ))
   rm -f "$dir/disk.qcow2"
   log "$s: $(( $(date +%s) - t0 )) s ($(tr '\n' ';' < "$dir/timings.txt"))"
 }
 
-for s in $scenarios; do run_scenario "$s"; done
+# Scenarios run side by side, IBDRIVER_VM_JOBS at a time (default 2): a guest spends much of
+# its time waiting (the agent's retries and polls, timers, reboots), so two share the cores well.
+jobs=${IBDRIVER_VM_JOBS:-2}
+t_all=$(date +%s)
+for s in $scenarios; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+  run_scenario "$s" &
+done
+wait
+passed=0 failed=0
+for s in $scenarios; do
+  r=target/vm/$s/results.txt
+  [ -s "$r" ] || echo "FAIL $s/results the scenario left no results" > "$r"
+  cat "$r"
+  passed=$(( passed + $(grep -c '^PASS ' "$r") ))
+  failed=$(( failed + $(grep -c '^FAIL ' "$r") ))
+done
+log "all scenarios: $(( $(date +%s) - t_all )) s with $jobs at a time"
 echo "vm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -79,7 +79,10 @@ start_agent() {
   echo "WIRESERVER_ARGS=$_args" > /etc/default/ibwire-fabric
   sh /opt/ibwire/agent-setup.sh --period 2 --fabric-unit "/opt/ibwire/$(basename "$ZIP")" "$WIRE" >/dev/null
   mkdir -p /etc/systemd/system/walinuxagent.service.d
-  printf '[Service]\nEnvironment=IBDRIVER_SYSFS=%s\n' "$HW_SYSFS" > /etc/systemd/system/walinuxagent.service.d/ibtest-hw.conf
+  # Azure's images run the agent with Restart=always (the upstream unit; Debian's has none), so
+  # an agent that dies comes back and runs enable again.
+  printf '[Service]\nEnvironment=IBDRIVER_SYSFS=%s\nRestart=always\nRestartSec=5\n' "$HW_SYSFS" \
+    > /etc/systemd/system/walinuxagent.service.d/ibtest.conf
   systemctl daemon-reload
   systemctl start walinuxagent.service
 }
