@@ -13,7 +13,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 log() { printf 'vm: %s\n' "$*" >&2; }
-ALL="agent-service agent-restart health-timer inbox-reboot cloud-init"
+# Longest first, so two at a time pack well.
+ALL="inbox-reboot health-timer agent-restart agent-service cloud-init"
 scenarios=${*:-$ALL}
 boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-1200}
 MAX_BOOTS=4

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Guest-side file inventory, for "uninstall leaves only what the README lists".
+"""Guest-side file inventory (of TOPS), for "uninstall leaves only what the README lists".
 
 `files.py snapshot OUT` records every path on the root filesystem (but the volatile trees).
 `files.py left BEFORE ALLOWED...` prints each path present now but not in BEFORE that no
@@ -15,8 +15,12 @@ VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/mnt", "/var/c
             "/var/log/alternatives.log", "/etc/machine-id", "/var/lib/dbus")
 
 
+# Where anything of ours could be left: not /usr, which only packages fill (and /usr/local).
+TOPS = ("/etc", "/var", "/opt", "/root", "/srv", "/home", "/boot", "/usr/local")
+
+
 def walk():
-    for top, dirs, files in os.walk("/"):
+    for top, dirs, files in (w for t in TOPS for w in os.walk(t)):
         if top.startswith(VOLATILE):
             dirs[:] = []
             continue
@@ -34,6 +38,17 @@ def owned():
     return paths | {"/usr" + p for p in paths if p.startswith(("/lib", "/bin", "/sbin"))}
 
 
+def of_package(path, pkg):
+    """Listed by dpkg, or a link a maintainer script made to a file dpkg lists (update-rc.d's
+    /etc/rc?.d links, deb-systemd-helper's .wants links)."""
+    if path in pkg:
+        return True
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        return target in pkg or target.replace("/usr/lib/", "/lib/", 1) in pkg
+    return False
+
+
 def main():
     if sys.argv[1] == "snapshot":
         with open(sys.argv[2], "w") as f:
@@ -42,7 +57,8 @@ def main():
     before = set(open(sys.argv[2]).read().split("\n"))
     allowed = tuple(sys.argv[3:])
     pkg = owned()
-    extra = [p for p in sorted(walk()) if p not in before and p not in pkg and not p.startswith(allowed)]
+    extra = [p for p in sorted(walk()) if p not in before and not of_package(p, pkg)
+             and not p.startswith(allowed)]
     for p in extra:
         print(p)
     return 1 if extra else 0

@@ -101,6 +101,8 @@ for h in blob.get("aggregateStatus", {}).get("handlerAggregateStatus", []):
         print(st.get("status"), st.get("code"), h.get("status"), subs)
 PY
 }
+# uploaded_has PATTERN: the newest upload's line for our handler matches the grep pattern.
+uploaded_has() { _u=$(uploaded); echo "$_u" | grep -q "$1" || { echo "uploaded: $_u"; return 1; }; }
 LOG=/var/log/azure/$NAME/ibdriver.log
 count_in_log() { grep -c "$1" "$LOG" 2>/dev/null || true; }
 loaded() { for m in "$@"; do grep -q "^$m " /proc/modules || { echo "$m not loaded"; return 1; }; done; }

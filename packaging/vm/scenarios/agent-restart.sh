@@ -31,4 +31,4 @@ if wire wait --timeout 900 > /root/wait.json 2>&1; then pass goal-state-reached;
 check_status handler-status-success "$AGENT_HD/status/0.status" success
 check one-worker-started sh -c "[ \"\$(grep -c 'worker started as a transient systemd unit' '$LOG')\" = '$starts0' ]"
 check one-worker-unit sh -c "[ \"\$(journalctl -b --no-pager -o cat | grep -c 'Started ibdriver-worker-')\" = 1 ]"
-check uploaded-success sh -c 'uploaded | grep -q "^success 0 "'
+check uploaded-success uploaded_has '^success 0 Ready'

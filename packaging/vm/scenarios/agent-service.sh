@@ -10,11 +10,9 @@ if wire wait --timeout 900 > /root/wait.json 2>&1; then pass goal-state-reached;
 cp /root/wait.json "$S/state/wait.json"
 note "agent-service: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print({k: v for k, v in d.items() if "second" in k or k.startswith("since")})' /root/wait.json 2>/dev/null)"
 cp "$WIRE/status/status-latest.json" "$S/state/" 2>/dev/null
-u=$(uploaded)
-echo "uploaded: $u"
-check uploaded-extension-success sh -c "echo '$u' | grep -q '^success 0 '"
-check uploaded-handler-ready sh -c "echo '$u' | grep -q '^success 0 Ready'"
-check uploaded-health-substatus sh -c "echo '$u' | grep -q 'health=success'"
+check uploaded-extension-success uploaded_has '^success 0 '
+check uploaded-handler-ready uploaded_has '^success 0 Ready'
+check uploaded-health-substatus uploaded_has 'health=success' 
 check_status handler-status-file "$AGENT_HD/status/0.status" success
 check worker-in-transient-unit grep -q 'worker started as a transient systemd unit' "$LOG"
 check inbox-installed sh -c 'dpkg-query -W -f="\${Status}\n" rdma-core | grep -q "install ok installed"'

@@ -1,7 +1,8 @@
 # cloud-init: a NoCloud seed disk whose user-data runs `ibdriver apply` at first boot; the real
 # cloud-init runs it, and this reads its result and exit code.
 . "$S/guest/lib.sh"
-check cloud-init-finishes timeout 900 cloud-init status --wait
+timeout 900 cloud-init status --wait >/dev/null 2>&1
+check cloud-init-finishes sh -c 'cloud-init status | grep -Eq "status: (done|error)"'
 cloud-init status --long > "$S/state/cloud-init-status.txt" 2>&1
 check cloud-init-done grep -q "status: done" "$S/state/cloud-init-status.txt"
 check datasource-nocloud grep -qi nocloud "$S/state/cloud-init-status.txt"
