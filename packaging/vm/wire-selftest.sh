@@ -20,7 +20,6 @@ repo=$(pwd)
 
 work=${IBWIRE_WORK:-$repo/target/wire-selftest}
 root=$work/root
-tarball=${IBWIRE_MINBASE:-/work/main/target/e2e/bookworm-minbase.tar}
 timeout=${IBWIRE_TIMEOUT:-240}
 blob_type=${IBWIRE_BLOB_TYPE:-BlockBlob}   # or PageBlob
 idle=${IBWIRE_IDLE:-13}                    # seconds watched after the second goal state
@@ -68,11 +67,9 @@ if [ ! -f "$root/.ibwire-root-ok" ] || [ -n "${IBWIRE_REBUILD_ROOT:-}" ]; then
   for m in "$root/proc" "$root/dev"; do mountpoint -q "$m" && umount -l "$m"; done
   rm -rf --one-file-system "$root"
   mkdir -p "$root"
-  if [ -f "$tarball" ]; then
-    tar -C "$root" -xf "$tarball"
-  else
-    debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1
-  fi
+  # The minbase root the e2e tier and the VM image share (debootstrap'ed once per machine).
+  tarball=${IBWIRE_MINBASE:-$(packaging/bookworm-base.sh)}
+  tar -C "$root" -xf "$tarball"
   cp /etc/resolv.conf "$root/etc/resolv.conf"
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod 755 "$root/usr/sbin/policy-rc.d"
   bind_for_apt
