@@ -781,22 +781,12 @@ fn apply_under_cloud_init_does_not_wait_for_cloud_init_to_finish() {
     write_exec(&cloud_init, "#!/bin/sh\n\"$@\"\n");
     let apply = |under_cloud_init: bool| {
         let c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
-        let mut outer = std::process::Command::new(if under_cloud_init {
-            cloud_init.as_os_str()
+        let mut run = if under_cloud_init {
+            wrapped(&c, &cloud_init, &[])
         } else {
-            c.get_program()
-        });
-        if under_cloud_init {
-            outer.arg(c.get_program());
-        }
-        outer.args(c.get_args());
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => outer.env(k, v),
-                None => outer.env_remove(k),
-            };
-        }
-        outer.output().unwrap()
+            c
+        };
+        run.output().unwrap()
     };
 
     let out = apply(false);

@@ -317,22 +317,10 @@ fn ipoib_native_assigns_kvp_addresses_by_hardware_address_in_a_namespace() {
     let file = w.tmp.path().join("native.json");
     write(&file, json!({"ipoib": "native"}).to_string());
     let run = || {
-        let mut c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
-        let inner = c.get_program().to_owned();
-        let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
-        let envs: Vec<_> = c
-            .get_envs()
-            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-            .collect();
-        let mut outer = Command::new("ip");
-        outer.args(["netns", "exec", &ns.0]).arg(inner).args(args);
-        for (k, v) in envs {
-            if let Some(v) = v {
-                outer.env(k, v);
-            }
-        }
-        c = outer;
-        c.output().unwrap()
+        let c = w.command(&["apply", "--settings", file.to_str().unwrap()], 0);
+        wrapped(&c, "ip", &["netns", "exec", &ns.0])
+            .output()
+            .unwrap()
     };
     for round in 1..=2 {
         let out = run();

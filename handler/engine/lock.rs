@@ -97,22 +97,77 @@ fn parse_holder(text: &str) -> Option<(Holder, u64)> {
     Some((Holder { pid, seq }, start))
 }
 
-/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot) of a live process;
-/// `None` for a zombie, which holds no lock and does no work (its parent may never reap it).
-/// The comm field may hold spaces and parentheses, so parse after the last `)`.
-/// Real /proc: processes are real.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if matches!(fields.next()?, "Z" | "X" | "x") {
-        return None;
+/// The fields of `/proc/<pid>/stat` we read: state, parent, command name, start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// One letter: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: String,
+    pub ppid: u32,
+    /// `comm`: at most 15 bytes, may itself hold spaces and parentheses.
+    pub comm: String,
+    /// Field 22: clock ticks since boot.
+    pub start: u64,
+}
+
+impl ProcStat {
+    /// A zombie or a dead task holds no lock and does no work (its parent may never reap it).
+    pub fn is_gone(&self) -> bool {
+        matches!(self.state.as_str(), "Z" | "X" | "x")
     }
-    fields.nth(18)?.parse().ok()
+}
+
+/// Parses one `/proc/<pid>/stat` line. The comm sits between the first `(` and the last `)`,
+/// so a name such as `a) (b` cannot shift the fields after it.
+pub fn parse_stat(stat: &str) -> Option<ProcStat> {
+    let close = stat.rfind(')')?;
+    let comm = stat.get(stat.find('(')? + 1..close)?.to_string();
+    let mut fields = stat[close + 1..].split_whitespace();
+    let state = fields.next()?.to_string();
+    let ppid = fields.next()?.parse().ok()?;
+    // Fields 5..21 lie between the parent (4) and the start time (22).
+    let start = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        ppid,
+        comm,
+        start,
+    })
+}
+
+/// `/proc/<pid>/stat` of `pid`, parsed. Real /proc: processes are real.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time of a live process; `None` for a zombie or a process that is gone.
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).filter(|s| !s.is_gone()).map(|s| s.start)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_survive_a_command_name_with_parentheses_and_spaces() {
+        // Fields 1-22 of a real line, the comm made hostile.
+        let line = "4242 (a) (b c) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1234 56 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.comm, "a) (b c");
+        assert_eq!((s.state.as_str(), s.ppid, s.start), ("S", 17, 987654));
+        assert!(!s.is_gone());
+        for gone in ["Z", "X", "x"] {
+            let z = parse_stat(&line.replace(") S ", &format!(") {gone} "))).unwrap();
+            assert!(z.is_gone(), "{gone}");
+        }
+        for cut in ["4242 a S 17", "4242 (x) S", "4242 (x) S 17 1 2 3"] {
+            assert_eq!(parse_stat(cut), None, "{cut}");
+        }
+        let me = proc_stat(std::process::id()).unwrap();
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert_eq!(Some(me.start), start_time(std::process::id()));
+    }
 
     #[test]
     fn exclusive_and_released_on_drop() {
@@ -156,15 +211,7 @@ mod tests {
         std::fs::write(d.path().join("worker.pid"), format!("{pid} {start} 7\n")).unwrap();
         child.kill().unwrap();
         // Not yet reaped: a zombie is no holder.
-        let zombie = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-        };
+        let zombie = || proc_stat(pid).is_some_and(|s| s.state == "Z");
         let (_, dead) =
             crate::sys::clock::poll(Duration::from_secs(30), Duration::from_millis(10), || {
                 crate::sys::clock::Look::when(zombie())

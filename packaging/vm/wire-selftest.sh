@@ -23,7 +23,6 @@ root=$work/root
 timeout=${IBWIRE_TIMEOUT:-240}
 blob_type=${IBWIRE_BLOB_TYPE:-BlockBlob}   # or PageBlob
 idle=${IBWIRE_IDLE:-13}                    # seconds watched after the second goal state
-mirror=${IBWIRE_MIRROR:-http://deb.debian.org/debian}
 name=OpenSource.HpcCompute.InfiniBandDriverLinux
 mkdir -p "$work"
 exec 9>"$work/.lock"

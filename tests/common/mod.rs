@@ -549,6 +549,23 @@ pub fn worker_running(handler_dir: &Path) -> bool {
     })
 }
 
+/// `cmd` run under `wrapper prefix...` (a parent process, a network namespace): the wrapper
+/// gets `prefix`, then cmd's program and arguments; cmd's environment changes carry over.
+pub fn wrapped(cmd: &Command, wrapper: impl AsRef<std::ffi::OsStr>, prefix: &[&str]) -> Command {
+    let mut outer = Command::new(wrapper);
+    outer
+        .args(prefix)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
+        };
+    }
+    outer
+}
+
 pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }

@@ -2,6 +2,7 @@
 //! (docs/DOMAIN.md, "Package locks and cloud-init"): bounded by `lockTimeoutSeconds`, then a
 //! dedicated code. Locks are only observed (fcntl F_GETLK, pid files), never taken.
 
+use crate::engine::lock::proc_stat;
 use crate::error::{Code, Failure};
 use crate::host::Root;
 use crate::plan::recipe::Family;
@@ -30,32 +31,20 @@ fn pid_file_alive(path: &Path) -> Option<i32> {
     (pid > 0 && crate::engine::lock::start_time(pid as u32).is_some()).then_some(pid)
 }
 
-/// `pid`'s parent and its command name (`comm`), from `/proc/<pid>/stat`.
-fn parent_of(pid: u32) -> Option<(u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
-    let ppid = stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ppid, comm))
-}
-
 /// The cloud-init process we run under, if any (`ibdriver apply` from user-data's `runcmd`):
 /// cloud-init cannot finish before we do, so waiting for it would only run out the clock.
 /// Walks our own ancestors (never more than 64 of them) for a process named `cloud-init`.
 pub fn cloud_init_ancestor() -> Option<u32> {
-    let (mut pid, _) = parent_of(std::process::id())?;
+    let mut pid = proc_stat(std::process::id())?.ppid;
     for _ in 0..64 {
         if pid <= 1 {
             return None;
         }
-        let (ppid, comm) = parent_of(pid)?;
-        if comm == "cloud-init" {
+        let stat = proc_stat(pid)?;
+        if stat.comm == "cloud-init" {
             return Some(pid);
         }
-        pid = ppid;
+        pid = stat.ppid;
     }
     None
 }
