@@ -667,11 +667,27 @@ fn an_unfinished_install_is_carried_on_not_mistaken_for_success() {
     apt_stubs(&w, kernel);
     let c = w.tmp.path().join("calls.log");
     write_exec(&w.stubs.join("dkms"), &format!("#!/bin/sh\necho \"dkms $*\" >> '{}'\necho 'mlnx-ofed-kernel/25.10, {kernel}, x86_64: built'\n", c.display()));
+    w.set_file(
+        "var/lib/dkms/mlnx-ofed-kernel/25.10/build/make.log",
+        "  CC [M]  build/mlx5_core.o\nbuild/mlx5_core.c:24:2: error: #error \"no compile\"\n\
+         make[1]: *** [Makefile.build:255: mlx5_core.o] Error 1\nmake: Leaving directory '/usr/src/h'\n",
+    );
     let (_server, public) = doca_package(&w);
     w.settings(1, public);
     assert_eq!(code(&w.run("enable", 1)), 0);
     let v = w.wait_terminal(1, Duration::from_secs(30));
     assert_eq!(status_code(&v), 217, "{}", message(&v));
+    // The compiler's line first (kbuild's log ends with make's noise), then the log's end.
+    assert!(
+        message(&v).contains(&format!("DKMS did not build mlnx-ofed-kernel for kernel {kernel}; first error: build/mlx5_core.c:24:2: error: #error \"no compile\"; make.log ends: ")),
+        "{}",
+        message(&v)
+    );
+    assert!(
+        message(&v).ends_with("make: Leaving directory '/usr/src/h'"),
+        "{}",
+        message(&v)
+    );
     // enable again with the same sequence number: the install is resumed, not skipped.
     assert_eq!(code(&w.run("enable", 1)), 0);
     let v = w.wait_terminal(1, Duration::from_secs(30));

@@ -29,19 +29,38 @@ pub(super) fn check_dkms(root: &Root, family: Family, kernel: &str) -> Result<()
     for m in recipe::dkms_modules(family) {
         if !dkms_installed(&text, m, kernel) {
             let log = find_make_log(root, m)
-                .map(|p| {
-                    crate::sys::fsutil::read_trimmed(&p)
-                        .map(|t| proc::tail_line(&t, 400))
-                        .unwrap_or_default()
-                })
+                .and_then(|p| crate::sys::fsutil::read_trimmed(&p))
                 .unwrap_or_default();
             return Err(Failure::new(
                 Code::DkmsFailed,
-                format!("DKMS did not build {m} for kernel {kernel}; make.log ends: {log}"),
+                format!(
+                    "DKMS did not build {m} for kernel {kernel}; {}",
+                    make_log_summary(&log)
+                ),
             ));
         }
     }
     Ok(())
+}
+
+/// What a failed build's `make.log` says, in one line: kbuild's log ends with make's own
+/// "Error 2" and "Leaving directory" lines, so the compiler's first error comes first, then the
+/// end of the log.
+pub fn make_log_summary(log: &str) -> String {
+    let tail = proc::tail_line(log, 300);
+    if log.is_empty() {
+        return "make.log is missing or empty".into();
+    }
+    match log
+        .lines()
+        .find(|l| l.contains("error:") || l.contains("Error:") || l.contains("#error"))
+    {
+        Some(first) => format!(
+            "first error: {}; make.log ends: {tail}",
+            proc::tail_line(first, 300)
+        ),
+        None => format!("make.log ends: {tail}"),
+    }
 }
 
 /// The build log of the module's first version that has one.
@@ -56,6 +75,34 @@ fn find_make_log(root: &Root, module: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn make_log_summary_puts_the_compiler_error_first() {
+        // A real kbuild log (Debian 12, linux-headers-6.1.0-50-amd64), shortened.
+        let log = "DKMS make.log for mlnx-ofed-kernel-25.10 for kernel 6.1.0-50-amd64 (x86_64)\n\
+            make: Entering directory '/usr/src/linux-headers-6.1.0-50-amd64'\n\
+              CC [M]  /var/lib/dkms/mlnx-ofed-kernel/25.10/build/mlx5_core.o\n\
+            /var/lib/dkms/mlnx-ofed-kernel/25.10/build/mlx5_core.c:24:2: error: #error \"does not compile\"\n\
+               24 | #error \"does not compile\"\n\
+            make[1]: *** [scripts/Makefile.build:255: mlx5_core.o] Error 1\n\
+            make: *** [Makefile:2050: build] Error 2\n\
+            make: Leaving directory '/usr/src/linux-headers-6.1.0-50-amd64'\n";
+        let s = make_log_summary(log);
+        assert!(
+            s.starts_with("first error: /var/lib/dkms/mlnx-ofed-kernel/25.10/build/mlx5_core.c:24:2: error: #error"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("make: Leaving directory '/usr/src/linux-headers-6.1.0-50-amd64'"),
+            "{s}"
+        );
+        let plain = make_log_summary("make: *** [Makefile:2050: build] Error 2\n");
+        assert_eq!(
+            plain,
+            "make.log ends: make: *** [Makefile:2050: build] Error 2"
+        );
+        assert_eq!(make_log_summary(""), "make.log is missing or empty");
+    }
 
     #[test]
     fn dkms_status_lines() {
