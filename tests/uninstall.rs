@@ -82,8 +82,15 @@ fn doca_we_installed_is_removed_when_the_settings_ask() {
         calls[purge]
     );
     let uninstall = pos("ofed_uninstall.sh --force");
+    // The stack's rdma-core went with it: the distribution's is put back before the initramfs.
+    let inbox = pos("apt-get install -y -q");
+    assert!(
+        calls[inbox].ends_with(" rdma-core ibverbs-providers libibverbs1 ibverbs-utils librdmacm1 rdmacm-utils libibumad3 infiniband-diags"),
+        "{}",
+        calls[inbox]
+    );
     let initramfs = pos(&format!("update-initramfs -u -k {KERNEL}"));
-    assert!(unhold < purge && purge < uninstall && uninstall < initramfs);
+    assert!(unhold < purge && purge < uninstall && uninstall < inbox && inbox < initramfs);
     // Our DKMS lines are gone, the file we created with them too; other lines stay.
     assert!(!w.root.join("etc/dkms/iser.conf").exists());
     assert_eq!(
@@ -170,10 +177,21 @@ fn mlnx_ofed_on_dnf_runs_its_uninstaller_and_dracut() {
         &w.stubs.join("rpm"),
         "#!/bin/sh\nprintf 'mlnx-ofed-all\\nrdma-core\\n'\n",
     );
+    write_exec(
+        &w.stubs.join("dnf"),
+        &format!(
+            "#!/bin/sh\necho \"dnf $*\" >> '{}'\n",
+            w.tmp.path().join("calls.log").display()
+        ),
+    );
     w.settings(0, json!({"removeDriversOnUninstall": true}));
     assert_eq!(code(&w.run("uninstall", 0)), 0);
     let calls = w.calls();
     assert!(calls.contains("ofed_uninstall.sh --force"), "{calls}");
+    assert!(
+        calls.contains("dnf install -y -q rdma-core libibverbs libibverbs-utils librdmacm librdmacm-utils infiniband-diags"),
+        "{calls}"
+    );
     assert!(
         calls.contains("dracut -f --kver 4.18.0-553.el8_10.x86_64"),
         "{calls}"

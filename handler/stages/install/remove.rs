@@ -9,7 +9,8 @@
 //!   `/etc/dkms/{iser,isert,srp}.conf` (apt) or our `exclude=` patterns out of the BaseOS
 //!   repositories (dnf/yum).
 //! - MLNX_OFED: `/usr/sbin/ofed_uninstall.sh --force`, which the bundle installed.
-//! - Then the initramfs of the running kernel is rebuilt, so the next boot does not load
+//! - Then the distribution's RDMA packages are installed again (the stack's own rdma-core had
+//!   replaced them and its removal took it), and the initramfs of the running kernel is rebuilt, so the next boot does not load
 //!   modules that are gone.
 //!
 //! Never touched: the inbox stack (the distribution's packages, whoever installed them), a
@@ -215,6 +216,15 @@ pub fn plan(
             }
         }
     }
+    // The stack's removal takes its rdma-core with it, which had replaced the distribution's:
+    // the kernel's own drivers stay, and need the distribution's user space back.
+    let mut inbox = crate::plan::recipe::install_packages(
+        f,
+        &crate::plan::recipe::inbox_packages(f),
+        lock_wait,
+    );
+    inbox.purpose = "put back the distribution's RDMA packages".into();
+    steps.push(Step::Run(inbox));
     steps.push(Step::Run(refresh_initramfs(f, kernel)));
     Ok(steps)
 }
@@ -418,6 +428,10 @@ mod tests {
                 "apt-get purge -y -q -o DPkg::Lock::Timeout=30 doca-host doca-ofed",
                 "Uninstaller",
                 "DkmsOrder",
+                "apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=30 \
+                 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+                 rdma-core ibverbs-providers libibverbs1 ibverbs-utils librdmacm1 rdmacm-utils \
+                 libibumad3 infiniband-diags",
                 "update-initramfs -u -k 6.8.0",
             ]
         );
@@ -437,6 +451,8 @@ mod tests {
                 "RepoExcludes",
                 "dnf remove -y doca-ofed flexio-sdk",
                 "Uninstaller",
+                "dnf install -y -q rdma-core libibverbs libibverbs-utils librdmacm \
+                 librdmacm-utils infiniband-diags",
                 "dracut -f --kver 5.14",
             ]
         );
@@ -457,7 +473,14 @@ mod tests {
         };
         assert_eq!(
             argv(&plan(Family::Apt, StackKind::MlnxOfed, &with, "5.4", 9).unwrap()),
-            ["Uninstaller", "update-initramfs -u -k 5.4"]
+            [
+                "Uninstaller",
+                "apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=9 \
+                 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+                 rdma-core ibverbs-providers libibverbs1 ibverbs-utils librdmacm1 rdmacm-utils \
+                 libibumad3 infiniband-diags",
+                "update-initramfs -u -k 5.4"
+            ]
         );
         assert!(plan(Family::Apt, StackKind::Inbox, &with, "5.4", 9)
             .unwrap()
