@@ -94,11 +94,14 @@ pub enum Drift {
 
 /// Is the loaded `module` the stack's own build? Compares the loaded module's `srcversion`
 /// (sysfs) with those of the vendor files for this kernel (`modinfo`). `None`: cannot tell.
+/// The vendor's modules carry a `MODULE_VERSION`, so they always have a srcversion; the
+/// kernel's own have none in sysfs unless it was built with `CONFIG_MODULE_SRCVERSION_ALL`
+/// (Debian's and Ubuntu's are not), so a loaded module without one is not the vendor's.
 /// `/sys/module` is the running kernel's state, not a hardware fact: it is read on the root,
 /// never from a recorded sysfs tree (`IBDRIVER_SYSFS`), like `/proc/modules`.
 fn loaded_is_vendor(root: &Root, kernel: &str, module: &str, files: &[String]) -> Option<bool> {
     let loaded =
-        crate::sys::fsutil::read_trimmed(&root.path(&format!("sys/module/{module}/srcversion")))?;
+        crate::sys::fsutil::read_trimmed(&root.path(&format!("sys/module/{module}/srcversion")));
     let mut known = false;
     for f in files
         .iter()
@@ -118,7 +121,7 @@ fn loaded_is_vendor(root: &Root, kernel: &str, module: &str, files: &[String]) -
             continue;
         }
         known = true;
-        if theirs == loaded {
+        if loaded.as_deref() == Some(theirs.as_str()) {
             return Some(true);
         }
     }
