@@ -13,10 +13,14 @@ log() { printf 'image.sh: %s\n' "$*" >&2; }
 # What the guest has installed, and what waits in its local repository (the handler's Debian 12
 # inbox list, handler/plan/recipe.rs inbox_packages).
 GUEST_PKGS="systemd-sysv udev kmod dbus iproute2 procps linux-image-amd64 initramfs-tools python3 openssl waagent cloud-init"
+# What the handler's prerequisites stage installs for a vendor stack (recipe.rs header_packages,
+# build_packages), already there so that stage's apt-get finds them: the DOCA scenarios build
+# the fixture's modules with the guest's real DKMS against its real kernel headers.
+BUILD_PKGS="linux-headers-amd64 build-essential dkms perl pciutils lsof"
 REPO_PKGS="rdma-core ibverbs-providers libibverbs1 ibverbs-utils librdmacm1 rdmacm-utils libibumad3 infiniband-diags"
 HW=tests/fixtures/hosts/hbv3
 
-key=$( { cat "$0"; find packaging/vm/image "$HW/sys" -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16)
+key=$( { cat "$0"; find packaging/vm/image packaging/vm/doca-fixture packaging/vm/repo-index.py "$HW/sys" -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16)
 out=target/vm/image/$key
 if [ -f "$out/build.txt" ]; then echo "$(pwd)/$out"; exit 0; fi
 
@@ -40,7 +44,7 @@ echo 'MODULES=list' > "$root/etc/initramfs-tools/conf.d/ibtest"
 printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >> "$root/etc/initramfs-tools/modules"
 log "apt-get install (guest packages)"
 in_root apt-get update -qq >"$build/apt.log" 2>&1
-in_root apt-get install -y -qq --no-install-recommends $GUEST_PKGS >>"$build/apt.log" 2>&1 \
+in_root apt-get install -y -qq --no-install-recommends $GUEST_PKGS $BUILD_PKGS >>"$build/apt.log" 2>&1 \
   || { tail -30 "$build/apt.log" >&2; exit 1; }
 log "apt-get install --download-only (the local repository)"
 in_root apt-get clean
@@ -49,6 +53,9 @@ in_root apt-get install -y -qq --download-only --no-install-recommends $REPO_PKG
 mkdir -p "$root/srv/ibtest-repo"
 mv "$root"/var/cache/apt/archives/*.deb "$root/srv/ibtest-repo/"
 python3 packaging/vm/repo-index.py "$root/srv/ibtest-repo"
+# The DOCA-shaped fixture (packaging/vm/doca-fixture), served beside it: /doca/ and /doca-broken/.
+packaging/vm/doca-fixture/build.sh "$root/srv/ibtest-repo/doca" >/dev/null 2>&1
+packaging/vm/doca-fixture/build.sh "$root/srv/ibtest-repo/doca-broken" broken >/dev/null 2>&1
 rm -f "$root/usr/sbin/policy-rc.d"
 
 # The guest's configuration.
@@ -61,9 +68,9 @@ printf '127.0.0.1 localhost\n127.0.1.1 ibtest\n' > "$root/etc/hosts"
 : > "$root/etc/machine-id"
 mkdir -p "$root/etc/cloud/cloud.cfg.d"
 echo 'datasource_list: [ NoCloud, None ]' > "$root/etc/cloud/cloud.cfg.d/90-ibtest.cfg"
-install -m 0755 packaging/vm/image/ibtest-net packaging/vm/image/ibtest-run packaging/vm/image/ibtest-repo "$root/usr/local/sbin/"
-install -m 0644 packaging/vm/image/*.service "$root/etc/systemd/system/"
-in_root systemctl enable ibtest-net.service ibtest-repo.service ibtest.service >/dev/null 2>&1
+install -m 0755 packaging/vm/image/ibtest-net packaging/vm/image/ibtest-run packaging/vm/image/ibtest-repo packaging/vm/image/ibtest-export-boot "$root/usr/local/sbin/"
+install -m 0644 packaging/vm/image/*.service packaging/vm/image/*.mount "$root/etc/systemd/system/"
+in_root systemctl enable ibtest-net.service ibtest-repo.service ibtest.service ibtest-export-boot.service >/dev/null 2>&1
 # Nothing on a timer of its own (apt's daily runs would race the handler's apt-get).
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer >/dev/null 2>&1 || true
 # The recorded hardware (hbv3: a ConnectX-6 VF whose port is ACTIVE) and the host's KVP record

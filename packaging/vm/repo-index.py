@@ -28,8 +28,10 @@ def main():
     with open(os.path.join(root, "Packages"), "wb") as f:
         f.write(packages)
     digest = hashlib.sha256(packages).hexdigest()
+    # apt wants a Date, and a past one (a future Date is "not valid yet").
     with open(os.path.join(root, "Release"), "w") as f:
         f.write(f"Origin: ibtest\nLabel: ibtest\nSuite: ibtest\nCodename: ibtest\n"
+                f"Date: Sat, 01 Jan 2000 00:00:00 UTC\n"
                 f"SHA256:\n {digest} {len(packages)} Packages\n")
     print(f"repo-index.py: {len(debs)} packages in {root}", file=sys.stderr)
 

@@ -6,6 +6,7 @@
 # Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: every scenario)
 #   IBDRIVER_VM_ACCEL=kvm   use KVM instead of TCG (where nested KVM works)
 #   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 1200)
+#   IBDRIVER_VM_KEEP=1   keep each scenario's disk (target/vm/<scenario>/disk.qcow2) to look into
 #   IBDRIVER_VM_BIN=FILE   test this handler binary (also put into the release zip the agent
 #                          gets) instead of the release build
 # Prints `PASS|FAIL <scenario>/<check> ...` lines and ends with `vm: N passed, N failed`.
@@ -14,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 log() { printf 'vm: %s\n' "$*" >&2; }
 # Longest first, so two at a time pack well.
-ALL="inbox-reboot health-timer agent-restart agent-service cloud-init"
+ALL="doca-install inbox-reboot health-timer agent-restart doca-dkms-fail agent-service cloud-init"
 scenarios=${*:-$ALL}
 boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-1200}
 MAX_BOOTS=4
@@ -49,10 +50,12 @@ log "image $image ready in $(( $(date +%s) - t_img )) s"
 
 # One boot of a scenario's guest; its serial console is appended to console.log.
 boot() {
-  local dir=$1 cmdline=$2; shift 2
+  local dir=$1 cmdline=$2 kernel=$image/vmlinuz initrd=$image/initrd.img; shift 2
+  # What the guest's /boot would have a boot loader start (ibtest-export-boot), once it said.
+  if [ -f "$dir/share/boot/stamp" ]; then kernel=$dir/share/boot/vmlinuz initrd=$dir/share/boot/initrd.img; fi
   timeout --foreground -k 10 "$boot_timeout" qemu-system-x86_64 "${accel[@]}" -m 2048 -smp 2 \
     -nographic -no-reboot -nodefaults -no-user-config -serial stdio -monitor none \
-    -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
+    -kernel "$kernel" -initrd "$initrd" \
     -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 ibtest $cmdline" \
     -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2" "$@" \
     -virtfs "local,path=$dir/share,mount_tag=share,security_model=none" \
@@ -110,7 +113,7 @@ PY
   grep -q . "$dir/share/results.txt" || echo "FAIL $s/results the guest reported no check" >> "$dir/share/results.txt"
   echo "scenario: $(( $(date +%s) - t0 )) s in all" >> "$dir/share/timings.txt"
   cp "$dir/share/results.txt" "$dir/results.txt"; cp "$dir/share/timings.txt" "$dir/timings.txt" 2>/dev/null
-  rm -f "$dir/disk.qcow2"
+  [ -n "${IBDRIVER_VM_KEEP:-}" ] || rm -f "$dir/disk.qcow2"
   log "$s: $(( $(date +%s) - t0 )) s ($(tr '\n' ';' < "$dir/timings.txt"))"
 }
 

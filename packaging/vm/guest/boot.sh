@@ -7,8 +7,15 @@ mkdir -p "$S/state"
 boot=$(( $(cat "$S/state/boots" 2>/dev/null || echo 0) + 1 ))
 echo "$boot" > "$S/state/boots"
 export IBTEST_BOOT="$boot" SCENARIO="$(cat "$S/scenario")" S
+NAME=OpenSource.HpcCompute.InfiniBandDriverLinux
 echo "boot $boot: ibtest started $(cut -d' ' -f1 /proc/uptime) s after the kernel" >> "$S/timings.txt"
 echo "ibtest: scenario $SCENARIO, boot $boot" >/dev/console
+# While the scenario runs, the handler's log and the journal's end reach the host every 20 s:
+# a boot the host has to cut short (its time bound) still says how far it got.
+( while sleep 20; do
+    cp "/var/log/azure/$NAME/ibdriver.log" "$S/state/live-ibdriver.log" 2>/dev/null
+    journalctl -b --no-pager -n 300 -o short-monotonic > "$S/state/live-journal.txt" 2>/dev/null
+  done ) &
 timeout 1500 /bin/sh "$S/guest/scenarios/$SCENARIO.sh" >"$S/state/boot$boot.log" 2>&1
 rc=$?
 [ "$rc" -eq 0 ] || echo "FAIL $SCENARIO/script-boot$boot exited $rc (state/boot$boot.log)" >> "$S/results.txt"
