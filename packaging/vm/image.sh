@@ -95,7 +95,7 @@ cp "$root/boot/vmlinuz-$kver" "$build/vmlinuz"
 cp "$root/boot/initrd.img-$kver" "$build/initrd.img"
 rm -f "$root/etc/resolv.conf"
 log "mkfs.ext4 -d (the disk image)"
-mkfs.ext4 -q -F -L ibtest -d "$root" "$build/disk.img" 3G
+mkfs.ext4 -q -F -L ibtest -d "$root" "$build/disk.img" 3G >&2   # it says "Creating regular file" on stdout
 { echo "kernel $kver"; echo "built in $(( $(date +%s) - t0 )) s"; du -sh --apparent-size "$build/disk.img"; du -sh "$build/disk.img"; } > "$build/build.txt"
 rm -rf "$root"
 find target/vm/image -mindepth 1 -maxdepth 1 -type d ! -name build -exec rm -rf {} +

@@ -18,7 +18,7 @@ DOCA=3.2.0-125000-25.10-debian12
 [ "$variant" = broken ] && DOCA=3.2.0-125001-25.10-debian12
 KVER=25.10.OFED.25.10.1.2.8.1
 SHADOW=2510.0.8-1
-MODULES="ib_core ib_uverbs ib_umad rdma_ucm ib_ipoib mlx5_core mlx5_ib"
+MODULES="mlx5_core mlx5_ib"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 repo=$work/host/usr/share/doca-host-$DOCA/repo
 mkdir -p "$repo" "$out"
@@ -47,6 +47,7 @@ i=0
     echo "BUILT_MODULE_NAME[$i]=\"$m\""; echo "DEST_MODULE_LOCATION[$i]=\"/updates/dkms\""; i=$((i + 1))
   done; } > "$src/dkms.conf"
 for m in $MODULES; do cp "$here/stub.c" "$src/$m.c"; echo "obj-m += $m.o" >> "$src/Kbuild"; done
+printf 'CFLAGS_mlx5_core.o := -DFIXTURE_CORE\nCFLAGS_mlx5_ib.o := -DFIXTURE_IB\n' >> "$src/Kbuild"
 [ "$variant" = broken ] && echo '#error "fixture variant: this module does not compile"' >> "$src/mlx5_core.c"
 d=$work/pkg/mlnx-ofed-kernel-dkms/DEBIAN; mkdir -p "$d"
 cat > "$d/postinst" <<SH
