@@ -51,9 +51,10 @@ pub fn make_log_summary(log: &str) -> String {
     if log.is_empty() {
         return "make.log is missing or empty".into();
     }
+    // gcc's "error:", modpost's "ERROR:".
     match log
         .lines()
-        .find(|l| l.contains("error:") || l.contains("Error:") || l.contains("#error"))
+        .find(|l| l.to_ascii_lowercase().contains("error:"))
     {
         Some(first) => format!(
             "first error: {}; make.log ends: {tail}",
@@ -95,6 +96,13 @@ mod tests {
         assert!(
             s.ends_with("make: Leaving directory '/usr/src/linux-headers-6.1.0-50-amd64'"),
             "{s}"
+        );
+        let modpost = make_log_summary(
+            "  MODPOST Module.symvers\nERROR: modpost: \"ib_x\" [mlx5_ib.ko] undefined!\nmake: *** Error 2\n",
+        );
+        assert!(
+            modpost.starts_with("first error: ERROR: modpost: \"ib_x\" [mlx5_ib.ko] undefined!;"),
+            "{modpost}"
         );
         let plain = make_log_summary("make: *** [Makefile:2050: build] Error 2\n");
         assert_eq!(
