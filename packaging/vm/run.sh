@@ -3,7 +3,7 @@
 # the scenario inside it with real systemd, apt, modprobe, ip and reboots. Only the hardware is
 # recorded (the hbv3 tree, read through IBDRIVER_SYSFS). The guest's only NIC is on a QEMU hub
 # with no other port; inside, Azure's addresses have prohibit routes before anything starts.
-# Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: every scenario)
+# Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: the default list, ALL below)
 #   IBDRIVER_VM_ACCEL=kvm   use KVM instead of TCG (where nested KVM works)
 #   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 1200)
 #   IBDRIVER_VM_KEEP=1   keep each scenario's disk (target/vm/<scenario>/disk.qcow2) to look into

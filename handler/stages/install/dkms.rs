@@ -47,10 +47,10 @@ pub(super) fn check_dkms(root: &Root, family: Family, kernel: &str) -> Result<()
 /// "Error 2" and "Leaving directory" lines, so the compiler's first error comes first, then the
 /// end of the log.
 pub fn make_log_summary(log: &str) -> String {
-    let tail = proc::tail_line(log, 300);
     if log.is_empty() {
         return "make.log is missing or empty".into();
     }
+    let tail = proc::tail_line(log, 300);
     // gcc's "error:", modpost's "ERROR:".
     match log
         .lines()

@@ -10,13 +10,13 @@
 //!   repositories (dnf/yum).
 //! - MLNX_OFED: `/usr/sbin/ofed_uninstall.sh --force`, which the bundle installed.
 //! - Then the distribution's RDMA packages are installed again (the stack's own rdma-core had
-//!   replaced them and its removal took it), and the initramfs of the running kernel is rebuilt, so the next boot does not load
-//!   modules that are gone.
+//!   replaced them and its removal took it), and the initramfs of the running kernel is
+//!   rebuilt, so the next boot does not load modules that are gone.
 //!
-//! Never touched: the inbox stack (the distribution's packages, whoever installed them), a
+//! Never removed: the inbox stack (the distribution's packages, whoever installed them), a
 //! stack this extension did not install (no marker, or only an interrupted install's
-//! `installing.json`), the kernel's own modules, and `apt-get autoremove` (it would also take
-//! packages others left orphaned). Which commands run is a pure function ([`plan`]); [`run`]
+//! `installing.json`) and the kernel's own modules. Never run: `apt-get autoremove` (it would
+//! also take packages others left orphaned). Which commands run is a pure function ([`plan`]); [`run`]
 //! carries it out within the uninstall's time budget (the agent kills uninstall at 300 s).
 
 use super::pins;
