@@ -50,12 +50,19 @@ log "apt-get install --download-only (the local repository)"
 in_root apt-get clean
 in_root apt-get install -y -qq --download-only --no-install-recommends $REPO_PKGS >>"$build/apt.log" 2>&1 \
   || { tail -30 "$build/apt.log" >&2; exit 1; }
+# The kernel-update scenario's newer kernel: bookworm-backports' linux-image-amd64 and
+# linux-headers-amd64 with what they need, fetched now (the guest has no route out).
+echo 'deb http://deb.debian.org/debian bookworm-backports main' > "$root/etc/apt/sources.list.d/bpo.list"
+in_root apt-get update -qq >>"$build/apt.log" 2>&1
+in_root apt-get install -y -qq --download-only --no-install-recommends -t bookworm-backports \
+  linux-image-amd64 linux-headers-amd64 >>"$build/apt.log" 2>&1 || { tail -30 "$build/apt.log" >&2; exit 1; }
+rm "$root/etc/apt/sources.list.d/bpo.list"
 mkdir -p "$root/srv/ibtest-repo"
 mv "$root"/var/cache/apt/archives/*.deb "$root/srv/ibtest-repo/"
 python3 packaging/vm/repo-index.py "$root/srv/ibtest-repo"
 # The DOCA-shaped fixture (packaging/vm/doca-fixture), served beside it: /doca/ and /doca-broken/.
-packaging/vm/doca-fixture/build.sh "$root/srv/ibtest-repo/doca" >/dev/null 2>&1
-packaging/vm/doca-fixture/build.sh "$root/srv/ibtest-repo/doca-broken" broken >/dev/null 2>&1
+packaging/vm/doca-fixture/build.sh "$root/srv/ibtest-repo/doca" "$root/srv/ibtest-repo" >/dev/null
+packaging/vm/doca-fixture/build.sh "$root/srv/ibtest-repo/doca-broken" "$root/srv/ibtest-repo" broken >/dev/null
 rm -f "$root/usr/sbin/policy-rc.d"
 
 # The guest's configuration.
@@ -83,12 +90,14 @@ rec = lambda k, v: k.encode().ljust(512, b"\0") + v.encode().ljust(2048, b"\0")
 open(sys.argv[1], "wb").write(rec("IPoIB_Data", "NUMPAIRS:1|00155D33FF2C:172.16.1.4|"))
 PY
 
-# Smaller: no documentation, locales, or kernel drivers a virtio guest never loads.
+# Smaller: no documentation, locales, or kernel drivers a virtio guest never loads; dpkg leaves
+# the same drivers out of any kernel installed later (and unpacks it faster).
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/var/cache/apt/*.bin
 kver=$(ls "$root/lib/modules" | head -n1)
 for d in drivers/gpu drivers/media drivers/net/wireless drivers/staging sound drivers/bluetooth drivers/scsi drivers/usb drivers/hid drivers/input net/wireless net/bluetooth; do
   rm -rf "$root/lib/modules/$kver/kernel/$d"
-done
+  echo "path-exclude=/lib/modules/*/kernel/$d/*"
+done > "$root/etc/dpkg/dpkg.cfg.d/ibtest-trim"
 in_root depmod -a "$kver"
 cleanup
 cp "$root/boot/vmlinuz-$kver" "$build/vmlinuz"

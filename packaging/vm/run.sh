@@ -15,18 +15,30 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 log() { printf 'vm: %s\n' "$*" >&2; }
 # Longest first, so two at a time pack well.
-# The default list; doca-install runs by name (packaging/vm/README.md says why).
+# The default list; the DOCA scenarios but doca-dkms-fail run by name (packaging/vm/README.md says why).
 ALL="inbox-reboot health-timer agent-restart doca-dkms-fail agent-service cloud-init"
 scenarios=${*:-$ALL}
 boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-1200}
 MAX_BOOTS=4
 
 give_up() { echo "FAIL vm/setup $*"; echo "vm: 0 passed, 1 failed"; exit 1; }
+# A scenario with a `# vm-from: BASE` line starts from the disk BASE's run ended with (and the
+# kernel and initrd it would boot next): BASE runs first, in the same run
+base_of() { sed -n 's/^# vm-from: *\([a-z0-9-]*\).*/\1/p' "packaging/vm/scenarios/$1.sh" | head -n1; }
 for s in $scenarios; do
   [ -f "packaging/vm/scenarios/$s.sh" ] || give_up "no scenario named $s (scenarios: $ALL)"
+  b=$(base_of "$s")
+  [ -z "$b" ] || [ -f "packaging/vm/scenarios/$b.sh" ] || give_up "$s starts from $b, which is no scenario"
+  [ -z "$b" ] || [ -z "$(base_of "$b")" ] || give_up "$s starts from $b, which starts from another"
+  case " $scenarios " in *" $b "*) ;; *) scenarios="$b $scenarios" ;; esac
 done
+# The bases whose disks later scenarios start from.
+bases=" $(for s in $scenarios; do base_of "$s"; done | sort -u | tr '\n' ' ')"
+# A qemu-utils from bookworm-backports (10.x) breaks bookworm's qemu-system-x86 (7.2): then both
+# come from bookworm.
 command -v qemu-system-x86_64 >/dev/null 2>&1 ||
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null; } ||
+  { apt-get update -qq && { apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null 2>&1 ||
+      apt-get install -y -qq --no-install-recommends --allow-downgrades qemu-system-x86 qemu-utils/bookworm >/dev/null; }; } ||
   give_up "qemu-system-x86_64 is not installed and could not be installed"
 command -v mkfs.vfat >/dev/null 2>&1 && command -v mcopy >/dev/null 2>&1 ||
   apt-get install -y -qq --no-install-recommends dosfstools mtools >/dev/null ||
@@ -73,8 +85,8 @@ seed_disk() {
 }
 
 run_scenario() {
-  local s=$1 dir=target/vm/$1 t0 extra=() cmdline="cloud-init=disabled" n
-  t0=$(date +%s)
+  local s=$1 dir=target/vm/$1 t0 extra=() cmdline="cloud-init=disabled" n base
+  t0=$(date +%s) base=$(base_of "$1")
   rm -rf "$dir"; mkdir -p "$dir/share/bin" "$dir/share/dist"
   cp -r packaging/vm/guest "$dir/share/guest"
   cp -r packaging/vm/scenarios "$dir/share/guest/scenarios"
@@ -90,7 +102,15 @@ with zipfile.ZipFile(src) as z, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) 
 PY
   echo "$s" > "$dir/share/scenario"
   : > "$dir/share/results.txt"
-  qemu-img create -q -f qcow2 -F raw -b "$image/disk.img" "$dir/disk.qcow2"
+  if [ -z "$base" ]; then
+    qemu-img create -q -f qcow2 -F raw -b "$image/disk.img" "$dir/disk.qcow2"
+  elif [ -f "target/vm/$base/disk.qcow2" ] && ! grep -q '^FAIL ' "target/vm/$base/results.txt"; then
+    qemu-img create -q -f qcow2 -F qcow2 -b "$(pwd)/target/vm/$base/disk.qcow2" "$dir/disk.qcow2"
+    [ -d "target/vm/$base/share/boot" ] && cp -r "target/vm/$base/share/boot" "$dir/share/boot"
+  else
+    echo "FAIL $s/base it starts from $base's disk, and $base failed" > "$dir/results.txt"
+    return
+  fi
   if [ "$s" = cloud-init ]; then
     seed_disk "$dir" || { echo "FAIL $s/seed could not make the NoCloud seed disk" > "$dir/results.txt"; return; }
     extra=(-drive "file=$dir/seed.img,if=virtio,format=raw,readonly=on"); cmdline=""
@@ -114,19 +134,33 @@ PY
   grep -q . "$dir/share/results.txt" || echo "FAIL $s/results the guest reported no check" >> "$dir/share/results.txt"
   echo "scenario: $(( $(date +%s) - t0 )) s in all" >> "$dir/share/timings.txt"
   cp "$dir/share/results.txt" "$dir/results.txt"; cp "$dir/share/timings.txt" "$dir/timings.txt" 2>/dev/null
-  [ -n "${IBDRIVER_VM_KEEP:-}" ] || rm -f "$dir/disk.qcow2"
+  # A base's disk stays until the scenarios that start from it are done.
+  case "$bases" in *" $s "*) ;; *) [ -n "${IBDRIVER_VM_KEEP:-}" ] || rm -f "$dir/disk.qcow2" ;; esac
   log "$s: $(( $(date +%s) - t0 )) s ($(tr '\n' ';' < "$dir/timings.txt"))"
 }
 
 # Scenarios run side by side, IBDRIVER_VM_JOBS at a time (default 2): a guest spends much of
 # its time waiting (the agent's retries and polls, timers, reboots), so two share the cores well.
+# A scenario starts once its base has finished (target/vm/.finished/<base>).
 jobs=${IBDRIVER_VM_JOBS:-2}
 t_all=$(date +%s)
-for s in $scenarios; do
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-  run_scenario "$s" &
+fin=target/vm/.finished
+rm -rf "$fin"; mkdir -p "$fin"
+pending=$scenarios
+while [ -n "$pending" ]; do
+  next="" rest=""
+  for s in $pending; do
+    b=$(base_of "$s")
+    if [ -z "$next" ] && { [ -z "$b" ] || [ -f "$fin/$b" ]; }; then next=$s; else rest="$rest $s"; fi
+  done
+  running=$(jobs -rp | wc -l)
+  [ -n "$next" ] || [ "$running" -gt 0 ] || give_up "nothing runs and nothing can start: $pending"
+  if [ -z "$next" ] || [ "$running" -ge "$jobs" ]; then wait -n; continue; fi
+  ( run_scenario "$next"; touch "$fin/$next" ) &
+  pending=${rest# }
 done
 wait
+for b in $bases; do [ -n "${IBDRIVER_VM_KEEP:-}" ] || rm -f "target/vm/$b/disk.qcow2"; done
 passed=0 failed=0
 for s in $scenarios; do
   r=target/vm/$s/results.txt

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # TEST FIXTURE, never shipped: builds a DOCA-Host-shaped repository package from the sources in
-# this directory. `build.sh OUT [broken]` writes OUT/doca-host_<ver>_amd64.deb. It installs a
+# this directory. `build.sh OUT DEBS [broken]` writes OUT/doca-host_<ver>_amd64.deb, DEBS being a
+# directory with Debian's rdma-core, libibverbs1 and ibverbs-providers packages. It installs a
 # local apt repository under /usr/share/doca-host-<ver>/repo and its source list
 # /etc/apt/sources.list.d/doca.list, as the real one does, holding:
 #   doca-ofed               the meta package the handler installs
@@ -8,12 +9,13 @@
 #                           names, built for each kernel with headers (failures masked, as
 #                           vendor package scripts do); `broken`: mlx5_core does not compile
 #   mlnx-ofed-kernel-utils  ofed_info, ofed_uninstall.sh, openibd (init script and unit)
-#   rdma-core libibverbs1 ibverbs-providers   empty packages that shadow Debian's (at a higher
-#                           version than bookworm's 44.0-2, as DOCA's 2510mlnx builds are)
+#   rdma-core libibverbs1 ibverbs-providers   Debian's own, repacked at a higher version than
+#                           bookworm's 44.0-2 (DOCA's are rdma-core rebuilt, at 2510mlnx
+#                           versions, so apt prefers them and only a hold keeps them)
 # Needs dpkg-deb and python3 (packaging/vm/repo-index.py). See packaging/vm/README.md.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=$1 variant=${2:-good}
+out=$1 debs=$2 variant=${3:-good}
 DOCA=3.2.0-125000-25.10-debian12
 [ "$variant" = broken ] && DOCA=3.2.0-125001-25.10-debian12
 KVER=25.10.OFED.25.10.1.2.8.1
@@ -72,7 +74,18 @@ install -D -m 0755 "$here/openibd" "$u/etc/init.d/openibd"
 install -D -m 0644 "$here/openibd.service" "$u/lib/systemd/system/openibd.service"
 deb mlnx-ofed-kernel-utils "$KVER-1" "kmod"
 
-for p in rdma-core libibverbs1 ibverbs-providers; do deb "$p" "$SHADOW"; done
+# The shadowing packages: Debian's files and scripts under the fixture's version, their exact
+# dependencies on each other moved with it.
+for p in rdma-core libibverbs1 ibverbs-providers; do
+  f=$(ls "$debs/${p}_"*_amd64.deb | head -n1)
+  d=$work/shadow/$p; mkdir -p "$work/shadow"; dpkg-deb -R "$f" "$d"
+  v=$(sed -n 's/^Version: //p' "$d/DEBIAN/control")
+  sed -i -e "s/^Version: .*/Version: $SHADOW/" -e "s/(= $v)/(= $SHADOW)/g" \
+    -e "s/^Description: /Description: TEST FIXTURE (Debian's, repacked) /" "$d/DEBIAN/control"
+  mkdir -p "$d/usr/share/doc/$p"
+  echo "TEST FIXTURE of the ibdriver VM tier, never shipped." > "$d/usr/share/doc/$p/README.fixture"
+  dpkg-deb --root-owner-group -Zgzip --build "$d" "$repo/${p}_${SHADOW}_amd64.deb" >/dev/null
+done
 mkdir -p "$work/pkg/doca-ofed/opt/mellanox/doca"
 echo "$DOCA" > "$work/pkg/doca-ofed/opt/mellanox/doca/VERSION.fixture"
 deb doca-ofed "$DOCA" "mlnx-ofed-kernel-dkms (= $KVER-1), mlnx-ofed-kernel-utils (= $KVER-1), rdma-core (= $SHADOW), libibverbs1 (= $SHADOW), ibverbs-providers (= $SHADOW)"

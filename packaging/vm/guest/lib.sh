@@ -106,3 +106,54 @@ uploaded_has() { _u=$(uploaded); echo "$_u" | grep -q "$1" || { echo "uploaded: 
 LOG=/var/log/azure/$NAME/ibdriver.log
 count_in_log() { grep -c "$1" "$LOG" 2>/dev/null || true; }
 loaded() { for m in "$@"; do grep -q "^$m " /proc/modules || { echo "$m not loaded"; return 1; }; done; }
+
+# Boots that should change nothing: mark_logs remembers where the handler's log and dpkg's log
+# end; after the boot, check_no_work_after_boot finds the agent's enable run, settle, run only
+# the per-boot stages and change no package (check names end in -SUFFIX when one is given).
+mark_logs() {
+  { wc -l < "$LOG" 2>/dev/null || echo 0; } > /root/mark.loglines
+  wc -l < /var/log/dpkg.log > /root/mark.dpkglines
+}
+log_since_mark() { tail -n +"$(( $(cat /root/mark.loglines) + 1 ))" "$LOG"; }
+check_no_work_after_boot() {
+  _x=${1:+-$1}
+  _enabled() { log_since_mark | grep -q 'start verb=enable'; }
+  check_within agent-enables-after-boot$_x 600 _enabled
+  _settled() { log_since_mark | grep -Eq 'nothing to do|worker end seq=[0-9]+ exit=0'; }
+  check_within enable-after-boot-settles$_x 600 _settled
+  _stages=$(log_since_mark | sed -n 's/.*stage started stage="\([a-z-]*\)".*/\1/p' | sort -u | tr '\n' ' ')
+  note "$SCENARIO: stages after the boot: ${_stages:-none}"
+  _per_boot() { for st in $_stages; do case $st in preflight|repair|configure|verify) ;; *) echo "stage $st ran"; return 1;; esac; done; }
+  check only-per-boot-stages-after-boot$_x _per_boot
+  check no-package-change-after-boot$_x sh -c '[ "$(wc -l < /var/log/dpkg.log)" = "$(cat /root/mark.dpkglines)" ]'
+}
+
+# The DOCA-shaped fixture (packaging/vm/doca-fixture) in the image's local repository.
+DOCA_PKG=doca-host_3.2.0-125000-25.10-debian12_amd64.deb
+# doca_settings DIR PKG [MORE]: public settings choosing DOCA with the fixture's repository
+# package under http://127.0.0.1:8080/DIR/ (MORE: further members, JSON).
+doca_settings() {
+  _sha=$(sha256sum "/srv/ibtest-repo/$1/$2" | cut -d' ' -f1)
+  printf '{"stack":"doca","package":{"url":"http://127.0.0.1:8080/%s/%s","sha256":"%s"}%s}' "$1" "$2" "$_sha" "${3:+,$3}"
+}
+# check_vendor_module K: DKMS built the stack for kernel K, modprobe resolves mlx5_ib to that
+# build, and the loaded mlx5_ib is it (by srcversion; the kernel's own modules carry none).
+check_vendor_module() {
+  check dkms-installed-for-running-kernel sh -c "dkms status -k $1 | grep -q '^mlnx-ofed-kernel/.*, $1, .*: installed'"
+  check modinfo-resolves-to-dkms sh -c 'modinfo -n mlx5_ib | grep -q "/updates/dkms/mlx5_ib.ko"'
+  _vendor_loaded() {
+    _l=$(cat /sys/module/mlx5_ib/srcversion 2>/dev/null) _d=$(modinfo -F srcversion "/lib/modules/$1/updates/dkms/mlx5_ib.ko")
+    [ -n "$_l" ] && [ "$_l" = "$_d" ] || { echo "loaded ${_l:-none}, dkms ${_d:-none}"; return 1; }
+  }
+  check vendor-module-loaded-by-srcversion _vendor_loaded "$1"
+}
+# check_doca_installed K: what one install of the fixture leaves, on kernel K.
+check_doca_installed() {
+  check_vendor_module "$1"
+  check shadowed-packages-held sh -c 'h=$(apt-mark showhold); for p in rdma-core libibverbs1 ibverbs-providers; do echo "$h" | grep -qx $p || { echo "$p not held: $h"; exit 1; }; done'
+  # The hold is what apt obeys: going back to Debian's rdma-core is refused while it stands.
+  check hold-refuses-distro-rdma-core sh -c '! apt-get -s -y --allow-downgrades install rdma-core=44.0-2 > /root/hold.txt 2>&1 && grep -q "Held packages were changed" /root/hold.txt'
+  check dkms-build-order sh -c 'for m in iser isert srp; do grep -qx "BUILD_DEPENDS=\"mlnx-ofed-kernel\"" /etc/dkms/$m.conf || exit 1; done'
+  check installer-ran-once sh -c '[ "$(grep -c " install doca-ofed:amd64 " /var/log/dpkg.log)" = 1 ] && [ "$(grep -c " configure mlnx-ofed-kernel-dkms:amd64 " /var/log/dpkg.log)" = 1 ]'
+  check openibd-enabled systemctl is-enabled --quiet openibd.service
+}

@@ -7,8 +7,7 @@ PKG=doca-host_3.2.0-125001-25.10-debian12_amd64.deb
 case "$IBTEST_BOOT" in
 1)
   modprobe mlx5_ib
-  sha=$(sha256sum "/srv/ibtest-repo/doca-broken/$PKG" | cut -d' ' -f1)
-  start_agent "{\"stack\":\"doca\",\"package\":{\"url\":\"http://127.0.0.1:8080/doca-broken/$PKG\",\"sha256\":\"$sha\"}}" ''
+  start_agent "$(doca_settings doca-broken "$PKG")" ''
   if wire wait --timeout 900 > /root/wait.json 2>&1; then pass goal-state-reached; else fail goal-state-reached "$(tail -c 300 /root/wait.json)"; fi
   cp "$WIRE/status/status-latest.json" "$S/state/" 2>/dev/null
   check_status enable-error "$AGENT_HD/status/0.status" error

@@ -17,8 +17,7 @@ case "$IBTEST_BOOT" in
   check modules-loaded loaded $MODS
   check modules-load-d sh -c "for m in $MODS; do grep -qx \$m /etc/modules-load.d/infiniband-driver-linux.conf || exit 1; done"
   cat /proc/sys/kernel/random/boot_id > /root/boot1.id
-  wc -l < "$LOG" > /root/boot1.loglines
-  wc -l < /var/log/dpkg.log > /root/boot1.dpkglines
+  mark_logs
   guest_reboot
   ;;
 2)
@@ -28,16 +27,7 @@ case "$IBTEST_BOOT" in
   mods_done=$(systemctl show -p ExecMainExitTimestampMonotonic --value systemd-modules-load.service)
   agent_start=$(systemctl show -p ExecMainStartTimestampMonotonic --value walinuxagent.service)
   check modules-before-agent sh -c "[ '${mods_done:-0}' -gt 0 ] && [ '${agent_start:-0}' -gt '${mods_done:-0}' ]"
-  after_boot() { tail -n +"$(( $(cat /root/boot1.loglines) + 1 ))" "$LOG"; }
-  enabled_again() { after_boot | grep -q 'start verb=enable'; }
-  check_within agent-enables-after-boot 600 enabled_again
-  settled() { after_boot | grep -Eq 'nothing to do|worker end seq=0 exit=0'; }
-  check_within enable-after-boot-settles 600 settled
-  stages=$(after_boot | sed -n 's/.*stage started stage="\([a-z-]*\)".*/\1/p' | sort -u | tr '\n' ' ')
-  note "inbox-reboot: stages after the boot: ${stages:-none}"
-  per_boot_only() { for st in $stages; do case $st in preflight|repair|configure|verify) ;; *) echo "stage $st ran"; return 1;; esac; done; }
-  check only-per-boot-stages-after-boot per_boot_only
-  check no-package-change-after-boot sh -c '[ "$(wc -l < /var/log/dpkg.log)" = "$(cat /root/boot1.dpkglines)" ]'
+  check_no_work_after_boot
   check_within ipoib-address-back-after-boot 120 sh -c 'ip -4 -o addr show dev ib0 | grep -q " 172.16.1.4/16 "'
   check_status status-still-success "$AGENT_HD/status/0.status" success
   ;;
