@@ -103,6 +103,49 @@ fn doca_we_installed_is_removed_when_the_settings_ask() {
 }
 
 #[test]
+fn under_systemd_the_initramfs_rebuild_outlives_uninstall() {
+    // The agent kills uninstall at 300 s, and update-initramfs alone took longer on a slow VM:
+    // under systemd it runs in a transient unit and uninstall returns without waiting for it.
+    // This update-initramfs finishes only once the test releases it, after uninstall returned;
+    // run in uninstall's own time it would give up and fail it.
+    let w = World::new("hbv3", HB);
+    doca_on_apt(&w);
+    w.fake_systemd("", false);
+    let release = w.tmp.path().join("release");
+    write_exec(
+        &w.stubs.join("update-initramfs"),
+        &format!(
+            "#!/bin/sh\necho \"update-initramfs $*\" >> '{log}'\n\
+             for i in $(seq 300); do [ -e '{rel}' ] && {{ echo 'update-initramfs finished' >> '{log}'; exit 0; }}; sleep 0.1; done\n\
+             echo 'update-initramfs gave up' >> '{log}'; exit 1\n",
+            log = w.tmp.path().join("calls.log").display(),
+            rel = release.display()
+        ),
+    );
+    w.settings(2, json!({"removeDriversOnUninstall": true}));
+    assert_eq!(code(&w.run("uninstall", 2)), 0, "{}", w.log());
+    let calls = w.calls();
+    let unit_call = calls
+        .lines()
+        .find(|l| l.starts_with("systemd-run --unit=ibdriver-initramfs-"))
+        .unwrap_or_else(|| panic!("no transient unit for the initramfs: {calls}"));
+    assert!(
+        unit_call.ends_with(&format!(" update-initramfs -u -k {KERNEL}")),
+        "{unit_call}"
+    );
+    assert!(!calls.contains("update-initramfs finished"), "{calls}");
+    assert!(w
+        .log()
+        .contains("in the transient unit ibdriver-initramfs-"));
+    fs::write(&release, "").unwrap();
+    wait_for(
+        "the detached update-initramfs to finish",
+        std::time::Duration::from_secs(30),
+        || w.calls().contains("update-initramfs finished"),
+    );
+}
+
+#[test]
 fn drivers_stay_by_default_when_settings_are_unreadable_or_not_ours() {
     // Default settings: nothing is removed, only our state.
     let w = World::new("hbv3", HB);

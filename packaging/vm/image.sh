@@ -50,13 +50,17 @@ log "apt-get install --download-only (the local repository)"
 in_root apt-get clean
 in_root apt-get install -y -qq --download-only --no-install-recommends $REPO_PKGS >>"$build/apt.log" 2>&1 \
   || { tail -30 "$build/apt.log" >&2; exit 1; }
-# The kernel-update scenario's newer kernel: bookworm-backports' linux-image-amd64 and
-# linux-headers-amd64 with what they need, fetched now (the guest has no route out).
+# The kernel-update scenario's newer kernel: the image and headers bookworm-backports'
+# linux-image-amd64 and linux-headers-amd64 name, with what they need, fetched now (the guest
+# has no route out).
 echo 'deb http://deb.debian.org/debian bookworm-backports main' > "$root/etc/apt/sources.list.d/bpo.list"
 in_root apt-get update -qq >>"$build/apt.log" 2>&1
 in_root apt-get install -y -qq --download-only --no-install-recommends -t bookworm-backports \
   linux-image-amd64 linux-headers-amd64 >>"$build/apt.log" 2>&1 || { tail -30 "$build/apt.log" >&2; exit 1; }
 rm "$root/etc/apt/sources.list.d/bpo.list"
+# Not their meta packages: with those in the repository, apt would upgrade the installed
+# linux-image-amd64 and linux-headers-amd64 along with any kernel, headers included.
+rm -f "$root"/var/cache/apt/archives/linux-image-amd64_*bpo* "$root"/var/cache/apt/archives/linux-headers-amd64_*bpo*
 mkdir -p "$root/srv/ibtest-repo"
 mv "$root"/var/cache/apt/archives/*.deb "$root/srv/ibtest-repo/"
 python3 packaging/vm/repo-index.py "$root/srv/ibtest-repo"

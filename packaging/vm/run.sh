@@ -15,8 +15,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 log() { printf 'vm: %s\n' "$*" >&2; }
 # Longest first, so two at a time pack well.
-# The default list; the DOCA scenarios but doca-dkms-fail run by name (packaging/vm/README.md says why).
-ALL="inbox-reboot health-timer agent-restart doca-dkms-fail agent-service cloud-init"
+# The default list; kernel-update runs by name (packaging/vm/README.md says why).
+ALL="doca-install doca-kill doca-uninstall doca-dkms-fail health-timer agent-restart agent-service inbox-reboot cloud-init"
 scenarios=${*:-$ALL}
 boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-1200}
 MAX_BOOTS=4

@@ -11,7 +11,9 @@
 //! - MLNX_OFED: `/usr/sbin/ofed_uninstall.sh --force`, which the bundle installed.
 //! - Then the distribution's RDMA packages are installed again (the stack's own rdma-core had
 //!   replaced them and its removal took it), and the initramfs of the running kernel is
-//!   rebuilt, so the next boot does not load modules that are gone.
+//!   rebuilt, so the next boot does not load modules that are gone. Under systemd that rebuild
+//!   runs in a transient unit of its own and finishes after uninstall has returned: it takes
+//!   minutes on a slow VM, and the agent kills uninstall at 300 s.
 //!
 //! Never removed: the inbox stack (the distribution's packages, whoever installed them), a
 //! stack this extension did not install (no marker, or only an interrupted install's
@@ -84,6 +86,8 @@ pub enum Step {
     DkmsOrder,
     /// Take our patterns out of the BaseOS repositories' `exclude=` lines.
     RepoExcludes,
+    /// Rebuild the initramfs with this command: in a transient unit under systemd, else here.
+    Initramfs(Cmd),
 }
 
 fn uninstaller_cmd(root: &Root) -> Cmd {
@@ -225,7 +229,7 @@ pub fn plan(
     );
     inbox.purpose = "put back the distribution's RDMA packages".into();
     steps.push(Step::Run(inbox));
-    steps.push(Step::Run(refresh_initramfs(f, kernel)));
+    steps.push(Step::Initramfs(refresh_initramfs(f, kernel)));
     Ok(steps)
 }
 
@@ -335,6 +339,19 @@ pub fn run(
                 done.push("removed our BaseOS repository excludes".to_string());
                 continue;
             }
+            Step::Initramfs(c) if root.systemd_running() && proc::on_path("systemd-run") => {
+                match detach(&c) {
+                    Ok(unit) => {
+                        done.push(format!("{} in the transient unit {unit}", c.purpose));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}; rebuilding the initramfs before uninstall returns");
+                        c
+                    }
+                }
+            }
+            Step::Initramfs(c) => c,
             Step::Uninstaller if !root.path(UNINSTALLER).exists() => continue,
             Step::Uninstaller => uninstaller_cmd(root),
             Step::Run(c) => c,
@@ -364,6 +381,28 @@ pub fn run(
     }
     tracing::info!(stack = marker.stack.as_str(), version = %marker.version, "driver stack removed");
     Ok(done)
+}
+
+/// Start `cmd` in a transient systemd unit that outlives uninstall (update-initramfs writes a
+/// new image and renames it, so a unit stopped midway leaves the old one). Returns the unit.
+fn detach(cmd: &Cmd) -> Result<String, proc::Unsuccessful> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let unit = format!("ibdriver-initramfs-{}-{nanos}", std::process::id());
+    let mut args = vec![
+        format!("--unit={unit}"),
+        "--collect".into(),
+        "--quiet".into(),
+        "--property=Type=exec".into(),
+    ];
+    args.extend(cmd.env.iter().map(|(k, v)| format!("--setenv={k}={v}")));
+    args.extend(cmd.argv.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    proc::run_ok("systemd-run", &refs, "systemd-run", Duration::from_secs(30))?;
+    tracing::info!(unit = %unit, "{}: started in a transient unit; it finishes after uninstall returns", cmd.purpose);
+    Ok(unit)
 }
 
 /// The stack this extension installed and may remove, if any (with the reason when none).
@@ -396,7 +435,7 @@ mod tests {
         steps
             .iter()
             .map(|s| match s {
-                Step::Run(c) => c.argv.join(" "),
+                Step::Run(c) | Step::Initramfs(c) => c.argv.join(" "),
                 other => format!("{other:?}"),
             })
             .collect()

@@ -142,7 +142,8 @@ check_vendor_module() {
   check dkms-installed-for-running-kernel sh -c "dkms status -k $1 | grep -q '^mlnx-ofed-kernel/.*, $1, .*: installed'"
   check modinfo-resolves-to-dkms sh -c 'modinfo -n mlx5_ib | grep -q "/updates/dkms/mlx5_ib.ko"'
   _vendor_loaded() {
-    _l=$(cat /sys/module/mlx5_ib/srcversion 2>/dev/null) _d=$(modinfo -F srcversion "/lib/modules/$1/updates/dkms/mlx5_ib.ko")
+    _f=$(ls "/lib/modules/$1/updates/dkms/"mlx5_ib.ko* 2>/dev/null | head -n1)   # .ko.xz where the kernel's are
+    _l=$(cat /sys/module/mlx5_ib/srcversion 2>/dev/null) _d=$(modinfo -F srcversion "${_f:-none}" 2>/dev/null)
     [ -n "$_l" ] && [ "$_l" = "$_d" ] || { echo "loaded ${_l:-none}, dkms ${_d:-none}"; return 1; }
   }
   check vendor-module-loaded-by-srcversion _vendor_loaded "$1"

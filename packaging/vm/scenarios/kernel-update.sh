@@ -11,7 +11,7 @@ case "$IBTEST_BOOT" in
   echo "$K" > /root/k0
   check_no_work_after_boot
   apt-get update -qq >/root/apt.txt 2>&1
-  new=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)
+  new=$(ls /srv/ibtest-repo | sed -n 's/^\(linux-image-[0-9][^_]*-amd64\)_.*/\1/p' | head -n1)
   echo "${new#linux-image-}" > /root/k1
   t0=$(date +%s)
   check new-kernel-installs sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends $new >>/root/apt.txt 2>&1"
