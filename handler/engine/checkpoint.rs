@@ -214,7 +214,12 @@ pub fn run(
         crate::sys::faultpoint::hit("stage begin", stage.name());
         cp.begin(stage);
         store.save(cp)?;
-        tracing::info!(stage = stage.name(), attempt = cp.attempts, "stage started");
+        // The count of stage starts for this sequence number, over every stage and boot.
+        tracing::info!(
+            stage = stage.name(),
+            stage_starts = cp.attempts,
+            "stage started"
+        );
         match exec(stage, &mut *cp) {
             Ok(()) => {
                 crate::sys::faultpoint::hit("stage executed", stage.name());
