@@ -5,7 +5,7 @@
 # with no other port; inside, Azure's addresses have prohibit routes before anything starts.
 # Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: the default list, ALL below)
 #   IBDRIVER_VM_ACCEL=kvm   use KVM instead of TCG (where nested KVM works)
-#   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 1200)
+#   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 2400)
 #   IBDRIVER_VM_KEEP=1   keep each scenario's disk (target/vm/<scenario>/disk.qcow2) to look into
 #   IBDRIVER_VM_BIN=FILE   test this handler binary (also put into the release zip the agent
 #                          gets) instead of the release build
@@ -18,7 +18,7 @@ log() { printf 'vm: %s\n' "$*" >&2; }
 # The default list; kernel-update runs by name (packaging/vm/README.md says why).
 ALL="doca-install doca-kill doca-uninstall doca-dkms-fail health-timer agent-restart agent-service inbox-reboot cloud-init"
 scenarios=${*:-$ALL}
-boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-1200}
+boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-2400}
 MAX_BOOTS=4
 
 give_up() { echo "FAIL vm/setup $*"; echo "vm: 0 passed, 1 failed"; exit 1; }

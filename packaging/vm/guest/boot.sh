@@ -16,7 +16,7 @@ echo "ibtest: scenario $SCENARIO, boot $boot" >/dev/console
     cp "/var/log/azure/$NAME/ibdriver.log" "$S/state/live-ibdriver.log" 2>/dev/null
     journalctl -b --no-pager -n 300 -o short-monotonic > "$S/state/live-journal.txt" 2>/dev/null
   done ) &
-timeout 1500 /bin/sh "$S/guest/scenarios/$SCENARIO.sh" >"$S/state/boot$boot.log" 2>&1
+timeout 2100 /bin/sh "$S/guest/scenarios/$SCENARIO.sh" >"$S/state/boot$boot.log" 2>&1
 rc=$?
 [ "$rc" -eq 0 ] || echo "FAIL $SCENARIO/script-boot$boot exited $rc (state/boot$boot.log)" >> "$S/results.txt"
 # What the handler and the agent left, for whoever reads a failure.

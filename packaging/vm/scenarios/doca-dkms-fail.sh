@@ -8,7 +8,7 @@ case "$IBTEST_BOOT" in
 1)
   modprobe mlx5_ib
   start_agent "$(doca_settings doca-broken "$PKG")" ''
-  if wire wait --timeout 900 > /root/wait.json 2>&1; then pass goal-state-reached; else fail goal-state-reached "$(tail -c 300 /root/wait.json)"; fi
+  if wire wait --timeout 1800 > /root/wait.json 2>&1; then pass goal-state-reached; else fail goal-state-reached "$(tail -c 300 /root/wait.json)"; fi
   cp "$WIRE/status/status-latest.json" "$S/state/" 2>/dev/null
   check_status enable-error "$AGENT_HD/status/0.status" error
   check uploaded-error-217 uploaded_has '^error 217 '

@@ -18,7 +18,7 @@ case "$IBTEST_BOOT" in
   start_agent "$(doca_settings doca "$DOCA_PKG")" ''
   # The handler reboots the guest when the stack is in place: this boot ends there. Reaching
   # the end of this wait means it settled (or hung) without rebooting.
-  wait_until 800 status_settled "$AGENT_HD/status/0.status"
+  wait_until 1800 status_settled "$AGENT_HD/status/0.status"
   fail handler-rebooted-to-activate "no reboot; status: $(status_line "$AGENT_HD/status/0.status")"
   ;;
 2)

@@ -9,7 +9,7 @@ case "$IBTEST_BOOT" in
 1)
   modprobe mlx5_ib
   start_agent "$(doca_settings doca "$DOCA_PKG")" ''
-  check_within dkms-build-starts 900 compiling
+  check_within dkms-build-starts 1800 compiling
   unit=$(systemctl list-units --type=service --all --no-legend --plain 'ibdriver-worker-*' | awk '{print $1}' | head -n1)
   pid=$(systemctl show -p MainPID --value "$unit" 2>/dev/null)
   check worker-found sh -c "[ -n '$unit' ] && [ '${pid:-0}' != 0 ]"
@@ -20,7 +20,7 @@ case "$IBTEST_BOOT" in
   check status-not-final-after-kill not_final
   systemctl restart walinuxagent.service
   check_within next-enable-waits-for-the-installer 600 grep -q 'an installer from an interrupted run is still running' "$LOG"
-  wait_until 900 status_settled "$AGENT_HD/status/0.status"
+  wait_until 1800 status_settled "$AGENT_HD/status/0.status"
   fail handler-rebooted-to-activate "no reboot; status: $(status_line "$AGENT_HD/status/0.status")"
   ;;
 2)
