@@ -56,15 +56,17 @@ pub fn wait_until_healthy(
         slice: wait.slice,
     };
     let (end, _) = poll_until(&pauses, wait.timeout, wait.every, || {
-        let report = check(root);
-        if report.healthy {
-            return Look::Done(Ok(report));
-        }
+        // Asked first: a worker superseded while it paused must not report its sequence
+        // number healthy because the ports came up meanwhile.
         if !keep_going() {
             return Look::Done(Err(Failure::new(
                 Code::Superseded,
                 "superseded by a newer sequence number or disable",
             )));
+        }
+        let report = check(root);
+        if report.healthy {
+            return Look::Done(Ok(report));
         }
         let failure = report.failure().expect("unhealthy report has a failure");
         let may_improve = matches!(report.code, Code::PortsNotActive | Code::IpoibNotConfigured);
@@ -131,5 +133,22 @@ mod tests {
         };
         pauses.sleep(Duration::from_secs(5));
         assert_eq!(*c.slept.borrow(), [ms(200), ms(200)]);
+    }
+
+    #[test]
+    fn a_superseded_wait_never_ends_healthy() {
+        let root = Root::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hosts/hbv3"),
+        );
+        let wait = PortWait {
+            timeout: Duration::from_secs(1),
+            every: Duration::from_millis(100),
+            slice: Duration::from_millis(50),
+        };
+        let c = fake();
+        assert!(wait_until_healthy(&c, &root, wait, &|| true).is_ok());
+        let c = fake();
+        let f = wait_until_healthy(&c, &root, wait, &|| false).unwrap_err();
+        assert_eq!(f.code, Code::Superseded);
     }
 }
