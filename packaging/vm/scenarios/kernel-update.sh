@@ -29,8 +29,6 @@ case "$IBTEST_BOOT" in
     touch /root/repaired; date +%s > /root/repair.time
     ended() { log_since_mark | grep -Eq 'worker end seq=0 |nothing to do'; }
     wait_until 1200 ended
-    repairing() { log_since_mark | grep -q 'kernel drift: '; }
-    check repair-ran repairing
     case $(status_line "$AGENT_HD/status/0.status") in
     *rebooting*) wait_until 300 false; fail repair-reboot-happens "the handler said it reboots; no reboot within 300 s" ;;
     *) check_status repaired-without-reboot "$AGENT_HD/status/0.status" success; guest_reboot ;;
@@ -42,6 +40,9 @@ case "$IBTEST_BOOT" in
     check_status enable-success "$AGENT_HD/status/0.status" success
     check uploaded-extension-success uploaded_has '^success 0 Ready'
     check_vendor_module "$K"
+    # The log since boot 1's end: the boot into the new kernel found the drift and repaired.
+    repairing() { log_since_mark | grep -q 'kernel drift: '; }
+    check repair-ran repairing
     check headers-installed-by-repair sh -c "dpkg-query -W -f='\${Status}' linux-headers-$K | grep -q 'install ok installed'"
     reboots() { [ "$(log_since_mark | grep -c 'rebooting the VM')" -le 1 ] || { log_since_mark | grep 'rebooting the VM'; return 1; }; }
     check at-most-one-repair-reboot reboots
