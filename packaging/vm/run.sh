@@ -23,14 +23,14 @@ MAX_BOOTS=4
 
 give_up() { echo "FAIL vm/setup $*"; echo "vm: 0 passed, 1 failed"; exit 1; }
 # A scenario with a `# vm-from: BASE` line starts from the disk BASE's run ended with (and the
-# kernel and initrd it would boot next): BASE runs first, in the same run
+# kernel and initrd it would boot next): BASE runs first, in the same run.
 base_of() { sed -n 's/^# vm-from: *\([a-z0-9-]*\).*/\1/p' "packaging/vm/scenarios/$1.sh" | head -n1; }
 for s in $scenarios; do
   [ -f "packaging/vm/scenarios/$s.sh" ] || give_up "no scenario named $s (scenarios: $ALL)"
   b=$(base_of "$s")
   [ -z "$b" ] || [ -f "packaging/vm/scenarios/$b.sh" ] || give_up "$s starts from $b, which is no scenario"
   [ -z "$b" ] || [ -z "$(base_of "$b")" ] || give_up "$s starts from $b, which starts from another"
-  case " $scenarios " in *" $b "*) ;; *) scenarios="$b $scenarios" ;; esac
+  [ -z "$b" ] || case " $scenarios " in *" $b "*) ;; *) scenarios="$b $scenarios" ;; esac
 done
 # The bases whose disks later scenarios start from.
 bases=" $(for s in $scenarios; do base_of "$s"; done | sort -u | tr '\n' ' ')"
