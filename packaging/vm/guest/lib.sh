@@ -148,6 +148,11 @@ check_vendor_module() {
   }
   check vendor-module-loaded-by-srcversion _vendor_loaded "$1"
 }
+# dkms_pkg_time STATE: when dpkg.log first says STATE ("configure", "status installed") of the
+# fixture's DKMS package, as seconds since the epoch.
+dkms_pkg_time() {
+  date -d "$(sed -n "s/^\([0-9-]* [0-9:]*\) $1 mlnx-ofed-kernel-dkms:amd64 .*/\1/p" /var/log/dpkg.log | head -n1)" +%s
+}
 # check_doca_installed K: what one install of the fixture leaves, on kernel K.
 check_doca_installed() {
   check_vendor_module "$1"

@@ -29,8 +29,7 @@ case "$IBTEST_BOOT" in
   check_status enable-success "$AGENT_HD/status/0.status" success
   check_doca_installed "$K"
   check initramfs-rebuilt sh -c "[ \$(stat -c %Y /boot/initrd.img-$K) -gt $(cat /root/initrd.mtime) ]"
-  dk() { sed -n "s/^\([0-9-]* [0-9:]*\) $1 mlnx-ofed-kernel-dkms:amd64 .*/\1/p" /var/log/dpkg.log | head -n1; }
-  note "doca-install: dpkg configure of mlnx-ofed-kernel-dkms (the DKMS build): $(( $(date -d "$(dk 'status installed')" +%s) - $(date -d "$(dk configure)" +%s) )) s"
+  note "doca-install: dpkg configure of mlnx-ofed-kernel-dkms (the DKMS build): $(( $(dkms_pkg_time 'status installed') - $(dkms_pkg_time configure) )) s"
   check exactly-one-reboot sh -c '[ "$(cat "$S/state/boots")" = 2 ]'
   mark_logs   # for the scenarios that start from this disk
   ;;
