@@ -28,31 +28,21 @@ fn spawn_systemd(
     runtime: &Runtime,
     timeout: Duration,
 ) -> Result<(), proc::Unsuccessful> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut args: Vec<String> = vec![
-        format!(
-            "--unit=ibdriver-worker-{}-{}-{nanos}",
-            inv.agent.seq,
-            std::process::id()
-        ),
-        "--collect".into(),
-        "--quiet".into(),
-        "--property=Type=exec".into(),
+    let props = [
         // If the worker dies, an installer it started runs to its end rather than leaving
         // dpkg or rpm half done; the next worker waits for it (install::install).
-        "--property=KillMode=process".into(),
+        "--property=KillMode=process".to_string(),
         format!("--working-directory={}", inv.agent.handler_dir.display()),
     ];
-    for (key, v) in runtime.passed.iter() {
-        args.push(format!("--setenv={key}={v}"));
-    }
-    args.push(inv.exe.to_string_lossy().into_owned());
-    args.extend(worker_args(inv));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    proc::run_ok("systemd-run", &refs, "systemd-run", timeout).map(|_| ())
+    let env: Vec<(String, String)> = runtime
+        .passed
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut argv = vec![inv.exe.to_string_lossy().into_owned()];
+    argv.extend(worker_args(inv));
+    let prefix = format!("ibdriver-worker-{}", inv.agent.seq);
+    crate::sys::systemd::start_transient(&prefix, &props, &env, &argv, timeout).map(|_| ())
 }
 
 fn spawn_session(inv: &Invocation) -> Result<(), Failure> {

@@ -13,6 +13,35 @@ pub const UNIT: &str = "ibdriver-health";
 pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(60);
 const UNIT_DIR: &str = "etc/systemd/system";
 
+/// Start `argv` as a transient service `<prefix>-<pid>-<nanos>` (`systemd-run`, `Type=exec`:
+/// it returns once the command has started), with `props` as further `--property=`/`--`
+/// options and `env` set in it. Returns the unit's name.
+pub fn start_transient(
+    prefix: &str,
+    props: &[String],
+    env: &[(String, String)],
+    argv: &[String],
+    timeout: Duration,
+) -> Result<String, proc::Unsuccessful> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let unit = format!("{prefix}-{}-{nanos}", std::process::id());
+    let mut args = vec![
+        format!("--unit={unit}"),
+        "--collect".into(),
+        "--quiet".into(),
+        "--property=Type=exec".into(),
+    ];
+    args.extend(props.iter().cloned());
+    args.extend(env.iter().map(|(k, v)| format!("--setenv={k}={v}")));
+    args.extend(argv.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    proc::run_ok("systemd-run", &refs, "systemd-run", timeout)?;
+    Ok(unit)
+}
+
 fn unit_paths(root: &Root) -> (PathBuf, PathBuf) {
     let dir = root.path(UNIT_DIR);
     (

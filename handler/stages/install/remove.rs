@@ -386,21 +386,13 @@ pub fn run(
 /// Start `cmd` in a transient systemd unit that outlives uninstall (update-initramfs writes a
 /// new image and renames it, so a unit stopped midway leaves the old one). Returns the unit.
 fn detach(cmd: &Cmd) -> Result<String, proc::Unsuccessful> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let unit = format!("ibdriver-initramfs-{}-{nanos}", std::process::id());
-    let mut args = vec![
-        format!("--unit={unit}"),
-        "--collect".into(),
-        "--quiet".into(),
-        "--property=Type=exec".into(),
-    ];
-    args.extend(cmd.env.iter().map(|(k, v)| format!("--setenv={k}={v}")));
-    args.extend(cmd.argv.iter().cloned());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    proc::run_ok("systemd-run", &refs, "systemd-run", Duration::from_secs(30))?;
+    let unit = crate::sys::systemd::start_transient(
+        "ibdriver-initramfs",
+        &[],
+        &cmd.env,
+        &cmd.argv,
+        Duration::from_secs(30),
+    )?;
     tracing::info!(unit = %unit, "{}: started in a transient unit; it finishes after uninstall returns", cmd.purpose);
     Ok(unit)
 }
