@@ -224,6 +224,16 @@ pub fn build_packages(f: Family, stack: StackKind) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// Rebuild the initramfs of `kernel`, so the next boot loads the modules on disk now
+/// (`update-initramfs` on apt, `dracut` elsewhere).
+pub fn initramfs(f: Family, kernel: &str) -> Cmd {
+    let argv: &[&str] = match f {
+        Family::Apt => &["update-initramfs", "-u", "-k", kernel],
+        _ => &["dracut", "-f", "--kver", kernel],
+    };
+    Cmd::of_kind(CmdKind::Plain, "rebuild the initramfs", 600, argv)
+}
+
 /// Ask whether a package can be installed at all (to tell "headers missing" from other errors).
 pub fn available_query(f: Family, package: &str) -> Cmd {
     match f {

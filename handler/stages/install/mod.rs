@@ -311,21 +311,7 @@ fn refresh_boot_files(ctx: &Ctx) {
 
 /// Rebuild the initramfs of `k`; a failure is logged, not fatal.
 pub fn refresh_initramfs(family: Family, k: &str) {
-    let cmd = match family {
-        Family::Apt => Cmd::of_kind(
-            CmdKind::Plain,
-            "rebuild the initramfs",
-            600,
-            &["update-initramfs", "-u", "-k", k],
-        ),
-        _ => Cmd::of_kind(
-            CmdKind::Plain,
-            "rebuild the initramfs",
-            600,
-            &["dracut", "-f", "--kver", k],
-        ),
-    };
-    if let Err(f) = run(&cmd, Code::PackageInstallFailed) {
+    if let Err(f) = run(&recipe::initramfs(family, k), Code::PackageInstallFailed) {
         tracing::warn!("{}", f.message);
     }
 }

@@ -25,7 +25,7 @@ use super::pins;
 use crate::error::{Code, Failure};
 use crate::host::stack::{self, InstalledMarker, StackKind};
 use crate::host::Root;
-use crate::plan::recipe::{Cmd, CmdKind, Family};
+use crate::plan::recipe::{self, Cmd, CmdKind, Family};
 use crate::sys::proc;
 use std::time::{Duration, Instant};
 
@@ -143,23 +143,6 @@ fn remove_packages(f: Family, packages: &[String], lock_wait: u64) -> Cmd {
     c
 }
 
-fn refresh_initramfs(f: Family, kernel: &str) -> Cmd {
-    match f {
-        Family::Apt => Cmd::of_kind(
-            CmdKind::Plain,
-            "rebuild the initramfs",
-            600,
-            &["update-initramfs", "-u", "-k", kernel],
-        ),
-        _ => Cmd::of_kind(
-            CmdKind::Plain,
-            "rebuild the initramfs",
-            600,
-            &["dracut", "-f", "--kver", kernel],
-        ),
-    }
-}
-
 /// The removal of `stack` on family `f`, or why there is nothing this extension may remove.
 pub fn plan(
     f: Family,
@@ -229,7 +212,7 @@ pub fn plan(
     );
     inbox.purpose = "put back the distribution's RDMA packages".into();
     steps.push(Step::Run(inbox));
-    steps.push(Step::Initramfs(refresh_initramfs(f, kernel)));
+    steps.push(Step::Initramfs(recipe::initramfs(f, kernel)));
     Ok(steps)
 }
 
