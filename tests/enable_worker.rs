@@ -224,6 +224,66 @@ fn a_noop_enable_points_a_stale_health_timer_at_this_binary() {
 }
 
 #[test]
+fn a_worker_leaves_a_current_running_health_timer_alone_and_restarts_a_stopped_one() {
+    let w = World::new("hbv3", HB);
+    w.fake_systemd("", false);
+    w.settings(1, json!({"ipoib": "off"}));
+    assert_eq!(code(&w.run("enable", 1)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(1, Duration::from_secs(30))),
+        "success"
+    );
+    assert!(
+        w.calls().contains("systemctl daemon-reload"),
+        "{}",
+        w.calls()
+    );
+    // systemd now says the timer is enabled and running.
+    let calls = w.tmp.path().join("calls.log");
+    let stub = |active: &str| {
+        write_exec(
+            &w.stubs.join("systemctl"),
+            &format!(
+                "#!/bin/sh\necho \"systemctl $*\" >> '{}'\ncase \"$1 $2\" in\n\
+                 'is-enabled ibdriver-health.timer') echo enabled ;;\n\
+                 'is-active ibdriver-health.timer') echo {active}; [ {active} = active ] ;;\nesac\n",
+                calls.display()
+            ),
+        )
+    };
+    stub("active");
+    let before = w.calls().len();
+    w.settings(2, json!({"ipoib": "off", "lockTimeoutSeconds": 60}));
+    assert_eq!(code(&w.run("enable", 2)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(2, Duration::from_secs(30))),
+        "success"
+    );
+    let after = w.calls()[before..].to_string();
+    assert!(
+        after.contains("systemctl is-active ibdriver-health.timer"),
+        "{after}"
+    );
+    assert!(!after.contains("daemon-reload"), "{after}");
+    assert!(!after.contains("enable --now"), "{after}");
+    // Stopped (an operator's `systemctl stop`): the next success starts it again, with no reload.
+    stub("inactive");
+    let before = w.calls().len();
+    w.settings(3, json!({"ipoib": "off", "lockTimeoutSeconds": 61}));
+    assert_eq!(code(&w.run("enable", 3)), 0);
+    assert_eq!(
+        status_value(&w.wait_terminal(3, Duration::from_secs(30))),
+        "success"
+    );
+    let after = w.calls()[before..].to_string();
+    assert!(
+        after.contains("systemctl enable --now ibdriver-health.timer"),
+        "{after}"
+    );
+    assert!(!after.contains("daemon-reload"), "{after}");
+}
+
+#[test]
 fn a_resumed_enable_shows_done_stages_and_a_worker_waiting_for_the_lock_leaves_on_disable() {
     let mut w = World::new("hbv3-portdown", HB);
     w.verify_timeout = 1;

@@ -1170,6 +1170,52 @@ fn configure_enables_the_vendor_stacks_openibd_service() {
     assert!(!w.calls().contains("openibd"), "{}", w.calls());
 }
 
+/// A systemctl stub that records its calls and answers `is-enabled`/`is-active` for the units
+/// named in `on` as systemd would for enabled, running units.
+fn systemctl_with(w: &World, on: &[&str]) {
+    let units = on.join(" ");
+    write_exec(
+        &w.stubs.join("systemctl"),
+        &format!(
+            "#!/bin/sh
+echo \"systemctl $*\" >> '{}'
+case \"$1\" in is-enabled|is-active)
+  \
+             for u in {units}; do [ \"$2\" = \"$u\" ] && {{ [ \"$1\" = is-enabled ] && echo enabled || echo active; exit 0; }}; done
+  \
+             echo disabled; exit 1 ;;
+esac
+exit 0
+",
+            w.tmp.path().join("calls.log").display()
+        ),
+    );
+}
+
+#[test]
+fn configure_leaves_an_enabled_openibd_alone() {
+    let w = World::new("hbv3", HB);
+    w.set_file("usr/lib/systemd/system/openibd.service", "[Unit]\n");
+    systemctl_with(&w, &["openibd.service"]);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    let calls = w.calls();
+    assert!(
+        calls.contains("systemctl is-enabled openibd.service"),
+        "{calls}"
+    );
+    assert!(!calls.contains("systemctl enable openibd"), "{calls}");
+    // Disabled (systemctl says so and exits 1): enabled.
+    let w = World::new("hbv3", HB);
+    w.set_file("usr/lib/systemd/system/openibd.service", "[Unit]\n");
+    systemctl_with(&w, &[]);
+    assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
+    assert!(
+        w.calls().contains("systemctl enable openibd.service"),
+        "{}",
+        w.calls()
+    );
+}
+
 #[test]
 fn the_monitor_loads_a_lost_module_and_renames_an_hca_back() {
     let w = World::new("hbv3", HB);

@@ -136,9 +136,11 @@ fn load_modules(ctx: &Ctx, state: &mut State) -> Result<(), Failure> {
 }
 
 /// The vendor stacks' `openibd` loads their modules at boot; `systemctl enable` works in an
-/// image build too.
+/// image build too. Configure runs at every boot: an enabled unit is left alone.
 fn enable_services(ctx: &Ctx) {
-    if ctx.root.has_unit("openibd.service") {
+    if ctx.root.has_unit("openibd.service")
+        && !crate::sys::systemd::is_enabled("openibd.service", std::time::Duration::from_secs(30))
+    {
         if let Err(e) = run_cmd("systemctl", &["enable", "openibd.service"], 120) {
             tracing::warn!("{e}");
         }
