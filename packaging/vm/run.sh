@@ -2,7 +2,8 @@
 # The VM tier: boots the Debian 12 guest image (image.sh) under QEMU once per scenario and runs
 # the scenario inside it with real systemd, apt, modprobe, ip and reboots. Only the hardware is
 # recorded (the hbv3 tree, read through IBDRIVER_SYSFS). The guest's only NIC is on a QEMU hub
-# with no other port; inside, Azure's addresses have prohibit routes before anything starts.
+# with no other port; inside, the WireServer's address has a prohibit route before anything
+# starts and IMDS's address is on loopback.
 # Usage: packaging/vm/run.sh [SCENARIO ...]   (root; no argument: the default list, ALL below)
 #   IBDRIVER_VM_ACCEL=kvm   use KVM instead of TCG (where nested KVM works)
 #   IBDRIVER_VM_BOOT_TIMEOUT=SECONDS   bound on one boot of a guest (default 2400)
@@ -14,9 +15,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 log() { printf 'vm: %s\n' "$*" >&2; }
-# Longest first, so two at a time pack well.
-# The default list; kernel-update runs by name (packaging/vm/README.md says why).
-ALL="doca-install doca-kill doca-uninstall doca-dkms-fail health-timer agent-restart agent-service inbox-reboot cloud-init"
+# The default list, longest chain first so two at a time pack well: doca-install, then the
+# scenarios that start from its disk as soon as it ends (kernel-update is the longest).
+ALL="doca-install doca-kill kernel-update doca-uninstall inbox-reboot agent-restart agent-service doca-dkms-fail cloud-init health-timer"
 scenarios=${*:-$ALL}
 boot_timeout=${IBDRIVER_VM_BOOT_TIMEOUT:-2400}
 MAX_BOOTS=4

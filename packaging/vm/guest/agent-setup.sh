@@ -103,7 +103,8 @@ Environment=WIRESERVER_ARGS=
 EnvironmentFile=-/etc/default/ibwire-fabric
 ExecStartPre=/bin/rm -f /run/ibwire-ready
 ExecStart=/bin/sh -c 'exec /usr/bin/python3 /opt/ibwire/wireserver.py serve --zip $fabric_zip --state-dir $fabric_state --ready-file /run/ibwire-ready \$WIRESERVER_ARGS'
-ExecStartPost=/bin/sh -c 'i=0; while [ ! -f /run/ibwire-ready ]; do i=\$((i+1)); [ \$i -le 300 ] || exit 1; sleep 0.1; done'
+# Python and openssl under TCG on a busy boot took 28 s to get here: bound at 180 s.
+ExecStartPost=/bin/sh -c 'i=0; while [ ! -f /run/ibwire-ready ]; do i=\$((i+1)); [ \$i -le 900 ] || exit 1; sleep 0.2; done'
 
 [Install]
 WantedBy=multi-user.target
