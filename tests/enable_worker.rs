@@ -238,28 +238,23 @@ fn a_worker_leaves_a_current_running_health_timer_alone_and_restarts_a_stopped_o
         "{}",
         w.calls()
     );
-    // systemd now says the timer is enabled and running.
-    let calls = w.tmp.path().join("calls.log");
-    let stub = |active: &str| {
-        write_exec(
-            &w.stubs.join("systemctl"),
-            &format!(
-                "#!/bin/sh\necho \"systemctl $*\" >> '{}'\ncase \"$1 $2\" in\n\
-                 'is-enabled ibdriver-health.timer') echo enabled ;;\n\
-                 'is-active ibdriver-health.timer') echo {active}; [ {active} = active ] ;;\nesac\n",
-                calls.display()
-            ),
-        )
+    // A success with systemd saying the timer is enabled and `active`; the calls it made.
+    let success_with = |seq: u64, active: &str| -> String {
+        w.systemctl_says(&[
+            ("is-enabled", "ibdriver-health.timer", "enabled"),
+            ("is-active", "ibdriver-health.timer", active),
+        ]);
+        let before = w.calls().len();
+        w.settings(seq, json!({"ipoib": "off", "lockTimeoutSeconds": 60 + seq}));
+        assert_eq!(code(&w.run("enable", seq)), 0);
+        assert_eq!(
+            status_value(&w.wait_terminal(seq, Duration::from_secs(30))),
+            "success"
+        );
+        w.calls()[before..].to_string()
     };
-    stub("active");
-    let before = w.calls().len();
-    w.settings(2, json!({"ipoib": "off", "lockTimeoutSeconds": 60}));
-    assert_eq!(code(&w.run("enable", 2)), 0);
-    assert_eq!(
-        status_value(&w.wait_terminal(2, Duration::from_secs(30))),
-        "success"
-    );
-    let after = w.calls()[before..].to_string();
+    // Running: left alone.
+    let after = success_with(2, "active");
     assert!(
         after.contains("systemctl is-active ibdriver-health.timer"),
         "{after}"
@@ -267,15 +262,7 @@ fn a_worker_leaves_a_current_running_health_timer_alone_and_restarts_a_stopped_o
     assert!(!after.contains("daemon-reload"), "{after}");
     assert!(!after.contains("enable --now"), "{after}");
     // Stopped (an operator's `systemctl stop`): the next success starts it again, with no reload.
-    stub("inactive");
-    let before = w.calls().len();
-    w.settings(3, json!({"ipoib": "off", "lockTimeoutSeconds": 61}));
-    assert_eq!(code(&w.run("enable", 3)), 0);
-    assert_eq!(
-        status_value(&w.wait_terminal(3, Duration::from_secs(30))),
-        "success"
-    );
-    let after = w.calls()[before..].to_string();
+    let after = success_with(3, "inactive");
     assert!(
         after.contains("systemctl enable --now ibdriver-health.timer"),
         "{after}"

@@ -1170,33 +1170,11 @@ fn configure_enables_the_vendor_stacks_openibd_service() {
     assert!(!w.calls().contains("openibd"), "{}", w.calls());
 }
 
-/// A systemctl stub that records its calls and answers `is-enabled`/`is-active` for the units
-/// named in `on` as systemd would for enabled, running units.
-fn systemctl_with(w: &World, on: &[&str]) {
-    let units = on.join(" ");
-    write_exec(
-        &w.stubs.join("systemctl"),
-        &format!(
-            "#!/bin/sh
-echo \"systemctl $*\" >> '{}'
-case \"$1\" in is-enabled|is-active)
-  \
-             for u in {units}; do [ \"$2\" = \"$u\" ] && {{ [ \"$1\" = is-enabled ] && echo enabled || echo active; exit 0; }}; done
-  \
-             echo disabled; exit 1 ;;
-esac
-exit 0
-",
-            w.tmp.path().join("calls.log").display()
-        ),
-    );
-}
-
 #[test]
 fn configure_leaves_an_enabled_openibd_alone() {
     let w = World::new("hbv3", HB);
     w.set_file("usr/lib/systemd/system/openibd.service", "[Unit]\n");
-    systemctl_with(&w, &["openibd.service"]);
+    w.systemctl_says(&[("is-enabled", "openibd.service", "enabled")]);
     assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
     let calls = w.calls();
     assert!(
@@ -1207,7 +1185,7 @@ fn configure_leaves_an_enabled_openibd_alone() {
     // Disabled (systemctl says so and exits 1): enabled.
     let w = World::new("hbv3", HB);
     w.set_file("usr/lib/systemd/system/openibd.service", "[Unit]\n");
-    systemctl_with(&w, &[]);
+    w.systemctl_says(&[]);
     assert_eq!(code(&apply(&w, json!({"ipoib": "off"}))), 0);
     assert!(
         w.calls().contains("systemctl enable openibd.service"),

@@ -226,6 +226,31 @@ impl World {
         );
     }
 
+    /// systemctl as a booted systemd answers it: every call is recorded; `is-enabled UNIT` and
+    /// `is-active UNIT` print the word `answers` gives for that query (exit 0 only for
+    /// "enabled" and "active", as systemctl does); any other `is-*` query says "disabled" and
+    /// exits 1; everything else succeeds.
+    pub fn systemctl_says(&self, answers: &[(&str, &str, &str)]) {
+        let cases: String = answers
+            .iter()
+            .map(|(query, unit, word)| {
+                let exit = if matches!(*word, "enabled" | "active") {
+                    0
+                } else {
+                    1
+                };
+                format!("  '{query} {unit}') echo {word}; exit {exit} ;;\n")
+            })
+            .collect();
+        write_exec(
+            &self.stubs.join("systemctl"),
+            &format!(
+                "#!/bin/sh\necho \"systemctl $*\" >> '{}'\ncase \"$1 $2\" in\n{cases}  is-*) echo disabled; exit 1 ;;\nesac\nexit 0\n",
+                self.tmp.path().join("calls.log").display()
+            ),
+        );
+    }
+
     /// The handler's log so far (empty before the first line).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_dir.join("ibdriver.log")).unwrap_or_default()

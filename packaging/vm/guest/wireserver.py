@@ -609,9 +609,9 @@ def serve(args):
         srv = Server((addr, port), cls)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
-    log("serving %s %s (incarnation %d, seqNo %d) on %s:%d and %s:%d; status to %s"
-        % (fabric.name, fabric.version, fabric.incarnation, fabric.seqno, args.bind, args.wire_port, args.bind,
-           args.hgap_port, fabric.out_dir))
+    log("serving %s %s (incarnation %d, seqNo %d) on %s; status to %s"
+        % (fabric.name, fabric.version, fabric.incarnation, fabric.seqno,
+           " and ".join("%s:%d" % (a, p) for _, a, p in listeners), fabric.out_dir))
     if args.ready_file:
         write_atomic(args.ready_file, json.dumps(fabric.state()))
     stop = threading.Event()
@@ -656,7 +656,7 @@ def main():
     s.add_argument("--incarnation", type=int, default=1)
     s.add_argument("--seqno", type=int, default=0)
     s.add_argument("--blob-type", choices=("BlockBlob", "PageBlob"), default="BlockBlob")
-    s.add_argument("--vm-size", default="Standard_HB120rs_v3", help="vmSize in the IMDS answers (agent telemetry only)")
+    s.add_argument("--vm-size", default="Standard_HB120rs_v3", help="vmSize in the IMDS answers (the agent's telemetry; the handler's messages)")
     s.add_argument("--cipher", choices=("des3", "aes256"), default="aes256", help="protected settings cipher")
     s.add_argument("--ready-file", help="written once every port listens")
     s.add_argument("--imds-bind", help="also answer IMDS on ADDR:80 (an address the caller put on a local interface)")
